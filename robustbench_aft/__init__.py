@@ -1,0 +1,24 @@
+"""robustbench-aft: benchmark adversarial fine-tuning of pre-trained image classifiers.
+
+The public API::
+
+    from robustbench_aft import load_dataset, resolve, evaluate, EvalConfig
+    data = load_dataset("digits")
+    model, _ = resolve("auto", data, "smallcnn", seed=0, device=torch.device("cpu"))
+    result = evaluate(model, data, EvalConfig(attacks=["clean", "pgd", "aa"]), torch.device("cpu"))
+
+Importing the package registers every built-in model, dataset, attack and method.
+"""
+__version__ = "0.1.0"
+
+from .registry import ATTACKS, DATASETS, METHODS, MODELS  # noqa: E402
+from . import attacks, data, models  # noqa: E402,F401  (imported so that their components register)
+from .data import DataBundle, load_dataset  # noqa: E402
+from .evaluate import EvalConfig, EvalResult, evaluate  # noqa: E402
+from .pretrained import NaturalRecipe, pretrain, resolve  # noqa: E402
+from . import baselines  # noqa: E402,F401
+
+__all__ = [
+    "ATTACKS", "DATASETS", "METHODS", "MODELS", "DataBundle", "EvalConfig", "EvalResult",
+    "NaturalRecipe", "evaluate", "load_dataset", "pretrain", "resolve", "__version__",
+]

@@ -1,0 +1,198 @@
+"""Registered evaluation attacks: clean, pgd, cw, aa, aa-fast.
+
+Every attack takes images in [0, 1] and returns adversarial images in [0, 1] within the eps-ball
+(L∞ or L2). The base class puts the model in eval mode for the attack and restores its mode
+afterwards (torchattacks' ``Attack.__call__`` pattern), so no attack runs on BatchNorm batch
+statistics by accident. Step sizes are fractions of eps, so one setting serves every dataset:
+at eps = 8/255, PGD's step eps/4 is the usual 2/255.
+
+Add an attack with one decorated class::
+
+    @ATTACKS.register("myattack")
+    class MyAttack(Attack):
+        def perturb(self, model, x, y, generator): ...
+"""
+from __future__ import annotations
+
+from typing import List, Optional
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from . import _compat
+from .registry import ATTACKS
+
+NORMS = ("Linf", "L2")
+
+
+class Attack:
+    """Base class of evaluation attacks.
+
+    Args:
+        eps: perturbation budget in pixel units ([0, 1] images).
+        norm: ``Linf`` or ``L2``.
+        batch_size: batch size for attacks that split their input themselves (AutoAttack).
+
+    After a call, :attr:`flags` holds any sanity warnings the attack itself raised.
+    """
+
+    def __init__(self, eps: float, norm: str = "Linf", batch_size: int = 256) -> None:
+        if norm not in NORMS:
+            raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
+        if eps < 0:
+            raise ValueError(f"eps must be >= 0, got {eps}")
+        self.eps = float(eps)
+        self.norm = norm
+        self.batch_size = batch_size
+        self.flags: List[str] = []
+
+    def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, seed: int = 0) -> torch.Tensor:
+        """Attack ``model`` at (x, y) in eval mode; ``seed`` fixes random starts."""
+        was_training = model.training
+        model.eval()
+        self.flags = []
+        generator = torch.Generator(device=x.device)
+        generator.manual_seed(seed)
+        try:
+            x_adv = self.perturb(model, x, y, generator)
+        finally:
+            model.train(was_training)
+        return x_adv.detach()
+
+    def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                generator: torch.Generator) -> torch.Tensor:
+        raise NotImplementedError
+
+
+def cross_entropy_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Per-sample cross-entropy, summed, so each sample's gradient does not depend on the batch size."""
+    return F.cross_entropy(logits, labels, reduction="sum")
+
+
+def cw_margin_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Per-sample CW margin max_{j≠y} z_j − z_y, summed over the batch (the L∞ CW loss).
+
+    Carlini & Wagner, "Towards Evaluating the Robustness of Neural Networks", S&P 2017
+    (arXiv 1608.04644), the f_6 objective without the confidence clamp, as used by the CW∞ column of
+    TRADES/MART/AFD-style tables. Unlike changzhang777/ANCRA's evaluation, the margin is per sample,
+    not clamped after summing over the batch (methods.md §1.8).
+    """
+    true_logit = logits.gather(1, labels[:, None]).squeeze(1)
+    other = logits.clone()
+    other.scatter_(1, labels[:, None], float("-inf"))
+    return (other.max(dim=1).values - true_logit).sum()
+
+
+def project(delta: torch.Tensor, eps: float, norm: str) -> torch.Tensor:
+    """Project perturbations onto the L∞ or L2 ball of radius eps (per sample)."""
+    if norm == "Linf":
+        return delta.clamp(-eps, eps)
+    norms = delta.flatten(1).norm(dim=1).clamp_min(1e-12)
+    factor = (eps / norms).clamp(max=1.0)
+    return delta * factor.view(-1, *([1] * (delta.dim() - 1)))
+
+
+def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm: str, steps: int,
+        step_size: float, loss_fn, generator: torch.Generator, random_start: bool = True) -> torch.Tensor:
+    """Projected gradient ascent of ``loss_fn`` on the eps-ball around x, clipped to [0, 1].
+
+    Madry et al., "Towards Deep Learning Models Resistant to Adversarial Attacks", ICLR 2018
+    (arXiv 1706.06083). L∞: signed gradient steps; L2: normalised gradient steps. The random start
+    is uniform in the L∞ ball, or a uniformly scaled random direction in the L2 ball.
+    """
+    if eps == 0:
+        return x.clone()
+    if random_start:
+        if norm == "Linf":
+            noise = torch.empty_like(x).uniform_(-eps, eps, generator=generator)
+        else:
+            direction = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+            unit = direction / direction.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, *([1] * (x.dim() - 1)))
+            radius = torch.rand(x.shape[0], generator=generator, device=x.device, dtype=x.dtype) * eps
+            noise = unit * radius.view(-1, *([1] * (x.dim() - 1)))
+        x_adv = (x + noise).clamp(0, 1)
+    else:
+        x_adv = x.clone()
+    for _ in range(steps):
+        x_adv.requires_grad_(True)
+        loss = loss_fn(model(x_adv), y)
+        grad, = torch.autograd.grad(loss, x_adv)
+        with torch.no_grad():
+            if norm == "Linf":
+                x_adv = x_adv + step_size * grad.sign()
+            else:
+                grad_norm = grad.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, *([1] * (x.dim() - 1)))
+                x_adv = x_adv + step_size * grad / grad_norm
+            x_adv = (x + project(x_adv - x, eps, norm)).clamp(0, 1)
+    return x_adv.detach()
+
+
+@ATTACKS.register("clean")
+class Clean(Attack):
+    """No attack: the unperturbed test images (clean accuracy)."""
+
+    def perturb(self, model, x, y, generator):
+        return x.clone()
+
+
+@ATTACKS.register("pgd")
+class PGD(Attack):
+    """PGD-20 on cross-entropy, one uniform random start, step eps/4 (2/255 at eps 8/255)."""
+
+    steps = 20
+    relative_step = 0.25
+
+    def perturb(self, model, x, y, generator):
+        return pgd(model, x, y, eps=self.eps, norm=self.norm, steps=self.steps,
+                   step_size=self.relative_step * self.eps, loss_fn=cross_entropy_loss, generator=generator)
+
+
+@ATTACKS.register("cw")
+class CWInf(Attack):
+    """CW-∞: PGD-30 on the per-sample CW margin loss, uniform random start, step eps/4.
+
+    This is the "CW" column of adversarial-training papers; torchattacks' ``CW`` is the L2
+    optimisation attack of Carlini & Wagner, a different thing.
+    """
+
+    steps = 30
+    relative_step = 0.25
+
+    def perturb(self, model, x, y, generator):
+        return pgd(model, x, y, eps=self.eps, norm=self.norm, steps=self.steps,
+                   step_size=self.relative_step * self.eps, loss_fn=cw_margin_loss, generator=generator)
+
+
+class _AutoAttackBase(Attack):
+    version = "standard"
+    attack_names: Optional[List[str]] = None
+
+    def perturb(self, model, x, y, generator):
+        if self.eps == 0:
+            return x.clone()
+        seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator, device=x.device).item())
+        with torch.no_grad():
+            num_classes = model(x[:1]).shape[1]
+        with _compat.captured_autoattack_flags() as records:
+            x_adv = _compat.run_autoattack(
+                model, x, y, eps=self.eps, norm=self.norm, version=self.version, attacks=self.attack_names,
+                seed=seed, device=x.device, batch_size=self.batch_size, num_classes=num_classes,
+            )
+        self.flags = [f"AutoAttack: {message}" for message in records]
+        return x_adv.to(x.device)
+
+
+@ATTACKS.register("aa")
+class AutoAttack(_AutoAttackBase):
+    """AutoAttack standard (APGD-CE, APGD-T, FAB-T, Square 5000 queries), Croce & Hein, ICML 2020."""
+
+    version = "standard"
+
+
+@ATTACKS.register("aa-fast")
+class AutoAttackFast(_AutoAttackBase):
+    """APGD-CE + APGD-T only, for quick looks; never reported as an ``aa`` number."""
+
+    version = "custom"
+    attack_names = ["apgd-ce", "apgd-t"]

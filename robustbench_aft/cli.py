@@ -1,0 +1,208 @@
+"""The ``bench`` command: thin sub-commands over the Python API.
+
+Every user error (unknown name, missing file, bad value) ends as one line on stderr and exit
+status 2; Ctrl-C exits 130. No maths and no table logic live here.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import List, Optional
+
+from .errors import ConfigError, UserError
+
+log = logging.getLogger("robustbench_aft")
+
+
+class _ArgumentParser(argparse.ArgumentParser):
+    """argparse that reports usage errors as one line (and exit 2) instead of usage + message."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise ConfigError(f"{self.prog}: {message}")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return value
+
+
+def _add_data_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--dataset", default="digits",
+                        help="dataset name or folder:PATH (default: digits, bundled with scikit-learn)")
+    parser.add_argument("--data-dir", default=None, help="root folder of downloadable datasets (default: ./data)")
+    parser.add_argument("--download", action="store_true", help="let torchvision download a missing dataset")
+    parser.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:1, ...")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars or log lines")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _ArgumentParser(prog="bench", description="Benchmark adversarial fine-tuning of pre-trained classifiers.")
+    from . import __version__
+
+    parser.add_argument("--version", action="version", version=f"robustbench-aft {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_ArgumentParser)
+    commands.required = True
+
+    listing = commands.add_parser("list", help="list registered methods, datasets, archs or attacks")
+    listing.add_argument("kind", nargs="?", choices=("methods", "datasets", "archs", "attacks"),
+                         help="what to list (default: everything)")
+    listing.set_defaults(handler=cmd_list)
+
+    pretrain = commands.add_parser("pretrain", help="train a natural model and store it in the cache")
+    _add_data_arguments(pretrain)
+    pretrain.add_argument("--arch", default="smallcnn", help="architecture (see `bench list archs`)")
+    pretrain.add_argument("--epochs", type=_positive_int, default=None, help="epochs (default: the dataset's recipe)")
+    pretrain.add_argument("--batch-size", type=_positive_int, default=None, help="batch size (default: the recipe's)")
+    pretrain.add_argument("--lr", type=_positive_float, default=None, help="peak learning rate (default: the recipe's)")
+    pretrain.add_argument("--seed", type=_non_negative_int, default=0, help="seed (default: 0)")
+    pretrain.add_argument("--force", action="store_true", help="retrain even if the cache has this model")
+    pretrain.set_defaults(handler=cmd_pretrain)
+
+    evaluate = commands.add_parser("eval", help="evaluate a checkpoint under the uniform protocol")
+    _add_data_arguments(evaluate)
+    evaluate.add_argument("--checkpoint", required=True,
+                          help="checkpoint path, 'auto' (the cached natural model) or robustbench:NAME")
+    evaluate.add_argument("--arch", default="smallcnn", help="architecture of the checkpoint")
+    evaluate.add_argument("--attacks", default="clean,pgd,cw",
+                          help="comma-separated attacks (default: clean,pgd,cw; see `bench list attacks`)")
+    evaluate.add_argument("--eps", default=None, help="budget, e.g. 8/255 or 0.2 (default: the dataset's)")
+    evaluate.add_argument("--norm", default="Linf", choices=("Linf", "L2"), help="threat model (default: Linf)")
+    evaluate.add_argument("--n-eval", type=_positive_int, default=None,
+                          help="size of the seeded test subset (default: the whole test set)")
+    evaluate.add_argument("--batch-size", type=_positive_int, default=256, help="evaluation batch size")
+    evaluate.add_argument("--seed", type=_non_negative_int, default=0, help="subset and attack seed (default: 0)")
+    evaluate.add_argument("--no-sanity", action="store_true", help="skip the extra eps checks on the first batch")
+    evaluate.add_argument("--format", default="md", choices=("md", "csv", "json"), help="output format")
+    evaluate.add_argument("--output", default=None, help="also write the table to this file")
+    evaluate.set_defaults(handler=cmd_eval)
+    return parser
+
+
+def _setup_logging(quiet: bool) -> None:
+    logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="bench: %(message)s",
+                        stream=sys.stderr)
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from .leaderboard import format_table
+    from .registry import ATTACKS, DATASETS, METHODS, MODELS
+
+    registries = {"methods": METHODS, "datasets": DATASETS, "archs": MODELS, "attacks": ATTACKS}
+    kinds = [args.kind] if args.kind else list(registries)
+    for kind in kinds:
+        registry = registries[kind]
+        rows = [{"name": e.name, "aliases": ", ".join(e.aliases), "description": e.description}
+                for e in registry.entries()]
+        print(f"## {kind}")
+        print(format_table(rows, "md") if rows else f"(no {kind} registered yet)")
+        print()
+    return 0
+
+
+def cmd_pretrain(args: argparse.Namespace) -> int:
+    import torch  # noqa: F401
+
+    from .data import load_dataset
+    from .pretrained import cache_path, default_recipe, pretrain, recipe_with, save_checkpoint
+    from .registry import MODELS
+    from .runtime import provenance, resolve_device
+    from dataclasses import asdict
+
+    arch = MODELS.canonical(args.arch)
+    device = resolve_device(args.device)
+    data = load_dataset(args.dataset, data_dir=args.data_dir, download=args.download)
+    recipe = recipe_with(default_recipe(data), epochs=args.epochs, batch_size=args.batch_size, lr=args.lr)
+    path = cache_path(data, arch, args.seed, recipe)
+    if path.is_file() and not args.force:
+        print(f"cached: {path} (use --force to retrain)")
+        return 0
+    model, info = pretrain(data, arch, recipe, args.seed, device, progress=not args.quiet)
+    save_checkpoint(model, path, arch, data, recipe=asdict(recipe), seed=args.seed,
+                    provenance=provenance(device), **info)
+    print(f"natural {arch} on {data.name}: test accuracy {info['test_accuracy']:.2f}% "
+          f"({info['seconds']:.1f} s, {info['images_per_second']:.0f} images/s)")
+    print(f"saved: {path}")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from .data import load_dataset
+    from .evaluate import EvalConfig, evaluate, parse_attacks, parse_eps
+    from .leaderboard import format_table
+    from .pretrained import resolve
+    from .registry import MODELS
+    from .runtime import atomic_write_text, resolve_device
+
+    arch = MODELS.canonical(args.arch)
+    attacks = parse_attacks(args.attacks)
+    eps = parse_eps(args.eps) if args.eps is not None else None
+    output = Path(args.output) if args.output else None
+    if output is not None and output.is_dir():
+        raise ConfigError(f"--output {output} is a directory; give a file name")
+    device = resolve_device(args.device)
+    data = load_dataset(args.dataset, data_dir=args.data_dir, download=args.download)
+    model, info = resolve(args.checkpoint, data, arch, seed=args.seed, device=device, progress=not args.quiet)
+    config = EvalConfig(attacks=attacks, eps=eps, norm=args.norm, n_eval=args.n_eval, seed=args.seed,
+                        batch_size=args.batch_size, sanity=not args.no_sanity)
+    start = time.perf_counter()
+    result = evaluate(model, data, config, device, progress=not args.quiet)
+    seconds = time.perf_counter() - start
+    table = format_table(result.rows(), args.format,
+                         extra={"source": info["source"], "dataset": data.name, "arch": arch, **result.to_dict()})
+    if args.format == "md":
+        table = (f"{arch} on {data.name} ({info['source']}), {result.norm} eps={result.eps:.4g}, "
+                 f"n={result.n}, {seconds:.1f} s\n\n{table}")
+        if result.flags:
+            table += "\n\nsanity flags:\n" + "\n".join(f"- {flag}" for flag in result.flags)
+        else:
+            table += "\n\nsanity flags: none"
+    print(table)
+    if output is not None:
+        atomic_write_text(table + "\n", output)
+    return 0
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+        _setup_logging(getattr(args, "quiet", False))
+        return args.handler(args)
+    except UserError as exc:
+        print(f"bench: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("bench: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,34 @@
+"""User-facing errors.
+
+Everything a user can cause (a typo, a missing file, a bad value) raises a :class:`UserError`;
+the CLI prints its message on one line and exits with status 2. Anything else is a bug and keeps
+its traceback.
+"""
+
+
+class UserError(Exception):
+    """An error caused by the user's input; its message is the whole explanation."""
+
+
+class ConfigError(UserError, ValueError):
+    """An invalid option value or combination of options."""
+
+
+class UnknownNameError(UserError, KeyError):
+    """A name that is not in a registry."""
+
+    def __str__(self) -> str:
+        # KeyError.__str__ would wrap the message in quotes.
+        return str(self.args[0]) if self.args else ""
+
+
+class DataNotFoundError(UserError, FileNotFoundError):
+    """A dataset that is not where the user said it is."""
+
+
+class CheckpointError(UserError):
+    """A checkpoint that cannot be read or does not fit the requested model."""
+
+
+class DependencyError(UserError, ImportError):
+    """An optional dependency that is needed for the requested feature is missing."""

@@ -1,0 +1,224 @@
+"""The uniform evaluator: one protocol for every model (design.md §6).
+
+A fixed, seeded subset of the test set; every requested attack on every point; per-sample
+correctness for each attack; ``worst`` = the per-sample worst case over all attacks run (a point
+counts as robust only if every attack failed on it, AutoAttack's convention); and sanity checks
+that flag likely gradient masking next to the numbers instead of hiding it.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Dict, List, Optional
+
+import torch
+from torch import nn
+from torch.utils.data import Subset
+from tqdm.auto import tqdm
+
+from .data import DataBundle, make_loader
+from .errors import ConfigError
+from .registry import ATTACKS
+
+log = logging.getLogger(__name__)
+
+# Above this gap (percentage points) PGD is "far above" AutoAttack: the classic masking symptom.
+PGD_AA_GAP_PP = 10.0
+# An unbounded L∞ attack (eps = 1 covers the whole image cube) must break nearly every point.
+UNBOUNDED_MAX_ACCURACY = 10.0
+
+
+@dataclass
+class EvalConfig:
+    """What to evaluate and how.
+
+    Attributes:
+        attacks: attack names; ``clean`` is always evaluated (first) even if not listed.
+        eps: budget in pixel units; None → the dataset's default.
+        norm: ``Linf`` or ``L2``.
+        n_eval: size of the seeded test subset; None → the whole test set.
+        seed: seeds the subset and the attacks' random starts.
+        batch_size: evaluation batch size.
+        sanity: run the extra eps checks (PGD at 2×eps and unbounded on the first batch).
+    """
+
+    attacks: List[str] = field(default_factory=lambda: ["clean", "pgd", "cw"])
+    eps: Optional[float] = None
+    norm: str = "Linf"
+    n_eval: Optional[int] = None
+    seed: int = 0
+    batch_size: int = 256
+    sanity: bool = True
+
+
+@dataclass
+class EvalResult:
+    """Accuracies in percent, per-sample correctness, timings and sanity flags."""
+
+    eps: float
+    norm: str
+    indices: List[int]
+    accuracy: Dict[str, float]
+    correct: Dict[str, torch.Tensor]
+    seconds: Dict[str, float]
+    flags: List[str]
+    config: dict
+
+    @property
+    def n(self) -> int:
+        return len(self.indices)
+
+    def rows(self) -> List[dict]:
+        """One row per attack plus ``worst``, for tables."""
+        rows = []
+        for name, accuracy in self.accuracy.items():
+            rows.append({
+                "attack": name,
+                "accuracy": round(accuracy, 2),
+                "correct": int(self.correct[name].sum()),
+                "n": self.n,
+                "seconds": round(self.seconds.get(name, 0.0), 2),
+            })
+        return rows
+
+    def to_dict(self) -> dict:
+        return {
+            "eps": self.eps, "norm": self.norm, "n": self.n, "accuracy": self.accuracy,
+            "seconds": self.seconds, "flags": self.flags, "config": self.config,
+        }
+
+
+def select_subset(n_total: int, n_eval: Optional[int], seed: int) -> List[int]:
+    """Sorted indices of a seeded random subset of size n_eval (all indices when n_eval is None)."""
+    if n_eval is None or n_eval >= n_total:
+        return list(range(n_total))
+    if n_eval <= 0:
+        raise ConfigError(f"--n-eval must be positive, got {n_eval}")
+    generator = torch.Generator().manual_seed(seed)
+    return sorted(torch.randperm(n_total, generator=generator)[:n_eval].tolist())
+
+
+def _check_perturbation(name: str, x: torch.Tensor, x_adv: torch.Tensor, eps: float, norm: str) -> None:
+    if x_adv.shape != x.shape:
+        raise RuntimeError(f"attack {name} returned shape {tuple(x_adv.shape)} for input {tuple(x.shape)}")
+    delta = (x_adv - x).flatten(1)
+    size = delta.abs().max(dim=1).values if norm == "Linf" else delta.norm(dim=1)
+    if bool((size > eps + 1e-5).any()) or x_adv.min() < -1e-6 or x_adv.max() > 1 + 1e-6:
+        raise RuntimeError(f"attack {name} left the {norm} eps-ball of radius {eps} or the [0, 1] box")
+
+
+def _predict(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return model(x).argmax(dim=1)
+
+
+def _eps_checks(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, norm: str,
+                accuracy_at_eps: float, seed: int) -> List[str]:
+    """PGD at 2×eps and with an unbounded budget on one batch: accuracy must fall as eps grows."""
+    from .attacks import PGD
+
+    flags = []
+    n = len(y)
+    doubled = PGD(2 * eps, norm)(model, x, y, seed=seed)
+    accuracy_doubled = 100.0 * float((_predict(model, doubled) == y).sum()) / n
+    if accuracy_doubled > accuracy_at_eps + 100.0 / n:
+        flags.append(f"accuracy does not fall with eps: PGD {accuracy_at_eps:.1f}% at eps={eps:.4g} but "
+                     f"{accuracy_doubled:.1f}% at eps={2 * eps:.4g} (first batch): likely gradient masking")
+    if norm == "Linf":
+        unbounded = PGD(1.0, norm)(model, x, y, seed=seed)
+        accuracy_unbounded = 100.0 * float((_predict(model, unbounded) == y).sum()) / n
+        if accuracy_unbounded > UNBOUNDED_MAX_ACCURACY:
+            flags.append(f"unbounded PGD (eps=1) leaves {accuracy_unbounded:.1f}% accuracy (first batch): "
+                         "gradients do not lead anywhere, likely gradient masking")
+    return flags
+
+
+def evaluate(model: nn.Module, data: DataBundle, config: EvalConfig, device: torch.device,
+             progress: bool = True) -> EvalResult:
+    """Evaluate ``model`` on a seeded subset of ``data.test`` with every attack in ``config``.
+
+    The model is put in eval mode for every attack and its original mode restored at the end.
+    """
+    attack_names = [ATTACKS.canonical(a) for a in config.attacks]
+    if "clean" not in attack_names:
+        attack_names.insert(0, "clean")
+    attack_names = list(dict.fromkeys(attack_names))
+    eps = data.default_eps if config.eps is None else float(config.eps)
+    if eps < 0:
+        raise ConfigError(f"--eps must be >= 0, got {eps}")
+    attacks = {name: ATTACKS.get(name)(eps, config.norm, config.batch_size) for name in attack_names}
+    indices = select_subset(len(data.test), config.n_eval, config.seed)
+    loader = make_loader(Subset(data.test, indices), batch_size=config.batch_size, shuffle=False)
+
+    was_training = model.training
+    model.eval()
+    correct: Dict[str, List[torch.Tensor]] = {name: [] for name in attack_names}
+    seconds = {name: 0.0 for name in attack_names}
+    flags: List[str] = []
+    bar = tqdm(total=len(loader) * len(attack_names), desc="evaluate", unit="attack-batch",
+               disable=not progress, leave=False)
+    try:
+        for batch_number, (x, y, _) in enumerate(loader):
+            x, y = x.to(device), y.to(device)
+            for name, attack in attacks.items():
+                bar.set_postfix_str(name)
+                start = time.perf_counter()
+                x_adv = attack(model, x, y, seed=config.seed * 100003 + batch_number)
+                _check_perturbation(name, x, x_adv, eps, config.norm)
+                correct[name].append((_predict(model, x_adv) == y).cpu())
+                seconds[name] += time.perf_counter() - start
+                flags.extend(f for f in attack.flags if f not in flags)
+                bar.update(1)
+            if batch_number == 0 and config.sanity and "pgd" in attacks and eps > 0:
+                first_pgd = 100.0 * float(correct["pgd"][0].sum()) / len(y)
+                flags.extend(_eps_checks(model, x, y, eps, config.norm, first_pgd, config.seed))
+    finally:
+        bar.close()
+        model.train(was_training)
+
+    per_sample = {name: torch.cat(values) for name, values in correct.items()}
+    per_sample["worst"] = torch.stack(list(per_sample.values())).all(dim=0)
+    n = len(indices)
+    accuracy = {name: 100.0 * float(values.sum()) / n for name, values in per_sample.items()}
+    flags.extend(_accuracy_flags(accuracy))
+    return EvalResult(eps=eps, norm=config.norm, indices=indices, accuracy=accuracy, correct=per_sample,
+                      seconds=seconds, flags=flags, config={**asdict(config), "eps": eps, "attacks": attack_names})
+
+
+def _accuracy_flags(accuracy: Dict[str, float]) -> List[str]:
+    flags = []
+    clean = accuracy["clean"]
+    for name, value in accuracy.items():
+        if name not in ("clean", "worst") and value > clean:
+            flags.append(f"{name} accuracy {value:.2f}% is above clean accuracy {clean:.2f}%: "
+                         "the model may be randomised or the attack broken")
+    for aa_name in ("aa", "aa-fast"):
+        if "pgd" in accuracy and aa_name in accuracy and accuracy["pgd"] - accuracy[aa_name] > PGD_AA_GAP_PP:
+            flags.append(f"PGD accuracy {accuracy['pgd']:.2f}% is far above {aa_name} {accuracy[aa_name]:.2f}% "
+                         f"(> {PGD_AA_GAP_PP:.0f} points): likely gradient masking, trust {aa_name}")
+    return flags
+
+
+def parse_attacks(text: str) -> List[str]:
+    """Comma-separated attack names → canonical names (unknown names raise UnknownNameError)."""
+    names = [part.strip() for part in text.split(",") if part.strip()]
+    if not names:
+        raise ConfigError("--attacks is empty; choose from " + ", ".join(ATTACKS.names()))
+    return [ATTACKS.canonical(name) for name in names]
+
+
+def parse_eps(text: str) -> float:
+    """'8/255', '0.031' or '2e-2' → float; negative or malformed values raise ConfigError."""
+    try:
+        if "/" in text:
+            numerator, denominator = text.split("/")
+            value = float(numerator) / float(denominator)
+        else:
+            value = float(text)
+    except (ValueError, ZeroDivisionError):
+        raise ConfigError(f"--eps must be a number or a fraction like 8/255, got {text!r}") from None
+    if not value >= 0 or value == float("inf"):
+        raise ConfigError(f"--eps must be a finite number >= 0, got {text!r}")
+    return value
+

@@ -1,0 +1,266 @@
+"""Natural pre-training and the sources of a pre-trained model.
+
+``resolve(source, ...)`` accepts:
+
+* ``auto``: the cached natural model for (dataset, arch, seed, recipe); trained on a miss;
+* a checkpoint path: ours, a plain ``state_dict``, or ``module.``-prefixed DataParallel keys;
+* ``robustbench:NAME``: a RobustBench model-zoo entry (the ``zoo`` extra), e.g. ``Standard``.
+
+The cache lives in ``$ROBUSTBENCH_AFT_CACHE`` (default ``~/.cache/robustbench_aft``).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any, Dict, Optional, Tuple
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+from tqdm.auto import tqdm
+
+from .data import DataBundle, make_loader
+from .errors import CheckpointError, ConfigError
+from .models import build_model
+from .runtime import atomic_torch_save, provenance, seed_everything
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_FORMAT = "robustbench_aft.checkpoint/1"
+
+
+def cache_dir() -> Path:
+    """``$ROBUSTBENCH_AFT_CACHE`` or ``~/.cache/robustbench_aft``."""
+    return Path(os.environ.get("ROBUSTBENCH_AFT_CACHE", "~/.cache/robustbench_aft")).expanduser()
+
+
+@dataclass(frozen=True)
+class NaturalRecipe:
+    """How a natural (non-adversarial) model is trained: SGD with momentum, cosine lr per step.
+
+    Attributes:
+        epochs: passes over the training set.
+        batch_size, lr, momentum, weight_decay: SGD settings.
+    """
+
+    epochs: int = 100
+    batch_size: int = 128
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+
+    def key(self) -> str:
+        """A short hash that changes with any field (part of the cache file name)."""
+        return hashlib.sha1(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:8]
+
+
+def default_recipe(data: DataBundle) -> NaturalRecipe:
+    """Digits: 30 epochs at batch 64 (a few seconds on a CPU); images: 100 epochs (the "Standard" recipe)."""
+    if data.name == "digits":
+        return NaturalRecipe(epochs=30, batch_size=64, lr=0.05)
+    return NaturalRecipe()
+
+
+def cache_path(data: DataBundle, arch: str, seed: int, recipe: NaturalRecipe) -> Path:
+    return cache_dir() / "natural" / f"{data.key}-{arch}-seed{seed}-{recipe.key()}.pt"
+
+
+def test_accuracy(model: nn.Module, data: DataBundle, device: torch.device, batch_size: int = 512) -> float:
+    """Clean accuracy (%) on the whole test split, in eval mode; the model's mode is restored."""
+    was_training = model.training
+    model.eval()
+    correct = total = 0
+    with torch.no_grad():
+        for x, y, _ in make_loader(data.test, batch_size, shuffle=False):
+            correct += int((model(x.to(device)).argmax(1) == y.to(device)).sum())
+            total += len(y)
+    model.train(was_training)
+    return 100.0 * correct / total
+
+
+def pretrain(data: DataBundle, arch: str, recipe: NaturalRecipe, seed: int, device: torch.device,
+             progress: bool = True, num_workers: int = 0) -> Tuple[nn.Module, Dict[str, Any]]:
+    """Train ``arch`` naturally on ``data.train``; returns the model and its metadata."""
+    seed_everything(seed)
+    model = build_model(arch, data.num_classes, data.input_shape[0], data.mean, data.std).to(device)
+    loader = make_loader(data.train, recipe.batch_size, shuffle=True, seed=seed, num_workers=num_workers)
+    optimizer = torch.optim.SGD(model.parameters(), lr=recipe.lr, momentum=recipe.momentum,
+                                weight_decay=recipe.weight_decay)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=recipe.epochs * len(loader))
+    start = time.perf_counter()
+    images = 0
+    model.train()
+    with tqdm(total=recipe.epochs * len(loader), desc=f"pretrain {arch} on {data.name}", unit="batch",
+              disable=not progress) as bar:
+        for epoch in range(recipe.epochs):
+            for x, y, _ in loader:
+                x, y = x.to(device), y.to(device)
+                loss = F.cross_entropy(model(x), y)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                scheduler.step()
+                images += len(y)
+                bar.update(1)
+                bar.set_postfix(epoch=epoch + 1, loss=f"{loss.item():.3f}")
+    seconds = time.perf_counter() - start
+    accuracy = test_accuracy(model, data, device)
+    log.info("pretrained %s on %s: test accuracy %.2f%% in %.1f s (%.0f images/s)",
+             arch, data.name, accuracy, seconds, images / max(seconds, 1e-9))
+    info = {"test_accuracy": accuracy, "seconds": seconds, "images_per_second": images / max(seconds, 1e-9)}
+    return model, info
+
+
+def save_checkpoint(model: nn.Module, path: Path, arch: str, data: DataBundle, **metadata: Any) -> Path:
+    """Write a checkpoint atomically with the metadata needed to rebuild and trace the model."""
+    payload = {
+        "format": CHECKPOINT_FORMAT,
+        "arch": arch,
+        "dataset": data.name,
+        "num_classes": data.num_classes,
+        "input_shape": list(data.input_shape),
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "metadata": json.loads(json.dumps(metadata, default=str)),
+    }
+    return atomic_torch_save(payload, path)
+
+
+def _read_checkpoint(path: Path) -> Any:
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for a bad file; all mean "unreadable"
+        reason = " ".join(str(exc).split())[:160]
+        raise CheckpointError(f"cannot read checkpoint {path}: truncated or not a torch checkpoint ({reason})") from None
+
+
+def _state_dict_of(payload: Any, path: Path) -> Dict[str, torch.Tensor]:
+    if isinstance(payload, dict):
+        for key in ("state_dict", "model_state_dict", "model"):
+            if isinstance(payload.get(key), dict):
+                payload = payload[key]
+                break
+    if not isinstance(payload, dict) or not payload or not all(isinstance(v, torch.Tensor) for v in payload.values()):
+        raise CheckpointError(f"checkpoint {path} holds no state_dict (expected a dict of tensors, "
+                              "or one under 'state_dict'/'model_state_dict'/'model')")
+    if all(k.startswith("module.") for k in payload):
+        payload = {k[len("module."):]: v for k, v in payload.items()}
+    return payload
+
+
+def load_checkpoint(path: str, data: DataBundle, arch: str) -> Tuple[nn.Module, Dict[str, Any]]:
+    """Build ``arch`` for ``data`` and load the weights at ``path``; every mismatch is a CheckpointError."""
+    path_obj = Path(path).expanduser()
+    payload = _read_checkpoint(path_obj)
+    if isinstance(payload, dict) and payload.get("format") == CHECKPOINT_FORMAT and payload.get("arch") != arch:
+        raise CheckpointError(f"checkpoint {path} was saved for arch {payload.get('arch')!r}, not {arch!r}: "
+                              f"pass --arch {payload.get('arch')}")
+    state = _state_dict_of(payload, path_obj)
+    model = build_model(arch, data.num_classes, data.input_shape[0], data.mean, data.std)
+    expected = model.state_dict()
+    head_key = "head.weight"
+    if head_key in state and head_key in expected and state[head_key].shape[0] != expected[head_key].shape[0]:
+        raise CheckpointError(f"checkpoint {path} has {state[head_key].shape[0]} classes but dataset "
+                              f"{data.name} has {expected[head_key].shape[0]}")
+    missing = [k for k in expected if k not in state and not k.startswith("normalize.")]
+    unexpected = [k for k in state if k not in expected]
+    if missing or unexpected:
+        def preview(keys):
+            return ", ".join(keys[:4]) + (f" (+{len(keys) - 4} more)" if len(keys) > 4 else "")
+        parts = []
+        if missing:
+            parts.append(f"missing keys: {preview(missing)}")
+        if unexpected:
+            parts.append(f"unexpected keys: {preview(unexpected)}")
+        raise CheckpointError(f"checkpoint {path} does not fit arch {arch!r}: " + "; ".join(parts))
+    wrong_shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in expected.items()
+                    if k in state and state[k].shape != v.shape]
+    if wrong_shapes:
+        raise CheckpointError(f"checkpoint {path} does not fit arch {arch!r} on {data.name}: "
+                              f"shape mismatch in {', '.join(wrong_shapes[:3])}")
+    model.load_state_dict({**expected, **state})
+    metadata = payload.get("metadata", {}) if isinstance(payload, dict) else {}
+    return model, {"source": str(path), **({"metadata": metadata} if metadata else {})}
+
+
+class FeatureHookClassifier(nn.Module):
+    """Adapts an external classifier to our contract: its last ``nn.Linear`` becomes ``head``.
+
+    ``forward_features`` returns the input of that layer (the pooled features for the usual
+    ResNet/WRN definitions), so ``head(forward_features(x)) == forward(x)`` whenever the linear
+    layer is the network's last operation, which :func:`_wrap_external` verifies.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+        if not linears:
+            raise CheckpointError("external model has no nn.Linear classifier layer to use as head")
+        self.model = model
+        self.head = linears[-1]
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        captured = {}
+
+        def grab(_module, inputs):
+            captured["features"] = inputs[0]
+
+        handle = self.head.register_forward_pre_hook(grab)
+        try:
+            self.model(x)
+        finally:
+            handle.remove()
+        return captured["features"].flatten(1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+
+def _load_robustbench(name: str, data: DataBundle) -> Tuple[nn.Module, Dict[str, Any]]:
+    from ._compat import import_robustbench
+
+    robustbench = import_robustbench()
+    if data.name not in ("cifar10", "cifar100"):
+        raise ConfigError(f"robustbench:{name} is a CIFAR model zoo entry; use --dataset cifar10 or cifar100")
+    model_dir = cache_dir() / "robustbench"
+    try:
+        model = robustbench.utils.load_model(model_name=name, model_dir=str(model_dir), dataset=data.name,
+                                             threat_model="Linf")
+    except Exception as exc:  # robustbench raises bare exceptions for unknown names and failed downloads
+        raise CheckpointError(f"robustbench:{name} could not be loaded from {model_dir} "
+                              f"({' '.join(str(exc).split())[:160]})") from None
+    return FeatureHookClassifier(model), {"source": f"robustbench:{name}"}
+
+
+def resolve(source: str, data: DataBundle, arch: str, seed: int, device: torch.device,
+            recipe: Optional[NaturalRecipe] = None, progress: bool = True) -> Tuple[nn.Module, Dict[str, Any]]:
+    """The natural pre-trained model named by ``source`` (``auto``, a path, or ``robustbench:NAME``)."""
+    if source == "auto":
+        recipe = recipe or default_recipe(data)
+        path = cache_path(data, arch, seed, recipe)
+        if path.is_file():
+            log.info("using cached natural model %s", path)
+            model, info = load_checkpoint(str(path), data, arch)
+        else:
+            log.info("no cached natural model for %s/%s seed %d: pre-training it", data.name, arch, seed)
+            model, info = pretrain(data, arch, recipe, seed, device, progress=progress)
+            save_checkpoint(model, path, arch, data, recipe=asdict(recipe), seed=seed,
+                            provenance=provenance(device), **info)
+            info = {"source": str(path), "metadata": info}
+        return model.to(device), info
+    if source.startswith("robustbench:"):
+        model, info = _load_robustbench(source.split(":", 1)[1], data)
+        return model.to(device), info
+    model, info = load_checkpoint(source, data, arch)
+    return model.to(device), info
+
+
+def recipe_with(recipe: NaturalRecipe, **overrides: Any) -> NaturalRecipe:
+    """``recipe`` with the non-None overrides applied (None means "not given")."""
+    return replace(recipe, **{k: v for k, v in overrides.items() if v is not None})
