@@ -15,12 +15,16 @@ Why this module exists (ecosystem.md §1):
 * robustbench's ``loaders.py`` imports ``pkg_resources``, which setuptools 82 removed. The ``zoo``
   extra therefore requires ``setuptools<82``; we only filter the deprecation warning it prints.
 
+* torchattacks 3.5.1 (our ``dev`` extra) installs an old vendored ``robustbench`` package with no
+  distribution metadata; :func:`import_robustbench` tells it apart from the real one.
+
 RobustBench is imported lazily (it costs seconds and pulls timm), only by :func:`import_robustbench`.
 """
 from __future__ import annotations
 
 import contextlib
 import importlib
+import importlib.metadata
 import importlib.util
 import logging
 import sys
@@ -106,6 +110,9 @@ def captured_autoattack_flags() -> Iterator[List[str]]:
     logger = logging.getLogger(AUTOATTACK_LOGGER)
     handler = _RecordHandler(records)
     logger.addHandler(handler)
+    # The flags are reported with the results; progress messages stay out of the user's log.
+    propagate = logger.propagate
+    logger.propagate = False
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
@@ -116,6 +123,7 @@ def captured_autoattack_flags() -> Iterator[List[str]]:
                 records.append(message)
     finally:
         logger.removeHandler(handler)
+        logger.propagate = propagate
 
 
 def _alias_autoattack_to_pyautoattack() -> None:
@@ -132,11 +140,17 @@ def _alias_autoattack_to_pyautoattack() -> None:
 
 def import_robustbench():
     """Import and return the ``robustbench`` package (the ``zoo`` extra), fixing its imports first."""
-    if importlib.util.find_spec("robustbench") is None:
-        raise DependencyError(
-            "robustbench models need the optional zoo extra: pip install 'robustbench-aft[zoo]' "
-            "(or, from a checkout, pip install -e '.[zoo]')"
-        )
+    install = "pip install 'robustbench-aft[zoo]' (from a checkout: pip install -e '.[zoo]')"
+    try:
+        importlib.metadata.version("robustbench")
+    except importlib.metadata.PackageNotFoundError:
+        if importlib.util.find_spec("robustbench") is not None:
+            # torchattacks 3.5.1 installs an old vendored copy of robustbench as a top-level package
+            # without distribution metadata; it is not the model zoo we need.
+            raise DependencyError(
+                "the importable 'robustbench' is the old copy vendored by torchattacks, not RobustBench 1.1: " + install
+            ) from None
+        raise DependencyError("robustbench models need the optional zoo extra: " + install) from None
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*pkg_resources.*")
         try:

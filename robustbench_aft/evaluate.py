@@ -157,7 +157,7 @@ def evaluate(model: nn.Module, data: DataBundle, config: EvalConfig, device: tor
     seconds = {name: 0.0 for name in attack_names}
     flags: List[str] = []
     bar = tqdm(total=len(loader) * len(attack_names), desc="evaluate", unit="attack-batch",
-               disable=not progress, leave=False)
+               disable=None if progress else True, leave=False)
     try:
         for batch_number, (x, y, _) in enumerate(loader):
             x, y = x.to(device), y.to(device)

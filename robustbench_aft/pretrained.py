@@ -96,7 +96,7 @@ def pretrain(data: DataBundle, arch: str, recipe: NaturalRecipe, seed: int, devi
     images = 0
     model.train()
     with tqdm(total=recipe.epochs * len(loader), desc=f"pretrain {arch} on {data.name}", unit="batch",
-              disable=not progress) as bar:
+              disable=None if progress else True) as bar:
         for epoch in range(recipe.epochs):
             for x, y, _ in loader:
                 x, y = x.to(device), y.to(device)

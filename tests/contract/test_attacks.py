@@ -1,0 +1,55 @@
+"""Every registered attack: stays in the eps-ball and [0, 1], never beats clean, is a no-op at eps 0."""
+import pytest
+import torch
+
+from robustbench_aft.data import collect
+from robustbench_aft.registry import ATTACKS
+
+EPS = 0.1
+
+
+@pytest.fixture(scope="module")
+def batch(digits):
+    return collect(digits.test, range(0, 360, 6))  # 60 test images, every class
+
+
+def _accuracy(model, x, y):
+    with torch.no_grad():
+        return (model(x).argmax(1) == y).float().mean().item()
+
+
+@pytest.mark.parametrize("name", ATTACKS.names())
+@pytest.mark.parametrize("norm,eps", [("Linf", EPS), ("L2", 1.0)])
+def test_adversarial_images_stay_in_the_ball_and_in_the_box(digits_model, batch, name, norm, eps):
+    x, y = batch
+    x_adv = ATTACKS.get(name)(eps, norm)(digits_model, x, y, seed=1)
+    assert x_adv.shape == x.shape
+    assert x_adv.min() >= 0 and x_adv.max() <= 1
+    delta = (x_adv - x).flatten(1)
+    size = delta.abs().max(1).values if norm == "Linf" else delta.norm(dim=1)
+    assert (size <= eps + 1e-5).all()
+    assert _accuracy(digits_model, x_adv, y) <= _accuracy(digits_model, x, y)
+
+
+@pytest.mark.parametrize("name", ATTACKS.names())
+def test_zero_budget_changes_nothing(digits_model, batch, name):
+    x, y = batch
+    x_adv = ATTACKS.get(name)(0.0)(digits_model, x, y, seed=1)
+    torch.testing.assert_close(x_adv, x, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("name", ATTACKS.names())
+def test_attack_runs_in_eval_mode_and_restores_the_mode(digits_model, batch, name):
+    x, y = batch
+    seen_modes = []
+    handle = digits_model.register_forward_pre_hook(lambda module, inputs: seen_modes.append(module.training))
+    digits_model.train()
+    try:
+        ATTACKS.get(name)(EPS)(digits_model, x[:8], y[:8], seed=1)
+    finally:
+        handle.remove()
+        mode_after = digits_model.training
+        digits_model.eval()
+    assert mode_after is True
+    assert not any(seen_modes)
+    assert seen_modes or name == "clean"  # clean needs no forward pass

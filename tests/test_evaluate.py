@@ -1,0 +1,111 @@
+"""The uniform evaluator: agreement with torchattacks, AA vs PGD, masking detection, subsets."""
+import pytest
+import torch
+from torch import nn
+
+from robustbench_aft.attacks import cw_margin_loss
+from robustbench_aft.data import collect
+from robustbench_aft.errors import ConfigError, UnknownNameError
+from robustbench_aft.evaluate import EvalConfig, evaluate, parse_attacks, parse_eps, select_subset
+
+CPU = torch.device("cpu")
+
+
+def test_cw_margin_loss_by_hand():
+    logits = torch.tensor([[2.0, 1.0, 0.5], [0.0, 3.0, 1.0]])
+    labels = torch.tensor([0, 2])
+    # row 0: best other 1.0 - true 2.0 = -1; row 1: best other 3.0 - true 1.0 = 2
+    assert cw_margin_loss(logits, labels).item() == pytest.approx(1.0)
+
+
+def test_pgd_agrees_with_torchattacks(digits_model, digits):
+    torchattacks = pytest.importorskip("torchattacks")
+    eps = 0.05
+    result = evaluate(digits_model, digits, EvalConfig(attacks=["pgd"], eps=eps, sanity=False), CPU, progress=False)
+    x, y = collect(digits.test, range(len(digits.test)))
+    reference = torchattacks.PGD(digits_model, eps=eps, alpha=eps / 4, steps=20, random_start=True)
+    torch.manual_seed(0)
+    x_adv = reference(x, y)
+    with torch.no_grad():
+        reference_accuracy = 100.0 * (digits_model(x_adv).argmax(1) == y).float().mean().item()
+    ours = result.accuracy["pgd"]
+    print(f"PGD-20 at eps {eps}: ours {ours:.2f}%, torchattacks {reference_accuracy:.2f}%")
+    assert 5.0 < ours < result.accuracy["clean"]  # a non-trivial operating point
+    assert abs(ours - reference_accuracy) <= 1.0
+
+
+def test_autoattack_is_at_least_as_strong_as_pgd(digits_model, digits):
+    result = evaluate(digits_model, digits, EvalConfig(attacks=["clean", "pgd", "aa"], eps=0.05, n_eval=80),
+                      CPU, progress=False)
+    acc = result.accuracy
+    print(acc)
+    assert acc["pgd"] > 5.0
+    assert acc["aa"] <= acc["pgd"] + 1.0
+    assert acc["worst"] <= min(acc["pgd"], acc["aa"])
+    assert not [f for f in result.flags if "far above" in f]
+
+
+class QuantizedInput(nn.Module):
+    """Rounds the input to 1/8 steps before the classifier: piecewise constant, zero gradients."""
+
+    def __init__(self, classifier: nn.Module) -> None:
+        super().__init__()
+        self.classifier = classifier
+
+    def forward(self, x):
+        return self.classifier(torch.round(x * 8) / 8)
+
+
+def test_masked_gradients_are_caught_by_square_worst_and_flags(digits_model, digits):
+    masked = QuantizedInput(digits_model).eval()
+    result = evaluate(masked, digits, EvalConfig(attacks=["clean", "pgd", "aa"], eps=0.2, n_eval=100),
+                      CPU, progress=False)
+    acc = result.accuracy
+    print(acc, result.flags)
+    assert acc["clean"] >= 85.0
+    assert acc["pgd"] >= 60.0  # gradient steps go nowhere
+    assert acc["aa"] <= acc["pgd"] - 30.0  # Square, a black-box attack, is not fooled
+    assert acc["worst"] <= acc["aa"]
+    text = " ".join(result.flags)
+    assert "far above aa" in text
+    assert "unbounded PGD" in text
+    assert "AutoAttack:" in text
+
+
+def test_natural_model_has_no_flags_and_accuracy_falls_with_eps(digits_model, digits):
+    accuracies = []
+    for eps in (0.0, 0.03, 0.1):
+        result = evaluate(digits_model, digits, EvalConfig(attacks=["pgd", "cw"], eps=eps, n_eval=120), CPU,
+                          progress=False)
+        assert not result.flags, result.flags
+        accuracies.append(result.accuracy["pgd"])
+        if eps == 0.0:
+            assert result.accuracy["pgd"] == result.accuracy["cw"] == result.accuracy["clean"]
+            assert torch.equal(result.correct["pgd"], result.correct["clean"])
+    assert accuracies[0] > accuracies[1] > accuracies[2]
+
+
+def test_subset_is_seeded_sorted_and_clean_is_always_evaluated(digits_model, digits):
+    assert select_subset(10, None, 0) == list(range(10))
+    first, again, other = select_subset(360, 50, 3), select_subset(360, 50, 3), select_subset(360, 50, 4)
+    assert first == again and first == sorted(first) and len(set(first)) == 50 and first != other
+    digits_model.train()
+    result = evaluate(digits_model, digits, EvalConfig(attacks=["cw"], eps=0.05, n_eval=50, seed=3), CPU,
+                      progress=False)
+    assert digits_model.training  # mode restored
+    digits_model.eval()
+    assert result.indices == first
+    assert list(result.accuracy) == ["clean", "cw", "worst"]
+    assert torch.equal(result.correct["worst"], result.correct["clean"] & result.correct["cw"])
+    assert [row["attack"] for row in result.rows()] == ["clean", "cw", "worst"]
+
+
+def test_parsers_reject_bad_values():
+    assert parse_eps("8/255") == pytest.approx(8 / 255)
+    assert parse_eps("0.2") == 0.2
+    for bad in ("-0.1", "abc", "1/0", "inf", "nan"):
+        with pytest.raises(ConfigError):
+            parse_eps(bad)
+    assert parse_attacks("clean, PGD ,aa") == ["clean", "pgd", "aa"]
+    with pytest.raises(UnknownNameError, match="Did you mean 'pgd'"):
+        parse_attacks("clean,pgdd")

@@ -1,0 +1,100 @@
+"""Natural pre-training, the cache, and every checkpoint source with its error paths."""
+import importlib.metadata
+import time
+
+import pytest
+import torch
+
+from robustbench_aft.errors import CheckpointError, DependencyError
+from robustbench_aft.models import build_model
+from robustbench_aft.pretrained import (NaturalRecipe, cache_path, default_recipe, load_checkpoint, pretrain,
+                                        resolve, save_checkpoint)
+
+CPU = torch.device("cpu")
+
+
+def test_smallcnn_reaches_95_percent_on_digits_within_a_minute(digits):
+    start = time.perf_counter()
+    _, info = pretrain(digits, "smallcnn", default_recipe(digits), seed=0, device=CPU, progress=False)
+    seconds = time.perf_counter() - start
+    print(f"natural smallcnn on digits: {info['test_accuracy']:.2f}% test accuracy in {seconds:.1f} s")
+    assert info["test_accuracy"] >= 95.0
+    assert seconds < 60.0
+
+
+def test_auto_pretrains_once_then_loads_from_cache(digits):
+    recipe = NaturalRecipe(epochs=1, batch_size=128, lr=0.05)
+    path = cache_path(digits, "smallcnn", 5, recipe)
+    assert not path.exists()
+    first, info = resolve("auto", digits, "smallcnn", seed=5, device=CPU, recipe=recipe, progress=False)
+    assert path.is_file() and info["source"] == str(path)
+    mtime = path.stat().st_mtime_ns
+    second, _ = resolve("auto", digits, "smallcnn", seed=5, device=CPU, recipe=recipe, progress=False)
+    assert path.stat().st_mtime_ns == mtime
+    for (k, a), (_, b) in zip(first.state_dict().items(), second.state_dict().items()):
+        assert torch.equal(a, b), k
+    assert cache_path(digits, "smallcnn", 5, NaturalRecipe(epochs=2)) != path
+
+
+def _logits(model, digits):
+    x = torch.stack([digits.test[i][0] for i in range(16)])
+    with torch.no_grad():
+        return model.eval()(x)
+
+
+def test_plain_and_dataparallel_state_dicts_load(digits_model, digits, tmp_path):
+    expected = _logits(digits_model, digits)
+    plain = tmp_path / "plain.pth"
+    torch.save(digits_model.state_dict(), plain)
+    wrapped = tmp_path / "dp.pth"
+    torch.save({"state_dict": {f"module.{k}": v for k, v in digits_model.state_dict().items()}}, wrapped)
+    ours = save_checkpoint(digits_model, tmp_path / "ours.pt", "smallcnn", digits, note="test")
+    for path in (plain, wrapped, ours):
+        model, _ = resolve(str(path), digits, "smallcnn", seed=0, device=CPU)
+        torch.testing.assert_close(_logits(model, digits), expected)
+
+
+def test_checkpoint_errors_name_the_problem(digits_model, digits, tmp_path):
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_checkpoint(str(tmp_path / "missing.pt"), digits, "smallcnn")
+
+    good = tmp_path / "good.pt"
+    torch.save(digits_model.state_dict(), good)
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes(good.read_bytes()[:1000])
+    with pytest.raises(CheckpointError, match="truncated or not a torch checkpoint"):
+        load_checkpoint(str(truncated), digits, "smallcnn")
+
+    renamed = {k.replace("head.", "classifier."): v for k, v in digits_model.state_dict().items()}
+    torch.save(renamed, tmp_path / "renamed.pt")
+    with pytest.raises(CheckpointError, match=r"missing keys: head\.weight, head\.bias; unexpected keys: classifier\."):
+        load_checkpoint(str(tmp_path / "renamed.pt"), digits, "smallcnn")
+
+    other = build_model("smallcnn", 3, 1, [0.5], [0.25])
+    torch.save(other.state_dict(), tmp_path / "three.pt")
+    with pytest.raises(CheckpointError, match="has 3 classes but dataset digits has 10"):
+        load_checkpoint(str(tmp_path / "three.pt"), digits, "smallcnn")
+
+    ours = save_checkpoint(digits_model, tmp_path / "ours.pt", "smallcnn", digits)
+    with pytest.raises(CheckpointError, match="saved for arch 'smallcnn', not 'resnet18'"):
+        load_checkpoint(str(ours), digits, "resnet18")
+
+    torch.save({"epoch": 3}, tmp_path / "nostate.pt")
+    with pytest.raises(CheckpointError, match="holds no state_dict"):
+        load_checkpoint(str(tmp_path / "nostate.pt"), digits, "smallcnn")
+
+
+def _robustbench_distribution_installed() -> bool:
+    try:
+        importlib.metadata.version("robustbench")
+        return True
+    except importlib.metadata.PackageNotFoundError:
+        return False
+
+
+@pytest.mark.skipif(_robustbench_distribution_installed(),
+                    reason="the zoo extra is installed; this checks the message shown without it")
+def test_robustbench_source_without_the_zoo_extra_says_how_to_install(digits):
+    # Holds both with nothing installed and with torchattacks' vendored copy importable.
+    with pytest.raises(DependencyError, match=r"pip install 'robustbench-aft\[zoo\]'"):
+        resolve("robustbench:Standard", digits, "wrn-28-10", seed=0, device=CPU)
