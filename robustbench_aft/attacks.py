@@ -140,8 +140,11 @@ class Clean(Attack):
 class PGD(Attack):
     """PGD-20 on cross-entropy, one uniform random start, step eps/4 (2/255 at eps 8/255)."""
 
-    steps = 20
-    relative_step = 0.25
+    def __init__(self, eps: float, norm: str = "Linf", batch_size: int = 256, steps: int = 20,
+                 relative_step: float = 0.25) -> None:
+        super().__init__(eps, norm, batch_size)
+        self.steps = steps
+        self.relative_step = relative_step
 
     def perturb(self, model, x, y, generator):
         return pgd(model, x, y, eps=self.eps, norm=self.norm, steps=self.steps,
@@ -156,8 +159,11 @@ class CWInf(Attack):
     optimisation attack of Carlini & Wagner, a different thing.
     """
 
-    steps = 30
-    relative_step = 0.25
+    def __init__(self, eps: float, norm: str = "Linf", batch_size: int = 256, steps: int = 30,
+                 relative_step: float = 0.25) -> None:
+        super().__init__(eps, norm, batch_size)
+        self.steps = steps
+        self.relative_step = relative_step
 
     def perturb(self, model, x, y, generator):
         return pgd(model, x, y, eps=self.eps, norm=self.norm, steps=self.steps,

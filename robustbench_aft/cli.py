@@ -103,6 +103,34 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--format", default="md", choices=("md", "csv", "json"), help="output format")
     evaluate.add_argument("--output", default=None, help="also write the table to this file")
     evaluate.set_defaults(handler=cmd_eval)
+
+    run = commands.add_parser("run", help="fine-tune with each method and seed, evaluate, store, print the leaderboard")
+    _add_data_arguments(run)
+    run.add_argument("--methods", required=True, help="comma-separated methods, e.g. ours,trades (see `bench list methods`)")
+    run.add_argument("--arch", default="smallcnn", help="architecture (default: smallcnn)")
+    run.add_argument("--preset", default=None, help="quick (the digits default) or paper (the default elsewhere)")
+    run.add_argument("--pretrained", default="auto", help="natural model: auto (cache or pre-train), a path, robustbench:NAME")
+    run.add_argument("--seeds", default="0", help="comma-separated fine-tuning seeds (default: 0)")
+    run.add_argument("--epochs", type=_positive_int, default=None, help="fine-tuning epochs (default: the preset's)")
+    run.add_argument("--batch-size", type=_positive_int, default=None, help="fine-tuning batch size")
+    run.add_argument("--lr", type=_positive_float, default=None, help="base learning rate")
+    run.add_argument("--train-subset", type=_positive_int, default=None,
+                     help="fine-tune on a seeded subset of this many training images")
+    run.add_argument("--attacks", default=None, help="evaluation attacks (default: the preset's)")
+    run.add_argument("--eps", default=None, help="budget, e.g. 8/255 (default: the dataset's)")
+    run.add_argument("--n-eval", type=_positive_int, default=None, help="size of the seeded test subset")
+    run.add_argument("--set", action="append", default=[], metavar="METHOD.PARAM=VALUE",
+                     help="override a method parameter, e.g. --set afd.alpha=0.1 (repeatable)")
+    run.add_argument("--db", default="runs/results.db", help="results store (default: runs/results.db)")
+    run.add_argument("--out", default=None, help="folder for checkpoints (default: next to the store, per run)")
+    run.add_argument("--format", default="md", choices=("md", "csv", "json"), help="format of the printed leaderboard")
+    run.set_defaults(handler=cmd_run)
+
+    board = commands.add_parser("leaderboard", help="the leaderboard of a results store")
+    board.add_argument("--db", default="runs/results.db", help="results store (default: runs/results.db)")
+    board.add_argument("--format", default="md", choices=("md", "csv", "json"), help="output format")
+    board.add_argument("--output", default=None, help="also write the table to this file (atomically)")
+    board.set_defaults(handler=cmd_leaderboard)
     return parser
 
 
@@ -121,10 +149,71 @@ def cmd_list(args: argparse.Namespace) -> int:
         registry = registries[kind]
         rows = [{"name": e.name, "aliases": ", ".join(e.aliases), "description": e.description}
                 for e in registry.entries()]
+        if kind == "methods":
+            from .method import param_docs
+
+            for row, entry in zip(rows, registry.entries()):
+                row["version"] = entry.obj.version
+                row["defaults"] = ", ".join(f"{p['name']}={p['default']:.4g}" if isinstance(p["default"], float)
+                                            else f"{p['name']}={p['default']}" for p in param_docs(entry.obj.Params))
         print(f"## {kind}")
         print(format_table(rows, "md") if rows else f"(no {kind} registered yet)")
         print()
     return 0
+
+
+def _parse_seeds(text: str) -> List[int]:
+    try:
+        seeds = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise ConfigError(f"--seeds expects comma-separated integers such as 0,1,2, got {text!r}") from None
+    return seeds
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from .config import build_run_config, parse_set_options
+    from .evaluate import parse_attacks, parse_eps
+    from .leaderboard import render_leaderboard
+    from .pipeline import leaderboard, run
+
+    config = build_run_config(
+        [m.strip() for m in args.methods.split(",") if m.strip()], dataset=args.dataset, arch=_canonical_arch(args.arch),
+        preset=args.preset,
+        train_overrides={"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
+                         "train_subset": args.train_subset},
+        eval_overrides={"attacks": parse_attacks(args.attacks) if args.attacks else None,
+                        "eps": parse_eps(args.eps) if args.eps is not None else None, "n_eval": args.n_eval},
+        method_params=parse_set_options(args.set), pretrained=args.pretrained, seeds=_parse_seeds(args.seeds),
+        db=args.db, out=args.out, device=args.device, data_dir=args.data_dir, download=args.download,
+    )
+    if args.out is not None and Path(args.out).is_file():
+        raise ConfigError(f"--out {args.out} is a file; give a folder")
+    summary = run(config, progress=not args.quiet)
+    print(render_leaderboard(leaderboard(config.db, summary.group_id), args.format))
+    if args.format == "md":
+        print(f"\n{len(summary.run_ids)} models evaluated in {summary.seconds:.1f} s; stored in {summary.db} "
+              f"(run {summary.group_id}); checkpoints in {summary.out}")
+    return 0
+
+
+def cmd_leaderboard(args: argparse.Namespace) -> int:
+    from .leaderboard import render_leaderboard
+    from .pipeline import leaderboard
+    from .runtime import atomic_write_text
+
+    if not Path(args.db).is_file():
+        raise ConfigError(f"--db {args.db} does not exist; run `bench run --methods ...` first")
+    table = render_leaderboard(leaderboard(args.db), args.format)
+    print(table)
+    if args.output:
+        atomic_write_text(table + "\n", args.output)
+    return 0
+
+
+def _canonical_arch(name: str) -> str:
+    from .registry import MODELS
+
+    return MODELS.canonical(name)
 
 
 def cmd_pretrain(args: argparse.Namespace) -> int:

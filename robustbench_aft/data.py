@@ -163,8 +163,9 @@ def digits(options: DataOptions) -> DataBundle:
 
     A stratified 80/20 train/test split seeded by ``split_seed``. Pixel values 0..16 are scaled to
     [0, 1]. Training augmentation: a random shift of up to one pixel (no flips: a flipped digit is
-    another digit). Default eps 0.2: a naturally trained CNN keeps roughly a quarter of its accuracy
-    under PGD-20 there, and adversarial fine-tuning clearly raises it (design.md §4).
+    another digit). Default eps 0.15, measured with ``smallcnn``: the natural model keeps 0.8 %
+    PGD-20 accuracy there (31.9 % at 0.1), 10 epochs of fine-tuning raise it to 52-72 % with every
+    method, while at 0.2 TRADES and MART (β = 6) collapse to near-constant predictions.
     """
     _no_argument(options, "digits")
     from sklearn.datasets import load_digits
@@ -187,7 +188,7 @@ def digits(options: DataOptions) -> DataBundle:
         input_shape=(1, 8, 8),
         mean=(float(train_images.mean()),),
         std=(float(train_images.std()),),
-        default_eps=0.2,
+        default_eps=0.15,
         class_names=[str(d) for d in range(10)],
     )
 

@@ -1,14 +1,24 @@
-"""Tables: rows of dicts rendered as Markdown (tabulate), CSV or JSON."""
+"""Leaderboards from the results store, and plain table rendering.
+
+Rows are method × dataset × arch × eps; columns are clean / pgd / cw / aa / worst / avg as mean
+± std over seeds (sample std, ddof = 1). ``avg`` is AFD's Avg: the mean of clean, pgd and aa
+(of those present) per run, then over seeds. When the same (method, dataset, arch, eps, norm, seed)
+was run more than once, the latest run counts.
+"""
 from __future__ import annotations
 
 import csv
 import io
 import json
+import math
 from typing import Any, Dict, List, Optional
 
 from .errors import ConfigError
 
 FORMATS = ("md", "csv", "json")
+METRIC_ORDER = ("clean", "pgd", "cw", "aa", "aa-fast", "worst", "avg")
+AVG_OF = ("clean", "pgd", "aa")
+KEY = ["method", "dataset", "arch", "eps", "norm"]
 
 
 def format_table(rows: List[Dict[str, Any]], fmt: str, extra: Optional[Dict[str, Any]] = None) -> str:
@@ -31,3 +41,94 @@ def format_table(rows: List[Dict[str, Any]], fmt: str, extra: Optional[Dict[str,
     if fmt == "json":
         return json.dumps({**(extra or {}), "rows": rows}, indent=2, default=str)
     raise ConfigError(f"unknown format {fmt!r}; choose from {', '.join(FORMATS)}")
+
+
+def leaderboard_frame(store_rows: List[Dict[str, Any]]):
+    """The aggregated leaderboard as a pandas DataFrame with ``<metric>`` and ``<metric>_std`` columns."""
+    import pandas as pd
+
+    if not store_rows:
+        return pd.DataFrame()
+    long = pd.DataFrame(store_rows)
+    per_run = long.pivot_table(index=["run_id", "created_at", "method_version", "seed", "flags_json", *KEY],
+                               columns="metric", values="value", aggfunc="first").reset_index()
+    per_run.columns.name = None
+    per_run = per_run.sort_values("created_at").drop_duplicates([*KEY, "seed"], keep="last")
+    present_avg = [m for m in AVG_OF if m in per_run.columns]
+    per_run["avg"] = per_run[present_avg].mean(axis=1)
+    per_run["flagged"] = per_run["flags_json"].map(lambda text: bool(json.loads(text)))
+    metrics = [m for m in METRIC_ORDER if m in per_run.columns]
+    first_seen = per_run.groupby(KEY, sort=False)["created_at"].min().rename("first_seen")
+    grouped = per_run.groupby(KEY, sort=False)
+    table = grouped[metrics].mean()
+    std = grouped[metrics].std(ddof=1).add_suffix("_std")
+    table = table.join(std)
+    table["seeds"] = grouped["seed"].nunique()
+    table["version"] = grouped["method_version"].max()
+    table["flagged_runs"] = grouped["flagged"].sum()
+    table = table.join(first_seen).reset_index()
+    # The natural model first, then methods in the order they were first run.
+    table["natural_last"] = table["method"] != "natural"
+    table = table.sort_values(["natural_last", "first_seen"]).drop(columns=["natural_last", "first_seen"])
+    ordered = [*KEY, "seeds", "version"]
+    for metric in metrics:
+        ordered += [metric, f"{metric}_std"]
+    return table[ordered + ["flagged_runs"]].reset_index(drop=True)
+
+
+def _mean_std(mean: float, std: float, seeds: int) -> str:
+    if seeds < 2 or std is None or (isinstance(std, float) and math.isnan(std)):
+        return f"{mean:.2f}"
+    return f"{mean:.2f} ± {std:.2f}"
+
+
+def render_leaderboard(frame, fmt: str) -> str:
+    """Markdown (mean ± std strings), CSV (numbers, ``_std`` columns) or RobustBench-style JSON."""
+    if frame.empty:
+        return "(no results yet)"
+    metrics = [m for m in METRIC_ORDER if m in frame.columns]
+    if fmt == "csv":
+        return frame.to_csv(index=False, float_format="%.4f").rstrip("\n")
+    if fmt == "md":
+        rows = []
+        for record in frame.to_dict("records"):
+            row = {"method": record["method"], "dataset": record["dataset"], "arch": record["arch"],
+                   "eps": f"{record['eps']:.4g}", "seeds": int(record["seeds"]),
+                   "version": "-" if record["method"] == "natural" else int(record["version"])}
+            for metric in metrics:
+                row[metric] = ("" if isinstance(record[metric], float) and math.isnan(record[metric])
+                               else _mean_std(record[metric], record[f"{metric}_std"], int(record["seeds"])))
+            row["flags"] = int(record["flagged_runs"]) or ""
+            rows.append(row)
+        return format_table(rows, "md")
+    if fmt == "json":
+        return json.dumps([robustbench_entry(record, metrics) for record in frame.to_dict("records")], indent=2)
+    raise ConfigError(f"unknown format {fmt!r}; choose from {', '.join(FORMATS)}")
+
+
+def robustbench_entry(record: Dict[str, Any], metrics: List[str]) -> Dict[str, Any]:
+    """One leaderboard row in the shape of RobustBench's ``model_info`` JSON (numbers as numbers)."""
+
+    def number(name: str) -> Optional[float]:
+        value = record.get(name)
+        return None if value is None or (isinstance(value, float) and math.isnan(value)) else round(float(value), 2)
+
+    return {
+        "name": record["method"],
+        "dataset": record["dataset"],
+        "architecture": record["arch"],
+        "threat_model": record["norm"],
+        "eps": record["eps"],
+        "clean_acc": number("clean"),
+        "autoattack_acc": number("aa"),
+        "pgd_acc": number("pgd"),
+        "cw_acc": number("cw"),
+        "worst_acc": number("worst"),
+        "avg_acc": number("avg"),
+        "std": {m: number(f"{m}_std") for m in metrics},
+        "seeds": int(record["seeds"]),
+        "method_version": int(record["version"]),
+        "additional_data": False,
+        "number_forward_passes": 1,
+        "unreliable": bool(record["flagged_runs"]),
+    }

@@ -25,7 +25,7 @@ def test_digits_split_is_reproducible_stratified_and_seeded():
     for label in range(10):
         share = test_counts[label] / (train_counts[label] + test_counts[label])
         assert abs(share - 0.2) < 0.01, (label, share)
-    assert first.input_shape == (1, 8, 8) and first.default_eps == 0.2
+    assert first.input_shape == (1, 8, 8) and first.default_eps == 0.15
 
 
 def test_digits_training_augmentation_shifts_by_at_most_one_pixel():

@@ -1,0 +1,203 @@
+"""Run configuration: dataclasses, presets, and the one function that merges them.
+
+Precedence (style.md rule 9): command line (values that were given) > preset > dataset default >
+dataclass default. ``None`` always means "not given". The merged config is stored with every
+result.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, Dict, List, Optional
+
+from .errors import ConfigError
+from .evaluate import EvalConfig
+from .method import CIFAR_EPS
+from .registry import METHODS
+
+
+@dataclass
+class TrainConfig:
+    """The fine-tuning budget shared by every method of a run (AFD's protocol, methods.md §13.3).
+
+    Attributes:
+        epochs, batch_size, lr, momentum, weight_decay: SGD fine-tuning settings.
+        ema: evaluate an EMA of the weights; None → the method's own choice (AFD: yes).
+        train_subset: fine-tune on a seeded subset of this many training images (CPU-scale runs).
+        num_workers: DataLoader worker processes.
+    """
+
+    epochs: int = 20
+    batch_size: int = 128
+    lr: float = 0.025
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    ema: Optional[bool] = None
+    train_subset: Optional[int] = None
+    num_workers: int = 0
+
+
+# Each preset sets TrainConfig / EvalConfig fields and, optionally, method parameters per dataset.
+PRESETS: Dict[str, Dict[str, Any]] = {
+    "quick": {
+        "description": "the digits default: 10 epochs at batch 64, every test point, clean/pgd/cw/aa",
+        "train": {"epochs": 10, "batch_size": 64, "lr": 0.025},
+        "eval": {"attacks": ["clean", "pgd", "cw", "aa"]},
+    },
+    "paper": {
+        "description": "AFD's protocol (methods.md §1.6, §1.8): 20 epochs, batch 128, lr 0.025 with AFD's "
+                       "table, PGD-20 step 0.003 and CW∞-20 step 0.007 at eps 8/255, AutoAttack standard",
+        "train": {"epochs": 20, "batch_size": 128, "lr": 0.025, "momentum": 0.9, "weight_decay": 5e-4},
+        "eval": {
+            "attacks": ["clean", "pgd", "cw", "aa"],
+            "attack_options": {
+                "pgd": {"steps": 20, "relative_step": 0.003 / CIFAR_EPS},
+                "cw": {"steps": 20, "relative_step": 0.007 / CIFAR_EPS},
+            },
+        },
+        # INFERRED from the result-directory names in AFD's scripts (methods.md §1.6).
+        "method_params": {"cifar100": {"afd": {"alpha": 0.1, "beta": 1.0, "gamma": 50.0}}},
+    },
+}
+
+
+def default_preset(dataset: str) -> str:
+    """``quick`` on the embedded digits, ``paper`` everywhere else."""
+    return "quick" if dataset == "digits" else "paper"
+
+
+@dataclass
+class RunConfig:
+    """Everything ``bench run`` needs; built by :func:`build_run_config`."""
+
+    methods: List[str]
+    dataset: str = "digits"
+    arch: str = "smallcnn"
+    preset: str = "quick"
+    pretrained: str = "auto"
+    pretrained_seed: int = 0
+    seeds: List[int] = field(default_factory=lambda: [0])
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    method_params: Dict[str, Dict[str, Any]] = field(default_factory=dict)
+    db: str = "runs/results.db"
+    out: Optional[str] = None
+    device: str = "auto"
+    data_dir: Optional[str] = None
+    download: bool = False
+
+    def to_dict(self) -> Dict[str, Any]:
+        return asdict(self)
+
+
+def _apply(target: Any, values: Dict[str, Any], what: str) -> Any:
+    names = {f.name for f in fields(target)}
+    unknown = [k for k in values if k not in names]
+    if unknown:
+        raise ConfigError(f"unknown {what} option(s): {', '.join(unknown)}; known: {', '.join(sorted(names))}")
+    return dataclasses.replace(target, **values)
+
+
+def parse_value(text: str, annotation: Any, key: str) -> Any:
+    """Parse ``text`` for a dataclass field of type ``annotation`` (bool, int, float, str, Optional)."""
+    kind = str(annotation)
+    try:
+        if "bool" in kind:
+            lowered = text.strip().lower()
+            if lowered in ("1", "true", "yes", "on"):
+                return True
+            if lowered in ("0", "false", "no", "off"):
+                return False
+            raise ValueError
+        if "Optional" in kind and text.strip().lower() in ("none", "null"):
+            return None
+        if "int" in kind:
+            return int(text)
+        if "float" in kind:
+            if "/" in text:
+                numerator, denominator = text.split("/")
+                return float(numerator) / float(denominator)
+            return float(text)
+        return text
+    except (ValueError, ZeroDivisionError):
+        raise ConfigError(f"--set {key}={text}: expected a value of type {kind}") from None
+
+
+def parse_set_options(items: List[str]) -> Dict[str, Dict[str, Any]]:
+    """``['afd.alpha=0.1', 'trades.beta=3']`` → ``{'afd': {'alpha': 0.1}, 'trades': {'beta': 3.0}}``.
+
+    The method name may be an alias; the field must exist in that method's ``Params``.
+    """
+    parsed: Dict[str, Dict[str, Any]] = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        method_name, dot, field_name = key.partition(".")
+        if not sep or not dot or not field_name:
+            raise ConfigError(f"--set expects METHOD.PARAM=VALUE, got {item!r}")
+        canonical = METHODS.canonical(method_name)
+        params_cls = METHODS.get(canonical).Params
+        known = {f.name: f for f in fields(params_cls)}
+        if field_name not in known:
+            close = difflib.get_close_matches(field_name, list(known), n=1)
+            hint = f" Did you mean '{close[0]}'?" if close else ""
+            raise ConfigError(f"--set {key}: {canonical} has no parameter {field_name!r}.{hint} "
+                              f"Parameters: {', '.join(known) or '(none)'}")
+        parsed.setdefault(canonical, {})[field_name] = parse_value(text, known[field_name].type, key)
+    return parsed
+
+
+def build_run_config(methods: List[str], *, dataset: str = "digits", arch: str = "smallcnn",
+                     preset: Optional[str] = None, train_overrides: Optional[Dict[str, Any]] = None,
+                     eval_overrides: Optional[Dict[str, Any]] = None,
+                     method_params: Optional[Dict[str, Dict[str, Any]]] = None, **run_fields: Any) -> RunConfig:
+    """Merge dataclass defaults, the preset and the given values (``None`` = not given) into a RunConfig."""
+    if not methods:
+        raise ConfigError("--methods is empty; choose from " + ", ".join(METHODS.names()))
+    canonical_methods = list(dict.fromkeys(METHODS.canonical(m) for m in methods))
+    preset_name = preset or default_preset(dataset.partition(":")[0])
+    if preset_name not in PRESETS:
+        close = difflib.get_close_matches(preset_name, list(PRESETS), n=1)
+        hint = f" Did you mean '{close[0]}'?" if close else ""
+        raise ConfigError(f"unknown preset {preset_name!r}.{hint} Available: {', '.join(sorted(PRESETS))}")
+    chosen = PRESETS[preset_name]
+    train = _apply(TrainConfig(), chosen.get("train", {}), "train")
+    evaluation = _apply(EvalConfig(), chosen.get("eval", {}), "eval")
+    train = _apply(train, {k: v for k, v in (train_overrides or {}).items() if v is not None}, "train")
+    evaluation = _apply(evaluation, {k: v for k, v in (eval_overrides or {}).items() if v is not None}, "eval")
+
+    params: Dict[str, Dict[str, Any]] = {}
+    for name, values in chosen.get("method_params", {}).get(dataset.partition(":")[0], {}).items():
+        params.setdefault(name, {}).update(values)
+    for name, values in (method_params or {}).items():
+        params.setdefault(METHODS.canonical(name), {}).update(values)
+    for name, values in params.items():
+        known = {f.name for f in fields(METHODS.get(name).Params)}
+        unknown = [k for k in values if k not in known]
+        if unknown:
+            raise ConfigError(f"{name} has no parameter(s) {', '.join(unknown)}")
+
+    config = RunConfig(methods=canonical_methods, dataset=dataset, arch=arch, preset=preset_name, train=train,
+                       eval=evaluation, method_params=params,
+                       **{k: v for k, v in run_fields.items() if v is not None})
+    validate(config)
+    return config
+
+
+def validate(config: RunConfig) -> None:
+    """Cross-field checks, each with a one-line message."""
+    if not config.seeds:
+        raise ConfigError("--seeds is empty")
+    if any(seed < 0 for seed in config.seeds):
+        raise ConfigError(f"--seeds must be >= 0, got {config.seeds}")
+    if len(set(config.seeds)) != len(config.seeds):
+        raise ConfigError(f"--seeds has duplicates: {config.seeds}")
+    for name in ("epochs", "batch_size"):
+        if getattr(config.train, name) <= 0:
+            raise ConfigError(f"--{name.replace('_', '-')} must be positive")
+    if config.train.lr <= 0:
+        raise ConfigError("--lr must be positive")
+    if config.train.train_subset is not None and config.train.train_subset <= 0:
+        raise ConfigError("--train-subset must be positive")
+    if config.eval.eps is not None and config.eval.eps < 0:
+        raise ConfigError("--eps must be >= 0")

@@ -1,0 +1,166 @@
+"""The fine-tuning engine: the loop, devices, seeding, lr schedule, EMA, checkpoints, progress.
+
+The method owns the maths (``Method.update``); the engine owns everything around it.
+"""
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import torch
+from torch import nn
+from torch.utils.data import Subset
+from tqdm.auto import tqdm
+
+from .config import TrainConfig
+from .data import DataBundle, make_loader
+from .errors import UserError
+from .method import Method, OptimConfig
+from .registry import METHODS
+from .runtime import atomic_torch_save, seed_everything
+
+log = logging.getLogger(__name__)
+
+
+class NumericalError(UserError):
+    """A loss became NaN or infinite; the message names where."""
+
+
+def ema_decay(updates_done: int) -> float:
+    """AFD's EMA decay min(0.999, (s + 1) / (s + 10)) after s updates (methods.md §1.5)."""
+    return min(0.999, (updates_done + 1) / (updates_done + 10))
+
+
+class EMA:
+    """An exponential moving average of a module's parameters *and* buffers.
+
+    ``shadow ← d·shadow + (1 − d)·current`` with AFD's warm-up decay. Integer buffers (BN's
+    ``num_batches_tracked``) are copied rather than blended (methods.md §15).
+    """
+
+    def __init__(self, module: nn.Module) -> None:
+        self.shadow = {k: v.detach().clone() for k, v in module.state_dict().items()}
+        self.updates = 0
+
+    @torch.no_grad()
+    def update(self, module: nn.Module) -> float:
+        decay = ema_decay(self.updates)
+        for name, current in module.state_dict().items():
+            average = self.shadow[name]
+            if average.is_floating_point():
+                average.mul_(decay).add_(current.detach(), alpha=1.0 - decay)
+            else:
+                average.copy_(current)
+        self.updates += 1
+        return decay
+
+    def copy_to(self, module: nn.Module) -> None:
+        module.load_state_dict(self.shadow)
+
+    def state_dict(self) -> Dict[str, Any]:
+        return {"shadow": self.shadow, "updates": self.updates}
+
+
+@dataclass
+class FineTuneResult:
+    """The exported model of a fine-tuning run and what it cost."""
+
+    model: nn.Module
+    seconds: float
+    images_per_second: float
+    epochs: int
+    method_version: int
+    params: Dict[str, Any]
+    final_terms: Dict[str, float] = field(default_factory=dict)
+    checkpoint: Optional[str] = None
+
+
+def build_method(name: str, params: Optional[Dict[str, Any]], eps: float, train: TrainConfig) -> Method:
+    """Instantiate a registered method with its Params overridden by ``params``."""
+    cls = METHODS.get(name)
+    values = dict(params or {})
+    method_params = cls.Params(**values)
+    return cls(method_params, eps=eps,
+               optim=OptimConfig(lr=train.lr, momentum=train.momentum, weight_decay=train.weight_decay))
+
+
+def _check_finite(terms: Dict[str, torch.Tensor], where: str) -> None:
+    for name, value in terms.items():
+        if not bool(torch.isfinite(value).all()):
+            raise NumericalError(f"{where}: loss term {name!r} is {value.item()}; the last good checkpoint is kept")
+
+
+def fine_tune(method_name: str, model: nn.Module, data: DataBundle, train: TrainConfig, *, eps: float, seed: int,
+              device: torch.device, params: Optional[Dict[str, Any]] = None, out_dir: Optional[Path] = None,
+              progress: bool = True) -> FineTuneResult:
+    """Fine-tune the natural ``model`` with a registered method; returns the exported classifier.
+
+    ``model`` is not modified. With ``out_dir``, ``last.pt`` (student, optimisers, EMA, epoch) is
+    written atomically after every epoch.
+    """
+    seed_everything(seed)
+    method = build_method(method_name, params, eps, train)
+    method.prepare(copy.deepcopy(model).to(device))
+    method.to(device)
+    method.optimizers = method.configure_optimizers()
+    use_ema = method.uses_ema if train.ema is None else train.ema
+    ema = EMA(method.trainable_state()) if use_ema else None
+
+    dataset = data.train
+    if train.train_subset is not None and train.train_subset < len(dataset):
+        generator = torch.Generator().manual_seed(seed)
+        dataset = Subset(dataset, sorted(torch.randperm(len(dataset), generator=generator)[:train.train_subset].tolist()))
+    loader = make_loader(dataset, train.batch_size, shuffle=True, seed=seed, num_workers=train.num_workers)
+    name = METHODS.canonical(method_name)
+    images = 0
+    running: Dict[str, float] = {}
+    start = time.perf_counter()
+    method.train()
+    for epoch in range(1, train.epochs + 1):
+        lr = method.lr_at(epoch, train.epochs, train.lr)
+        for optimizer in method.optimizers:
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+        running = {}
+        bar = tqdm(loader, desc=f"{name} seed {seed} epoch {epoch}/{train.epochs}", unit="batch", leave=False,
+                   disable=None if progress else True)
+        for batch_number, (x, y, index) in enumerate(bar, start=1):
+            batch = (x.to(device, non_blocking=True), y.to(device, non_blocking=True), index.to(device))
+            terms = method.update(batch)
+            _check_finite(terms, f"{name} seed {seed} epoch {epoch} batch {batch_number}")
+            if ema is not None:
+                ema.update(method.trainable_state())
+            images += len(y)
+            for key, value in terms.items():
+                running[key] = running.get(key, 0.0) + (float(value) - running.get(key, 0.0)) / batch_number
+            bar.set_postfix({k: f"{v:.3f}" for k, v in running.items()}, refresh=False)
+        bar.close()
+        elapsed = time.perf_counter() - start
+        log.info("%s seed %d epoch %d/%d lr %.5g %s (%.0f images/s)", name, seed, epoch, train.epochs, lr,
+                 " ".join(f"{k}={v:.4f}" for k, v in running.items()), images / max(elapsed, 1e-9))
+        if out_dir is not None:
+            atomic_torch_save({
+                "epoch": epoch, "method": name, "method_version": method.version, "seed": seed,
+                "params": asdict(method.params), "train": asdict(train),
+                "student": method.trainable_state().state_dict(),
+                "optimizers": [o.state_dict() for o in method.optimizers],
+                "ema": ema.state_dict() if ema is not None else None,
+            }, out_dir / "last.pt")
+    seconds = time.perf_counter() - start
+    if ema is not None:
+        ema.copy_to(method.trainable_state())
+    exported = method.export().eval()
+    return FineTuneResult(model=exported, seconds=seconds, images_per_second=images / max(seconds, 1e-9),
+                          epochs=train.epochs, method_version=method.version, params=asdict(method.params),
+                          final_terms=running,
+                          checkpoint=str(out_dir / "last.pt") if out_dir is not None else None)
+
+
+def lr_table(method: Method, total_epochs: int, base_lr: float) -> List[float]:
+    """The learning rate of every epoch (1-based) under ``method``'s rule."""
+    return [method.lr_at(e, total_epochs, base_lr) for e in range(1, total_epochs + 1)]
+

@@ -1,0 +1,190 @@
+"""The Method contract and the shared training-attack helper.
+
+A Method is an ``nn.Module`` that owns the maths of one AFT method (style.md §9):
+
+* ``Params``: a dataclass of hyper-parameters; every field has a default, a ``help`` and a
+  ``source`` in its metadata (``bench list methods`` and ``--set method.field=value`` read them).
+* ``prepare(model)``: builds what the method trains from the natural pre-trained model. The
+  default trains a copy of it; AFD adds its disentangler and a frozen teacher.
+* ``training_step(batch) -> dict``: **the one required hook**; ``loss`` plus every named term.
+* ``configure_optimizers()`` / ``update(batch)``: by default one SGD over the student and
+  zero_grad → backward(loss) → step. A method with an unusual update (AFD's three optimisers)
+  overrides both.
+* ``lr_at(epoch, total_epochs, base_lr)``: the method's learning-rate rule (default: AFD's table).
+* ``export() -> nn.Module``: the plain classifier that is evaluated.
+
+The engine owns everything else: devices, the loop, EMA, checkpoints, progress. A method never
+moves tensors between devices, writes files or draws progress bars.
+"""
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import MISSING, dataclass, field, fields
+from typing import Any, Callable, ClassVar, Dict, List, Optional, Tuple
+
+import torch
+from torch import nn
+
+# Training attacks are specified relative to the run's eps so that one setting serves every
+# dataset; at the CIFAR eps of 8/255 these ratios give the official absolute values back.
+CIFAR_EPS = 8 / 255
+
+
+def param(default: Any, help: str, source: str) -> Any:
+    """A ``Params`` field with its default, a one-line help and where the default comes from."""
+    return field(default=default, metadata={"help": help, "source": source})
+
+
+def param_docs(params_cls: type) -> List[Dict[str, Any]]:
+    """Name, type, default, help and source of every field of a ``Params`` dataclass."""
+    rows = []
+    for f in fields(params_cls):
+        default = f.default if f.default is not MISSING else f.default_factory()  # type: ignore[misc]
+        rows.append({"name": f.name, "type": getattr(f.type, "__name__", str(f.type)), "default": default,
+                     "help": f.metadata.get("help", ""), "source": f.metadata.get("source", "")})
+    return rows
+
+
+@dataclass
+class OptimConfig:
+    """What the engine hands a method for building its optimisers."""
+
+    lr: float = 0.025
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+
+
+class Method(nn.Module):
+    """Base class of AFT methods; see the module docstring for the contract.
+
+    Args:
+        params: the method's hyper-parameters (``Params()`` when omitted).
+        eps: the run's L∞ budget; training attacks scale their eps and step from it.
+        optim: optimiser settings for :meth:`configure_optimizers`.
+    """
+
+    version: ClassVar[int] = 1
+    # Whether the evaluated model is an EMA of the weights (the engine keeps the EMA).
+    uses_ema: ClassVar[bool] = False
+
+    @dataclass
+    class Params:
+        pass
+
+    def __init__(self, params: Optional[Any] = None, eps: float = CIFAR_EPS,
+                 optim: Optional[OptimConfig] = None) -> None:
+        super().__init__()
+        self.params = params if params is not None else self.Params()
+        self.eps = eps
+        self.optim = optim or OptimConfig()
+        self.optimizers: List[torch.optim.Optimizer] = []
+        self.student: nn.Module = nn.Identity()
+
+    def prepare(self, model: nn.Module) -> None:
+        """Build the trainable network from the natural pre-trained ``model`` (left untouched)."""
+        self.student = copy.deepcopy(model)
+
+    def training_step(self, batch: Tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> Dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def configure_optimizers(self) -> List[torch.optim.Optimizer]:
+        return [torch.optim.SGD(self.student.parameters(), lr=self.optim.lr, momentum=self.optim.momentum,
+                                weight_decay=self.optim.weight_decay)]
+
+    def update(self, batch: Tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> Dict[str, torch.Tensor]:
+        """One optimisation step on ``batch``; returns the detached terms of :meth:`training_step`."""
+        terms = self.training_step(batch)
+        optimizer, = self.optimizers
+        optimizer.zero_grad(set_to_none=True)
+        terms["loss"].backward()
+        optimizer.step()
+        return {name: value.detach() for name, value in terms.items()}
+
+    def lr_at(self, epoch: int, total_epochs: int, base_lr: float) -> float:
+        """AFD's rule (methods.md §1.6) on the 20-epoch scale; ``epoch`` is 1-based."""
+        return afd_lr(epoch, total_epochs, base_lr)
+
+    def export(self) -> nn.Module:
+        """The plain classifier to evaluate."""
+        return self.student
+
+    def trainable_state(self) -> nn.Module:
+        """The module whose weights the engine averages (EMA) and checkpoints."""
+        return self.student
+
+
+def _epoch_on_20_scale(epoch: int, total_epochs: int) -> int:
+    # The official schedules are written for 20 epochs; a shorter or longer run follows the same
+    # shape by mapping its epoch onto that scale.
+    return epoch if total_epochs == 20 else max(1, math.ceil(epoch * 20 / total_epochs))
+
+
+def afd_lr(epoch: int, total_epochs: int, base_lr: float) -> float:
+    """AFD ``tl+sl.py``: unchanged for e ≤ 10, ×0.8 at e = 11, halved at every odd e ≥ 13 (cumulative)."""
+    e = _epoch_on_20_scale(epoch, total_epochs)
+    lr = base_lr
+    if e >= 11:
+        lr *= 0.8
+    for odd in range(13, e + 1, 2):
+        lr *= 0.5
+    return lr
+
+
+def arrest_lr(epoch: int, total_epochs: int, base_lr: float) -> float:
+    """AFD's ``ARREST.py`` (vAFT): base lr for e ≤ 10, lr set to 0.02 at e = 11, halved at every odd e ≥ 13."""
+    e = _epoch_on_20_scale(epoch, total_epochs)
+    if e <= 10:
+        return base_lr
+    lr = 0.02
+    for odd in range(13, e + 1, 2):
+        lr *= 0.5
+    return lr
+
+
+START_RULES = ("uniform", "uniform_clipped", "gaussian", "zero")
+
+
+def pgd_attack(forward: Callable[[torch.Tensor], torch.Tensor], module: nn.Module, x: torch.Tensor,
+               y: torch.Tensor, *, loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], eps: float,
+               step_size: float, steps: int, start: str, bn_mode: str) -> torch.Tensor:
+    """The training-time L∞ PGD attack, with the start rule and BN mode named explicitly.
+
+    Args:
+        forward: maps images to logits (e.g. AFD's C∘D1∘φ); gradients flow through it to the input.
+        module: the module whose train/eval mode is set to ``bn_mode`` for the attack and restored.
+        loss_fn: ``loss_fn(logits, y)`` to ascend; only the sign of its input gradient is used.
+        start: ``uniform`` (x + U(−ε, ε), not clipped before the first step: AFD, vAFT),
+            ``uniform_clipped`` (clip01 of that: TWINS), ``gaussian`` (x + 0.001·N(0, I): TRADES,
+            MART) or ``zero``.
+        bn_mode: ``eval`` (BN running statistics, untouched) or ``train``.
+
+    Each step: ascend, project onto the ε-ball, clip to [0, 1]; a final clip as the official
+    scripts do. Random starts draw from torch's global generator (seeded by the engine).
+    """
+    if start not in START_RULES:
+        raise ValueError(f"start must be one of {START_RULES}, got {start!r}")
+    if bn_mode not in ("eval", "train"):
+        raise ValueError(f"bn_mode must be 'eval' or 'train', got {bn_mode!r}")
+    was_training = module.training
+    module.train(bn_mode == "train")
+    try:
+        x = x.detach()
+        if start == "uniform":
+            x_adv = x + torch.empty_like(x).uniform_(-eps, eps)
+        elif start == "uniform_clipped":
+            x_adv = (x + torch.empty_like(x).uniform_(-eps, eps)).clamp(0, 1)
+        elif start == "gaussian":
+            x_adv = x + 0.001 * torch.randn_like(x)
+        else:
+            x_adv = x.clone()
+        for _ in range(steps):
+            x_adv.requires_grad_(True)
+            loss = loss_fn(forward(x_adv), y)
+            grad, = torch.autograd.grad(loss, x_adv)
+            with torch.no_grad():
+                x_adv = x_adv + step_size * grad.sign()
+                x_adv = torch.min(torch.max(x_adv, x - eps), x + eps).clamp(0, 1)
+        return x_adv.detach().clamp(0, 1)
+    finally:
+        module.train(was_training)

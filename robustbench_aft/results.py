@@ -1,0 +1,138 @@
+"""The results store: one SQLite file, one row per run and one row per (run, metric).
+
+WAL journal mode and a busy timeout let several ``bench run`` processes share one file; every
+write is a transaction, so a killed run never leaves a half-written result.
+"""
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+import uuid
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, Iterator, List, Optional
+
+from .errors import ConfigError
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS runs (
+    run_id TEXT PRIMARY KEY,
+    group_id TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    method TEXT NOT NULL,
+    method_version INTEGER NOT NULL,
+    dataset TEXT NOT NULL,
+    arch TEXT NOT NULL,
+    seed INTEGER NOT NULL,
+    eps REAL NOT NULL,
+    norm TEXT NOT NULL,
+    n_eval INTEGER NOT NULL,
+    status TEXT NOT NULL,
+    config_json TEXT NOT NULL,
+    flags_json TEXT NOT NULL,
+    package_version TEXT NOT NULL,
+    git_commit TEXT NOT NULL,
+    torch_version TEXT NOT NULL,
+    device TEXT NOT NULL,
+    wall_seconds REAL NOT NULL,
+    train_seconds REAL,
+    images_per_second REAL
+);
+CREATE TABLE IF NOT EXISTS metrics (
+    run_id TEXT NOT NULL REFERENCES runs(run_id),
+    metric TEXT NOT NULL,
+    value REAL NOT NULL,
+    PRIMARY KEY (run_id, metric)
+);
+CREATE INDEX IF NOT EXISTS runs_key ON runs (method, dataset, arch, eps, seed);
+"""
+
+
+@dataclass
+class RunRecord:
+    """One evaluated model: a fine-tuned (method, seed) cell or the natural model."""
+
+    group_id: str
+    method: str
+    method_version: int
+    dataset: str
+    arch: str
+    seed: int
+    eps: float
+    norm: str
+    n_eval: int
+    metrics: Dict[str, float]
+    config: Dict[str, Any]
+    flags: List[str]
+    provenance: Dict[str, str]
+    wall_seconds: float
+    train_seconds: Optional[float] = None
+    images_per_second: Optional[float] = None
+    status: str = "finished"
+
+
+def new_group_id() -> str:
+    return time.strftime("%Y%m%d-%H%M%S") + "-" + uuid.uuid4().hex[:6]
+
+
+class ResultsStore:
+    """The SQLite store at ``path`` (created with its folder on first use)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = Path(path)
+        if self.path.is_dir():
+            raise ConfigError(f"--db {self.path} is a directory; give a file such as {self.path / 'results.db'}")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            with self._connect() as connection:
+                connection.executescript(SCHEMA)
+        except sqlite3.DatabaseError as exc:
+            raise ConfigError(f"--db {self.path} is not a results database ({exc})") from None
+
+    @contextmanager
+    def _connect(self) -> Iterator[sqlite3.Connection]:
+        connection = sqlite3.connect(str(self.path), timeout=60.0)
+        try:
+            connection.execute("PRAGMA journal_mode=WAL")
+            connection.execute("PRAGMA busy_timeout=60000")
+            yield connection
+        finally:
+            connection.close()
+
+    def add(self, record: RunRecord) -> str:
+        """Store one run and its metrics in a single transaction; returns the run id."""
+        run_id = uuid.uuid4().hex
+        with self._connect() as connection, connection:
+            connection.execute(
+                "INSERT INTO runs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (run_id, record.group_id, time.time(), record.method, record.method_version, record.dataset,
+                 record.arch, record.seed, record.eps, record.norm, record.n_eval, record.status,
+                 json.dumps(record.config, default=str, sort_keys=True), json.dumps(record.flags),
+                 record.provenance.get("package_version", ""), record.provenance.get("git_commit", ""),
+                 record.provenance.get("torch_version", ""), record.provenance.get("device", ""),
+                 record.wall_seconds, record.train_seconds, record.images_per_second),
+            )
+            connection.executemany("INSERT INTO metrics VALUES (?, ?, ?)",
+                                   [(run_id, metric, float(value)) for metric, value in record.metrics.items()])
+        return run_id
+
+    def rows(self, group_id: Optional[str] = None) -> List[Dict[str, Any]]:
+        """One dict per (run, metric) of finished runs, optionally of one ``bench run`` invocation."""
+        query = ("SELECT r.run_id, r.group_id, r.created_at, r.method, r.method_version, r.dataset, r.arch, r.seed, "
+                 "r.eps, r.norm, r.n_eval, r.flags_json, m.metric, m.value FROM runs r JOIN metrics m "
+                 "ON r.run_id = m.run_id WHERE r.status = 'finished'")
+        arguments: tuple = ()
+        if group_id is not None:
+            query += " AND r.group_id = ?"
+            arguments = (group_id,)
+        with self._connect() as connection:
+            connection.row_factory = sqlite3.Row
+            return [dict(row) for row in connection.execute(query + " ORDER BY r.created_at", arguments)]
+
+    def runs(self) -> List[Dict[str, Any]]:
+        """Every run with its stored configuration and provenance."""
+        with self._connect() as connection:
+            connection.row_factory = sqlite3.Row
+            return [dict(row) for row in connection.execute("SELECT * FROM runs ORDER BY created_at")]
