@@ -170,7 +170,10 @@ def build_run_config(methods: List[str], *, dataset: str = "digits", arch: str =
     for name, values in chosen.get("method_params", {}).get(dataset.partition(":")[0], {}).items():
         params.setdefault(name, {}).update(values)
     for name, values in (method_params or {}).items():
-        params.setdefault(METHODS.canonical(name), {}).update(values)
+        canonical = METHODS.canonical(name)
+        if canonical not in canonical_methods:
+            raise ConfigError(f"--set {name}.…: {canonical} is not among --methods ({', '.join(canonical_methods)})")
+        params.setdefault(canonical, {}).update(values)
     for name, values in params.items():
         known = {f.name for f in fields(METHODS.get(name).Params)}
         unknown = [k for k in values if k not in known]

@@ -79,6 +79,16 @@ BAD_INPUTS = {
     "folder without path": (["pretrain", "--dataset", "folder"], "needs a path"),
     "bad epochs": (["pretrain", "--epochs", "-3"], "expected a positive integer"),
     "bad device": (["pretrain", "--device", "tpu9"], "invalid device"),
+    "unknown method": (["run", "--methods", "ours,tradez"], "Did you mean 'trades'"),
+    "missing --methods": (["run"], "required: --methods"),
+    "bad seeds": (["run", "--methods", "ours", "--seeds", "0,x"], "--seeds expects comma-separated integers"),
+    "duplicate seeds": (["run", "--methods", "ours", "--seeds", "1,1"], "duplicates"),
+    "unknown preset": (["run", "--methods", "ours", "--preset", "fast"], "unknown preset 'fast'"),
+    "unknown --set key": (["run", "--methods", "ours", "--set", "afd.delta=1"], "afd has no parameter 'delta'"),
+    "--set for a method not run": (["run", "--methods", "ours", "--set", "nope.beta=1"], "unknown method 'nope'"),
+    "--set for a method not in --methods": (["run", "--methods", "ours", "--set", "mart.beta=1"],
+                                            "mart is not among --methods"),
+    "missing store": (["leaderboard", "--db", "/nonexistent/results.db"], "does not exist"),
 }
 
 

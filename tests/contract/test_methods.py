@@ -1,0 +1,52 @@
+"""Every registered method: one CPU step gives finite named losses, moves the weights, exports a plain classifier."""
+import pytest
+import torch
+
+from robustbench_aft.data import collect
+from robustbench_aft.method import Method, param_docs
+from robustbench_aft.models import ImageClassifier
+from robustbench_aft.registry import METHODS
+
+
+@pytest.mark.parametrize("name", METHODS.names())
+def test_one_step_contract(name, digits_model, digits):
+    torch.manual_seed(0)
+    x, y = collect(digits.train, range(32))
+    method = METHODS.get(name)(eps=0.15)
+    assert isinstance(method, Method) and isinstance(method.version, int)
+    method.prepare(digits_model)
+    method.optimizers = method.configure_optimizers()
+    method.train()
+    before = {k: v.clone() for k, v in method.trainable_state().state_dict().items()}
+    terms = method.update((x, y, torch.arange(32)))
+    assert "loss" in terms and len(terms) >= 2
+    for term, value in terms.items():
+        assert value.dim() == 0 and torch.isfinite(value), term
+    changed = [k for k, v in method.trainable_state().state_dict().items()
+               if v.is_floating_point() and not torch.equal(v, before[k])]
+    assert changed
+    exported = method.export()
+    assert isinstance(exported, ImageClassifier) and not isinstance(exported, Method)
+    assert sum(p.numel() for p in exported.parameters()) == sum(p.numel() for p in digits_model.parameters())
+    with torch.no_grad():
+        assert exported.eval()(x).shape == (32, 10)
+
+
+@pytest.mark.parametrize("name", METHODS.names())
+def test_params_are_documented_with_a_source(name):
+    for row in param_docs(METHODS.get(name).Params):
+        assert row["help"] and row["source"], (name, row["name"])
+
+
+@pytest.mark.parametrize("name", METHODS.names())
+def test_prepare_leaves_the_pretrained_model_untouched(name, digits_model, digits):
+    torch.manual_seed(0)
+    x, y = collect(digits.train, range(16))
+    before = {k: v.clone() for k, v in digits_model.state_dict().items()}
+    method = METHODS.get(name)(eps=0.15)
+    method.prepare(digits_model)
+    method.optimizers = method.configure_optimizers()
+    method.train()
+    method.update((x, y, torch.arange(16)))
+    for key, value in digits_model.state_dict().items():
+        assert torch.equal(value, before[key]), key

@@ -1,0 +1,52 @@
+"""Presets and precedence: CLI > preset > dataset > dataclass default; --set parsing."""
+import pytest
+
+from robustbench_aft.config import PRESETS, build_run_config, parse_set_options
+from robustbench_aft.errors import ConfigError, UnknownNameError
+
+
+def test_digits_defaults_to_quick_and_other_datasets_to_paper():
+    quick = build_run_config(["ours", "trades"])
+    assert quick.preset == "quick" and quick.methods == ["afd", "trades"]
+    assert quick.train.epochs == PRESETS["quick"]["train"]["epochs"] and quick.train.batch_size == 64
+    assert quick.eval.eps is None  # left to the dataset's default
+    paper = build_run_config(["afd"], dataset="cifar10")
+    assert paper.preset == "paper" and paper.train.epochs == 20 and paper.train.batch_size == 128
+    assert paper.eval.attack_options["pgd"]["relative_step"] == pytest.approx(0.003 / (8 / 255))
+
+
+def test_cli_values_beat_the_preset_and_none_means_not_given():
+    config = build_run_config(["afd"], train_overrides={"epochs": 3, "lr": None},
+                              eval_overrides={"eps": 0.1, "attacks": None}, seeds=[0, 1], db=None)
+    assert config.train.epochs == 3 and config.train.lr == PRESETS["quick"]["train"]["lr"]
+    assert config.eval.eps == 0.1 and config.eval.attacks == PRESETS["quick"]["eval"]["attacks"]
+    assert config.seeds == [0, 1] and config.db == "runs/results.db"
+
+
+def test_paper_preset_carries_the_inferred_cifar100_afd_weights_and_set_wins():
+    config = build_run_config(["afd"], dataset="cifar100", method_params=parse_set_options(["ours.gamma=30"]))
+    assert config.method_params["afd"] == {"alpha": 0.1, "beta": 1.0, "gamma": 30.0}
+
+
+def test_set_options_are_typed_and_checked():
+    assert parse_set_options(["afd.alpha=0.1", "trades.attack_steps=5", "mart.beta=8/2"]) == {
+        "afd": {"alpha": 0.1}, "trades": {"attack_steps": 5}, "mart": {"beta": 4.0}}
+    with pytest.raises(ConfigError, match="Did you mean 'alpha'"):
+        parse_set_options(["afd.alpah=0.1"])
+    with pytest.raises(ConfigError, match="expected a value of type"):
+        parse_set_options(["afd.attack_steps=ten"])
+    with pytest.raises(ConfigError, match="METHOD.PARAM=VALUE"):
+        parse_set_options(["alpha=0.1"])
+    with pytest.raises(UnknownNameError, match="Did you mean 'trades'"):
+        parse_set_options(["tradez.beta=1"])
+
+
+def test_invalid_runs_are_rejected_in_one_line():
+    with pytest.raises(ConfigError, match="unknown preset 'papr'. Did you mean 'paper'"):
+        build_run_config(["afd"], preset="papr")
+    with pytest.raises(ConfigError, match="duplicates"):
+        build_run_config(["afd"], seeds=[0, 0])
+    with pytest.raises(ConfigError, match="empty"):
+        build_run_config([])
+    with pytest.raises(UnknownNameError):
+        build_run_config(["afdd"])

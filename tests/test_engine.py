@@ -1,0 +1,41 @@
+"""The engine: checkpoints written atomically, EMA on or off, NaN stops with a clear message, seeding."""
+import copy
+
+import pytest
+import torch
+
+from robustbench_aft.config import TrainConfig
+from robustbench_aft.engine import NumericalError, fine_tune
+
+CPU = torch.device("cpu")
+TINY = TrainConfig(epochs=1, batch_size=64, train_subset=128)
+
+
+def test_fine_tune_writes_last_checkpoint_and_is_reproducible(digits_model, digits, tmp_path):
+    first = fine_tune("vaft", digits_model, digits, TINY, eps=0.15, seed=3, device=CPU, out_dir=tmp_path, progress=False)
+    checkpoint = torch.load(tmp_path / "last.pt", weights_only=False)
+    assert checkpoint["epoch"] == 1 and checkpoint["method"] == "vaft" and checkpoint["ema"] is None
+    assert not list(tmp_path.glob(".*.tmp"))  # the temporary file was renamed away
+    again = fine_tune("vaft", digits_model, digits, TINY, eps=0.15, seed=3, device=CPU, progress=False)
+    for a, b in zip(first.model.state_dict().values(), again.model.state_dict().values()):
+        assert torch.equal(a, b)
+    assert first.images_per_second > 0 and first.final_terms["loss"] > 0
+
+
+def test_ema_is_the_method_default_and_can_be_forced(digits_model, digits, tmp_path):
+    fine_tune("afd", digits_model, digits, TINY, eps=0.15, seed=0, device=CPU, out_dir=tmp_path / "afd",
+              progress=False)
+    assert torch.load(tmp_path / "afd" / "last.pt", weights_only=False)["ema"]["updates"] == 2
+    forced = TrainConfig(epochs=1, batch_size=64, train_subset=128, ema=True)
+    fine_tune("vaft", digits_model, digits, forced, eps=0.15, seed=0, device=CPU, out_dir=tmp_path / "vaft",
+              progress=False)
+    assert torch.load(tmp_path / "vaft" / "last.pt", weights_only=False)["ema"]["updates"] == 2
+
+
+def test_nan_loss_names_method_seed_epoch_batch_and_term(digits_model, digits, tmp_path):
+    broken = copy.deepcopy(digits_model)
+    with torch.no_grad():
+        broken.head.weight.fill_(float("nan"))
+    with pytest.raises(NumericalError, match=r"trades seed 0 epoch 1 batch 1: loss term 'loss' is nan"):
+        fine_tune("trades", broken, digits, TINY, eps=0.15, seed=0, device=CPU, out_dir=tmp_path, progress=False)
+    assert not (tmp_path / "last.pt").exists()
