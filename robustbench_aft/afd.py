@@ -119,16 +119,7 @@ class AFD(Method):
 
     def prepare(self, model: nn.Module) -> None:
         self.student = DisentangledClassifier(copy.deepcopy(model))
-        self.teacher = copy.deepcopy(model).eval()
-        for p in self.teacher.parameters():
-            p.requires_grad_(False)
-
-    def train(self, mode: bool = True) -> "AFD":
-        super().train(mode)
-        # The frozen pre-trained model always runs on its running statistics.
-        if hasattr(self, "teacher"):
-            self.teacher.eval()
-        return self
+        self.make_teacher(model)
 
     def _shared_parameters(self) -> List[nn.Parameter]:
         confused = {id(p) for p in self.student.confused.parameters()}

@@ -136,38 +136,41 @@ class Clean(Attack):
         return x.clone()
 
 
-@ATTACKS.register("pgd")
-class PGD(Attack):
-    """PGD-20 on cross-entropy, one uniform random start, step eps/4 (2/255 at eps 8/255)."""
+class _IterativeAttack(Attack):
+    """PGD on ``loss_fn`` with one uniform random start; ``steps`` and the step as a fraction of eps."""
 
-    def __init__(self, eps: float, norm: str = "Linf", batch_size: int = 256, steps: int = 20,
+    loss_fn = staticmethod(cross_entropy_loss)
+    default_steps = 20
+
+    def __init__(self, eps: float, norm: str = "Linf", batch_size: int = 256, steps: Optional[int] = None,
                  relative_step: float = 0.25) -> None:
         super().__init__(eps, norm, batch_size)
-        self.steps = steps
+        self.steps = self.default_steps if steps is None else steps
         self.relative_step = relative_step
 
     def perturb(self, model, x, y, generator):
         return pgd(model, x, y, eps=self.eps, norm=self.norm, steps=self.steps,
-                   step_size=self.relative_step * self.eps, loss_fn=cross_entropy_loss, generator=generator)
+                   step_size=self.relative_step * self.eps, loss_fn=self.loss_fn, generator=generator)
+
+
+@ATTACKS.register("pgd")
+class PGD(_IterativeAttack):
+    """PGD-20 on cross-entropy, one uniform random start, step eps/4 (2/255 at eps 8/255)."""
+
+    loss_fn = staticmethod(cross_entropy_loss)
+    default_steps = 20
 
 
 @ATTACKS.register("cw")
-class CWInf(Attack):
+class CWInf(_IterativeAttack):
     """CW-∞: PGD-30 on the per-sample CW margin loss, uniform random start, step eps/4.
 
     This is the "CW" column of adversarial-training papers; torchattacks' ``CW`` is the L2
     optimisation attack of Carlini & Wagner, a different thing.
     """
 
-    def __init__(self, eps: float, norm: str = "Linf", batch_size: int = 256, steps: int = 30,
-                 relative_step: float = 0.25) -> None:
-        super().__init__(eps, norm, batch_size)
-        self.steps = steps
-        self.relative_step = relative_step
-
-    def perturb(self, model, x, y, generator):
-        return pgd(model, x, y, eps=self.eps, norm=self.norm, steps=self.steps,
-                   step_size=self.relative_step * self.eps, loss_fn=cw_margin_loss, generator=generator)
+    loss_fn = staticmethod(cw_margin_loss)
+    default_steps = 30
 
 
 class _AutoAttackBase(Attack):

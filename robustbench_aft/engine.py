@@ -115,12 +115,14 @@ def fine_tune(method_name: str, model: nn.Module, data: DataBundle, train: Train
         generator = torch.Generator().manual_seed(seed)
         dataset = Subset(dataset, sorted(torch.randperm(len(dataset), generator=generator)[:train.train_subset].tolist()))
     loader = make_loader(dataset, train.batch_size, shuffle=True, seed=seed, num_workers=train.num_workers)
+    method.on_fit_start(data.train)
     name = METHODS.canonical(method_name)
     images = 0
     running: Dict[str, float] = {}
     start = time.perf_counter()
     method.train()
     for epoch in range(1, train.epochs + 1):
+        method.on_epoch_start(epoch, train.epochs)
         lr = method.lr_at(epoch, train.epochs, train.lr)
         for optimizer in method.optimizers:
             for group in optimizer.param_groups:

@@ -11,6 +11,8 @@ A Method is an ``nn.Module`` that owns the maths of one AFT method (style.md §9
   zero_grad → backward(loss) → step. A method with an unusual update (AFD's three optimisers)
   overrides both.
 * ``lr_at(epoch, total_epochs, base_lr)``: the method's learning-rate rule (default: AFD's table).
+* ``on_fit_start(train_set)`` / ``on_epoch_start(epoch, total_epochs)``: optional hooks for
+  per-example state (ATAS) and epoch-dependent rules (ARREST's noisy replay, ATAS' warm-up).
 * ``export() -> nn.Module``: the plain classifier that is evaluated.
 
 The engine owns everything else: devices, the loop, EMA, checkpoints, progress. A method never
@@ -25,6 +27,7 @@ from typing import Any, Callable, ClassVar, Dict, List, Optional, Tuple
 
 import torch
 from torch import nn
+from torch.utils.data import Dataset
 
 # Training attacks are specified relative to the run's eps so that one setting serves every
 # dataset; at the CIFAR eps of 8/255 these ratios give the official absolute values back.
@@ -80,10 +83,38 @@ class Method(nn.Module):
         self.optim = optim or OptimConfig()
         self.optimizers: List[torch.optim.Optimizer] = []
         self.student: nn.Module = nn.Identity()
+        self.epoch = 1
+        self.total_epochs = 20
 
     def prepare(self, model: nn.Module) -> None:
         """Build the trainable network from the natural pre-trained ``model`` (left untouched)."""
         self.student = copy.deepcopy(model)
+
+    def make_teacher(self, model: nn.Module) -> None:
+        """Keep a frozen copy of the pre-trained model as ``self.teacher`` (always in eval mode)."""
+        self.teacher = copy.deepcopy(model).eval()
+        for p in self.teacher.parameters():
+            p.requires_grad_(False)
+
+    def train(self, mode: bool = True) -> "Method":
+        super().train(mode)
+        # A frozen teacher always runs on its running statistics, whatever the student's mode.
+        teacher = self._modules.get("teacher")
+        if teacher is not None:
+            teacher.eval()
+        return self
+
+    def on_fit_start(self, train_set: Dataset) -> None:
+        """Called once after ``prepare`` with the indexed training set (per-example state, probe sets)."""
+
+    def on_epoch_start(self, epoch: int, total_epochs: int) -> None:
+        """Called before each epoch (1-based); methods with epoch-dependent rules read these."""
+        self.epoch = epoch
+        self.total_epochs = total_epochs
+
+    def official_epoch(self) -> int:
+        """The current epoch on the official 20-epoch scale (see :func:`afd_lr`)."""
+        return _epoch_on_20_scale(self.epoch, self.total_epochs)
 
     def training_step(self, batch: Tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> Dict[str, torch.Tensor]:
         raise NotImplementedError

@@ -92,24 +92,6 @@ def preactresnet18(num_classes: int, in_channels: int, mean: Sequence[float], st
     return ImageClassifier(ResNetBody(PreActBlock, [2, 2, 2, 2], in_channels, preact=True), 512, num_classes, mean, std)
 
 
-class WideBlock(nn.Module):
-    def __init__(self, in_planes: int, planes: int, stride: int) -> None:
-        super().__init__()
-        self.bn1 = nn.BatchNorm2d(in_planes)
-        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride=stride, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(planes)
-        self.conv2 = nn.Conv2d(planes, planes, 3, stride=1, padding=1, bias=False)
-        self.shortcut = None
-        if stride != 1 or in_planes != planes:
-            self.shortcut = nn.Conv2d(in_planes, planes, 1, stride=stride, bias=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = F.relu(self.bn1(x))
-        shortcut = self.shortcut(out) if self.shortcut is not None else x
-        out = self.conv2(F.relu(self.bn2(self.conv1(out))))
-        return out + shortcut
-
-
 class WideResNetBody(nn.Module):
     def __init__(self, depth: int, widen_factor: int, in_channels: int) -> None:
         super().__init__()
@@ -122,7 +104,8 @@ class WideResNetBody(nn.Module):
         for i, planes in enumerate(widths[1:]):
             blocks = []
             for j in range(n):
-                blocks.append(WideBlock(in_planes, planes, stride=2 if (i > 0 and j == 0) else 1))
+                # A WRN block is a pre-activation block (BN-ReLU-conv twice, 1x1 conv shortcut).
+                blocks.append(PreActBlock(in_planes, planes, stride=2 if (i > 0 and j == 0) else 1))
                 in_planes = planes
             stages.append(nn.Sequential(*blocks))
         self.block1, self.block2, self.block3 = stages

@@ -16,6 +16,8 @@ def test_one_step_contract(name, digits_model, digits):
     assert isinstance(method, Method) and isinstance(method.version, int)
     method.prepare(digits_model)
     method.optimizers = method.configure_optimizers()
+    method.on_fit_start(digits.train)
+    method.on_epoch_start(1, 20)
     method.train()
     before = {k: v.clone() for k, v in method.trainable_state().state_dict().items()}
     terms = method.update((x, y, torch.arange(32)))
@@ -46,6 +48,8 @@ def test_prepare_leaves_the_pretrained_model_untouched(name, digits_model, digit
     method = METHODS.get(name)(eps=0.15)
     method.prepare(digits_model)
     method.optimizers = method.configure_optimizers()
+    method.on_fit_start(digits.train)
+    method.on_epoch_start(1, 20)
     method.train()
     method.update((x, y, torch.arange(16)))
     for key, value in digits_model.state_dict().items():
