@@ -12,9 +12,6 @@ from torch.nn import functional as F
 from robustbench_aft.method import CIFAR_EPS, Method, arrest_lr, param, pgd_attack
 from robustbench_aft.registry import METHODS
 
-RECONSTRUCTED = True
-
-
 def distillation_kl(logits_teacher: torch.Tensor, logits_student: torch.Tensor, temperature: float) -> torch.Tensor:
     """τ²·KL(softmax(g(x)/τ) ‖ softmax(f(x_adv)/τ)), batch mean (Hinton et al. 2015, arXiv 1503.02531, Eq. 2 form)."""
     return temperature ** 2 * F.kl_div(F.log_softmax(logits_student / temperature, dim=1),
@@ -32,8 +29,10 @@ class AFKD(Method):
     AFKD numbers are never attached to it.
     """
 
+    reference = "RECONSTRUCTION: no definition found (methods.md §8)"
+
     version = 1
-    reconstructed = RECONSTRUCTED
+    reconstructed = True
 
     @dataclass
     class Params:

@@ -38,6 +38,8 @@ class ARREST(Method):
     statistics drifted); ``nr=False, rgkd=False`` is exactly vAFT's step.
     """
 
+    reference = "arXiv 2308.16454; AFD re-implementation ARREST.py (--NR --RGKD)"
+
     version = 1
 
     @dataclass

@@ -42,6 +42,8 @@ class ATAS(Method):
     images, not on the zero-padded ones of the official evaluation script.
     """
 
+    reference = "arXiv 2206.02417; HuangZhiChao95/ATAS ATAS.py"
+
     version = 1
 
     @dataclass

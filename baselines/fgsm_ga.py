@@ -37,6 +37,8 @@ class FGSMGA(Method):
     as fine-tuning with the run's budget instead of the official cyclic lr from scratch (INFERRED).
     """
 
+    reference = "arXiv 2007.02617; tml-epfl/understanding-fast-adv-training train.py"
+
     version = 1
 
     @dataclass

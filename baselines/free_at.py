@@ -34,6 +34,8 @@ class FreeAT(Method):
     forward/backward passes per minibatch (PGD-10 AT needs 11). The budget is recorded with the run.
     """
 
+    reference = "arXiv 1904.12843; ashafahi/free_adv_train"
+
     version = 1
 
     @dataclass

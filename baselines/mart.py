@@ -49,6 +49,8 @@ class MART(Method):
     class are broken by argmax.
     """
 
+    reference = "OpenReview rklOg6EFwS; YisenWang/MART mart.py"
+
     version = 1
 
     @dataclass

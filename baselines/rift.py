@@ -71,6 +71,8 @@ class RiFT(Method):
     explicit; the epoch selection on test accuracy is dropped (the final epoch is used).
     """
 
+    reference = "arXiv 2308.02533; microsoft/robustlearn RiFT/"
+
     version = 1
 
     @dataclass

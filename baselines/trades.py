@@ -48,6 +48,8 @@ class TRADES(Method):
     attack's natural distribution is computed once instead of at every step (identical values).
     """
 
+    reference = "arXiv 1901.08573; yaodongyu/TRADES trades.py"
+
     version = 1
 
     @dataclass

@@ -3,13 +3,13 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
-from typing import Dict, Tuple
+from typing import Dict, List, Tuple
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from robustbench_aft.method import CIFAR_EPS, Method, param, pgd_attack
+from robustbench_aft.method import CIFAR_EPS, Method, afd_lr, param, pgd_attack
 from robustbench_aft.registry import METHODS
 
 
@@ -85,6 +85,8 @@ class _TWINS(Method):
     """Shared parts of TWINS-AT and TWINS-TRADES: the two-wing BN, the attack, the export."""
 
     version = 1
+    # train.sh: high-resolution datasets use λ = 0.4 and weight decay 1e-3 (methods.md §5.5).
+    paper_presets = {"tinyimagenet": {"lambda_twins": 0.4, "weight_decay": 1e-3}}
 
     @dataclass
     class Params:
@@ -94,10 +96,21 @@ class _TWINS(Method):
                                          "src/argument.py default")
         attack_eps_ratio: float = param(0.0314 / CIFAR_EPS, "training attack eps / the run's eps (0.0314 at 8/255)",
                                         "TWINS_cifar/train.sh")
+        lr: float = param(0.003, "base learning rate (replaces the run's; AFD's schedule shape)", "TWINS_cifar/train.sh")
+        weight_decay: float = param(1e-5, "weight decay (replaces the run's)", "TWINS_cifar/train.sh")
 
     def prepare(self, model: nn.Module) -> None:
         self.student = copy.deepcopy(model)
         _replace_batchnorm(self.student)
+
+    def configure_optimizers(self) -> List[torch.optim.Optimizer]:
+        # The frozen wing normalises with fixed statistics, so it diverges at the run's usual lr
+        # (0.025 made the frozen-wing CE explode on digits); the official optimiser is kept.
+        return [torch.optim.SGD(self.student.parameters(), lr=self.params.lr, momentum=self.optim.momentum,
+                                weight_decay=self.params.weight_decay)]
+
+    def lr_at(self, epoch: int, total_epochs: int, base_lr: float) -> float:
+        return afd_lr(epoch, total_epochs, self.params.lr)
 
     def _adversarial(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         p = self.params
@@ -120,10 +133,12 @@ class TWINSAT(_TWINS):
     statistics, never updated; trainable affine) and the adaptive wing; both start as the
     pre-trained BN. Attack: eval mode (adaptive wing), start clip01(x + U(−ε, ε)), 10 steps of
     2/255, eps 0.0314. The Adaptive Net is exported. INFERRED toolkit setting (methods.md §5.5):
-    the pre-trained head is kept and the run's budget (AFD's schedule) replaces the official
-    transfer recipe (ImageNet ResNet-50, lr 0.003, wd 1e-5, 60 epochs), which is recorded with
-    every run.
+    the pre-trained head is kept; the official optimiser (lr 0.003, wd 1e-5) is kept with AFD's
+    schedule shape over the run's epochs instead of the transfer recipe's 60 epochs with steps at
+    30 and 50 (at the run's lr 0.025 the frozen wing diverged on digits). Recorded with every run.
     """
+
+    reference = "arXiv 2303.11135; ziquanliu/CVPR2023-TWINS train-TWINS-AT.py"
 
     def training_step(self, batch: Tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> Dict[str, torch.Tensor]:
         x, y, _ = batch
@@ -147,6 +162,8 @@ class TWINSTRADES(_TWINS):
     Deviation: the official script divides by the *configured* batch size (128) also on the last,
     smaller batch; we divide by the actual batch size (identical on every full batch).
     """
+
+    reference = "arXiv 2303.11135; ziquanliu/CVPR2023-TWINS train-TWINS-TRADES.py"
 
     @dataclass
     class Params(_TWINS.Params):

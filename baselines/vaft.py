@@ -29,6 +29,8 @@ class VanillaAFT(Method):
     evaluated. Unlike that script, no unused teacher forward is run (methods.md §15).
     """
 
+    reference = "arXiv 1706.06083; AFD re-implementation ARREST.py (flags off)"
+
     version = 1
 
     @dataclass

@@ -104,8 +104,13 @@ class AFD(Method):
     EMA integer buffers (BN's ``num_batches_tracked``) are copied, not blended.
     """
 
+    reference = "arXiv 2401.14707; changzhang777/AFD tl+sl.py"
+
     version = 1
     uses_ema = True
+    # INFERRED from the result-folder names in AFD's scripts (methods.md §1.6); CIFAR-10 and
+    # Tiny-ImageNet use the defaults.
+    paper_presets = {"cifar100": {"alpha": 0.1, "beta": 1.0, "gamma": 50.0}}
 
     @dataclass
     class Params:

@@ -130,6 +130,9 @@ def build_parser() -> argparse.ArgumentParser:
     board.add_argument("--db", default="runs/results.db", help="results store (default: runs/results.db)")
     board.add_argument("--format", default="md", choices=("md", "csv", "json"), help="output format")
     board.add_argument("--output", default=None, help="also write the table to this file (atomically)")
+    board.add_argument("--with-published", action="store_true",
+                       help="add the published numbers where method, dataset, arch and eps match")
+    board.add_argument("--published", default=None, help="published numbers CSV (default: leaderboard/published.csv)")
     board.set_defaults(handler=cmd_leaderboard)
     return parser
 
@@ -154,6 +157,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 
             for row, entry in zip(rows, registry.entries()):
                 row["version"] = entry.obj.version
+                row["source"] = entry.obj.reference
                 row["defaults"] = ", ".join(f"{p['name']}={p['default']:.4g}" if isinstance(p["default"], float)
                                             else f"{p['name']}={p['default']}" for p in param_docs(entry.obj.Params))
         print(f"## {kind}")
@@ -203,7 +207,12 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
 
     if not Path(args.db).is_file():
         raise ConfigError(f"--db {args.db} does not exist; run `bench run --methods ...` first")
-    table = render_leaderboard(leaderboard(args.db), args.format)
+    frame = leaderboard(args.db)
+    if args.with_published and not frame.empty:
+        from .leaderboard import load_published, with_published
+
+        frame = with_published(frame, load_published(args.published))
+    table = render_leaderboard(frame, args.format)
     print(table)
     if args.output:
         atomic_write_text(table + "\n", args.output)

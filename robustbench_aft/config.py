@@ -56,8 +56,8 @@ PRESETS: Dict[str, Dict[str, Any]] = {
                 "cw": {"steps": 20, "relative_step": 0.007 / CIFAR_EPS},
             },
         },
-        # INFERRED from the result-directory names in AFD's scripts (methods.md §1.6).
-        "method_params": {"cifar100": {"afd": {"alpha": 0.1, "beta": 1.0, "gamma": 50.0}}},
+        # Per-dataset method parameters come from each method's ``paper_presets``.
+        "method_presets": True,
     },
 }
 
@@ -167,8 +167,11 @@ def build_run_config(methods: List[str], *, dataset: str = "digits", arch: str =
     evaluation = _apply(evaluation, {k: v for k, v in (eval_overrides or {}).items() if v is not None}, "eval")
 
     params: Dict[str, Dict[str, Any]] = {}
-    for name, values in chosen.get("method_params", {}).get(dataset.partition(":")[0], {}).items():
-        params.setdefault(name, {}).update(values)
+    if chosen.get("method_presets"):
+        for name in canonical_methods:
+            values = METHODS.get(name).paper_presets.get(dataset.partition(":")[0], {})
+            if values:
+                params[name] = dict(values)
     for name, values in (method_params or {}).items():
         canonical = METHODS.canonical(name)
         if canonical not in canonical_methods:

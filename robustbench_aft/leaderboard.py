@@ -11,6 +11,7 @@ import csv
 import io
 import json
 import math
+from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from .errors import ConfigError
@@ -67,13 +68,74 @@ def leaderboard_frame(store_rows: List[Dict[str, Any]]):
     table["version"] = grouped["method_version"].max()
     table["flagged_runs"] = grouped["flagged"].sum()
     table = table.join(first_seen).reset_index()
+    table["reconstructed"] = table["method"].map(_is_reconstructed)
     # The natural model first, then methods in the order they were first run.
     table["natural_last"] = table["method"] != "natural"
     table = table.sort_values(["natural_last", "first_seen"]).drop(columns=["natural_last", "first_seen"])
     ordered = [*KEY, "seeds", "version"]
     for metric in metrics:
         ordered += [metric, f"{metric}_std"]
-    return table[ordered + ["flagged_runs"]].reset_index(drop=True)
+    return table[ordered + ["flagged_runs", "reconstructed"]].reset_index(drop=True)
+
+
+def _is_reconstructed(method: str) -> bool:
+    from .registry import METHODS
+
+    return method in METHODS and bool(getattr(METHODS.get(method), "reconstructed", False))
+
+
+PUBLISHED_CSV = Path(__file__).resolve().parents[1] / "leaderboard" / "published.csv"
+PUBLISHED_METRICS = ("clean", "pgd", "aa")
+EPS_MATCH = 1e-4
+
+
+def load_published(path: Optional[str] = None):
+    """The published numbers (``leaderboard/published.csv``) as a DataFrame; a bad file is a ConfigError."""
+    import pandas as pd
+
+    source = Path(path) if path else PUBLISHED_CSV
+    if not source.is_file():
+        raise ConfigError(f"published numbers not found at {source}; pass --published PATH to leaderboard/published.csv")
+    try:
+        table = pd.read_csv(source)
+    except Exception as exc:  # pandas raises several parser errors for a malformed file
+        raise ConfigError(f"cannot read {source}: {' '.join(str(exc).split())[:160]}") from None
+    required = {"method", "dataset", "arch", "eps", "metric", "value", "setting", "source"}
+    if not required <= set(table.columns):
+        raise ConfigError(f"{source} lacks columns {', '.join(sorted(required - set(table.columns)))}")
+    return table
+
+
+def with_published(frame, published):
+    """Add ``published_<metric>`` and ``published_source`` where method, dataset, arch and eps match.
+
+    Reconstructed methods (AFKD) never get the paper's numbers. Where a method has several
+    published settings, the fine-tuning one is preferred.
+    """
+    from .registry import METHODS
+
+    frame = frame.copy()
+    for metric in PUBLISHED_METRICS:
+        frame[f"published_{metric}"] = float("nan")
+    frame["published_source"] = ""
+    for position, record in frame.iterrows():
+        method = record["method"]
+        if method not in METHODS or getattr(METHODS.get(method), "reconstructed", False):
+            continue
+        candidates = published[(published["method"] == method) & (published["dataset"] == record["dataset"])
+                               & (published["arch"] == record["arch"])
+                               & ((published["eps"] - record["eps"]).abs() < EPS_MATCH)]
+        if candidates.empty:
+            continue
+        preferred = candidates[candidates["setting"] == "fine-tuning"]
+        candidates = preferred if not preferred.empty else candidates
+        for metric in PUBLISHED_METRICS:
+            values = candidates[candidates["metric"] == metric]["value"]
+            if not values.empty:
+                frame.at[position, f"published_{metric}"] = float(values.iloc[0])
+        first = candidates.iloc[0]
+        frame.at[position, "published_source"] = f"{first['source']} ({first['setting']})"
+    return frame
 
 
 def _mean_std(mean: float, std: float, seeds: int) -> str:
@@ -92,13 +154,20 @@ def render_leaderboard(frame, fmt: str) -> str:
     if fmt == "md":
         rows = []
         for record in frame.to_dict("records"):
-            row = {"method": record["method"], "dataset": record["dataset"], "arch": record["arch"],
+            label = f"{record['method']} (reconstructed)" if record.get("reconstructed") else record["method"]
+            row = {"method": label, "dataset": record["dataset"], "arch": record["arch"],
                    "eps": f"{record['eps']:.4g}", "seeds": int(record["seeds"]),
                    "version": "-" if record["method"] == "natural" else int(record["version"])}
             for metric in metrics:
                 row[metric] = ("" if isinstance(record[metric], float) and math.isnan(record[metric])
                                else _mean_std(record[metric], record[f"{metric}_std"], int(record["seeds"])))
             row["flags"] = int(record["flagged_runs"]) or ""
+            for metric in PUBLISHED_METRICS:
+                if f"published_{metric}" in record:
+                    value = record[f"published_{metric}"]
+                    row[f"published {metric}"] = "" if math.isnan(value) else f"{value:.2f}"
+            if "published_source" in record:
+                row["published source"] = record["published_source"]
             rows.append(row)
         return format_table(rows, "md")
     if fmt == "json":
@@ -131,4 +200,5 @@ def robustbench_entry(record: Dict[str, Any], metrics: List[str]) -> Dict[str, A
         "additional_data": False,
         "number_forward_passes": 1,
         "unreliable": bool(record["flagged_runs"]),
+        "reconstructed": bool(record.get("reconstructed", False)),
     }

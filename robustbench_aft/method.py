@@ -68,6 +68,13 @@ class Method(nn.Module):
     """
 
     version: ClassVar[int] = 1
+    # Paper and official code the implementation follows (shown by `bench list methods`).
+    reference: ClassVar[str] = ""
+    # True for a method whose definition had to be reconstructed (no official one exists).
+    reconstructed: ClassVar[bool] = False
+    # Parameter overrides the ``paper`` preset applies per dataset (empty: the defaults are the
+    # official values for every dataset).
+    paper_presets: ClassVar[Dict[str, Dict[str, Any]]] = {}
     # Whether the evaluated model is an EMA of the weights (the engine keeps the EMA).
     uses_ema: ClassVar[bool] = False
 

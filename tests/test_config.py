@@ -50,3 +50,10 @@ def test_invalid_runs_are_rejected_in_one_line():
         build_run_config([])
     with pytest.raises(UnknownNameError):
         build_run_config(["afdd"])
+
+
+def test_paper_presets_come_from_each_method():
+    config = build_run_config(["twins-at", "afd", "vaft"], dataset="tinyimagenet")
+    assert config.method_params == {"twins-at": {"lambda_twins": 0.4, "weight_decay": 1e-3}}
+    assert build_run_config(["afd"], dataset="cifar10").method_params == {}
+    assert build_run_config(["afd"], dataset="cifar100", preset="quick").method_params == {}

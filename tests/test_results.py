@@ -76,3 +76,33 @@ def test_a_directory_or_a_non_database_is_refused(tmp_path):
     bogus.write_text("not sqlite at all, just text that is long enough to be read as a header....")
     with pytest.raises(ConfigError, match="not a results database"):
         ResultsStore(str(bogus))
+
+
+def test_published_numbers_parse_and_name_registered_methods():
+    from robustbench_aft.leaderboard import load_published
+    from robustbench_aft.registry import METHODS
+
+    published = load_published()
+    assert set(published["method"]) <= set(METHODS.names())
+    assert published["value"].dtype.kind == "f" and published["source"].str.len().min() > 0
+    afd = published[(published["method"] == "afd") & (published["dataset"] == "cifar10")
+                     & (published["arch"] == "resnet18")].set_index("metric")["value"]
+    assert afd.to_dict() == {"clean": 84.88, "pgd": 52.70, "aa": 47.40, "avg": 61.66}
+    # Table 1 and Table 2 of the AFD paper: 10 + 7 methods, three datasets, fast-AT rows without Tiny.
+    assert len(published[published["source"].str.contains("AAAI 2025")]) == (27 + 21) * 4
+
+
+def test_published_columns_only_where_everything_matches_and_never_for_afkd(tmp_path):
+    from robustbench_aft.leaderboard import load_published, with_published
+
+    db = ResultsStore(str(tmp_path / "r.db"))
+    for method, dataset in (("afd", "cifar10"), ("afkd", "cifar10"), ("trades", "digits")):
+        rec = record(method, 0, 80.0, 50.0, 45.0)
+        rec.dataset, rec.arch, rec.eps = dataset, "resnet18", 8 / 255
+        db.add(rec)
+    frame = with_published(leaderboard_frame(db.rows()), load_published()).set_index("method")
+    assert frame.loc["afd", "published_aa"] == 47.40 and "Table 1" in frame.loc["afd", "published_source"]
+    assert pd.isna(frame.loc["afkd", "published_aa"]) and frame.loc["afkd", "reconstructed"]
+    assert pd.isna(frame.loc["trades", "published_clean"])
+    markdown = render_leaderboard(frame.reset_index(), "md")
+    assert "afkd (reconstructed)" in markdown and "published aa" in markdown
