@@ -54,6 +54,16 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}") from None
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}")
+    return value
+
+
 def _add_data_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dataset", default="digits",
                         help="dataset name or folder:PATH (default: digits, bundled with scikit-learn)")
@@ -106,9 +116,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = commands.add_parser("run", help="fine-tune with each method and seed, evaluate, store, print the leaderboard")
     _add_data_arguments(run)
-    run.add_argument("--methods", required=True, help="comma-separated methods, e.g. ours,trades (see `bench list methods`)")
+    run.add_argument("--methods", required=True, help="comma-separated methods, e.g. ours,trades, or all (see `bench list methods`)")
     run.add_argument("--arch", default="smallcnn", help="architecture (default: smallcnn)")
-    run.add_argument("--preset", default=None, help="quick (the digits default) or paper (the default elsewhere)")
+    run.add_argument("--preset", default=None, help="quick (the digits default), paper (the default elsewhere) or ci")
     run.add_argument("--pretrained", default="auto", help="natural model: auto (cache or pre-train), a path, robustbench:NAME")
     run.add_argument("--seeds", default="0", help="comma-separated fine-tuning seeds (default: 0)")
     run.add_argument("--epochs", type=_positive_int, default=None, help="fine-tuning epochs (default: the preset's)")
@@ -134,6 +144,16 @@ def build_parser() -> argparse.ArgumentParser:
                        help="add the published numbers where method, dataset, arch and eps match")
     board.add_argument("--published", default=None, help="published numbers CSV (default: leaderboard/published.csv)")
     board.set_defaults(handler=cmd_leaderboard)
+
+    check = commands.add_parser("check", help="fail (exit 1) when robust accuracy regressed against a baseline CSV")
+    check.add_argument("--baseline", required=True, help="committed leaderboard CSV, e.g. leaderboard/ci_baseline.csv")
+    source = check.add_mutually_exclusive_group()
+    source.add_argument("--db", default=None, help="results store to compare (default: runs/results.db)")
+    source.add_argument("--current", default=None, help="a leaderboard CSV to compare instead of a store")
+    check.add_argument("--tolerance", type=_non_negative_float, default=2.0,
+                       help="allowed drop in points; the rule is max(this, 2 × baseline seed std) (default: 2)")
+    check.add_argument("--metrics", default=None, help="comma-separated metrics to check (default: all but avg)")
+    check.set_defaults(handler=cmd_check)
     return parser
 
 
@@ -217,6 +237,24 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
     if args.output:
         atomic_write_text(table + "\n", args.output)
     return 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from .leaderboard import check_regression, read_leaderboard_csv, render_check
+    from .pipeline import leaderboard
+
+    baseline = read_leaderboard_csv(args.baseline, "--baseline")
+    if args.current is not None:
+        current = read_leaderboard_csv(args.current, "--current")
+    else:
+        db = args.db or "runs/results.db"
+        if not Path(db).is_file():
+            raise ConfigError(f"--db {db} does not exist; run `bench run` first or pass --current FILE")
+        current = leaderboard(db)
+    metrics = [m.strip() for m in args.metrics.split(",") if m.strip()] if args.metrics else None
+    result = check_regression(baseline, current, tolerance=args.tolerance, metrics=metrics)
+    print(render_check(result))
+    return result.exit_code
 
 
 def _canonical_arch(name: str) -> str:

@@ -45,6 +45,12 @@ PRESETS: Dict[str, Dict[str, Any]] = {
         "train": {"epochs": 10, "batch_size": 64, "lr": 0.025},
         "eval": {"attacks": ["clean", "pgd", "cw", "aa"]},
     },
+    "ci": {
+        "description": "the regression check of .ci/run: digits, 5 epochs at batch 64, clean/pgd/cw/aa-fast on a "
+                       "fixed seeded subset of 200 test points",
+        "train": {"epochs": 5, "batch_size": 64, "lr": 0.025},
+        "eval": {"attacks": ["clean", "pgd", "cw", "aa-fast"], "n_eval": 200},
+    },
     "paper": {
         "description": "AFD's protocol (methods.md §1.6, §1.8): 20 epochs, batch 128, lr 0.025 with AFD's "
                        "table, PGD-20 step 0.003 and CW∞-20 step 0.007 at eps 8/255, AutoAttack standard",
@@ -154,6 +160,8 @@ def build_run_config(methods: List[str], *, dataset: str = "digits", arch: str =
     """Merge dataclass defaults, the preset and the given values (``None`` = not given) into a RunConfig."""
     if not methods:
         raise ConfigError("--methods is empty; choose from " + ", ".join(METHODS.names()))
+    if [m.strip().lower() for m in methods] == ["all"]:
+        methods = METHODS.names()
     canonical_methods = list(dict.fromkeys(METHODS.canonical(m) for m in methods))
     preset_name = preset or default_preset(dataset.partition(":")[0])
     if preset_name not in PRESETS:
