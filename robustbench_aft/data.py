@@ -159,7 +159,7 @@ def _no_argument(options: DataOptions, name: str) -> None:
 
 @DATASETS.register("digits")
 def digits(options: DataOptions) -> DataBundle:
-    """scikit-learn's bundled 8x8 digits (1,797 images, 10 classes); the embedded default, no download.
+    """scikit-learn's bundled 8x8 digits (1,797 images, 10 classes), no download; eps 0.15.
 
     A stratified 80/20 train/test split seeded by ``split_seed``. Pixel values 0..16 are scaled to
     [0, 1]. Training augmentation: a random shift of up to one pixel (no flips: a flipped digit is

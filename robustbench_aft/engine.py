@@ -5,6 +5,7 @@ The method owns the maths (``Method.update``); the engine owns everything around
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 import time
 from dataclasses import asdict, dataclass, field
@@ -18,7 +19,7 @@ from tqdm.auto import tqdm
 
 from .config import TrainConfig
 from .data import DataBundle, make_loader
-from .errors import UserError
+from .errors import ConfigError, UserError
 from .method import Method, OptimConfig
 from .registry import METHODS
 from .runtime import atomic_torch_save, seed_everything
@@ -83,6 +84,11 @@ def build_method(name: str, params: Optional[Dict[str, Any]], eps: float, train:
     """Instantiate a registered method with its Params overridden by ``params``."""
     cls = METHODS.get(name)
     values = dict(params or {})
+    known = {f.name for f in dataclasses.fields(cls.Params)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ConfigError(f"{METHODS.canonical(name)} has no parameter(s) {', '.join(unknown)}; "
+                          f"parameters: {', '.join(sorted(known))}")
     method_params = cls.Params(**values)
     return cls(method_params, eps=eps,
                optim=OptimConfig(lr=train.lr, momentum=train.momentum, weight_decay=train.weight_decay))

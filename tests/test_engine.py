@@ -39,3 +39,11 @@ def test_nan_loss_names_method_seed_epoch_batch_and_term(digits_model, digits, t
     with pytest.raises(NumericalError, match=r"trades seed 0 epoch 1 batch 1: loss term 'loss' is nan"):
         fine_tune("trades", broken, digits, TINY, eps=0.15, seed=0, device=CPU, out_dir=tmp_path, progress=False)
     assert not (tmp_path / "last.pt").exists()
+
+
+def test_unknown_method_parameter_is_a_config_error():
+    from robustbench_aft.engine import build_method
+    from robustbench_aft.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="afd has no parameter"):
+        build_method("afd", {"delta": 1.0}, eps=0.1, train=TINY)
