@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, Tuple
+from typing import Any, Dict, Tuple
 
 import torch
 from torch.nn import functional as F
@@ -62,8 +62,15 @@ class ATAS(Method):
         num_examples = self.num_examples
         device = next(self.student.parameters()).device
         self.register_buffer("gradient_norm_ema", torch.zeros(num_examples, device=device))
-        self.register_buffer("perturbations", torch.empty(0, device=device))
+        self.perturbations = torch.empty(0, device=device)
         self._last_reset = 0
+
+    def checkpoint_extras(self) -> Dict[str, Any]:
+        return {"perturbations": self.perturbations.detach().cpu(), "last_reset": self._last_reset}
+
+    def restore_checkpoint_extras(self, extras: Dict[str, Any]) -> None:
+        self.perturbations = extras["perturbations"].to(self.gradient_norm_ema.device)
+        self._last_reset = extras["last_reset"]
 
     def on_epoch_start(self, epoch: int, total_epochs: int) -> None:
         super().on_epoch_start(epoch, total_epochs)

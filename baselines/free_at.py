@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, Optional, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 import torch
 from torch.nn import functional as F
@@ -46,6 +46,13 @@ class FreeAT(Method):
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.delta: Optional[torch.Tensor] = None
+
+    def checkpoint_extras(self) -> Dict[str, Any]:
+        return {"delta": None if self.delta is None else self.delta.detach().cpu()}
+
+    def restore_checkpoint_extras(self, extras: Dict[str, Any]) -> None:
+        device = next(self.student.parameters()).device
+        self.delta = None if extras["delta"] is None else extras["delta"].to(device)
 
     def _perturbation(self, x: torch.Tensor) -> torch.Tensor:
         if self.delta is None or self.delta.shape[1:] != x.shape[1:] or self.delta.shape[0] < x.shape[0]:

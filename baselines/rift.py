@@ -5,7 +5,7 @@ import copy
 import logging
 import math
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 from torch import nn
@@ -165,6 +165,9 @@ class RiFT(Method):
         scores = self.module_robust_criticality(x_adv, y)
         self.critical_module = min(scores, key=scores.get)
         log.info("RiFT: least robust-critical module %s (MRC %.4f)", self.critical_module, scores[self.critical_module])
+        self._train_only_critical_module()
+
+    def _train_only_critical_module(self) -> None:
         trainable = list(dict(self.student.named_modules())[self.critical_module].parameters())
         for parameter in self.student.parameters():
             parameter.requires_grad_(False)
@@ -172,6 +175,20 @@ class RiFT(Method):
             parameter.requires_grad_(True)
         self.optimizers = [torch.optim.SGD(trainable, lr=self.params.rift_lr, momentum=self.optim.momentum,
                                            weight_decay=self.optim.weight_decay)]
+
+    def checkpoint_extras(self) -> Dict[str, Any]:
+        if self.adversarial_state is None:
+            return {}
+        return {"adversarial_state": {k: v.cpu() for k, v in self.adversarial_state.items()},
+                "critical_module": self.critical_module}
+
+    def restore_checkpoint_extras(self, extras: Dict[str, Any]) -> None:
+        if not extras:
+            return
+        device = next(self.student.parameters()).device
+        self.adversarial_state = {k: v.to(device) for k, v in extras["adversarial_state"].items()}
+        self.critical_module = extras["critical_module"]
+        self._train_only_critical_module()
 
     def training_step(self, batch: Tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> Dict[str, torch.Tensor]:
         x, y, _ = batch

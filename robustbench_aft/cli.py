@@ -132,7 +132,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--set", action="append", default=[], metavar="METHOD.PARAM=VALUE",
                      help="override a method parameter, e.g. --set afd.alpha=0.1 (repeatable)")
     run.add_argument("--db", default="runs/results.db", help="results store (default: runs/results.db)")
-    run.add_argument("--out", default=None, help="folder for checkpoints (default: next to the store, per run)")
+    run.add_argument("--out", default=None,
+                     help="folder for checkpoints and per-sample results (default: next to the store, per run)")
+    run.add_argument("--resume", action="store_true",
+                     help="continue the run in --out: skip finished cells, continue the others where they stopped")
+    run.add_argument("--eval-batch-size", type=_positive_int, default=None, help="evaluation batch size (default: 256)")
     run.add_argument("--format", default="md", choices=("md", "csv", "json"), help="format of the printed leaderboard")
     run.set_defaults(handler=cmd_run)
 
@@ -191,7 +195,21 @@ def _parse_seeds(text: str) -> List[int]:
         seeds = [int(part) for part in text.split(",") if part.strip()]
     except ValueError:
         raise ConfigError(f"--seeds expects comma-separated integers such as 0,1,2, got {text!r}") from None
+    if not seeds or any(seed < 0 for seed in seeds):
+        raise ConfigError(f"--seeds expects comma-separated integers >= 0 such as 0,1,2, got {text!r}")
     return seeds
+
+
+def _resume_command(argv: List[str], out: str) -> str:
+    """The command that continues an interrupted ``bench run``: the same one with --out and --resume."""
+    import shlex
+
+    arguments = list(argv)
+    if "--out" not in arguments and not any(a.startswith("--out=") for a in arguments):
+        arguments += ["--out", out]
+    if "--resume" not in arguments:
+        arguments.append("--resume")
+    return "bench " + " ".join(shlex.quote(a) for a in arguments)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -206,13 +224,25 @@ def cmd_run(args: argparse.Namespace) -> int:
         train_overrides={"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
                          "train_subset": args.train_subset},
         eval_overrides={"attacks": parse_attacks(args.attacks) if args.attacks else None,
-                        "eps": parse_eps(args.eps) if args.eps is not None else None, "n_eval": args.n_eval},
+                        "eps": parse_eps(args.eps) if args.eps is not None else None, "n_eval": args.n_eval,
+                        "batch_size": args.eval_batch_size},
         method_params=parse_set_options(args.set), pretrained=args.pretrained, seeds=_parse_seeds(args.seeds),
         db=args.db, out=args.out, device=args.device, data_dir=args.data_dir, download=args.download,
     )
     if args.out is not None and Path(args.out).is_file():
         raise ConfigError(f"--out {args.out} is a file; give a folder")
-    summary = run(config, progress=not args.quiet)
+    from .errors import Interrupted
+    from .runtime import StopSignal
+
+    argv = getattr(args, "argv", None) or sys.argv[1:]
+    with StopSignal() as stop:
+        try:
+            summary = run(config, progress=not args.quiet, resume=args.resume, stop=stop, command=["bench", *argv])
+        except Interrupted as exc:
+            out = exc.state_dir or config.out or "."
+            print(f"bench: {exc}; the state is saved in {out}\nbench: resume with: {_resume_command(argv, out)}",
+                  file=sys.stderr)
+            return exc.exit_code
     print(render_leaderboard(leaderboard(config.db, summary.group_id), args.format))
     if args.format == "md":
         print(f"\n{len(summary.run_ids)} models evaluated in {summary.seconds:.1f} s; stored in {summary.db} "
@@ -299,7 +329,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     arch = MODELS.canonical(args.arch)
     attacks = parse_attacks(args.attacks)
-    eps = parse_eps(args.eps) if args.eps is not None else None
+    eps = parse_eps(args.eps, args.norm) if args.eps is not None else None
     output = Path(args.output) if args.output else None
     if output is not None and output.is_dir():
         raise ConfigError(f"--output {output} is a directory; give a file name")
@@ -330,6 +360,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
+        args.argv = list(argv) if argv is not None else sys.argv[1:]
         _setup_logging(getattr(args, "quiet", False))
         return args.handler(args)
     except UserError as exc:

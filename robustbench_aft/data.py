@@ -21,7 +21,7 @@ from typing import Callable, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from .errors import ConfigError, DataNotFoundError
 from .registry import DATASETS
@@ -288,6 +288,21 @@ def _channel_stats(dataset: Dataset, n: int, seed: int) -> Tuple[Tuple[float, ..
     return tuple(pixels.mean(dim=(0, 2, 3)).tolist()), tuple(pixels.std(dim=(0, 2, 3)).tolist())
 
 
+def _image_classes(split_dir: Path) -> List[str]:
+    """The class sub-folders of ``split_dir``; a split or a class without any image is an error."""
+    classes = sorted(entry.name for entry in os.scandir(str(split_dir)) if entry.is_dir())
+    if not classes:
+        raise DataNotFoundError(f"folder dataset: no class folders with images under {split_dir} "
+                                "(expected PATH/train/<class>/*.jpg)")
+    for name in classes:
+        has_image = any(f.lower().endswith(IMAGE_EXTENSIONS)
+                        for _, _, files in os.walk(split_dir / name, followlinks=True) for f in files)
+        if not has_image:
+            raise DataNotFoundError(f"folder dataset: no images in class folder {split_dir / name} "
+                                    f"(extensions: {', '.join(IMAGE_EXTENSIONS)})")
+    return classes
+
+
 @DATASETS.register("folder")
 def folder(options: DataOptions) -> DataBundle:
     """Any ImageFolder tree given as folder:PATH, with PATH/train and PATH/test (or PATH/val); eps 8/255.
@@ -307,15 +322,18 @@ def folder(options: DataOptions) -> DataBundle:
     test_dir = next((root / s for s in ("test", "val") if (root / s).is_dir()), None)
     if test_dir is None:
         raise DataNotFoundError(f"folder dataset: neither {root / 'test'} nor {root / 'val'} exists")
+    train_classes, test_classes = _image_classes(root / "train"), _image_classes(test_dir)
+    if test_classes != train_classes:
+        only_train = sorted(set(train_classes) - set(test_classes))
+        only_test = sorted(set(test_classes) - set(train_classes))
+        raise DataNotFoundError(f"folder dataset: the class folders of {root / 'train'} and {test_dir} differ "
+                                f"(only in train: {', '.join(only_train) or '-'}; only in {test_dir.name}: "
+                                f"{', '.join(only_test) or '-'})")
     probe = datasets.ImageFolder(str(root / "train"))
-    if not probe.samples:
-        raise DataNotFoundError(f"folder dataset: no images under {root / 'train'}")
     with Image.open(probe.samples[0][0]) as first:
         size = (first.height, first.width)
     train = datasets.ImageFolder(str(root / "train"), transform=_crop_flip_transform(size, max(1, size[0] // 8)))
     test = datasets.ImageFolder(str(test_dir), transform=_plain_transform(size))
-    if test.classes != train.classes:
-        raise DataNotFoundError(f"folder dataset: class folders differ between {root / 'train'} and {test_dir}")
     plain_train = datasets.ImageFolder(str(root / "train"), transform=_plain_transform(size))
     mean, std = _channel_stats(plain_train, 1000, options.split_seed)
     safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in str(root.resolve()))[-60:]
@@ -343,6 +361,48 @@ def make_loader(dataset: Dataset, batch_size: int, shuffle: bool, seed: int = 0,
     return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=generator,
                       num_workers=num_workers, drop_last=drop_last,
                       persistent_workers=num_workers > 0)
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """The seed of one epoch's shuffling order (distinct for every (seed, epoch) pair in use)."""
+    return seed * 1_000_003 + epoch
+
+
+class EpochOrderSampler(Sampler[int]):
+    """A shuffled order that is a pure function of (seed, epoch).
+
+    A run resumed in the middle of an epoch therefore sees the same batches in the same order;
+    ``skip`` drops the first examples of the order (the batches already trained on).
+    """
+
+    def __init__(self, size: int, seed: int, epoch: int, skip: int = 0) -> None:
+        self.size = size
+        self.seed = seed
+        self.epoch = epoch
+        self.skip = skip
+
+    def order(self) -> List[int]:
+        generator = torch.Generator().manual_seed(epoch_seed(self.seed, self.epoch))
+        return torch.randperm(self.size, generator=generator).tolist()
+
+    def __iter__(self):
+        return iter(self.order()[self.skip:])
+
+    def __len__(self) -> int:
+        return max(0, self.size - self.skip)
+
+
+def make_epoch_loader(dataset: Dataset, batch_size: int, seed: int, epoch: int, skip_batches: int = 0,
+                      num_workers: int = 0) -> DataLoader:
+    """The training loader of one epoch, starting after ``skip_batches`` batches.
+
+    Worker processes draw their augmentation seeds from a generator of the same (seed, epoch),
+    so the epoch is reproducible; a mid-epoch resume is bit-identical with ``num_workers=0``
+    (with workers, the augmentations after the resume point differ).
+    """
+    sampler = EpochOrderSampler(len(dataset), seed, epoch, skip=skip_batches * batch_size)
+    generator = torch.Generator().manual_seed(epoch_seed(seed, epoch))
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, generator=generator, num_workers=num_workers)
 
 
 def collect(dataset: Dataset, indices: Sequence[int]) -> Tuple[torch.Tensor, torch.Tensor]:

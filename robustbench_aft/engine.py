@@ -18,11 +18,11 @@ from torch.utils.data import Subset
 from tqdm.auto import tqdm
 
 from .config import TrainConfig
-from .data import DataBundle, make_loader
-from .errors import ConfigError, UserError
+from .data import DataBundle, make_epoch_loader
+from .errors import CheckpointError, ConfigError, UserError
 from .method import Method, OptimConfig
 from .registry import METHODS
-from .runtime import atomic_torch_save, seed_everything
+from .runtime import StopSignal, atomic_torch_save, rng_state, seed_everything, set_rng_state
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +65,12 @@ class EMA:
     def state_dict(self) -> Dict[str, Any]:
         return {"shadow": self.shadow, "updates": self.updates}
 
+    def load_state_dict(self, state: Dict[str, Any], device: torch.device) -> None:
+        if set(state["shadow"]) != set(self.shadow):
+            raise ValueError("the EMA in the checkpoint averages different tensors")
+        self.shadow = {k: v.to(device) for k, v in state["shadow"].items()}
+        self.updates = state["updates"]
+
 
 @dataclass
 class FineTuneResult:
@@ -100,13 +106,44 @@ def _check_finite(terms: Dict[str, torch.Tensor], where: str) -> None:
             raise NumericalError(f"{where}: loss term {name!r} is {value.item()}; the last good checkpoint is kept")
 
 
+CHECKPOINT_FORMAT = "robustbench-aft-train/1"
+
+
+def read_training_checkpoint(path: Path) -> Dict[str, Any]:
+    """Load ``last.pt``; a truncated or foreign file is a CheckpointError naming it."""
+    try:
+        # Our own file (it holds RNG states, which weights_only loading refuses).
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # torch raises many types for a bad file; all mean "unreadable"
+        reason = " ".join(str(exc).split())[:160]
+        raise CheckpointError(f"cannot resume from {path}: truncated or not a training checkpoint ({reason}); "
+                              "delete it to restart this cell from scratch") from None
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"cannot resume from {path}: not a {CHECKPOINT_FORMAT} checkpoint; "
+                              "delete it to restart this cell from scratch")
+    return state
+
+
+def _check_same_cell(state: Dict[str, Any], path: Path, name: str, seed: int, params: Dict[str, Any],
+                     train: TrainConfig) -> None:
+    expected = {"method": name, "seed": seed, "params": params, "train": asdict(train)}
+    different = [key for key, value in expected.items() if state.get(key) != value]
+    if different:
+        raise CheckpointError(f"cannot resume from {path}: it was written with a different {', '.join(different)}; "
+                              "use another --out or delete the file")
+
+
 def fine_tune(method_name: str, model: nn.Module, data: DataBundle, train: TrainConfig, *, eps: float, seed: int,
               device: torch.device, params: Optional[Dict[str, Any]] = None, out_dir: Optional[Path] = None,
-              progress: bool = True) -> FineTuneResult:
+              progress: bool = True, resume: bool = False, stop: Optional[StopSignal] = None) -> FineTuneResult:
     """Fine-tune the natural ``model`` with a registered method; returns the exported classifier.
 
-    ``model`` is not modified. With ``out_dir``, ``last.pt`` (student, optimisers, EMA, epoch) is
-    written atomically after every epoch.
+    ``model`` is not modified. With ``out_dir``, ``last.pt`` (method state, optimisers, EMA, RNG
+    states, position in the data order) is written atomically after every epoch and, when
+    ``stop`` reports SIGINT/SIGTERM, after the current batch (then :class:`Interrupted` is
+    raised). With ``resume`` an existing ``last.pt`` is continued from where it stopped; the
+    result is bit-identical to an uninterrupted run on CPU (see :func:`make_epoch_loader` for
+    the one exception, mid-epoch resumes with DataLoader workers).
     """
     seed_everything(seed)
     method = build_method(method_name, params, eps, train)
@@ -120,23 +157,56 @@ def fine_tune(method_name: str, model: nn.Module, data: DataBundle, train: Train
     if train.train_subset is not None and train.train_subset < len(dataset):
         generator = torch.Generator().manual_seed(seed)
         dataset = Subset(dataset, sorted(torch.randperm(len(dataset), generator=generator)[:train.train_subset].tolist()))
-    loader = make_loader(dataset, train.batch_size, shuffle=True, seed=seed, num_workers=train.num_workers)
     method.on_fit_start(data.train)
     name = METHODS.canonical(method_name)
-    images = 0
+    checkpoint = out_dir / "last.pt" if out_dir is not None else None
+
+    next_epoch, next_batch, images, seconds_before = 1, 0, 0, 0.0
     running: Dict[str, float] = {}
+    if resume and checkpoint is not None and checkpoint.is_file():
+        state = read_training_checkpoint(checkpoint)
+        _check_same_cell(state, checkpoint, name, seed, asdict(method.params), train)
+        try:
+            method.load_resume_state(state["method_state"])
+            for optimizer, optimizer_state in zip(method.optimizers, state["optimizers"], strict=True):
+                optimizer.load_state_dict(optimizer_state)
+            if ema is not None:
+                ema.load_state_dict(state["ema"], device)
+        except (ValueError, RuntimeError, KeyError) as exc:
+            raise CheckpointError(f"cannot resume from {checkpoint}: {' '.join(str(exc).split())[:200]}") from None
+        set_rng_state(state["rng"])
+        next_epoch, next_batch = state["next_epoch"], state["next_batch"]
+        images, seconds_before, running = state["images"], state["seconds"], dict(state["running"])
+        log.info("%s seed %d: resuming from %s at epoch %d, batch %d", name, seed, checkpoint, next_epoch,
+                 next_batch + 1)
+
+    def save(epoch: int, batch: int) -> None:
+        if checkpoint is None:
+            return
+        atomic_torch_save({
+            "format": CHECKPOINT_FORMAT, "next_epoch": epoch, "next_batch": batch, "method": name,
+            "method_version": method.version, "seed": seed, "params": asdict(method.params), "train": asdict(train),
+            "method_state": method.resume_state(), "optimizers": [o.state_dict() for o in method.optimizers],
+            "ema": ema.state_dict() if ema is not None else None, "rng": rng_state(), "images": images,
+            "seconds": seconds_before + time.perf_counter() - start, "running": running,
+        }, checkpoint)
+
     start = time.perf_counter()
     method.train()
-    for epoch in range(1, train.epochs + 1):
+    for epoch in range(next_epoch, train.epochs + 1):
         method.on_epoch_start(epoch, train.epochs)
         lr = method.lr_at(epoch, train.epochs, train.lr)
         for optimizer in method.optimizers:
             for group in optimizer.param_groups:
                 group["lr"] = lr
-        running = {}
+        skip = next_batch if epoch == next_epoch else 0
+        if skip == 0:
+            running = {}
+        loader = make_epoch_loader(dataset, train.batch_size, seed, epoch, skip_batches=skip,
+                                   num_workers=train.num_workers)
         bar = tqdm(loader, desc=f"{name} seed {seed} epoch {epoch}/{train.epochs}", unit="batch", leave=False,
-                   disable=None if progress else True)
-        for batch_number, (x, y, index) in enumerate(bar, start=1):
+                   disable=None if progress else True, initial=skip, total=skip + len(loader))
+        for batch_number, (x, y, index) in enumerate(bar, start=skip + 1):
             batch = (x.to(device, non_blocking=True), y.to(device, non_blocking=True), index.to(device))
             terms = method.update(batch)
             _check_finite(terms, f"{name} seed {seed} epoch {epoch} batch {batch_number}")
@@ -146,26 +216,24 @@ def fine_tune(method_name: str, model: nn.Module, data: DataBundle, train: Train
             for key, value in terms.items():
                 running[key] = running.get(key, 0.0) + (float(value) - running.get(key, 0.0)) / batch_number
             bar.set_postfix({k: f"{v:.3f}" for k, v in running.items()}, refresh=False)
+            if stop is not None and stop.requested:
+                bar.close()
+                save(epoch, batch_number)
+                stop.check(f"fine-tuning {name} seed {seed} (epoch {epoch}, batch {batch_number})")
         bar.close()
-        elapsed = time.perf_counter() - start
+        elapsed = seconds_before + time.perf_counter() - start
         log.info("%s seed %d epoch %d/%d lr %.5g %s (%.0f images/s)", name, seed, epoch, train.epochs, lr,
                  " ".join(f"{k}={v:.4f}" for k, v in running.items()), images / max(elapsed, 1e-9))
-        if out_dir is not None:
-            atomic_torch_save({
-                "epoch": epoch, "method": name, "method_version": method.version, "seed": seed,
-                "params": asdict(method.params), "train": asdict(train),
-                "student": method.trainable_state().state_dict(),
-                "optimizers": [o.state_dict() for o in method.optimizers],
-                "ema": ema.state_dict() if ema is not None else None,
-            }, out_dir / "last.pt")
-    seconds = time.perf_counter() - start
+        save(epoch + 1, 0)
+        if stop is not None:
+            stop.check(f"fine-tuning {name} seed {seed} (after epoch {epoch})")
+    seconds = seconds_before + time.perf_counter() - start
     if ema is not None:
         ema.copy_to(method.trainable_state())
     exported = method.export().eval()
     return FineTuneResult(model=exported, seconds=seconds, images_per_second=images / max(seconds, 1e-9),
                           epochs=train.epochs, method_version=method.version, params=asdict(method.params),
-                          final_terms=running,
-                          checkpoint=str(out_dir / "last.pt") if out_dir is not None else None)
+                          final_terms=running, checkpoint=str(checkpoint) if checkpoint is not None else None)
 
 
 def lr_table(method: Method, total_epochs: int, base_lr: float) -> List[float]:

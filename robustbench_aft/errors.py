@@ -32,3 +32,22 @@ class CheckpointError(UserError):
 
 class DependencyError(UserError, ImportError):
     """An optional dependency that is needed for the requested feature is missing."""
+
+
+class Interrupted(Exception):
+    """SIGINT or SIGTERM arrived; the current batch was finished and its state saved.
+
+    Not a :class:`UserError`: the CLI prints how to resume and exits 128 + the signal number
+    (130 for Ctrl-C, 143 for SIGTERM).
+    """
+
+    def __init__(self, signum: int, where: str) -> None:
+        super().__init__(f"interrupted by signal {signum} during {where}")
+        self.signum = signum
+        self.where = where
+        # The folder that holds the saved state, filled in by whoever knows it (``pipeline.run``).
+        self.state_dir: "str | None" = None
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum

@@ -7,10 +7,13 @@ that flag likely gradient masking next to the numbers instead of hiding it.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Dict, List, Optional
+from pathlib import Path
+from typing import Any, Dict, List, Optional
 
 import torch
 from torch import nn
@@ -20,6 +23,7 @@ from tqdm.auto import tqdm
 from .data import DataBundle, make_loader
 from .errors import ConfigError
 from .registry import ATTACKS
+from .runtime import StopSignal, atomic_torch_save
 
 log = logging.getLogger(__name__)
 
@@ -94,10 +98,14 @@ class EvalResult:
 
 def select_subset(n_total: int, n_eval: Optional[int], seed: int) -> List[int]:
     """Sorted indices of a seeded random subset of size n_eval (all indices when n_eval is None)."""
-    if n_eval is None or n_eval >= n_total:
-        return list(range(n_total))
-    if n_eval <= 0:
+    if n_eval is not None and n_eval <= 0:
         raise ConfigError(f"--n-eval must be positive, got {n_eval}")
+    if n_eval is not None and n_eval > n_total:
+        # An error rather than a silent clamp: a table that says n=1000 must have used 1000 points.
+        raise ConfigError(f"--n-eval {n_eval} is larger than the test set ({n_total} images); use at most "
+                          f"{n_total}, or leave it out to evaluate on all of them")
+    if n_eval is None or n_eval == n_total:
+        return list(range(n_total))
     generator = torch.Generator().manual_seed(seed)
     return sorted(torch.randperm(n_total, generator=generator)[:n_eval].tolist())
 
@@ -137,11 +145,36 @@ def _eps_checks(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, 
     return flags
 
 
+def _state_folder(state_dir: Path, indices: List[int], attack_names: List[str], eps: float,
+                  config: EvalConfig) -> Path:
+    """Per-sample results of one evaluation protocol live in a folder named by its fingerprint, so
+    files of a different protocol (other eps, attacks, subset) are never mixed in."""
+    fingerprint = json.dumps({"indices": indices, "attacks": attack_names, "eps": eps, "norm": config.norm,
+                              "seed": config.seed, "batch_size": config.batch_size, "sanity": config.sanity,
+                              "attack_options": config.attack_options}, sort_keys=True)
+    return state_dir / f"eval-{hashlib.sha256(fingerprint.encode()).hexdigest()[:12]}"
+
+
+def _load_batch_state(path: Optional[Path]) -> Dict[str, Any]:
+    empty: Dict[str, Any] = {"correct": {}, "seconds": {}, "flags": {}, "sanity": None}
+    if path is None or not path.is_file():
+        return empty
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # a file cut short by a crash is only a cache: recompute that batch
+        log.warning("ignoring unreadable per-sample results %s; that batch is evaluated again", path)
+        return empty
+
+
 def evaluate(model: nn.Module, data: DataBundle, config: EvalConfig, device: torch.device,
-             progress: bool = True) -> EvalResult:
+             progress: bool = True, state_dir: Optional[Path] = None,
+             stop: Optional[StopSignal] = None) -> EvalResult:
     """Evaluate ``model`` on a seeded subset of ``data.test`` with every attack in ``config``.
 
     The model is put in eval mode for every attack and its original mode restored at the end.
+    With ``state_dir``, the per-sample results of every (batch, attack) are written there as
+    they are computed, and an evaluation that finds them (after a kill or an interruption) only
+    computes what is missing; every attack is seeded per batch, so the result is the same.
     """
     attack_names = [ATTACKS.canonical(a) for a in config.attacks]
     if "clean" not in attack_names:
@@ -153,6 +186,7 @@ def evaluate(model: nn.Module, data: DataBundle, config: EvalConfig, device: tor
     attacks = {name: _build_attack(name, eps, config) for name in attack_names}
     indices = select_subset(len(data.test), config.n_eval, config.seed)
     loader = make_loader(Subset(data.test, indices), batch_size=config.batch_size, shuffle=False)
+    folder = _state_folder(state_dir, indices, attack_names, eps, config) if state_dir is not None else None
 
     was_training = model.training
     model.eval()
@@ -164,18 +198,32 @@ def evaluate(model: nn.Module, data: DataBundle, config: EvalConfig, device: tor
     try:
         for batch_number, (x, y, _) in enumerate(loader):
             x, y = x.to(device), y.to(device)
+            path = folder / f"batch-{batch_number:05d}.pt" if folder is not None else None
+            saved = _load_batch_state(path)
             for name, attack in attacks.items():
                 bar.set_postfix_str(name)
-                start = time.perf_counter()
-                x_adv = attack(model, x, y, seed=config.seed * 100003 + batch_number)
-                _check_perturbation(name, x, x_adv, eps, config.norm)
-                correct[name].append((_predict(model, x_adv) == y).cpu())
-                seconds[name] += time.perf_counter() - start
-                flags.extend(f for f in attack.flags if f not in flags)
+                if name not in saved["correct"]:
+                    start = time.perf_counter()
+                    x_adv = attack(model, x, y, seed=config.seed * 100003 + batch_number)
+                    _check_perturbation(name, x, x_adv, eps, config.norm)
+                    saved["correct"][name] = (_predict(model, x_adv) == y).cpu()
+                    saved["seconds"][name] = time.perf_counter() - start
+                    saved["flags"][name] = list(attack.flags)
+                    if path is not None:
+                        atomic_torch_save(saved, path)
+                correct[name].append(saved["correct"][name])
+                seconds[name] += saved["seconds"][name]
+                flags.extend(f for f in saved["flags"][name] if f not in flags)
                 bar.update(1)
+                if stop is not None:
+                    stop.check(f"evaluation ({name}, batch {batch_number + 1} of {len(loader)})")
             if batch_number == 0 and config.sanity and "pgd" in attacks and eps > 0:
-                first_pgd = 100.0 * float(correct["pgd"][0].sum()) / len(y)
-                flags.extend(_eps_checks(model, x, y, eps, config.norm, first_pgd, config.seed))
+                if saved["sanity"] is None:
+                    first_pgd = 100.0 * float(correct["pgd"][0].sum()) / len(y)
+                    saved["sanity"] = _eps_checks(model, x, y, eps, config.norm, first_pgd, config.seed)
+                    if path is not None:
+                        atomic_torch_save(saved, path)
+                flags.extend(f for f in saved["sanity"] if f not in flags)
     finally:
         bar.close()
         model.train(was_training)
@@ -219,7 +267,7 @@ def parse_attacks(text: str) -> List[str]:
     return [ATTACKS.canonical(name) for name in names]
 
 
-def parse_eps(text: str) -> float:
+def parse_eps(text: str, norm: str = "Linf") -> float:
     """'8/255', '0.031' or '2e-2' → float; negative or malformed values raise ConfigError."""
     try:
         if "/" in text:
@@ -231,5 +279,8 @@ def parse_eps(text: str) -> float:
         raise ConfigError(f"--eps must be a number or a fraction like 8/255, got {text!r}") from None
     if not value >= 0 or value == float("inf"):
         raise ConfigError(f"--eps must be a finite number >= 0, got {text!r}")
+    if norm == "Linf" and value > 1:
+        raise ConfigError(f"--eps {text} is larger than 1: images are in [0, 1], so an L-inf eps above 1 means "
+                          "nothing (did you mean 8/255 rather than 8?)")
     return value
 

@@ -151,6 +151,30 @@ class Method(nn.Module):
         """The module whose weights the engine averages (EMA) and checkpoints."""
         return self.student
 
+    def checkpoint_extras(self) -> Dict[str, Any]:
+        """State outside parameters and buffers that training depends on (replayed perturbations,
+        per-example statistics of variable shape, stage switches); saved in every checkpoint."""
+        return {}
+
+    def restore_checkpoint_extras(self, extras: Dict[str, Any]) -> None:
+        """Inverse of :meth:`checkpoint_extras`; called after ``prepare``, ``configure_optimizers`` and
+        ``on_fit_start`` and before the optimiser states are loaded (a method that switches optimisers
+        mid-run rebuilds them here)."""
+
+    def resume_state(self) -> Dict[str, Any]:
+        """Everything needed to continue training bit for bit, except the optimisers (the engine
+        saves those) and the frozen teacher, which is rebuilt from the pre-trained source."""
+        modules = {k: v for k, v in self.state_dict().items() if not k.startswith("teacher.")}
+        return {"modules": modules, "extras": self.checkpoint_extras()}
+
+    def load_resume_state(self, state: Dict[str, Any]) -> None:
+        self.restore_checkpoint_extras(state["extras"])
+        missing, unexpected = self.load_state_dict(state["modules"], strict=False)
+        missing = [k for k in missing if not k.startswith("teacher.")]
+        if missing or unexpected:
+            raise ValueError(f"checkpoint does not fit {type(self).__name__}: missing {missing[:3]}, "
+                             f"unexpected {unexpected[:3]}")
+
 
 def _epoch_on_20_scale(epoch: int, total_epochs: int) -> int:
     # The official schedules are written for 20 epochs; a shorter or longer run follows the same

@@ -1,23 +1,40 @@
-"""``bench run``: natural model → fine-tune every (method, seed) → evaluate all → store → leaderboard."""
+"""``bench run``: natural model → fine-tune every (method, seed) → evaluate all → store → leaderboard.
+
+The output folder (``--out``) is the unit of resumption. It holds ``run.json`` (the run's group
+id, configuration and command), a ``.lock`` while a process works in it, and one folder per
+cell (``natural``, ``afd-seed0``, …) with the fine-tuning checkpoint ``last.pt``, the exported
+``final.pt``, the per-sample evaluation results ``eval-*/batch-*.pt`` and, once the cell's row
+is in the store, ``done.json``. ``resume=True`` skips done cells and continues the others from
+whatever they left on disk.
+"""
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Optional
+from typing import Any, Dict, List, Optional
 
+import torch
+from torch import nn
 
 from .config import RunConfig
-from .data import load_dataset
-from .engine import fine_tune
-from .evaluate import evaluate
-from .pretrained import resolve, save_checkpoint
+from .data import DataBundle, load_dataset
+from .engine import NumericalError, fine_tune
+from .errors import ConfigError, Interrupted
+from .evaluate import EvalConfig, evaluate, select_subset
+from .pretrained import load_checkpoint, resolve, save_checkpoint
 from .results import ResultsStore, RunRecord, new_group_id
-from .runtime import provenance, resolve_device
+from .runtime import RunLock, StopSignal, atomic_write_text, check_writable, provenance, resolve_device
 
 log = logging.getLogger(__name__)
+
+MANIFEST = "run.json"
+# Fields that may differ between a run and its resumption (where it runs, not what it computes).
+RESUMABLE_DIFFERENCES = ("device", "out")
 
 
 @dataclass
@@ -31,54 +48,171 @@ class RunSummary:
     seconds: float
 
 
-def run(config: RunConfig, progress: bool = True) -> RunSummary:
-    """Run the whole AFT protocol described by ``config`` and store every result."""
+def _read_manifest(out_root: Path) -> Optional[Dict[str, Any]]:
+    path = out_root / MANIFEST
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"{path} is unreadable ({exc}); it is not a bench run folder") from None
+
+
+def _configuration_differences(stored: Dict[str, Any], current: Dict[str, Any]) -> List[str]:
+    keys = (set(stored) | set(current)) - set(RESUMABLE_DIFFERENCES)
+    return sorted(key for key in keys if stored.get(key) != current.get(key))
+
+
+def _open_group(out_root: Path, stored_config: Dict[str, Any], resume: bool, command: Optional[List[str]],
+                group_id: str) -> str:
+    """The group id of the run in ``out_root``: the stored one when resuming, else a new manifest."""
+    manifest = _read_manifest(out_root)
+    comparable = json.loads(json.dumps(stored_config, default=str))
+    if manifest is not None:
+        if not resume:
+            raise ConfigError(f"--out {out_root} already holds run {manifest['group_id']}; add --resume to continue "
+                              "it, or choose another --out")
+        different = _configuration_differences(manifest["config"], comparable)
+        if different:
+            raise ConfigError(f"--resume with different settings than run {manifest['group_id']} in {out_root} "
+                              f"({', '.join(different)}); repeat the original command: "
+                              f"{' '.join(manifest.get('command') or [])}")
+        log.info("resuming run %s in %s", manifest["group_id"], out_root)
+        return manifest["group_id"]
+    atomic_write_text(json.dumps({"group_id": group_id, "config": comparable, "command": command,
+                                  "created_at": time.time()}, indent=2) + "\n", out_root / MANIFEST)
+    return group_id
+
+
+@dataclass
+class _Context:
+    config: RunConfig
+    data: DataBundle
+    eval_config: EvalConfig
+    store: ResultsStore
+    group_id: str
+    out_root: Path
+    stored_config: Dict[str, Any]
+    origin: Dict[str, str]
+    source: str
+    resume: bool
+    progress: bool
+    stop: Optional[StopSignal]
+    device: torch.device
+
+
+def _cell_id(cell_dir: Path) -> str:
+    """The store's run id of a cell, fixed on first use so that a resumed cell replaces its row."""
+    path = cell_dir / "cell.json"
+    if path.is_file():
+        return json.loads(path.read_text())["run_id"]
+    run_id = uuid.uuid4().hex
+    atomic_write_text(json.dumps({"run_id": run_id}) + "\n", path)
+    return run_id
+
+
+def _run_cell(context: _Context, natural: nn.Module, method: str, seed: int, step: int, total: int) -> str:
+    config, data = context.config, context.data
+    cell_dir = context.out_root / ("natural" if method == "natural" else f"{method}-seed{seed}")
+    done = cell_dir / "done.json"
+    if done.is_file():
+        log.info("[%d/%d] %s seed %d: finished earlier, skipped", step, total, method, seed)
+        return json.loads(done.read_text())["run_id"]
+    run_id = _cell_id(cell_dir)
     start = time.perf_counter()
+    extra: Dict[str, Any] = {"pretrained_source": context.source}
+    record = dict(group_id=context.group_id, method=method, dataset=data.name, arch=config.arch, seed=seed,
+                  norm=context.eval_config.norm, provenance=context.origin)
+    version, train_seconds, images_per_second = 0, None, None
+    try:
+        if method == "natural":
+            model = natural
+            log.info("[%d/%d] evaluating the natural model (%s)", step, total, context.source)
+        elif (cell_dir / "final.pt").is_file():
+            model, info = load_checkpoint(str(cell_dir / "final.pt"), data, config.arch)
+            metadata = info["metadata"]
+            version, train_seconds = metadata["method_version"], metadata["train_seconds"]
+            images_per_second, extra["method_params_used"] = metadata["images_per_second"], metadata["params"]
+            log.info("[%d/%d] %s seed %d: fine-tuned earlier; evaluating", step, total, method, seed)
+        else:
+            log.info("[%d/%d] fine-tuning %s, seed %d", step, total, method, seed)
+            tuned = fine_tune(method, natural, data, config.train, eps=context.eval_config.eps, seed=seed,
+                              device=context.device, params=config.method_params.get(method),
+                              out_dir=cell_dir, progress=context.progress, resume=context.resume, stop=context.stop)
+            version, train_seconds, images_per_second = tuned.method_version, tuned.seconds, tuned.images_per_second
+            extra["method_params_used"] = tuned.params
+            save_checkpoint(tuned.model, cell_dir / "final.pt", config.arch, data, method=method, seed=seed,
+                            method_version=version, params=tuned.params, train_seconds=train_seconds,
+                            images_per_second=images_per_second)
+            model = tuned.model.to(context.device)
+            log.info("[%d/%d] %s seed %d: %.1f s, %.0f images/s; evaluating", step, total, method, seed,
+                     train_seconds, images_per_second)
+        result = evaluate(model.to(context.device), data, context.eval_config, context.device,
+                          progress=context.progress, state_dir=cell_dir, stop=context.stop)
+    except (Interrupted, NumericalError) as exc:
+        status = "interrupted" if isinstance(exc, Interrupted) else "failed"
+        context.store.add(RunRecord(**record, method_version=version, eps=context.eval_config.eps,
+                                    n_eval=len(select_subset(len(data.test), context.eval_config.n_eval,
+                                                             context.eval_config.seed)),
+                                    metrics={}, config={**context.stored_config, **extra}, flags=[str(exc)],
+                                    wall_seconds=time.perf_counter() - start, status=status), run_id=run_id)
+        raise
+    context.store.add(RunRecord(**record, method_version=version, eps=result.eps, n_eval=result.n,
+                                metrics=result.accuracy, config={**context.stored_config, **extra}, flags=result.flags,
+                                wall_seconds=time.perf_counter() - start, train_seconds=train_seconds,
+                                images_per_second=images_per_second), run_id=run_id)
+    atomic_write_text(json.dumps({"run_id": run_id, "accuracy": result.accuracy}) + "\n", done)
+    return run_id
+
+
+def run(config: RunConfig, progress: bool = True, resume: bool = False, stop: Optional[StopSignal] = None,
+        command: Optional[List[str]] = None) -> RunSummary:
+    """Run the whole AFT protocol described by ``config`` and store every result.
+
+    Everything the user can get wrong is checked before anything is written. ``resume`` continues
+    the run found in ``config.out`` (see the module docstring); ``stop`` turns SIGINT/SIGTERM into
+    a clean :class:`Interrupted` after the current batch, with the state saved.
+    """
+    start = time.perf_counter()
+    if resume and not config.out:
+        raise ConfigError("--resume needs the --out folder of the run to continue")
     device = resolve_device(config.device)
     data = load_dataset(config.dataset, data_dir=config.data_dir, download=config.download)
     eval_config = dataclasses.replace(config.eval, eps=data.default_eps if config.eval.eps is None else config.eval.eps)
-    store = ResultsStore(config.db)
+    select_subset(len(data.test), eval_config.n_eval, eval_config.seed)
+    check_writable(config.db, "--db", folder=False)
     group_id = new_group_id()
     out_root = Path(config.out) if config.out else Path(config.db).parent / group_id
-    stored_config = {**config.to_dict(), "eval": dataclasses.asdict(eval_config)}
-    origin = provenance(device)
-    total = 1 + len(config.methods) * len(config.seeds)
-    log.info("run %s: %s on %s/%s, eps %.4g, %d model(s) to evaluate, results in %s", group_id,
-             ",".join(config.methods), data.name, config.arch, eval_config.eps, total, config.db)
+    check_writable(out_root, "--out", folder=True)
+    manifest = _read_manifest(out_root)
+    if manifest is not None and not resume:
+        raise ConfigError(f"--out {out_root} already holds run {manifest['group_id']}; add --resume to continue it, "
+                          "or choose another --out")
+    try:
+        return _run_in(out_root, config, data, eval_config, device, group_id, progress, resume, stop, command, start)
+    except Interrupted as exc:
+        exc.state_dir = str(out_root)
+        raise
 
+
+def _run_in(out_root: Path, config: RunConfig, data: DataBundle, eval_config: EvalConfig, device: torch.device,
+            group_id: str, progress: bool, resume: bool, stop: Optional[StopSignal], command: Optional[List[str]],
+            start: float) -> RunSummary:
     natural, info = resolve(config.pretrained, data, config.arch, seed=config.pretrained_seed, device=device,
-                            progress=progress)
-    run_ids = []
-    cell = time.perf_counter()
-    log.info("[1/%d] evaluating the natural model (%s)", total, info["source"])
-    result = evaluate(natural, data, eval_config, device, progress=progress)
-    run_ids.append(store.add(RunRecord(
-        group_id=group_id, method="natural", method_version=0, dataset=data.name, arch=config.arch,
-        seed=config.pretrained_seed, eps=result.eps, norm=result.norm, n_eval=result.n, metrics=result.accuracy,
-        config={**stored_config, "pretrained_source": info["source"]}, flags=result.flags, provenance=origin,
-        wall_seconds=time.perf_counter() - cell)))
-
-    step = 1
-    for method in config.methods:
-        for seed in config.seeds:
-            step += 1
-            cell = time.perf_counter()
-            log.info("[%d/%d] fine-tuning %s, seed %d", step, total, method, seed)
-            out_dir = out_root / f"{method}-seed{seed}"
-            tuned = fine_tune(method, natural, data, config.train, eps=eval_config.eps, seed=seed, device=device,
-                              params=config.method_params.get(method), out_dir=out_dir, progress=progress)
-            save_checkpoint(tuned.model, out_dir / "final.pt", config.arch, data, method=method, seed=seed,
-                            method_version=tuned.method_version, params=tuned.params)
-            log.info("[%d/%d] %s seed %d: %.1f s, %.0f images/s; evaluating", step, total, method, seed,
-                     tuned.seconds, tuned.images_per_second)
-            result = evaluate(tuned.model, data, eval_config, device, progress=progress)
-            run_ids.append(store.add(RunRecord(
-                group_id=group_id, method=method, method_version=tuned.method_version, dataset=data.name,
-                arch=config.arch, seed=seed, eps=result.eps, norm=result.norm, n_eval=result.n,
-                metrics=result.accuracy, config={**stored_config, "method_params_used": tuned.params,
-                                                 "pretrained_source": info["source"]},
-                flags=result.flags, provenance=origin, wall_seconds=time.perf_counter() - cell,
-                train_seconds=tuned.seconds, images_per_second=tuned.images_per_second)))
+                            progress=progress, stop=stop)
+    with RunLock(out_root):
+        stored_config = {**config.to_dict(), "eval": dataclasses.asdict(eval_config)}
+        group_id = _open_group(out_root, stored_config, resume, command, group_id)
+        store = ResultsStore(config.db)
+        cells = [("natural", config.pretrained_seed)] + [(m, s) for m in config.methods for s in config.seeds]
+        log.info("run %s: %s on %s/%s, eps %.4g, %d model(s) to evaluate, results in %s, state in %s", group_id,
+                 ",".join(config.methods), data.name, config.arch, eval_config.eps, len(cells), config.db, out_root)
+        context = _Context(config=config, data=data, eval_config=eval_config, store=store, group_id=group_id,
+                           out_root=out_root, stored_config=stored_config, origin=provenance(device),
+                           source=info["source"], resume=resume, progress=progress, stop=stop,
+                           device=device)
+        run_ids = [_run_cell(context, natural, method, seed, step, len(cells))
+                   for step, (method, seed) in enumerate(cells, start=1)]
     return RunSummary(group_id=group_id, db=config.db, out=str(out_root), run_ids=run_ids,
                       seconds=time.perf_counter() - start)
 

@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 from .data import DataBundle, make_loader
 from .errors import CheckpointError, ConfigError
 from .models import build_model
-from .runtime import atomic_torch_save, provenance, seed_everything
+from .runtime import StopSignal, atomic_torch_save, provenance, seed_everything
 
 log = logging.getLogger(__name__)
 
@@ -84,8 +84,13 @@ def test_accuracy(model: nn.Module, data: DataBundle, device: torch.device, batc
 
 
 def pretrain(data: DataBundle, arch: str, recipe: NaturalRecipe, seed: int, device: torch.device,
-             progress: bool = True, num_workers: int = 0) -> Tuple[nn.Module, Dict[str, Any]]:
-    """Train ``arch`` naturally on ``data.train``; returns the model and its metadata."""
+             progress: bool = True, num_workers: int = 0,
+             stop: Optional[StopSignal] = None) -> Tuple[nn.Module, Dict[str, Any]]:
+    """Train ``arch`` naturally on ``data.train``; returns the model and its metadata.
+
+    ``stop`` (SIGINT/SIGTERM) ends it after the current batch with :class:`Interrupted`; nothing
+    is cached then, and the next run pre-trains again from the start.
+    """
     seed_everything(seed)
     model = build_model(arch, data.num_classes, data.input_shape[0], data.mean, data.std).to(device)
     loader = make_loader(data.train, recipe.batch_size, shuffle=True, seed=seed, num_workers=num_workers)
@@ -108,6 +113,8 @@ def pretrain(data: DataBundle, arch: str, recipe: NaturalRecipe, seed: int, devi
                 images += len(y)
                 bar.update(1)
                 bar.set_postfix(epoch=epoch + 1, loss=f"{loss.item():.3f}")
+                if stop is not None:
+                    stop.check(f"natural pre-training of {arch} on {data.name}")
     seconds = time.perf_counter() - start
     accuracy = test_accuracy(model, data, device)
     log.info("pretrained %s on %s: test accuracy %.2f%% in %.1f s (%.0f images/s)",
@@ -239,7 +246,8 @@ def _load_robustbench(name: str, data: DataBundle) -> Tuple[nn.Module, Dict[str,
 
 
 def resolve(source: str, data: DataBundle, arch: str, seed: int, device: torch.device,
-            recipe: Optional[NaturalRecipe] = None, progress: bool = True) -> Tuple[nn.Module, Dict[str, Any]]:
+            recipe: Optional[NaturalRecipe] = None, progress: bool = True,
+            stop: Optional[StopSignal] = None) -> Tuple[nn.Module, Dict[str, Any]]:
     """The natural pre-trained model named by ``source`` (``auto``, a path, or ``robustbench:NAME``)."""
     if source == "auto":
         recipe = recipe or default_recipe(data)
@@ -249,7 +257,7 @@ def resolve(source: str, data: DataBundle, arch: str, seed: int, device: torch.d
             model, info = load_checkpoint(str(path), data, arch)
         else:
             log.info("no cached natural model for %s/%s seed %d: pre-training it", data.name, arch, seed)
-            model, info = pretrain(data, arch, recipe, seed, device, progress=progress)
+            model, info = pretrain(data, arch, recipe, seed, device, progress=progress, stop=stop)
             save_checkpoint(model, path, arch, data, recipe=asdict(recipe), seed=seed,
                             provenance=provenance(device), **info)
             info = {"source": str(path), "metadata": info}

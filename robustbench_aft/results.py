@@ -12,7 +12,7 @@ import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional
+from typing import Any, Callable, Dict, Iterator, List, Optional
 
 from .errors import ConfigError
 
@@ -48,6 +48,9 @@ CREATE TABLE IF NOT EXISTS metrics (
 );
 CREATE INDEX IF NOT EXISTS runs_key ON runs (method, dataset, arch, eps, seed);
 """
+WRITE_ATTEMPTS = 6
+# A run's status: finished (has metrics), interrupted (SIGINT/SIGTERM; resumable), failed (an error).
+STATUSES = ("finished", "interrupted", "failed")
 
 
 @dataclass
@@ -86,8 +89,7 @@ class ResultsStore:
             raise ConfigError(f"--db {self.path} is a directory; give a file such as {self.path / 'results.db'}")
         self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
-            with self._connect() as connection:
-                connection.executescript(SCHEMA)
+            self._write(lambda connection: connection.executescript(SCHEMA))
         except sqlite3.DatabaseError as exc:
             raise ConfigError(f"--db {self.path} is not a results database ({exc})") from None
 
@@ -101,12 +103,31 @@ class ResultsStore:
         finally:
             connection.close()
 
-    def add(self, record: RunRecord) -> str:
-        """Store one run and its metrics in a single transaction; returns the run id."""
-        run_id = uuid.uuid4().hex
-        with self._connect() as connection, connection:
+    def _write(self, write: Callable[[sqlite3.Connection], None]) -> None:
+        # The busy timeout covers ordinary contention; a retry with backoff covers the rare
+        # "database is locked" that SQLite returns at once (e.g. a WAL checkpoint in progress).
+        for attempt in range(WRITE_ATTEMPTS):
+            try:
+                with self._connect() as connection, connection:
+                    write(connection)
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) and "busy" not in str(exc) or attempt == WRITE_ATTEMPTS - 1:
+                    raise
+                time.sleep(0.1 * 2 ** attempt)
+
+    def add(self, record: RunRecord, run_id: Optional[str] = None) -> str:
+        """Store one run and its metrics in a single transaction; returns the run id.
+
+        Giving the ``run_id`` of a stored run replaces it (a resumed cell turns its
+        ``interrupted`` row into the finished one).
+        """
+        run_id = run_id or uuid.uuid4().hex
+
+        def write(connection: sqlite3.Connection) -> None:
+            connection.execute("DELETE FROM metrics WHERE run_id = ?", (run_id,))
             connection.execute(
-                "INSERT INTO runs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT OR REPLACE INTO runs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (run_id, record.group_id, time.time(), record.method, record.method_version, record.dataset,
                  record.arch, record.seed, record.eps, record.norm, record.n_eval, record.status,
                  json.dumps(record.config, default=str, sort_keys=True), json.dumps(record.flags),
@@ -116,6 +137,8 @@ class ResultsStore:
             )
             connection.executemany("INSERT INTO metrics VALUES (?, ?, ?)",
                                    [(run_id, metric, float(value)) for metric, value in record.metrics.items()])
+
+        self._write(write)
         return run_id
 
     def rows(self, group_id: Optional[str] = None) -> List[Dict[str, Any]]:

@@ -1,18 +1,26 @@
 """Seeding, device selection, atomic file writes and run provenance."""
 from __future__ import annotations
 
+import logging
 import os
 import platform
 import random
+import signal
+import socket
 import subprocess
 import tempfile
+import threading
+import time
 from pathlib import Path
-from typing import Any, Callable, Dict, Union
+from types import FrameType
+from typing import Any, Callable, Dict, Optional, Union
 
 import numpy as np
 import torch
 
-from .errors import ConfigError
+from .errors import ConfigError, Interrupted
+
+log = logging.getLogger(__name__)
 
 PathLike = Union[str, os.PathLike]
 
@@ -92,3 +100,150 @@ def provenance(device: torch.device) -> Dict[str, str]:
         "device": str(device),
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
     }
+
+
+def rng_state() -> Dict[str, Any]:
+    """The states of every random generator a training step may draw from."""
+    return {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+
+
+def set_rng_state(state: Dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if state.get("cuda") and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class StopSignal:
+    """Turns SIGINT/SIGTERM into a request that loops honour at the next batch boundary.
+
+    Used as a context manager around long work: the first signal sets :attr:`signum` (the loops
+    call :meth:`check`, which saves nothing itself but raises :class:`Interrupted` so that the
+    caller can write its state); a second signal restores the default handlers and stops at once.
+    Outside the main thread (where handlers cannot be installed) it never fires.
+    """
+
+    def __init__(self) -> None:
+        self.signum: Optional[int] = None
+        self._previous: Dict[int, Any] = {}
+
+    def __enter__(self) -> "StopSignal":
+        if threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self._restore()
+
+    def _restore(self) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous = {}
+
+    def _handle(self, signum: int, frame: Optional[FrameType]) -> None:
+        if self.signum is not None:
+            self._restore()
+            raise KeyboardInterrupt
+        self.signum = signum
+        log.warning("%s received: finishing the current batch and saving state (send it again to stop at once)",
+                    signal.Signals(signum).name)
+
+    @property
+    def requested(self) -> bool:
+        return self.signum is not None
+
+    def check(self, where: str) -> None:
+        """Raise :class:`Interrupted` if a stop was requested."""
+        if self.signum is not None:
+            raise Interrupted(self.signum, where)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class RunLock:
+    """An exclusive lock on an output folder: a file holding the owner's pid and host.
+
+    A lock whose process is gone (same host, pid not alive) is stale and taken over with a
+    warning; a live one makes the second process refuse with a one-line error.
+    """
+
+    def __init__(self, folder: PathLike) -> None:
+        self.path = Path(folder) / ".lock"
+        self._held = False
+
+    def __enter__(self) -> "RunLock":
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        for _ in range(2):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                self._take_over_if_stale()
+                continue
+            with os.fdopen(fd, "w") as handle:
+                handle.write(f"{os.getpid()} {socket.gethostname()} {time.time():.0f}\n")
+            self._held = True
+            return self
+        raise ConfigError(f"could not lock {self.path.parent}; remove {self.path} if no bench run uses it")
+
+    def _take_over_if_stale(self) -> None:
+        try:
+            pid_text, host, started = self.path.read_text().split()[:3]
+            pid = int(pid_text)
+        except (OSError, ValueError):
+            pid, host, started = -1, socket.gethostname(), "0"
+        if host != socket.gethostname():
+            raise ConfigError(f"{self.path.parent} is locked by bench run pid {pid} on host {host}; if that run is "
+                              f"gone, remove {self.path}")
+        if pid > 0 and _pid_alive(pid):
+            when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(started)))
+            raise ConfigError(f"{self.path.parent} is in use by bench run pid {pid} (started {when}); wait for it "
+                              "to finish or stop it first")
+        log.warning("taking over the stale lock of pid %d on %s", pid, self.path.parent)
+        try:
+            self.path.unlink()
+        except FileNotFoundError:
+            pass
+
+    def __exit__(self, *exc_info: Any) -> None:
+        if self._held:
+            try:
+                self.path.unlink()
+            except FileNotFoundError:
+                pass
+            self._held = False
+
+
+def check_writable(path: PathLike, what: str, folder: bool) -> None:
+    """Fail early (ConfigError) if ``path`` cannot be created or written, without creating anything."""
+    path = Path(path)
+    if path.exists():
+        if folder and not path.is_dir():
+            raise ConfigError(f"{what} {path} is a file; give a folder")
+        if not folder and path.is_dir():
+            raise ConfigError(f"{what} {path} is a directory; give a file such as {path / 'results.db'}")
+        target = path if folder else path.parent
+        if not os.access(path, os.W_OK) or not os.access(target, os.W_OK | os.X_OK):
+            raise ConfigError(f"{what} {path} is not writable")
+        return
+    ancestor = path.parent
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise ConfigError(f"{what} {path} cannot be created: {ancestor} is a file")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise ConfigError(f"{what} {path} cannot be created: {ancestor} is not writable")

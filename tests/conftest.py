@@ -9,6 +9,7 @@ import torch
 
 from robustbench_aft import load_dataset
 from robustbench_aft.pretrained import NaturalRecipe, pretrain
+from robustbench_aft.runtime import StopSignal
 
 CPU = torch.device("cpu")
 SHARED_CIFAR10_JPEG = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cifar10-jpeg"
@@ -69,3 +70,20 @@ def write_tiny_imagenet(root: Path, wnids=("n01443537", "n01629819", "n01641577"
             lines.append(f"{name}\t{wnid}\t0\t0\t63\t63")
     (base / "val" / "val_annotations.txt").write_text("\n".join(lines) + "\n")
     return base
+
+
+class StopAfter(StopSignal):
+    """A StopSignal that "receives" SIGINT when the engine has finished ``batches`` batches."""
+
+    def __init__(self, batches: int) -> None:
+        super().__init__()
+        self.left = batches
+
+    @property
+    def requested(self) -> bool:
+        self.left -= 1
+        if self.left == 0:
+            import signal
+
+            self.signum = signal.SIGINT
+        return self.signum is not None

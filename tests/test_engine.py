@@ -14,7 +14,7 @@ TINY = TrainConfig(epochs=1, batch_size=64, train_subset=128)
 def test_fine_tune_writes_last_checkpoint_and_is_reproducible(digits_model, digits, tmp_path):
     first = fine_tune("vaft", digits_model, digits, TINY, eps=0.15, seed=3, device=CPU, out_dir=tmp_path, progress=False)
     checkpoint = torch.load(tmp_path / "last.pt", weights_only=False)
-    assert checkpoint["epoch"] == 1 and checkpoint["method"] == "vaft" and checkpoint["ema"] is None
+    assert checkpoint["next_epoch"] == 2 and checkpoint["method"] == "vaft" and checkpoint["ema"] is None
     assert not list(tmp_path.glob(".*.tmp"))  # the temporary file was renamed away
     again = fine_tune("vaft", digits_model, digits, TINY, eps=0.15, seed=3, device=CPU, progress=False)
     for a, b in zip(first.model.state_dict().values(), again.model.state_dict().values()):

@@ -1,6 +1,11 @@
-"""Every registered method: one CPU step gives finite named losses, moves the weights, exports a plain classifier."""
+"""Every registered method: one CPU step gives finite named losses, moves the weights, exports a plain
+classifier, and an interrupted fine-tuning resumed from its checkpoint ends bit-identical."""
 import pytest
 import torch
+
+from robustbench_aft.config import TrainConfig
+from robustbench_aft.engine import fine_tune
+from robustbench_aft.errors import Interrupted
 
 from robustbench_aft.data import collect
 from robustbench_aft.method import Method, param_docs
@@ -54,3 +59,20 @@ def test_prepare_leaves_the_pretrained_model_untouched(name, digits_model, digit
     method.update((x, y, torch.arange(16)))
     for key, value in digits_model.state_dict().items():
         assert torch.equal(value, before[key]), key
+
+
+@pytest.mark.parametrize("name", METHODS.names())
+def test_resume_inside_an_epoch_is_bit_identical(name, digits_model, digits, tmp_path):
+    # 3 batches per epoch, 4 epochs; the stop comes in epoch 3, batch 2 (after RiFT's stage switch).
+    from ..conftest import StopAfter
+
+    train = TrainConfig(epochs=4, batch_size=64, train_subset=192)
+    options = dict(eps=0.15, seed=2, device=torch.device("cpu"), progress=False)
+    straight = fine_tune(name, digits_model, digits, train, **options)
+    with pytest.raises(Interrupted):
+        fine_tune(name, digits_model, digits, train, out_dir=tmp_path, stop=StopAfter(8), **options)
+    resumed = fine_tune(name, digits_model, digits, train, out_dir=tmp_path, resume=True, **options)
+    expected, actual = straight.model.state_dict(), resumed.model.state_dict()
+    assert expected.keys() == actual.keys()
+    different = [k for k in expected if not torch.equal(expected[k], actual[k])]
+    assert not different, different[:5]

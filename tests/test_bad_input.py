@@ -1,0 +1,140 @@
+"""The bad-input matrix: every row is one line on stderr, exit 2, no traceback, nothing written.
+
+Each case runs in a folder that already holds a results store with one run and an output folder
+with one file; after the failed command every byte there must be unchanged and nothing new may
+appear. Add a row here for every new way a user can get an input wrong.
+"""
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pytest
+import torch
+
+from robustbench_aft.cli import main
+from robustbench_aft.pretrained import save_checkpoint
+from robustbench_aft.results import ResultsStore, RunRecord
+
+# {name: (argv with {tmp} for the case folder, text the one-line message must contain)}
+BAD_INPUTS = {
+    # unknown names, with suggestions
+    "unknown method": (["run", "--methods", "ours,tradez"], "Did you mean 'trades'"),
+    "unknown dataset": (["run", "--methods", "ours", "--dataset", "digitz"], "Did you mean 'digits'"),
+    "unknown arch": (["run", "--methods", "ours", "--arch", "resnet81"], "Did you mean 'resnet18'"),
+    "unknown attack": (["run", "--methods", "ours", "--attacks", "clean,pdg"], "unknown attack 'pdg'"),
+    "unknown preset": (["run", "--methods", "ours", "--preset", "fast"], "unknown preset 'fast'"),
+    "unknown eval dataset": (["eval", "--checkpoint", "auto", "--dataset", "digitz"], "Did you mean 'digits'"),
+    "unknown eval arch": (["eval", "--checkpoint", "auto", "--arch", "resnet81"], "Did you mean 'resnet18'"),
+    "unknown command": (["train"], "invalid choice: 'train'"),
+    "unknown list kind": (["list", "models"], "invalid choice: 'models'"),
+    # methods and seeds
+    "missing --methods": (["run"], "required: --methods"),
+    "empty --methods": (["run", "--methods", ","], "--methods is empty"),
+    "malformed seeds": (["run", "--methods", "ours", "--seeds", "0,x"], "--seeds expects comma-separated integers"),
+    "empty seeds": (["run", "--methods", "ours", "--seeds", ","], "--seeds expects comma-separated integers"),
+    "negative seed": (["run", "--methods", "ours", "--seeds", "-1"], "integers >= 0"),
+    "duplicate seeds": (["run", "--methods", "ours", "--seeds", "1,1"], "duplicates"),
+    # budgets and sizes
+    "malformed eps": (["run", "--methods", "ours", "--eps", "big"], "--eps must be a number"),
+    "negative eps": (["run", "--methods", "ours", "--eps", "-0.1"], "--eps must be a finite number >= 0"),
+    "eps above 1": (["run", "--methods", "ours", "--eps", "8"], "larger than 1"),
+    "eval eps above 1": (["eval", "--checkpoint", "auto", "--eps", "2"], "larger than 1"),
+    "zero n-eval": (["run", "--methods", "ours", "--n-eval", "0"], "expected a positive integer"),
+    "n-eval above the test set": (["run", "--methods", "ours", "--n-eval", "5000", "--db", "{tmp}/results.db"],
+                                  "larger than the test set (360 images)"),
+    "zero epochs": (["run", "--methods", "ours", "--epochs", "0"], "expected a positive integer, got '0'"),
+    "negative pretrain epochs": (["pretrain", "--epochs", "-3"], "expected a positive integer"),
+    "bad device": (["run", "--methods", "ours", "--device", "tpu9"], "invalid device"),
+    "cuda without a GPU": (["run", "--methods", "ours", "--device", "cuda"], "CUDA is not available"),
+    # data
+    "missing data directory": (["run", "--methods", "ours", "--dataset", "cifar10", "--data-dir", "{tmp}/nodata"],
+                               "--download"),
+    "folder without path": (["run", "--methods", "ours", "--dataset", "folder"], "needs a path"),
+    "image folder without images": (["run", "--methods", "ours", "--dataset", "folder:{tmp}/empty_images"],
+                                    "no images in class folder"),
+    "image folder with mismatched classes": (["run", "--methods", "ours", "--dataset", "folder:{tmp}/mismatched"],
+                                             "(only in train: dog; only in test: emu)"),
+    # checkpoints
+    "missing checkpoint": (["eval", "--checkpoint", "{tmp}/nothing.pt"], "does not exist"),
+    "corrupt checkpoint": (["run", "--methods", "ours", "--pretrained", "{tmp}/corrupt.pt",
+                            "--db", "{tmp}/results.db"], "truncated or not a torch checkpoint"),
+    "truncated checkpoint": (["eval", "--checkpoint", "{tmp}/truncated.pt"], "truncated or not a torch checkpoint"),
+    "wrong-arch checkpoint": (["run", "--methods", "ours", "--pretrained", "{tmp}/smallcnn.pt", "--arch", "resnet18",
+                               "--db", "{tmp}/results.db"], "saved for arch 'smallcnn'"),
+    "wrong number of classes": (["eval", "--checkpoint", "{tmp}/three_classes.pt"], "has 3 classes"),
+    # output locations
+    "--out inside a file": (["run", "--methods", "ours", "--db", "{tmp}/results.db", "--out", "{tmp}/afile/out"],
+                            "is a file"),
+    "--out is a file": (["run", "--methods", "ours", "--db", "{tmp}/results.db", "--out", "{tmp}/afile"], "is a file"),
+    "--db inside a file": (["run", "--methods", "ours", "--db", "{tmp}/afile/results.db"], "is a file"),
+    "--db is a directory": (["run", "--methods", "ours", "--db", "{tmp}/out"], "is a directory"),
+    "--db is not a store": (["leaderboard", "--db", "{tmp}/afile"], "is not a results database"),
+    "--resume without --out": (["run", "--methods", "ours", "--resume", "--db", "{tmp}/results.db"],
+                               "--resume needs the --out folder"),
+    "eval --output is a directory": (["eval", "--checkpoint", "auto", "--output", "{tmp}/out"], "is a directory"),
+    # method parameters
+    "--set unknown key": (["run", "--methods", "ours", "--set", "afd.delta=1"], "afd has no parameter 'delta'"),
+    "--set wrong type": (["run", "--methods", "ours", "--set", "afd.alpha=abc"], "afd.alpha"),
+    "--set without a value": (["run", "--methods", "ours", "--set", "afd.alpha"], "METHOD.PARAM=VALUE"),
+    "--set for an unknown method": (["run", "--methods", "ours", "--set", "nope.beta=1"], "unknown method 'nope'"),
+    "--set for a method not run": (["run", "--methods", "ours", "--set", "mart.beta=1"], "mart is not among --methods"),
+    # leaderboards and the regression check
+    "missing store": (["leaderboard", "--db", "{tmp}/nothing.db"], "does not exist"),
+    "bad format": (["leaderboard", "--db", "{tmp}/results.db", "--format", "xml"], "invalid choice: 'xml'"),
+    "check on a malformed CSV": (["check", "--baseline", "{tmp}/malformed.csv", "--db", "{tmp}/results.db"],
+                                 "--baseline"),
+    "check on a missing baseline": (["check", "--baseline", "{tmp}/nothing.csv", "--db", "{tmp}/results.db"],
+                                    "does not exist"),
+}
+
+
+def _snapshot(folder: Path) -> dict:
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory, digits, digits_model):
+    """A folder with a store holding one run, an output folder, and the bad files the matrix uses."""
+    folder = tmp_path_factory.mktemp("bad-input")
+    ResultsStore(str(folder / "results.db")).add(RunRecord(
+        group_id="g", method="afd", method_version=1, dataset="digits", arch="smallcnn", seed=0, eps=0.15,
+        norm="Linf", n_eval=100, metrics={"clean": 98.0, "pgd": 60.0}, config={}, flags=[], provenance={},
+        wall_seconds=1.0))
+    (folder / "out").mkdir()
+    (folder / "out" / "keep.txt").write_text("an earlier result\n")
+    (folder / "afile").write_text("not a folder and not a database\n")
+    (folder / "corrupt.pt").write_bytes(b"\x00garbage" * 100)
+    good = save_checkpoint(digits_model, folder / "smallcnn.pt", "smallcnn", digits)
+    (folder / "truncated.pt").write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    payload = torch.load(good, weights_only=True)
+    payload["state_dict"]["head.weight"] = payload["state_dict"]["head.weight"][:3]
+    payload["state_dict"]["head.bias"] = payload["state_dict"]["head.bias"][:3]
+    torch.save(payload, folder / "three_classes.pt")
+    for split in ("train", "test"):
+        (folder / "empty_images" / split / "cat").mkdir(parents=True)
+    from PIL import Image
+
+    for split, classes in (("train", ("cat", "dog")), ("test", ("cat", "emu"))):
+        for name in classes:
+            (folder / "mismatched" / split / name).mkdir(parents=True)
+            Image.new("RGB", (8, 8), (10, 20, 30)).save(folder / "mismatched" / split / name / "0.png")
+    (folder / "malformed.csv").write_text("this,is\nnot,a leaderboard,at all\n")
+    return folder
+
+
+@pytest.mark.parametrize("case", sorted(BAD_INPUTS))
+def test_bad_input_is_one_line_exit_2_and_touches_nothing(capsys, prepared, case):
+    argv, expected = BAD_INPUTS[case]
+    before = _snapshot(prepared)
+    code = main([arg.replace("{tmp}", str(prepared)) for arg in argv] + ["--quiet"] * (argv[0] in ("run", "eval")))
+    captured = capsys.readouterr()
+    assert code == 2, captured.err
+    assert captured.out == ""
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1, captured.err
+    assert lines[0].startswith("bench: error: ")
+    assert expected in lines[0]
+    assert "Traceback" not in captured.err
+    assert _snapshot(prepared) == before
