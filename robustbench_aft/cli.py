@@ -117,7 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
     run = commands.add_parser("run", help="fine-tune with each method and seed, evaluate, store, print the leaderboard")
     _add_data_arguments(run)
     run.add_argument("--methods", required=True, help="comma-separated methods, e.g. ours,trades, or all (see `bench list methods`)")
-    run.add_argument("--arch", default="smallcnn", help="architecture (default: smallcnn)")
+    run.add_argument("--arch", default=None, help="architecture (default: the preset's, else smallcnn)")
     run.add_argument("--preset", default=None, help="quick (the digits default), paper (the default elsewhere) or ci")
     run.add_argument("--pretrained", default="auto", help="natural model: auto (cache or pre-train), a path, robustbench:NAME")
     run.add_argument("--seeds", default="0", help="comma-separated fine-tuning seeds (default: 0)")
@@ -219,8 +219,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .pipeline import leaderboard, run
 
     config = build_run_config(
-        [m.strip() for m in args.methods.split(",") if m.strip()], dataset=args.dataset, arch=_canonical_arch(args.arch),
-        preset=args.preset,
+        [m.strip() for m in args.methods.split(",") if m.strip()], dataset=args.dataset,
+        arch=_canonical_arch(args.arch) if args.arch else None, preset=args.preset,
         train_overrides={"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
                          "train_subset": args.train_subset},
         eval_overrides={"attacks": parse_attacks(args.attacks) if args.attacks else None,

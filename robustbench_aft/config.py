@@ -87,6 +87,7 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     method_params: Dict[str, Dict[str, Any]] = field(default_factory=dict)
+    natural: Dict[str, Any] = field(default_factory=dict)
     db: str = "runs/results.db"
     out: Optional[str] = None
     device: str = "auto"
@@ -153,7 +154,7 @@ def parse_set_options(items: List[str]) -> Dict[str, Dict[str, Any]]:
     return parsed
 
 
-def build_run_config(methods: List[str], *, dataset: str = "digits", arch: str = "smallcnn",
+def build_run_config(methods: List[str], *, dataset: str = "digits", arch: Optional[str] = None,
                      preset: Optional[str] = None, train_overrides: Optional[Dict[str, Any]] = None,
                      eval_overrides: Optional[Dict[str, Any]] = None,
                      method_params: Optional[Dict[str, Dict[str, Any]]] = None, **run_fields: Any) -> RunConfig:
@@ -191,8 +192,9 @@ def build_run_config(methods: List[str], *, dataset: str = "digits", arch: str =
         if unknown:
             raise ConfigError(f"{name} has no parameter(s) {', '.join(unknown)}")
 
-    config = RunConfig(methods=canonical_methods, dataset=dataset, arch=arch, preset=preset_name, train=train,
-                       eval=evaluation, method_params=params,
+    natural = dict(chosen.get("natural", {}))
+    config = RunConfig(methods=canonical_methods, dataset=dataset, arch=arch or chosen.get("arch", "smallcnn"),
+                       preset=preset_name, train=train, eval=evaluation, method_params=params, natural=natural,
                        **{k: v for k, v in run_fields.items() if v is not None})
     validate(config)
     return config

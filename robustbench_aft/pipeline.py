@@ -26,7 +26,7 @@ from .data import DataBundle, load_dataset
 from .engine import NumericalError, fine_tune
 from .errors import ConfigError, Interrupted
 from .evaluate import EvalConfig, evaluate, select_subset
-from .pretrained import load_checkpoint, resolve, save_checkpoint
+from .pretrained import default_recipe, load_checkpoint, recipe_with, resolve, save_checkpoint
 from .results import ResultsStore, RunRecord, new_group_id
 from .runtime import RunLock, StopSignal, atomic_write_text, check_writable, provenance, resolve_device
 
@@ -198,8 +198,9 @@ def run(config: RunConfig, progress: bool = True, resume: bool = False, stop: Op
 def _run_in(out_root: Path, config: RunConfig, data: DataBundle, eval_config: EvalConfig, device: torch.device,
             group_id: str, progress: bool, resume: bool, stop: Optional[StopSignal], command: Optional[List[str]],
             start: float) -> RunSummary:
+    recipe = recipe_with(default_recipe(data), **config.natural)
     natural, info = resolve(config.pretrained, data, config.arch, seed=config.pretrained_seed, device=device,
-                            progress=progress, stop=stop)
+                            recipe=recipe, progress=progress, stop=stop)
     with RunLock(out_root):
         stored_config = {**config.to_dict(), "eval": dataclasses.asdict(eval_config)}
         group_id = _open_group(out_root, stored_config, resume, command, group_id)
