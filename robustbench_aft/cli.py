@@ -118,7 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_arguments(run)
     run.add_argument("--methods", required=True, help="comma-separated methods, e.g. ours,trades, or all (see `bench list methods`)")
     run.add_argument("--arch", default=None, help="architecture (default: the preset's, else smallcnn)")
-    run.add_argument("--preset", default=None, help="quick (the digits default), paper (the default elsewhere) or ci")
+    run.add_argument("--preset", default=None, help="quick (the digits default), paper (the default elsewhere), ci or cpu-cifar10")
     run.add_argument("--pretrained", default="auto", help="natural model: auto (cache or pre-train), a path, robustbench:NAME")
     run.add_argument("--seeds", default="0", help="comma-separated fine-tuning seeds (default: 0)")
     run.add_argument("--epochs", type=_positive_int, default=None, help="fine-tuning epochs (default: the preset's)")
