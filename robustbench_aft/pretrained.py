@@ -143,8 +143,18 @@ def _read_checkpoint(path: Path) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for a bad file; all mean "unreadable"
-        reason = " ".join(str(exc).split())[:160]
-        raise CheckpointError(f"cannot read checkpoint {path}: truncated or not a torch checkpoint ({reason})") from None
+        raise CheckpointError(f"cannot read checkpoint {path}: truncated or not a torch checkpoint "
+                              f"({_load_failure(exc)})") from None
+
+
+def _load_failure(exc: Exception) -> str:
+    """torch.load's error, reduced to what a user can act on."""
+    text = " ".join(str(exc).split())
+    if "central directory" in text or "PytorchStreamReader" in text:
+        return "its zip archive is incomplete: the file was cut short"
+    if "Weights only load failed" in text:
+        return "not a zip archive of tensors; a file written by torch.save of a state_dict is expected"
+    return text[:160]
 
 
 def _state_dict_of(payload: Any, path: Path) -> Dict[str, torch.Tensor]:

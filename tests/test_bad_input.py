@@ -59,7 +59,7 @@ BAD_INPUTS = {
     "missing checkpoint": (["eval", "--checkpoint", "{tmp}/nothing.pt"], "does not exist"),
     "corrupt checkpoint": (["run", "--methods", "ours", "--pretrained", "{tmp}/corrupt.pt",
                             "--db", "{tmp}/results.db"], "truncated or not a torch checkpoint"),
-    "truncated checkpoint": (["eval", "--checkpoint", "{tmp}/truncated.pt"], "truncated or not a torch checkpoint"),
+    "truncated checkpoint": (["eval", "--checkpoint", "{tmp}/truncated.pt"], "the file was cut short"),
     "wrong-arch checkpoint": (["run", "--methods", "ours", "--pretrained", "{tmp}/smallcnn.pt", "--arch", "resnet18",
                                "--db", "{tmp}/results.db"], "saved for arch 'smallcnn'"),
     "wrong number of classes": (["eval", "--checkpoint", "{tmp}/three_classes.pt"], "has 3 classes"),
