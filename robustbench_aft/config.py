@@ -26,6 +26,8 @@ class TrainConfig:
         ema: evaluate an EMA of the weights; None → the method's own choice (AFD: yes).
         train_subset: fine-tune on a seeded subset of this many training images (CPU-scale runs).
         num_workers: DataLoader worker processes.
+        feature_gap_probe: training images on which the feature gap is measured after every epoch
+            (PGD-20 at the evaluation eps; 0 turns it off).
     """
 
     epochs: int = 20
@@ -36,19 +38,20 @@ class TrainConfig:
     ema: Optional[bool] = None
     train_subset: Optional[int] = None
     num_workers: int = 0
+    feature_gap_probe: int = 512
 
 
 # Each preset sets TrainConfig / EvalConfig fields and, optionally, method parameters per dataset.
 PRESETS: Dict[str, Dict[str, Any]] = {
     "quick": {
         "description": "the digits default: 10 epochs at batch 64, every test point, clean/pgd/cw/aa",
-        "train": {"epochs": 10, "batch_size": 64, "lr": 0.025},
+        "train": {"epochs": 10, "batch_size": 64, "lr": 0.025, "feature_gap_probe": 256},
         "eval": {"attacks": ["clean", "pgd", "cw", "aa"]},
     },
     "ci": {
         "description": "the regression check of .ci/run: digits, 5 epochs at batch 64, clean/pgd/cw/aa-fast on a "
                        "fixed seeded subset of 200 test points",
-        "train": {"epochs": 5, "batch_size": 64, "lr": 0.025},
+        "train": {"epochs": 5, "batch_size": 64, "lr": 0.025, "feature_gap_probe": 128},
         "eval": {"attacks": ["clean", "pgd", "cw", "aa-fast"], "n_eval": 200},
     },
     # The CPU-scale CIFAR-10 protocol of leaderboard/cifar10-jpeg-cpu.md (2 CPU cores, a few hours).

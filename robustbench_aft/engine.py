@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 from .config import TrainConfig
 from .data import DataBundle, make_epoch_loader
 from .errors import CheckpointError, ConfigError, UserError
+from .featuregap import FeatureGapProbe
 from .method import Method, OptimConfig
 from .registry import METHODS
 from .runtime import StopSignal, atomic_torch_save, rng_state, seed_everything, set_rng_state
@@ -84,6 +85,7 @@ class FineTuneResult:
     params: Dict[str, Any]
     final_terms: Dict[str, float] = field(default_factory=dict)
     checkpoint: Optional[str] = None
+    feature_gap: List[Dict[str, float]] = field(default_factory=list)
 
 
 def build_method(name: str, params: Optional[Dict[str, Any]], eps: float, train: TrainConfig) -> Method:
@@ -135,7 +137,8 @@ def _check_same_cell(state: Dict[str, Any], path: Path, name: str, seed: int, pa
 
 def fine_tune(method_name: str, model: nn.Module, data: DataBundle, train: TrainConfig, *, eps: float, seed: int,
               device: torch.device, params: Optional[Dict[str, Any]] = None, out_dir: Optional[Path] = None,
-              progress: bool = True, resume: bool = False, stop: Optional[StopSignal] = None) -> FineTuneResult:
+              progress: bool = True, resume: bool = False, stop: Optional[StopSignal] = None,
+              probe: Optional[FeatureGapProbe] = None) -> FineTuneResult:
     """Fine-tune the natural ``model`` with a registered method; returns the exported classifier.
 
     ``model`` is not modified. With ``out_dir``, ``last.pt`` (method state, optimisers, EMA, RNG
@@ -143,7 +146,9 @@ def fine_tune(method_name: str, model: nn.Module, data: DataBundle, train: Train
     ``stop`` reports SIGINT/SIGTERM, after the current batch (then :class:`Interrupted` is
     raised). With ``resume`` an existing ``last.pt`` is continued from where it stopped; the
     result is bit-identical to an uninterrupted run on CPU (see :func:`make_epoch_loader` for
-    the one exception, mid-epoch resumes with DataLoader workers).
+    the one exception, mid-epoch resumes with DataLoader workers). With ``probe``, the feature
+    gap of the model being fine-tuned (its current weights, not the EMA) is measured after every
+    epoch and returned in ``feature_gap``.
     """
     seed_everything(seed)
     method = build_method(method_name, params, eps, train)
@@ -163,6 +168,7 @@ def fine_tune(method_name: str, model: nn.Module, data: DataBundle, train: Train
 
     next_epoch, next_batch, images, seconds_before = 1, 0, 0, 0.0
     running: Dict[str, float] = {}
+    feature_gap: List[Dict[str, float]] = []
     if resume and checkpoint is not None and checkpoint.is_file():
         state = read_training_checkpoint(checkpoint)
         _check_same_cell(state, checkpoint, name, seed, asdict(method.params), train)
@@ -177,6 +183,7 @@ def fine_tune(method_name: str, model: nn.Module, data: DataBundle, train: Train
         set_rng_state(state["rng"])
         next_epoch, next_batch = state["next_epoch"], state["next_batch"]
         images, seconds_before, running = state["images"], state["seconds"], dict(state["running"])
+        feature_gap = list(state.get("feature_gap", []))
         log.info("%s seed %d: resuming from %s at epoch %d, batch %d", name, seed, checkpoint, next_epoch,
                  next_batch + 1)
 
@@ -189,6 +196,7 @@ def fine_tune(method_name: str, model: nn.Module, data: DataBundle, train: Train
             "method_state": method.resume_state(), "optimizers": [o.state_dict() for o in method.optimizers],
             "ema": ema.state_dict() if ema is not None else None, "rng": rng_state(), "images": images,
             "seconds": seconds_before + time.perf_counter() - start, "running": running,
+            "feature_gap": feature_gap,
         }, checkpoint)
 
     start = time.perf_counter()
@@ -224,6 +232,11 @@ def fine_tune(method_name: str, model: nn.Module, data: DataBundle, train: Train
         elapsed = seconds_before + time.perf_counter() - start
         log.info("%s seed %d epoch %d/%d lr %.5g %s (%.0f images/s)", name, seed, epoch, train.epochs, lr,
                  " ".join(f"{k}={v:.4f}" for k, v in running.items()), images / max(elapsed, 1e-9))
+        if probe is not None:
+            gap = probe.measure(method.current_classifier())
+            feature_gap.append({"epoch": epoch, **gap})
+            log.info("%s seed %d epoch %d: feature gap L2 %.4f, 1-cos %.4f (%.1f s on %d probe images)", name, seed,
+                     epoch, gap["l2"], gap["cosine"], gap["seconds"], len(probe))
         save(epoch + 1, 0)
         if stop is not None:
             stop.check(f"fine-tuning {name} seed {seed} (after epoch {epoch})")
@@ -233,7 +246,8 @@ def fine_tune(method_name: str, model: nn.Module, data: DataBundle, train: Train
     exported = method.export().eval()
     return FineTuneResult(model=exported, seconds=seconds, images_per_second=images / max(seconds, 1e-9),
                           epochs=train.epochs, method_version=method.version, params=asdict(method.params),
-                          final_terms=running, checkpoint=str(checkpoint) if checkpoint is not None else None)
+                          final_terms=running, checkpoint=str(checkpoint) if checkpoint is not None else None,
+                          feature_gap=feature_gap)
 
 
 def lr_table(method: Method, total_epochs: int, base_lr: float) -> List[float]:

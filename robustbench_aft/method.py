@@ -147,6 +147,11 @@ class Method(nn.Module):
         """The plain classifier to evaluate."""
         return self.student
 
+    def current_classifier(self) -> nn.Module:
+        """A plain classifier with the current weights, cheap enough to call after every epoch
+        (the feature-gap probe); by default the export. Must not change the method's state."""
+        return self.export()
+
     def trainable_state(self) -> nn.Module:
         """The module whose weights the engine averages (EMA) and checkpoints."""
         return self.student

@@ -26,6 +26,7 @@ from .data import DataBundle, load_dataset
 from .engine import NumericalError, fine_tune
 from .errors import ConfigError, Interrupted
 from .evaluate import EvalConfig, evaluate, select_subset
+from .featuregap import FeatureGapProbe
 from .pretrained import default_recipe, load_checkpoint, recipe_with, resolve, save_checkpoint
 from .results import ResultsStore, RunRecord, new_group_id
 from .runtime import RunLock, StopSignal, atomic_write_text, check_writable, provenance, resolve_device
@@ -99,6 +100,8 @@ class _Context:
     progress: bool
     stop: Optional[StopSignal]
     device: torch.device
+    probe: Optional[FeatureGapProbe]
+    natural_gap: List[Dict[str, float]]
 
 
 def _cell_id(cell_dir: Path) -> str:
@@ -124,29 +127,36 @@ def _run_cell(context: _Context, natural: nn.Module, method: str, seed: int, ste
     record = dict(group_id=context.group_id, method=method, dataset=data.name, arch=config.arch, seed=seed,
                   norm=context.eval_config.norm, provenance=context.origin)
     version, train_seconds, images_per_second = 0, None, None
+    feature_gap = list(context.natural_gap)
     try:
         if method == "natural":
             model = natural
+            extra["checkpoint"] = context.source
             log.info("[%d/%d] evaluating the natural model (%s)", step, total, context.source)
         elif (cell_dir / "final.pt").is_file():
             model, info = load_checkpoint(str(cell_dir / "final.pt"), data, config.arch)
             metadata = info["metadata"]
             version, train_seconds = metadata["method_version"], metadata["train_seconds"]
             images_per_second, extra["method_params_used"] = metadata["images_per_second"], metadata["params"]
+            feature_gap += metadata.get("feature_gap", [])
             log.info("[%d/%d] %s seed %d: fine-tuned earlier; evaluating", step, total, method, seed)
         else:
             log.info("[%d/%d] fine-tuning %s, seed %d", step, total, method, seed)
             tuned = fine_tune(method, natural, data, config.train, eps=context.eval_config.eps, seed=seed,
                               device=context.device, params=config.method_params.get(method),
-                              out_dir=cell_dir, progress=context.progress, resume=context.resume, stop=context.stop)
+                              out_dir=cell_dir, progress=context.progress, resume=context.resume, stop=context.stop,
+                              probe=context.probe)
             version, train_seconds, images_per_second = tuned.method_version, tuned.seconds, tuned.images_per_second
             extra["method_params_used"] = tuned.params
+            feature_gap += tuned.feature_gap
             save_checkpoint(tuned.model, cell_dir / "final.pt", config.arch, data, method=method, seed=seed,
                             method_version=version, params=tuned.params, train_seconds=train_seconds,
-                            images_per_second=images_per_second)
+                            images_per_second=images_per_second, feature_gap=tuned.feature_gap)
             model = tuned.model.to(context.device)
             log.info("[%d/%d] %s seed %d: %.1f s, %.0f images/s; evaluating", step, total, method, seed,
                      train_seconds, images_per_second)
+        if method != "natural":
+            extra["checkpoint"] = str(cell_dir / "final.pt")
         result = evaluate(model.to(context.device), data, context.eval_config, context.device,
                           progress=context.progress, state_dir=cell_dir, stop=context.stop)
     except (Interrupted, NumericalError) as exc:
@@ -160,7 +170,7 @@ def _run_cell(context: _Context, natural: nn.Module, method: str, seed: int, ste
     context.store.add(RunRecord(**record, method_version=version, eps=result.eps, n_eval=result.n,
                                 metrics=result.accuracy, config={**context.stored_config, **extra}, flags=result.flags,
                                 wall_seconds=time.perf_counter() - start, train_seconds=train_seconds,
-                                images_per_second=images_per_second), run_id=run_id)
+                                images_per_second=images_per_second, feature_gap=feature_gap), run_id=run_id)
     atomic_write_text(json.dumps({"run_id": run_id, "accuracy": result.accuracy}) + "\n", done)
     return run_id
 
@@ -208,10 +218,16 @@ def _run_in(out_root: Path, config: RunConfig, data: DataBundle, eval_config: Ev
         cells = [("natural", config.pretrained_seed)] + [(m, s) for m in config.methods for s in config.seeds]
         log.info("run %s: %s on %s/%s, eps %.4g, %d model(s) to evaluate, results in %s, state in %s", group_id,
                  ",".join(config.methods), data.name, config.arch, eval_config.eps, len(cells), config.db, out_root)
+        probe, natural_gap = None, []
+        if config.train.feature_gap_probe > 0:
+            probe = FeatureGapProbe(data.train, config.train.feature_gap_probe, eval_config.eps, eval_config.norm)
+            natural_gap = [{"epoch": 0, **probe.measure(natural)}]
+            log.info("feature gap of the natural model on %d probe images: L2 %.4f, 1-cos %.4f (%.1f s)", len(probe),
+                     natural_gap[0]["l2"], natural_gap[0]["cosine"], natural_gap[0]["seconds"])
         context = _Context(config=config, data=data, eval_config=eval_config, store=store, group_id=group_id,
                            out_root=out_root, stored_config=stored_config, origin=provenance(device),
                            source=info["source"], resume=resume, progress=progress, stop=stop,
-                           device=device)
+                           device=device, probe=probe, natural_gap=natural_gap)
         run_ids = [_run_cell(context, natural, method, seed, step, len(cells))
                    for step, (method, seed) in enumerate(cells, start=1)]
     return RunSummary(group_id=group_id, db=config.db, out=str(out_root), run_ids=run_ids,

@@ -10,7 +10,7 @@ import sqlite3
 import time
 import uuid
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Optional
 
@@ -47,6 +47,14 @@ CREATE TABLE IF NOT EXISTS metrics (
     PRIMARY KEY (run_id, metric)
 );
 CREATE INDEX IF NOT EXISTS runs_key ON runs (method, dataset, arch, eps, seed);
+CREATE TABLE IF NOT EXISTS feature_gap (
+    run_id TEXT NOT NULL REFERENCES runs(run_id),
+    epoch INTEGER NOT NULL,
+    l2 REAL NOT NULL,
+    cosine REAL NOT NULL,
+    seconds REAL NOT NULL,
+    PRIMARY KEY (run_id, epoch)
+);
 """
 WRITE_ATTEMPTS = 6
 # A run's status: finished (has metrics), interrupted (SIGINT/SIGTERM; resumable), failed (an error).
@@ -74,6 +82,8 @@ class RunRecord:
     train_seconds: Optional[float] = None
     images_per_second: Optional[float] = None
     status: str = "finished"
+    # One dict per epoch (epoch 0 = the natural model): epoch, l2, cosine, seconds.
+    feature_gap: List[Dict[str, float]] = field(default_factory=list)
 
 
 def new_group_id() -> str:
@@ -126,6 +136,7 @@ class ResultsStore:
 
         def write(connection: sqlite3.Connection) -> None:
             connection.execute("DELETE FROM metrics WHERE run_id = ?", (run_id,))
+            connection.execute("DELETE FROM feature_gap WHERE run_id = ?", (run_id,))
             connection.execute(
                 "INSERT OR REPLACE INTO runs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (run_id, record.group_id, time.time(), record.method, record.method_version, record.dataset,
@@ -137,6 +148,9 @@ class ResultsStore:
             )
             connection.executemany("INSERT INTO metrics VALUES (?, ?, ?)",
                                    [(run_id, metric, float(value)) for metric, value in record.metrics.items()])
+            connection.executemany("INSERT INTO feature_gap VALUES (?, ?, ?, ?, ?)",
+                                   [(run_id, int(row["epoch"]), float(row["l2"]), float(row["cosine"]),
+                                     float(row["seconds"])) for row in record.feature_gap])
 
         self._write(write)
         return run_id
@@ -153,6 +167,15 @@ class ResultsStore:
         with self._connect() as connection:
             connection.row_factory = sqlite3.Row
             return [dict(row) for row in connection.execute(query + " ORDER BY r.created_at", arguments)]
+
+    def feature_gaps(self) -> List[Dict[str, Any]]:
+        """One dict per (finished run, epoch) with the run's method, dataset, arch, eps and seed."""
+        query = ("SELECT r.run_id, r.group_id, r.created_at, r.method, r.dataset, r.arch, r.eps, r.seed, g.epoch, "
+                 "g.l2, g.cosine, g.seconds FROM runs r JOIN feature_gap g ON r.run_id = g.run_id "
+                 "WHERE r.status = 'finished' ORDER BY r.created_at, g.epoch")
+        with self._connect() as connection:
+            connection.row_factory = sqlite3.Row
+            return [dict(row) for row in connection.execute(query)]
 
     def runs(self) -> List[Dict[str, Any]]:
         """Every run with its stored configuration and provenance."""
