@@ -158,7 +158,122 @@ def build_parser() -> argparse.ArgumentParser:
                        help="allowed drop in points; the rule is max(this, 2 × baseline seed std) (default: 2)")
     check.add_argument("--metrics", default=None, help="comma-separated metrics to check (default: all but avg)")
     check.set_defaults(handler=cmd_check)
+
+    analyze = commands.add_parser("analyze", help="plots: the feature gap per epoch, robust accuracy against eps")
+    analyses = analyze.add_subparsers(dest="analysis", metavar="ANALYSIS", parser_class=_ArgumentParser)
+    analyses.required = True
+    gap = analyses.add_parser("feature-gap", help="CSV + PNG of the natural/adversarial feature gap per epoch")
+    gap.add_argument("--db", default="runs/results.db", help="results store (default: runs/results.db)")
+    gap.add_argument("--methods", default=None, help="comma-separated methods (default: every method in the store)")
+    gap.add_argument("--output", default="runs/analysis", help="output folder (default: runs/analysis)")
+    gap.set_defaults(handler=cmd_analyze_feature_gap)
+    curve = analyses.add_parser("eps-curve", help="CSV + PNG of robust accuracy against eps (PGD-20, AutoAttack)")
+    source = curve.add_mutually_exclusive_group(required=True)
+    source.add_argument("--checkpoint", default=None, help="one model: a checkpoint path, auto or robustbench:NAME")
+    source.add_argument("--db", default=None, help="every method's newest models in a results store")
+    curve.add_argument("--methods", default=None, help="with --db: comma-separated methods (default: all)")
+    curve.add_argument("--dataset", default="digits", help="with --checkpoint: the dataset (default: digits)")
+    curve.add_argument("--arch", default="smallcnn", help="with --checkpoint: the architecture (default: smallcnn)")
+    curve.add_argument("--data-dir", default=None, help="root folder of downloadable datasets")
+    curve.add_argument("--eps-values", default=None,
+                       help="comma-separated budgets, e.g. 0,2/255,4/255,8/255 (default: 0 to 2× the dataset's eps)")
+    curve.add_argument("--aa-eps", default="", help="budgets at which AutoAttack also runs (default: none)")
+    curve.add_argument("--n-eval", type=_positive_int, default=None,
+                       help="seeded test subset (default: 500 or the whole test set if smaller)")
+    curve.add_argument("--output", default="runs/analysis", help="output folder (default: runs/analysis)")
+    curve.add_argument("--device", default="auto", help="auto, cpu, cuda, ...")
+    curve.add_argument("--quiet", action="store_true", help="no progress bars or log lines")
+    curve.set_defaults(handler=cmd_analyze_eps_curve)
+
+    report = commands.add_parser("report", help="one self-contained HTML page: tables, plots, configs, flags")
+    report.add_argument("--db", default="runs/results.db", help="results store (default: runs/results.db)")
+    report.add_argument("--output", default="report.html", help="HTML file to write (default: report.html)")
+    report.add_argument("--plots", action="append", default=[], metavar="DIR_OR_PNG",
+                        help="also embed these PNGs (or every PNG in a folder), e.g. an eps-curve output; repeatable")
+    report.add_argument("--title", default="robustbench-aft report", help="page title")
+    report.set_defaults(handler=cmd_report)
     return parser
+
+
+def _existing_store(db: str) -> str:
+    if not Path(db).is_file():
+        raise ConfigError(f"--db {db} does not exist; run `bench run --methods ...` first")
+    return db
+
+
+def _output_folder(text: str) -> Path:
+    from .runtime import check_writable
+
+    check_writable(text, "--output", folder=True)
+    return Path(text)
+
+
+def cmd_analyze_feature_gap(args: argparse.Namespace) -> int:
+    from .analysis import analyze_feature_gap
+    from .leaderboard import format_table
+
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else None
+    summary, plots = analyze_feature_gap(_existing_store(args.db), _output_folder(args.output), methods)
+    print(format_table(summary.round(4).to_dict("records"), "md"))
+    print(f"\nwrote {Path(args.output) / 'feature_gap.csv'} and " + ", ".join(str(p) for p in plots))
+    return 0
+
+
+def cmd_analyze_eps_curve(args: argparse.Namespace) -> int:
+    from .analysis import eps_curve, models_from_store, parse_eps_values, plot_eps_curve
+    from .data import load_dataset
+    from .leaderboard import format_table
+    from .pretrained import load_checkpoint, resolve
+    from .registry import MODELS
+    from .runtime import atomic_write_text, resolve_device
+
+    device = resolve_device(args.device)
+    output = _output_folder(args.output)
+    aa_eps = parse_eps_values(args.aa_eps) if args.aa_eps.strip() else []
+    if args.db is not None:
+        methods = [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else None
+        sources, dataset, arch = models_from_store(_existing_store(args.db), methods)
+        data = load_dataset(dataset, data_dir=args.data_dir)
+        models = {method: [load_checkpoint(path, data, arch)[0].to(device) for path, _, _ in entries]
+                  for method, entries in sources.items()}
+    else:
+        arch = MODELS.canonical(args.arch)
+        data = load_dataset(args.dataset, data_dir=args.data_dir)
+        model, info = resolve(args.checkpoint, data, arch, seed=0, device=device, progress=not args.quiet)
+        models = {Path(info["source"]).stem: [model]}
+    eps_values = (parse_eps_values(args.eps_values) if args.eps_values
+                  else [data.default_eps * f for f in (0, 0.25, 0.5, 1, 1.5, 2)])
+    eps_values = sorted(set(eps_values) | set(aa_eps))
+    n_eval = args.n_eval if args.n_eval is not None else min(500, len(data.test))
+    frame = eps_curve(models, data, eps_values, aa_eps, n_eval, device, progress=not args.quiet)
+    atomic_write_text(frame.to_csv(index=False, float_format="%.6g"), output / "eps_curve.csv")
+    title = f"Robust accuracy against eps: {data.name.rsplit('/', 1)[-1]}, {arch}, n={n_eval}"
+    plot = plot_eps_curve(frame, output / "eps_curve.png", title)
+    table = frame.groupby(["method", "attack", "eps"], sort=False)["accuracy"].mean().reset_index()
+    table["eps×255"] = (table["eps"] * 255).round(3)
+    print(format_table(table[["method", "attack", "eps×255", "accuracy"]].round(2).to_dict("records"), "md"))
+    print(f"\nwrote {output / 'eps_curve.csv'} and {plot}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from .analysis import render_report
+    from .runtime import check_writable
+
+    output = Path(args.output)
+    check_writable(output, "--output", folder=False)
+    plots: List[Path] = []
+    for item in args.plots:
+        path = Path(item)
+        if path.is_dir():
+            plots.extend(sorted(path.glob("*.png")))
+        elif path.is_file() and path.suffix.lower() == ".png":
+            plots.append(path)
+        else:
+            raise ConfigError(f"--plots {item} is neither a folder nor a PNG file")
+    render_report(_existing_store(args.db), output, plots, title=args.title)
+    print(f"wrote {output}")
+    return 0
 
 
 def _setup_logging(quiet: bool) -> None:
@@ -239,9 +354,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         try:
             summary = run(config, progress=not args.quiet, resume=args.resume, stop=stop, command=["bench", *argv])
         except Interrupted as exc:
-            out = exc.state_dir or config.out or "."
-            print(f"bench: {exc}; the state is saved in {out}\nbench: resume with: {_resume_command(argv, out)}",
-                  file=sys.stderr)
+            if exc.state_dir is None:
+                print(f"bench: {exc}; nothing was saved yet, run the same command again", file=sys.stderr)
+            else:
+                print(f"bench: {exc}; the state is saved in {exc.state_dir}\n"
+                      f"bench: resume with: {_resume_command(argv, exc.state_dir)}", file=sys.stderr)
             return exc.exit_code
     print(render_leaderboard(leaderboard(config.db, summary.group_id), args.format))
     if args.format == "md":

@@ -153,27 +153,33 @@ def render_leaderboard(frame, fmt: str) -> str:
     if fmt == "csv":
         return frame.to_csv(index=False, float_format="%.4f").rstrip("\n")
     if fmt == "md":
-        rows = []
-        for record in frame.to_dict("records"):
-            label = f"{record['method']} (reconstructed)" if record.get("reconstructed") else record["method"]
-            row = {"method": label, "dataset": record["dataset"], "arch": record["arch"],
-                   "eps": f"{record['eps']:.4g}", "seeds": int(record["seeds"]),
-                   "version": "-" if record["method"] == "natural" else int(record["version"])}
-            for metric in metrics:
-                row[metric] = ("" if isinstance(record[metric], float) and math.isnan(record[metric])
-                               else _mean_std(record[metric], record[f"{metric}_std"], int(record["seeds"])))
-            row["flags"] = int(record["flagged_runs"]) or ""
-            for metric in PUBLISHED_METRICS:
-                if f"published_{metric}" in record:
-                    value = record[f"published_{metric}"]
-                    row[f"published {metric}"] = "" if math.isnan(value) else f"{value:.2f}"
-            if "published_source" in record:
-                row["published source"] = record["published_source"]
-            rows.append(row)
-        return format_table(rows, "md")
+        return format_table(display_rows(frame), "md")
     if fmt == "json":
         return json.dumps([robustbench_entry(record, metrics) for record in frame.to_dict("records")], indent=2)
     raise ConfigError(f"unknown format {fmt!r}; choose from {', '.join(FORMATS)}")
+
+
+def display_rows(frame) -> List[Dict[str, Any]]:
+    """The leaderboard as rows of display strings (mean ± std, labels), for Markdown and HTML."""
+    metrics = [m for m in METRIC_ORDER if m in frame.columns]
+    rows = []
+    for record in frame.to_dict("records"):
+        label = f"{record['method']} (reconstructed)" if record.get("reconstructed") else record["method"]
+        row = {"method": label, "dataset": record["dataset"], "arch": record["arch"],
+               "eps": f"{record['eps']:.4g}", "seeds": int(record["seeds"]),
+               "version": "-" if record["method"] == "natural" else int(record["version"])}
+        for metric in metrics:
+            row[metric] = ("" if isinstance(record[metric], float) and math.isnan(record[metric])
+                           else _mean_std(record[metric], record[f"{metric}_std"], int(record["seeds"])))
+        row["flags"] = int(record["flagged_runs"]) or ""
+        for metric in PUBLISHED_METRICS:
+            if f"published_{metric}" in record:
+                value = record[f"published_{metric}"]
+                row[f"published {metric}"] = "" if math.isnan(value) else f"{value:.2f}"
+        if "published_source" in record:
+            row["published source"] = record["published_source"]
+        rows.append(row)
+    return rows
 
 
 def robustbench_entry(record: Dict[str, Any], metrics: List[str]) -> Dict[str, Any]:

@@ -201,7 +201,8 @@ def run(config: RunConfig, progress: bool = True, resume: bool = False, stop: Op
     try:
         return _run_in(out_root, config, data, eval_config, device, group_id, progress, resume, stop, command, start)
     except Interrupted as exc:
-        exc.state_dir = str(out_root)
+        if (out_root / MANIFEST).is_file():
+            exc.state_dir = str(out_root)
         raise
 
 

@@ -1,0 +1,285 @@
+"""See it: the feature-gap curve, robust accuracy against eps, and a self-contained HTML report.
+
+Plots use matplotlib's Agg backend (no display needed). Every plot is written next to a CSV of
+exactly the numbers it shows.
+"""
+from __future__ import annotations
+
+import base64
+import html
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import pandas as pd
+import torch
+
+from .errors import ConfigError
+from .results import ResultsStore
+from .runtime import atomic_write, atomic_write_text
+
+log = logging.getLogger(__name__)
+
+FIGURE_SIZE = (10.0, 4.0)  # inches; at FIGURE_DPI a plot is 1000 × 400 pixels
+FIGURE_DPI = 100
+CELL = ["method", "dataset", "arch", "eps", "seed"]
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save_figure(figure, path: Path) -> Path:
+    atomic_write(path, lambda tmp: figure.savefig(tmp, format="png", dpi=FIGURE_DPI))
+    _pyplot().close(figure)
+    return path
+
+
+def _slug(*parts: Any) -> str:
+    text = "-".join(str(p) for p in parts)
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in text)
+
+
+def _latest_runs(rows: pd.DataFrame) -> pd.DataFrame:
+    """Keep, for every (method, dataset, arch, eps, seed), the rows of its newest run (as the leaderboard does)."""
+    if rows.empty:
+        return rows
+    newest = rows.groupby(CELL)["created_at"].transform("max")
+    return rows[rows["created_at"] == newest]
+
+
+# --- the feature gap --------------------------------------------------------------------------
+
+def feature_gap_frame(db: str, methods: Optional[Sequence[str]] = None) -> pd.DataFrame:
+    """One row per (method, dataset, arch, eps, seed, epoch) with the stored L2 and 1 − cos gaps."""
+    rows = pd.DataFrame(ResultsStore(db).feature_gaps())
+    if rows.empty:
+        raise ConfigError(f"--db {db} has no feature-gap measurements; run `bench run` (the probe is on by default)")
+    rows = _latest_runs(rows)
+    if methods:
+        missing = sorted(set(methods) - set(rows["method"]))
+        if missing:
+            raise ConfigError(f"no feature-gap rows for {', '.join(missing)} in {db}; "
+                              f"available: {', '.join(sorted(set(rows['method'])))}")
+        rows = rows[rows["method"].isin(list(methods) + ["natural"])]
+    return rows[CELL + ["epoch", "l2", "cosine", "seconds"]].reset_index(drop=True)
+
+
+def feature_gap_summary(frame: pd.DataFrame) -> pd.DataFrame:
+    """Mean and sample std over seeds per (method, dataset, arch, eps, epoch)."""
+    grouped = frame.groupby(["method", "dataset", "arch", "eps", "epoch"], sort=False)
+    summary = grouped.agg(seeds=("seed", "nunique"), l2=("l2", "mean"), l2_std=("l2", "std"),
+                          cosine=("cosine", "mean"), cosine_std=("cosine", "std")).reset_index()
+    return summary.fillna({"l2_std": 0.0, "cosine_std": 0.0})
+
+
+def plot_feature_gap(summary: pd.DataFrame, path: Path, title: str) -> Tuple[Path, Dict[Tuple[str, str], list]]:
+    """AFD Fig. 1 style: gap per epoch, one line per method with a ±std band; natural dashed.
+
+    Returns the PNG and the (epoch, value) points actually drawn, per (method, "l2" | "cosine").
+    """
+    plt = _pyplot()
+    from matplotlib.ticker import MaxNLocator
+
+    drawn: Dict[Tuple[str, str], list] = {}
+    figure, axes = plt.subplots(1, 2, figsize=FIGURE_SIZE)
+    for axis, column, label in ((axes[0], "l2", "‖φ(x) − φ(x_adv)‖₂"), (axes[1], "cosine", "1 − cos(φ(x), φ(x_adv))")):
+        for method, rows in summary.groupby("method", sort=False):
+            rows = rows.sort_values("epoch")
+            if method == "natural":
+                line = axis.axhline(rows[column].iloc[0], color="black", linestyle="--", linewidth=1, label="natural")
+                drawn[(method, column)] = [(0, float(line.get_ydata()[0]))]
+                continue
+            line, = axis.plot(rows["epoch"], rows[column], marker="o", markersize=3, label=method)
+            drawn[(method, column)] = [(int(x), float(y)) for x, y in line.get_xydata()]
+            axis.fill_between(rows["epoch"], rows[column] - rows[f"{column}_std"],
+                              rows[column] + rows[f"{column}_std"], color=line.get_color(), alpha=0.2)
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True))
+        axis.set_xlabel("fine-tuning epoch (0 = natural model)")
+        axis.set_ylabel(label)
+        axis.grid(alpha=0.3)
+    axes[1].legend(fontsize=8, loc="best")
+    figure.suptitle(title)
+    figure.tight_layout()
+    return _save_figure(figure, path), drawn
+
+
+def analyze_feature_gap(db: str, output: Path, methods: Optional[Sequence[str]] = None) -> Tuple[pd.DataFrame, List[Path]]:
+    """Write ``feature_gap.csv`` (per seed) and one PNG per (dataset, arch, eps); returns the summary and PNGs."""
+    frame = feature_gap_frame(db, methods)
+    summary = feature_gap_summary(frame)
+    output.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(frame.to_csv(index=False, float_format="%.6g"), output / "feature_gap.csv")
+    plots = []
+    for (dataset, arch, eps), rows in summary.groupby(["dataset", "arch", "eps"], sort=False):
+        title = f"Feature gap during fine-tuning: {dataset}, {arch}, PGD-20 at eps={eps:.4g}"
+        plot, _ = plot_feature_gap(rows, output / f"feature_gap-{_slug(dataset.rsplit('/', 1)[-1], arch)}.png", title)
+        plots.append(plot)
+    return summary, plots
+
+
+# --- robust accuracy against eps --------------------------------------------------------------
+
+def parse_eps_values(text: str) -> List[float]:
+    from .evaluate import parse_eps
+
+    values = [parse_eps(part.strip()) for part in text.split(",") if part.strip()]
+    if not values:
+        raise ConfigError("--eps-values is empty; give e.g. 0,2/255,4/255,8/255")
+    return sorted(set(values))
+
+
+def eps_curve(models: Dict[str, List[torch.nn.Module]], data, eps_values: Sequence[float], aa_eps: Sequence[float],
+              n_eval: Optional[int], device: torch.device, seed: int = 0, progress: bool = True) -> pd.DataFrame:
+    """Robust accuracy of every model at every eps: PGD-20 everywhere, AutoAttack where asked.
+
+    ``models`` maps a label (a method) to one model per seed; one row per (label, seed, eps, attack).
+    """
+    from .evaluate import EvalConfig, evaluate
+
+    rows = []
+    for label, seeds in models.items():
+        for seed_index, model in enumerate(seeds):
+            for eps in eps_values:
+                attacks = ["clean", "pgd"] + (["aa"] if any(abs(eps - a) < 1e-9 for a in aa_eps) else [])
+                result = evaluate(model, data, EvalConfig(attacks=attacks, eps=eps, n_eval=n_eval, seed=seed,
+                                                          sanity=False), device, progress=progress)
+                for attack in attacks[1:]:
+                    rows.append({"method": label, "seed_index": seed_index, "eps": eps, "attack": attack,
+                                 "accuracy": result.accuracy[attack], "n": result.n})
+                log.info("eps curve: %s #%d eps %.4g: %s", label, seed_index, eps,
+                         ", ".join(f"{a} {result.accuracy[a]:.2f}" for a in attacks))
+    return pd.DataFrame(rows)
+
+
+def plot_eps_curve(frame: pd.DataFrame, path: Path, title: str) -> Path:
+    plt = _pyplot()
+    figure, axis = plt.subplots(figsize=FIGURE_SIZE)
+    summary = frame.groupby(["method", "attack", "eps"], sort=False)["accuracy"].agg(["mean", "std"]).reset_index()
+    for method, rows in summary.groupby("method", sort=False):
+        pgd = rows[rows["attack"] == "pgd"].sort_values("eps")
+        line, = axis.plot(pgd["eps"] * 255, pgd["mean"], marker="o", markersize=3, label=f"{method} PGD-20")
+        aa = rows[rows["attack"] == "aa"].sort_values("eps")
+        if not aa.empty:
+            axis.plot(aa["eps"] * 255, aa["mean"], marker="s", linestyle="--", color=line.get_color(),
+                      label=f"{method} AutoAttack")
+    axis.set_xlabel("eps × 255 (L∞)")
+    axis.set_ylabel("robust accuracy (%)")
+    axis.set_ylim(0, 100)
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize=8, loc="best")
+    axis.set_title(title)
+    figure.tight_layout()
+    return _save_figure(figure, path)
+
+
+def models_from_store(db: str, methods: Optional[Sequence[str]] = None) -> Tuple[Dict[str, List[Tuple[str, str, str]]], str, str]:
+    """The checkpoints of the newest run of every (method, seed) in ``db``: {method: [(path, dataset, arch)]}."""
+    runs = pd.DataFrame(ResultsStore(db).runs())
+    if runs.empty:
+        raise ConfigError(f"--db {db} holds no runs")
+    runs = runs[runs["status"] == "finished"]
+    runs = _latest_runs(runs)
+    if methods:
+        runs = runs[runs["method"].isin(methods)]
+    if runs.empty:
+        raise ConfigError(f"--db {db} has no finished runs of {', '.join(methods or [])}")
+    datasets = sorted(set(zip(runs["dataset"], runs["arch"])))
+    if len(datasets) > 1:
+        raise ConfigError(f"--db {db} mixes {', '.join(f'{d}/{a}' for d, a in datasets)}; choose with --methods")
+    chosen: Dict[str, List[Tuple[str, str, str]]] = {}
+    for record in runs.sort_values(["method", "seed"]).to_dict("records"):
+        checkpoint = json.loads(record["config_json"]).get("checkpoint")
+        if not checkpoint or not Path(checkpoint).is_file():
+            raise ConfigError(f"the checkpoint of {record['method']} seed {record['seed']} is gone ({checkpoint}); "
+                              "pass --checkpoint instead")
+        chosen.setdefault(record["method"], []).append((checkpoint, record["dataset"], record["arch"]))
+    return chosen, datasets[0][0], datasets[0][1]
+
+
+# --- the HTML report --------------------------------------------------------------------------
+
+def _image_tag(path: Path) -> str:
+    encoded = base64.b64encode(path.read_bytes()).decode("ascii")
+    return f'<figure><img alt="{html.escape(path.stem)}" src="data:image/png;base64,{encoded}"><figcaption>' \
+           f'{html.escape(path.name)}</figcaption></figure>'
+
+
+STYLE = """
+body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; }
+table { border-collapse: collapse; font-size: 0.85em; margin: 1em 0; }
+th, td { border: 1px solid #ccc; padding: 0.3em 0.6em; text-align: right; }
+th { background: #f0f0f0; } td:first-child, th:first-child { text-align: left; }
+img { max-width: 100%; border: 1px solid #eee; } figure { margin: 1em 0; }
+pre { background: #f7f7f7; padding: 0.8em; overflow-x: auto; font-size: 0.8em; }
+.flag { color: #a40; } details { margin: 0.3em 0; }
+"""
+
+
+def render_report(db: str, output: Path, extra_plots: Sequence[Path] = (), title: str = "robustbench-aft report") -> Path:
+    """One self-contained HTML page: leaderboard, feature-gap plots, extra plots, every run's config."""
+    from . import __version__
+    from .leaderboard import display_rows, leaderboard_frame
+
+    store = ResultsStore(db)
+    frame = leaderboard_frame(store.rows())
+    if frame.empty:
+        raise ConfigError(f"--db {db} has no finished runs to report")
+    parts = [f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+             f"<style>{STYLE}</style></head><body>",
+             f"<h1>{html.escape(title)}</h1>",
+             f"<p>Store <code>{html.escape(str(db))}</code>, generated {time.strftime('%Y-%m-%d %H:%M:%S')} by "
+             f"robustbench-aft {html.escape(__version__)}. Accuracies in %, mean ± sample std over seeds; "
+             "<code>worst</code> = robust against every attack run.</p>",
+             "<h2>Leaderboard</h2>", pd.DataFrame(display_rows(frame)).to_html(index=False, escape=True)]
+
+    plots: List[Path] = []
+    scratch = output.parent / f".{output.stem}-plots"
+    try:
+        _, plots = analyze_feature_gap(db, scratch)
+    except ConfigError:
+        parts.append("<p>No feature-gap measurements in this store.</p>")
+    if plots:
+        parts.append("<h2>Feature gap during fine-tuning</h2><p>Mean distance between the features of natural "
+                     "and PGD-20 adversarial probe images after every epoch (AFD's motivation, Fig. 1).</p>")
+        parts.extend(_image_tag(p) for p in plots)
+    # The feature-gap plots are drawn fresh above; a copy of one in an --plots folder is skipped.
+    extra = [p for p in extra_plots if p.suffix.lower() == ".png" and p.name not in {q.name for q in plots}]
+    if extra:
+        parts.append("<h2>More plots</h2>")
+        parts.extend(_image_tag(p) for p in extra)
+
+    runs = [r for r in store.runs() if r["status"] == "finished"]
+    flagged = [(r, json.loads(r["flags_json"])) for r in runs if json.loads(r["flags_json"])]
+    parts.append("<h2>Sanity flags</h2>")
+    if flagged:
+        parts.append("<ul>" + "".join(f"<li class='flag'><b>{html.escape(r['method'])} seed {r['seed']}</b>: "
+                                      f"{html.escape(flag)}</li>" for r, flags in flagged for flag in flags) + "</ul>")
+    else:
+        parts.append("<p>None fired.</p>")
+    parts.append(f"<h2>Runs ({len(runs)})</h2>")
+    for run in runs:
+        provenance = {k: run[k] for k in ("package_version", "git_commit", "torch_version", "device", "wall_seconds",
+                                          "train_seconds", "images_per_second")}
+        config = json.loads(run["config_json"])
+        parts.append(f"<details><summary>{html.escape(run['method'])} seed {run['seed']} on "
+                     f"{html.escape(run['dataset'])}/{html.escape(run['arch'])}, eps {run['eps']:.4g} "
+                     f"(run {html.escape(run['group_id'])})</summary><pre>"
+                     f"{html.escape(json.dumps({'provenance': provenance, 'config': config}, indent=2, default=str))}"
+                     "</pre></details>")
+    parts.append("</body></html>")
+    atomic_write_text("\n".join(parts) + "\n", output)
+    for plot in plots:
+        plot.unlink()
+    if scratch.is_dir():
+        for leftover in scratch.iterdir():
+            leftover.unlink()
+        scratch.rmdir()
+    return output
