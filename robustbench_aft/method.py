@@ -13,7 +13,12 @@ A Method is an ``nn.Module`` that owns the maths of one AFT method (style.md §9
 * ``lr_at(epoch, total_epochs, base_lr)``: the method's learning-rate rule (default: AFD's table).
 * ``on_fit_start(train_set)`` / ``on_epoch_start(epoch, total_epochs)``: optional hooks for
   per-example state (ATAS) and epoch-dependent rules (ARREST's noisy replay, ATAS' warm-up).
-* ``export() -> nn.Module``: the plain classifier that is evaluated.
+* ``export() -> nn.Module``: the plain classifier that is evaluated; ``current_classifier()`` a
+  cheap one for the per-epoch feature-gap probe (default: the export).
+* ``checkpoint_extras()`` / ``restore_checkpoint_extras(extras)``: state that is not a parameter
+  or buffer (Free-AT's replayed perturbation, ATAS' per-example steps, RiFT's stage) so that a
+  resumed run is bit-identical; ``on_epoch_start`` must be idempotent for the same epoch (a run
+  resumed inside an epoch calls it again).
 
 The engine owns everything else: devices, the loop, EMA, checkpoints, progress. A method never
 moves tensors between devices, writes files or draws progress bars.
