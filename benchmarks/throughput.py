@@ -1,0 +1,228 @@
+"""Training and evaluation throughput, measured against the official code's step structure.
+
+    python benchmarks/throughput.py [--archs smallcnn,resnet18] [--batch 32] [--rounds 3] [--device cpu]
+
+Prints, for the machine it runs on:
+
+1. per registered method, training images/s of our ``Method.update`` and, where
+   ``benchmarks/reference_steps.py`` has one, of a step written the way the official code
+   structures it (same model, batch, attack steps and seed, measured alternately in one process);
+   their ratio; the method's floor (the forward+backward and forward-only passes it must do × the
+   measured time of one such pass) and ours/floor;
+2. evaluator images/s per attack, the full protocol against running every attack separately, and
+   our ``aa`` against calling AutoAttack directly;
+3. peak memory per method (CPU: peak RSS since the method started; GPU: max allocated).
+
+Synthetic CIFAR-shaped batches (3×32×32, 10 classes): timing does not depend on the pixels.
+Timings are medians over ``--rounds``; ratios come from the same run.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Dict, List, Optional
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from reference_steps import REFERENCE_STEPS  # noqa: E402
+
+from robustbench_aft.data import DataBundle, TensorImageDataset  # noqa: E402
+from robustbench_aft.engine import build_method  # noqa: E402
+from robustbench_aft.config import TrainConfig  # noqa: E402
+from robustbench_aft.evaluate import EvalConfig, evaluate  # noqa: E402
+from robustbench_aft.leaderboard import format_table  # noqa: E402
+from robustbench_aft.models import build_model  # noqa: E402
+from robustbench_aft.registry import METHODS  # noqa: E402
+
+EPS = 8 / 255
+# Per training batch, what each method cannot avoid with its official settings: attack steps (an
+# eval-mode forward + a backward to the input only), update passes (a train-mode forward + backward
+# into the weights, one per distinct input it trains on) and forward-only passes (a frozen teacher,
+# a no-grad target).
+FLOOR_PASSES = {
+    "vaft": (10, 1, 0), "rift": (10, 1, 0), "twins-at": (10, 1, 0),
+    "mart": (10, 2, 0),
+    "trades": (10, 2, 1),        # the natural target of the KL attack: one forward, reused for 10 steps
+    "twins-trades": (10, 2, 1),
+    "afd": (10, 1, 1),           # + the frozen teacher on the natural input
+    "arrest": (10, 1, 1), "afkd": (10, 1, 1),
+    "free-at": (0, 8, 0),        # m = 8 replays, each one update pass that also yields the input gradient
+    "fgsm-ga": (1, 3, 0),        # FGSM, the update, and GradAlign's double backward (~2 update passes)
+    "atas": (1, 1, 0),           # the one-step attack and the update
+}
+
+
+def peak_memory_reset(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    elif Path("/proc/self/clear_refs").exists():
+        Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM, the peak RSS (Linux)
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def timed(step: Callable[[], None], device: torch.device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    step()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - start
+
+
+def one_pass_times(arch: str, batch: torch.Tensor, labels: torch.Tensor, device: torch.device,
+                   rounds: int) -> Dict[str, float]:
+    """Seconds of one attack step, one update pass and one forward on ``batch``."""
+    model = build_model(arch, 10, 3, (0.5,) * 3, (0.25,) * 3).to(device)
+
+    def attack_step():
+        model.eval()
+        x = batch.clone().requires_grad_(True)
+        torch.autograd.grad(F.cross_entropy(model(x), labels), [x])
+
+    def update_pass():
+        model.train()
+        F.cross_entropy(model(batch), labels).backward()
+
+    def forward_only():
+        model.eval()
+        with torch.no_grad():
+            model(batch)
+
+    times = {}
+    for name, step in (("attack", attack_step), ("update", update_pass), ("forward", forward_only)):
+        step()
+        times[name] = statistics.median(timed(step, device) for _ in range(rounds * 3))
+    return times
+
+
+def training_table(arch: str, methods: List[str], batch_size: int, rounds: int, device: torch.device) -> List[dict]:
+    torch.manual_seed(0)
+    x = torch.rand(batch_size, 3, 32, 32, device=device)
+    y = torch.randint(0, 10, (batch_size,), device=device)
+    index = torch.arange(batch_size, device=device)
+    natural = build_model(arch, 10, 3, (0.5,) * 3, (0.25,) * 3).to(device)
+    passes = one_pass_times(arch, x, y, device, rounds)
+    train_set = TensorImageDataset(x.cpu(), y.cpu())
+    rows = []
+    for name in methods:
+        peak_memory_reset(device)
+        ours = build_method(name, None, EPS, TrainConfig(batch_size=batch_size))
+        ours.prepare(natural)
+        ours.to(device)
+        ours.optimizers = ours.configure_optimizers()
+        ours.on_fit_start(train_set)
+        ours.on_epoch_start(5, 20)
+        ours.train()
+        reference = REFERENCE_STEPS.get(name)
+        reference_step = reference(natural, EPS, device) if reference else None
+        ours.update((x, y, index))  # warm-up (lazy buffers, allocator)
+        if reference_step:
+            reference_step(x, y)
+        ours_times, reference_times = [], []
+        for _ in range(rounds):
+            ours_times.append(timed(lambda: ours.update((x, y, index)), device))
+            if reference_step:
+                reference_times.append(timed(lambda: reference_step(x, y), device))
+        ours_ips = batch_size / statistics.median(ours_times)
+        attack_steps, updates, forwards = FLOOR_PASSES.get(name, (10, 1, 0))
+        floor_seconds = attack_steps * passes["attack"] + updates * passes["update"] + forwards * passes["forward"]
+        row = {"arch": arch, "method": name, "ours img/s": round(ours_ips, 1)}
+        if reference_step:
+            reference_ips = batch_size / statistics.median(reference_times)
+            row["reference img/s"] = round(reference_ips, 1)
+            row["ours/reference"] = round(ours_ips / reference_ips, 2)
+        else:
+            row["reference img/s"] = "-"
+            row["ours/reference"] = "-"
+        row["floor img/s"] = round(batch_size / floor_seconds, 1)
+        row["ours/floor"] = round(ours_ips * floor_seconds / batch_size, 2)
+        row["peak MB"] = round(peak_memory_mb(device), 1)
+        rows.append(row)
+        print(f"  {arch} {name}: {row}", file=sys.stderr, flush=True)
+    return rows
+
+
+def synthetic_bundle(model: torch.nn.Module, n: int, device: torch.device) -> DataBundle:
+    """n random images labelled by ``model`` itself, so clean accuracy is 100 % and attacks have work."""
+    generator = torch.Generator().manual_seed(1)
+    images = torch.rand(n, 3, 32, 32, generator=generator)
+    with torch.no_grad():
+        labels = model.eval()(images.to(device)).argmax(1).cpu()
+    dataset = TensorImageDataset(images, labels)
+    return DataBundle(name="synthetic", key="synthetic", train=dataset, test=dataset, num_classes=10,
+                      input_shape=(3, 32, 32), mean=(0.5,) * 3, std=(0.25,) * 3, default_eps=EPS,
+                      class_names=[str(i) for i in range(10)])
+
+
+def evaluation_table(arch: str, n: int, device: torch.device) -> List[dict]:
+    from robustbench_aft import _compat
+
+    torch.manual_seed(0)
+    model = build_model(arch, 10, 3, (0.5,) * 3, (0.25,) * 3).to(device).eval()
+    data = synthetic_bundle(model, n, device)
+    rows = []
+    separate = 0.0
+    for attack in ("pgd", "cw", "aa"):
+        config = EvalConfig(attacks=[attack], eps=EPS, batch_size=n, sanity=False)
+        seconds = timed(lambda: evaluate(model, data, config, device, progress=False), device)
+        separate += seconds
+        rows.append({"arch": arch, "what": f"evaluate {attack}", "images/s": round(n / seconds, 1),
+                     "seconds": round(seconds, 2)})
+    config = EvalConfig(attacks=["clean", "pgd", "cw", "aa"], eps=EPS, batch_size=n, sanity=False)
+    together = timed(lambda: evaluate(model, data, config, device, progress=False), device)
+    rows.append({"arch": arch, "what": "clean,pgd,cw,aa in one call", "images/s": round(n / together, 1),
+                 "seconds": round(together, 2), "ratio": f"{separate / together:.2f}× the three separate calls"})
+    x = torch.stack([data.test[i][0] for i in range(n)]).to(device)
+    y = torch.tensor([data.test[i][1] for i in range(n)], device=device)
+    direct = timed(lambda: _compat.run_autoattack(model, x, y, eps=EPS, norm="Linf", version="standard", attacks=None,
+                                                  seed=0, device=device, batch_size=n, num_classes=10), device)
+    ours_aa = rows[2]["seconds"]
+    rows.append({"arch": arch, "what": "pyautoattack called directly", "images/s": round(n / direct, 1),
+                 "seconds": round(direct, 2), "ratio": f"our aa at {direct / ours_aa:.2f}× its speed"})
+    return rows
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--archs", default="smallcnn,resnet18")
+    parser.add_argument("--methods", default="all", help="comma-separated methods (default: all)")
+    parser.add_argument("--batch", type=int, default=32, help="training batch size")
+    parser.add_argument("--rounds", type=int, default=3, help="timed repetitions (the median is reported)")
+    parser.add_argument("--eval-n", type=int, default=64, help="images for the evaluator timings")
+    parser.add_argument("--device", default="cpu")
+    args = parser.parse_args(argv)
+    device = torch.device(args.device)
+    methods = METHODS.names() if args.methods == "all" else [METHODS.canonical(m) for m in args.methods.split(",")]
+    archs = [a.strip() for a in args.archs.split(",") if a.strip()]
+    print(f"# Throughput: {platform.node() or 'machine'}, {platform.processor() or platform.machine()}, "
+          f"{os.cpu_count()} CPUs, {torch.get_num_threads()} torch threads, torch {torch.__version__}, "
+          f"device {device}{' (' + torch.cuda.get_device_name(device) + ')' if device.type == 'cuda' else ''}")
+    print(f"\nbatch {args.batch}, eps 8/255, official training attacks (PGD-10 for most methods), "
+          f"median of {args.rounds} rounds, 3×32×32 synthetic inputs\n")
+    print("## Training\n")
+    rows = [row for arch in archs for row in training_table(arch, methods, args.batch, args.rounds, device)]
+    print(format_table(rows, "md"))
+    print("\n## Evaluation\n")
+    print(format_table([row for arch in archs for row in evaluation_table(arch, args.eval_n, device)], "md"))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
