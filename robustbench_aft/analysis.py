@@ -36,6 +36,20 @@ def _pyplot():
     return plt
 
 
+def method_color(method: str):
+    """One matplotlib colour per method, the same in every plot: black for the natural model, then
+    the ten dark tab20 colours in registry order, then the ten light ones."""
+    from matplotlib import colormaps
+
+    from .registry import METHODS
+
+    if method == "natural":
+        return "black"
+    names = METHODS.names()
+    position = names.index(method) if method in names else len(names)
+    return colormaps["tab20"]((2 * position) % 20 + (position // 10) % 2)
+
+
 def _save_figure(figure, path: Path) -> Path:
     atomic_write(path, lambda tmp: figure.savefig(tmp, format="png", dpi=FIGURE_DPI))
     _pyplot().close(figure)
@@ -97,7 +111,8 @@ def plot_feature_gap(summary: pd.DataFrame, path: Path, title: str) -> Tuple[Pat
                 line = axis.axhline(rows[column].iloc[0], color="black", linestyle="--", linewidth=1, label="natural")
                 drawn[(method, column)] = [(0, float(line.get_ydata()[0]))]
                 continue
-            line, = axis.plot(rows["epoch"], rows[column], marker="o", markersize=3, label=method)
+            line, = axis.plot(rows["epoch"], rows[column], marker="o", markersize=3, label=method,
+                              color=method_color(method))
             drawn[(method, column)] = [(int(x), float(y)) for x, y in line.get_xydata()]
             axis.fill_between(rows["epoch"], rows[column] - rows[f"{column}_std"],
                               rows[column] + rows[f"{column}_std"], color=line.get_color(), alpha=0.2)
@@ -165,7 +180,8 @@ def plot_eps_curve(frame: pd.DataFrame, path: Path, title: str) -> Path:
     summary = frame.groupby(["method", "attack", "eps"], sort=False)["accuracy"].agg(["mean", "std"]).reset_index()
     for method, rows in summary.groupby("method", sort=False):
         pgd = rows[rows["attack"] == "pgd"].sort_values("eps")
-        line, = axis.plot(pgd["eps"] * 255, pgd["mean"], marker="o", markersize=3, label=f"{method} PGD-20")
+        line, = axis.plot(pgd["eps"] * 255, pgd["mean"], marker="o", markersize=3, label=f"{method} PGD-20",
+                          color=method_color(method))
         aa = rows[rows["attack"] == "aa"].sort_values("eps")
         if not aa.empty:
             axis.plot(aa["eps"] * 255, aa["mean"], marker="s", linestyle="--", color=line.get_color(),
