@@ -58,9 +58,10 @@ PRESETS: Dict[str, Dict[str, Any]] = {
     # Why these choices: the arch is tinycnn because standard AutoAttack dominates the cost (Square's
     # 5,000 queries and FAB-T's 9 targets on every still-robust point) and smallcnn would need about
     # 20 minutes of AutoAttack per model on 2 cores (estimated from its measured 1,215 training
-    # images/s), tinycnn 3.5× less. The natural model trains on all 50,000 training images (20
-    # epochs, cosine lr 0.05) so that it is a real pre-trained model; like every naturally trained
-    # CNN it has almost no PGD accuracy at 8/255 (measured figures: leaderboard/cifar10-jpeg-cpu.md). Fine-tuning
+    # images/s), tinycnn 3.5× less (measured: about 5 minutes of evaluation per fine-tuned model).
+    # The natural model trains on all 50,000 training images (20 epochs, cosine lr 0.05) so that it
+    # is a real pre-trained model: measured 76.5 % test accuracy (19 minutes on 2 cores), and 0.0 %
+    # PGD-20, CW and AutoAttack accuracy at 8/255 on the 1,000 evaluation images. Fine-tuning
     # sees a seeded subset of 5,000 images for 5 epochs (25,000 adversarial examples per method) with
     # every method's official training attack (PGD-10 for most): enough to move PGD accuracy from ~0
     # to clearly robust, while a whole run of every method stays within a few hours. Evaluation: the
