@@ -60,7 +60,7 @@ PRESETS: Dict[str, Dict[str, Any]] = {
     # 20 minutes of AutoAttack per model on 2 cores (estimated from its measured 1,215 training
     # images/s), tinycnn 3.5× less (measured: about 5 minutes of evaluation per fine-tuned model).
     # The natural model trains on all 50,000 training images (20 epochs, cosine lr 0.05) so that it
-    # is a real pre-trained model: measured 76.5 % test accuracy (19 minutes on 2 cores), and 0.0 %
+    # is a real pre-trained model: measured 76.5 % test accuracy (19 minutes on one thread), and 0.0 %
     # PGD-20, CW and AutoAttack accuracy at 8/255 on the 1,000 evaluation images. Fine-tuning
     # sees a seeded subset of 5,000 images for 5 epochs (25,000 adversarial examples per method) with
     # every method's official training attack (PGD-10 for most): enough to move PGD accuracy from ~0
