@@ -153,11 +153,16 @@ def test_two_concurrent_runs_share_one_store(tmp_path):
     assert metrics == 4 * 3  # 4 models × (clean, pgd, worst)
 
 
+def _tiny_run(tmp_path: Path, out: Path) -> list:
+    """A one-epoch vAFT run on 20 test points: seconds, for tests about the run folder itself."""
+    return ["run", "--methods", "vaft", "--preset", "ci", "--epochs", "1", "--attacks", "clean", "--n-eval", "20",
+            "--quiet", "--db", str(tmp_path / "results.db"), "--out", str(out)]
+
+
 def test_a_live_lock_refuses_and_a_stale_one_is_taken_over(capsys, tmp_path):
     out = tmp_path / "out"
     out.mkdir()
-    argv = ["run", "--methods", "vaft", "--preset", "ci", "--epochs", "1", "--attacks", "clean", "--n-eval", "20",
-            "--quiet", "--db", str(tmp_path / "results.db"), "--out", str(out), "--resume"]
+    argv = _tiny_run(tmp_path, out) + ["--resume"]
     import socket
 
     (out / ".lock").write_text(f"{os.getpid()} {socket.gethostname()} {time.time():.0f}\n")
@@ -173,8 +178,7 @@ def test_a_live_lock_refuses_and_a_stale_one_is_taken_over(capsys, tmp_path):
 
 def test_out_holding_another_run_needs_resume_and_the_same_settings(capsys, tmp_path):
     out = tmp_path / "out"
-    argv = ["run", "--methods", "vaft", "--preset", "ci", "--epochs", "1", "--attacks", "clean", "--n-eval", "20",
-            "--quiet", "--db", str(tmp_path / "results.db"), "--out", str(out)]
+    argv = _tiny_run(tmp_path, out)
     assert main(argv) == 0
     capsys.readouterr()
     assert main(argv) == 2
@@ -187,8 +191,7 @@ def test_out_holding_another_run_needs_resume_and_the_same_settings(capsys, tmp_
 
 def test_unreadable_training_checkpoint_names_the_file(capsys, tmp_path):
     out = tmp_path / "out"
-    argv = ["run", "--methods", "vaft", "--preset", "ci", "--epochs", "1", "--attacks", "clean", "--n-eval", "20",
-            "--quiet", "--db", str(tmp_path / "results.db"), "--out", str(out)]
+    argv = _tiny_run(tmp_path, out)
     assert main(argv) == 0
     capsys.readouterr()
     for name in ("done.json", "final.pt"):

@@ -17,26 +17,27 @@ def _conv_bn_relu(in_channels: int, out_channels: int) -> nn.Sequential:
     )
 
 
+def _plain_cnn(widths: Sequence[int], num_classes: int, in_channels: int, mean: Sequence[float],
+               std: Sequence[float]) -> ImageClassifier:
+    """Five 3x3 conv-BN-ReLU layers of the given widths, max-pools after the 2nd and 4th, global average pool."""
+    first, second, third, fourth, fifth = widths
+    body = nn.Sequential(
+        _conv_bn_relu(in_channels, first), _conv_bn_relu(first, second), nn.MaxPool2d(2),
+        _conv_bn_relu(second, third), _conv_bn_relu(third, fourth), nn.MaxPool2d(2),
+        _conv_bn_relu(fourth, fifth),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+    )
+    return ImageClassifier(body, fifth, num_classes, mean, std)
+
+
 @MODELS.register("smallcnn")
 def smallcnn(num_classes: int, in_channels: int, mean: Sequence[float], std: Sequence[float]) -> ImageClassifier:
     """Five 3x3 conv-BN-ReLU layers (32-32-64-64-128), two max-pools, global average pool; 128-d features."""
-    body = nn.Sequential(
-        _conv_bn_relu(in_channels, 32), _conv_bn_relu(32, 32), nn.MaxPool2d(2),
-        _conv_bn_relu(32, 64), _conv_bn_relu(64, 64), nn.MaxPool2d(2),
-        _conv_bn_relu(64, 128),
-        nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-    )
-    return ImageClassifier(body, 128, num_classes, mean, std)
+    return _plain_cnn((32, 32, 64, 64, 128), num_classes, in_channels, mean, std)
 
 
 @MODELS.register("tinycnn")
 def tinycnn(num_classes: int, in_channels: int, mean: Sequence[float], std: Sequence[float]) -> ImageClassifier:
     """smallcnn at half width (16-16-32-32-64); 64-d features. About 3.5× cheaper than smallcnn on
     32×32 images (3,460 vs 1,215 training images/s on 2 CPU cores), for CPU-scale CIFAR runs."""
-    body = nn.Sequential(
-        _conv_bn_relu(in_channels, 16), _conv_bn_relu(16, 16), nn.MaxPool2d(2),
-        _conv_bn_relu(16, 32), _conv_bn_relu(32, 32), nn.MaxPool2d(2),
-        _conv_bn_relu(32, 64),
-        nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-    )
-    return ImageClassifier(body, 64, num_classes, mean, std)
+    return _plain_cnn((16, 16, 32, 32, 64), num_classes, in_channels, mean, std)
