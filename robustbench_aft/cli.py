@@ -73,6 +73,13 @@ def _add_data_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress bars or log lines")
 
 
+def _add_precision_arguments(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument("--precision", default=None, choices=("auto", "fp32", "bf16"),
+                        help=f"{what}: auto = bf16 autocast on CUDA, fp32 on CPU (default: auto)")
+    parser.add_argument("--aa-precision", default=None, choices=("fp32", "bf16"),
+                        help="AutoAttack (default: fp32, so that leaderboard AA numbers are full precision)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _ArgumentParser(prog="bench", description="Benchmark adversarial fine-tuning of pre-trained classifiers.")
     from . import __version__
@@ -110,6 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--batch-size", type=_positive_int, default=256, help="evaluation batch size")
     evaluate.add_argument("--seed", type=_non_negative_int, default=0, help="subset and attack seed (default: 0)")
     evaluate.add_argument("--no-sanity", action="store_true", help="skip the extra eps checks on the first batch")
+    _add_precision_arguments(evaluate, "clean, PGD and CW")
     evaluate.add_argument("--format", default="md", choices=("md", "csv", "json"), help="output format")
     evaluate.add_argument("--output", default=None, help="also write the table to this file")
     evaluate.set_defaults(handler=cmd_eval)
@@ -137,6 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--resume", action="store_true",
                      help="continue the run in --out: skip finished cells, continue the others where they stopped")
     run.add_argument("--eval-batch-size", type=_positive_int, default=None, help="evaluation batch size (default: 256)")
+    _add_precision_arguments(run, "fine-tuning, clean, PGD and CW")
     run.add_argument("--format", default="md", choices=("md", "csv", "json"), help="format of the printed leaderboard")
     run.set_defaults(handler=cmd_run)
 
@@ -337,10 +346,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         [m.strip() for m in args.methods.split(",") if m.strip()], dataset=args.dataset,
         arch=_canonical_arch(args.arch) if args.arch else None, preset=args.preset,
         train_overrides={"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
-                         "train_subset": args.train_subset},
+                         "train_subset": args.train_subset, "precision": args.precision},
         eval_overrides={"attacks": parse_attacks(args.attacks) if args.attacks else None,
                         "eps": parse_eps(args.eps) if args.eps is not None else None, "n_eval": args.n_eval,
-                        "batch_size": args.eval_batch_size},
+                        "batch_size": args.eval_batch_size, "precision": args.precision,
+                        "aa_precision": args.aa_precision},
         method_params=parse_set_options(args.set), pretrained=args.pretrained, seeds=_parse_seeds(args.seeds),
         db=args.db, out=args.out, device=args.device, data_dir=args.data_dir, download=args.download,
     )
@@ -454,7 +464,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     data = load_dataset(args.dataset, data_dir=args.data_dir, download=args.download)
     model, info = resolve(args.checkpoint, data, arch, seed=args.seed, device=device, progress=not args.quiet)
     config = EvalConfig(attacks=attacks, eps=eps, norm=args.norm, n_eval=args.n_eval, seed=args.seed,
-                        batch_size=args.batch_size, sanity=not args.no_sanity)
+                        batch_size=args.batch_size, sanity=not args.no_sanity, precision=args.precision or "auto",
+                        aa_precision=args.aa_precision or "fp32")
     start = time.perf_counter()
     result = evaluate(model, data, config, device, progress=not args.quiet)
     seconds = time.perf_counter() - start

@@ -28,6 +28,7 @@ class TrainConfig:
         num_workers: DataLoader worker processes.
         feature_gap_probe: training images on which the feature gap is measured after every epoch
             (PGD-20 at the evaluation eps; 0 turns it off).
+        precision: ``auto`` (bf16 autocast on CUDA, fp32 on CPU), ``fp32`` or ``bf16``.
     """
 
     epochs: int = 20
@@ -39,6 +40,7 @@ class TrainConfig:
     train_subset: Optional[int] = None
     num_workers: int = 0
     feature_gap_probe: int = 512
+    precision: str = "auto"
 
 
 # Each preset sets TrainConfig / EvalConfig fields and, optionally, method parameters per dataset.
@@ -239,5 +241,9 @@ def validate(config: RunConfig) -> None:
         raise ConfigError("--lr must be positive")
     if config.train.train_subset is not None and config.train.train_subset <= 0:
         raise ConfigError("--train-subset must be positive")
+    for where, value in (("train", config.train.precision), ("eval", config.eval.precision),
+                         ("eval", config.eval.aa_precision)):
+        if value not in ("auto", "fp32", "bf16"):
+            raise ConfigError(f"{where} precision must be auto, fp32 or bf16, got {value!r}")
     if config.eval.eps is not None and config.eval.eps < 0:
         raise ConfigError("--eps must be >= 0")

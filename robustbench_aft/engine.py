@@ -23,7 +23,7 @@ from .errors import CheckpointError, ConfigError, UserError
 from .featuregap import FeatureGapProbe
 from .method import Method, OptimConfig
 from .registry import METHODS
-from .runtime import StopSignal, atomic_torch_save, rng_state, seed_everything, set_rng_state
+from .runtime import StopSignal, atomic_torch_save, autocast, rng_state, seed_everything, set_rng_state
 
 log = logging.getLogger(__name__)
 
@@ -216,7 +216,8 @@ def fine_tune(method_name: str, model: nn.Module, data: DataBundle, train: Train
                    disable=None if progress else True, initial=skip, total=skip + len(loader))
         for batch_number, (x, y, index) in enumerate(bar, start=skip + 1):
             batch = (x.to(device, non_blocking=True), y.to(device, non_blocking=True), index.to(device))
-            terms = method.update(batch)
+            with autocast(device, train.precision):
+                terms = method.update(batch)
             _check_finite(terms, f"{name} seed {seed} epoch {epoch} batch {batch_number}")
             if ema is not None:
                 ema.update(method.trainable_state())

@@ -23,10 +23,11 @@ from tqdm.auto import tqdm
 from .data import DataBundle, make_loader
 from .errors import ConfigError
 from .registry import ATTACKS
-from .runtime import StopSignal, atomic_torch_save
+from .runtime import StopSignal, atomic_torch_save, autocast, resolve_precision
 
 log = logging.getLogger(__name__)
 
+AUTOATTACKS = ("aa", "aa-fast")
 # Above this gap (percentage points) PGD is "far above" AutoAttack: the classic masking symptom.
 PGD_AA_GAP_PP = 10.0
 # An unbounded L∞ attack (eps = 1 covers the whole image cube) must break nearly every point.
@@ -47,6 +48,8 @@ class EvalConfig:
         sanity: run the extra eps checks (PGD at 2×eps and unbounded on the first batch).
         attack_options: per-attack constructor options, e.g. ``{"pgd": {"relative_step": 0.09}}``
             (the ``paper`` preset uses it for AFD's PGD-20 step 0.003).
+        precision: clean, PGD and CW under ``auto`` (bf16 autocast on CUDA, fp32 on CPU), ``fp32`` or ``bf16``.
+        aa_precision: AutoAttack's; fp32 unless asked, so that leaderboard AA numbers are full precision.
     """
 
     attacks: List[str] = field(default_factory=lambda: ["clean", "pgd", "cw"])
@@ -57,6 +60,8 @@ class EvalConfig:
     batch_size: int = 256
     sanity: bool = True
     attack_options: Dict[str, Dict[str, float]] = field(default_factory=dict)
+    precision: str = "auto"
+    aa_precision: str = "fp32"
 
 
 @dataclass
@@ -146,12 +151,16 @@ def _eps_checks(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, 
 
 
 def _state_folder(state_dir: Path, indices: List[int], attack_names: List[str], eps: float,
-                  config: EvalConfig) -> Path:
+                  config: EvalConfig, device: torch.device) -> Path:
     """Per-sample results of one evaluation protocol live in a folder named by its fingerprint, so
-    files of a different protocol (other eps, attacks, subset) are never mixed in."""
-    fingerprint = json.dumps({"indices": indices, "attacks": attack_names, "eps": eps, "norm": config.norm,
-                              "seed": config.seed, "batch_size": config.batch_size, "sanity": config.sanity,
-                              "attack_options": config.attack_options}, sort_keys=True)
+    files of a different protocol (other eps, attacks, subset, precision) are never mixed in."""
+    protocol: Dict[str, Any] = {"indices": indices, "attacks": attack_names, "eps": eps, "norm": config.norm,
+                                "seed": config.seed, "batch_size": config.batch_size, "sanity": config.sanity,
+                                "attack_options": config.attack_options}
+    precisions = (resolve_precision(config.precision, device), resolve_precision(config.aa_precision, device))
+    if precisions != ("fp32", "fp32"):
+        protocol["precision"] = precisions  # fp32, the original protocol, keeps its original fingerprint
+    fingerprint = json.dumps(protocol, sort_keys=True)
     return state_dir / f"eval-{hashlib.sha256(fingerprint.encode()).hexdigest()[:12]}"
 
 
@@ -186,7 +195,7 @@ def evaluate(model: nn.Module, data: DataBundle, config: EvalConfig, device: tor
     attacks = {name: _build_attack(name, eps, config) for name in attack_names}
     indices = select_subset(len(data.test), config.n_eval, config.seed)
     loader = make_loader(Subset(data.test, indices), batch_size=config.batch_size, shuffle=False)
-    folder = _state_folder(state_dir, indices, attack_names, eps, config) if state_dir is not None else None
+    folder = _state_folder(state_dir, indices, attack_names, eps, config, device) if state_dir is not None else None
 
     was_training = model.training
     model.eval()
@@ -204,9 +213,11 @@ def evaluate(model: nn.Module, data: DataBundle, config: EvalConfig, device: tor
                 bar.set_postfix_str(name)
                 if name not in saved["correct"]:
                     start = time.perf_counter()
-                    x_adv = attack(model, x, y, seed=config.seed * 100003 + batch_number)
-                    _check_perturbation(name, x, x_adv, eps, config.norm)
-                    saved["correct"][name] = (_predict(model, x_adv) == y).cpu()
+                    precision = config.aa_precision if name in AUTOATTACKS else config.precision
+                    with autocast(device, precision):
+                        x_adv = attack(model, x, y, seed=config.seed * 100003 + batch_number)
+                        _check_perturbation(name, x, x_adv.float(), eps, config.norm)
+                        saved["correct"][name] = (_predict(model, x_adv) == y).cpu()
                     saved["seconds"][name] = time.perf_counter() - start
                     saved["flags"][name] = list(attack.flags)
                     if path is not None:

@@ -29,7 +29,8 @@ from .evaluate import EvalConfig, evaluate, select_subset
 from .featuregap import FeatureGapProbe
 from .pretrained import default_recipe, load_checkpoint, recipe_with, resolve, save_checkpoint
 from .results import ResultsStore, RunRecord, new_group_id
-from .runtime import RunLock, StopSignal, atomic_write_text, check_writable, provenance, resolve_device
+from .runtime import (RunLock, StopSignal, atomic_write_text, check_writable, provenance, resolve_device,
+                      resolve_precision)
 
 log = logging.getLogger(__name__)
 
@@ -59,9 +60,29 @@ def _read_manifest(out_root: Path) -> Optional[Dict[str, Any]]:
         raise ConfigError(f"{path} is unreadable ({exc}); it is not a bench run folder") from None
 
 
+def _flatten(settings: Dict[str, Any], prefix: str = "") -> Dict[str, Any]:
+    flat: Dict[str, Any] = {}
+    for key, value in settings.items():
+        if isinstance(value, dict) and value and key != "method_params":
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
 def _configuration_differences(stored: Dict[str, Any], current: Dict[str, Any]) -> List[str]:
-    keys = (set(stored) | set(current)) - set(RESUMABLE_DIFFERENCES)
-    return sorted(key for key in keys if stored.get(key) != current.get(key))
+    """Settings that differ between a stored run and the command resuming it (dotted names).
+
+    A setting the stored run does not know was added by a newer version of the package; it keeps
+    its default and is reported in the log, not as a difference.
+    """
+    old, new = _flatten(stored), _flatten(current)
+    added = sorted(set(new) - set(old))
+    if added:
+        log.warning("settings unknown to the version that started this run take their current values: %s",
+                    ", ".join(f"{key}={new[key]}" for key in added))
+    keys = set(old) - {k for k in old if k.split(".")[0] in RESUMABLE_DIFFERENCES}
+    return sorted(key for key in keys if old.get(key) != new.get(key))
 
 
 def _open_group(out_root: Path, stored_config: Dict[str, Any], resume: bool, command: Optional[List[str]],
@@ -123,7 +144,10 @@ def _run_cell(context: _Context, natural: nn.Module, method: str, seed: int, ste
         return json.loads(done.read_text())["run_id"]
     run_id = _cell_id(cell_dir)
     start = time.perf_counter()
-    extra: Dict[str, Any] = {"pretrained_source": context.source}
+    extra: Dict[str, Any] = {"pretrained_source": context.source, "precision": {
+        "fine_tuning": resolve_precision(config.train.precision, context.device),
+        "clean_pgd_cw": resolve_precision(context.eval_config.precision, context.device),
+        "autoattack": resolve_precision(context.eval_config.aa_precision, context.device)}}
     record = dict(group_id=context.group_id, method=method, dataset=data.name, arch=config.arch, seed=seed,
                   norm=context.eval_config.norm, provenance=context.origin)
     version, train_seconds, images_per_second = 0, None, None

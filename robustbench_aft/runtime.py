@@ -247,3 +247,20 @@ def check_writable(path: PathLike, what: str, folder: bool) -> None:
         raise ConfigError(f"{what} {path} cannot be created: {ancestor} is a file")
     if not os.access(ancestor, os.W_OK | os.X_OK):
         raise ConfigError(f"{what} {path} cannot be created: {ancestor} is not writable")
+
+
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """``auto`` → bf16 autocast on CUDA, fp32 elsewhere (bf16 matmuls are slower than fp32 on most CPUs)."""
+    if precision not in PRECISIONS:
+        raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if precision == "auto":
+        return "bf16" if device.type == "cuda" else "fp32"
+    return precision
+
+
+def autocast(device: torch.device, precision: str):
+    """A bf16 autocast context for ``precision`` (resolved on ``device``); a no-op for fp32."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=resolve_precision(precision, device) == "bf16")

@@ -47,3 +47,22 @@ def test_unknown_method_parameter_is_a_config_error():
 
     with pytest.raises(ConfigError, match="afd has no parameter"):
         build_method("afd", {"delta": 1.0}, eps=0.1, train=TINY)
+
+
+def test_bf16_autocast_runs_on_cpu_and_stays_close_to_fp32(digits_model, digits):
+    """The AMP path (bf16 autocast) that CUDA uses by default, exercised on CPU so CI covers it."""
+    from robustbench_aft.evaluate import EvalConfig, evaluate
+
+    tuned = {precision: fine_tune("vaft", digits_model, digits, TrainConfig(epochs=2, batch_size=128,
+                                                                            train_subset=512, precision=precision),
+                                  eps=0.15, seed=0, device=CPU, progress=False)
+             for precision in ("fp32", "bf16")}
+    assert all(torch.isfinite(torch.tensor(v)) for v in tuned["bf16"].final_terms.values())
+    accuracy = {}
+    for precision in ("fp32", "bf16"):
+        config = EvalConfig(attacks=["clean", "pgd"], eps=0.15, n_eval=200, precision=precision, sanity=False)
+        accuracy[precision] = evaluate(tuned["fp32"].model, digits, config, CPU, progress=False).accuracy
+    # bf16 keeps 8 mantissa bits: the attack finds the same points up to a few flips.
+    assert abs(accuracy["bf16"]["pgd"] - accuracy["fp32"]["pgd"]) <= 5.0
+    assert accuracy["bf16"]["clean"] == pytest.approx(accuracy["fp32"]["clean"], abs=1.0)
+    assert tuned["bf16"].final_terms["loss"] == pytest.approx(tuned["fp32"].final_terms["loss"], rel=0.2)
