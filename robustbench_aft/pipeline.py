@@ -180,7 +180,7 @@ def _run_cell(context: _Context, natural: nn.Module, method: str, seed: int, ste
             log.info("[%d/%d] %s seed %d: %.1f s, %.0f images/s; evaluating", step, total, method, seed,
                      train_seconds, images_per_second)
         if method != "natural":
-            extra["checkpoint"] = str(cell_dir / "final.pt")
+            extra["checkpoint"] = str((cell_dir / "final.pt").resolve())  # usable from any working directory
         result = evaluate(model.to(context.device), data, context.eval_config, context.device,
                           progress=context.progress, state_dir=cell_dir, stop=context.stop)
     except (Interrupted, NumericalError) as exc:
