@@ -155,10 +155,13 @@ class AFD(Method):
         return {"loss": neg + cos + ce + align, "neg": neg, "cos": cos, "ce": ce, "align": align,
                 "rob": ce + align}
 
-    def update(self, batch: Tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> Dict[str, torch.Tensor]:
-        """Three gradients at the same weights, applied in the official order (see the class note)."""
-        terms = self.training_step(batch)
-        optimizer_confused, optimizer_separation, optimizer_robust = self.optimizers
+    def snapshot_gradients(self, terms: Dict[str, torch.Tensor]) -> Dict[str, List[torch.Tensor]]:
+        """The gradients of L_neg (on D2 and the shared parameters), L_cos and L_rob (on the shared
+        ones), all three from the one graph of :meth:`training_step`, at the current weights.
+
+        The official step runs three ``backward`` calls with ``retain_graph=True`` (methods.md §1.4);
+        reusing one forward for the three costs one backward each and no extra forward.
+        """
         confused = list(self.student.confused.parameters())
         shared = self._shared_parameters()
 
@@ -167,9 +170,17 @@ class AFD(Method):
             return [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads)]
 
         g_neg = gradients(terms["neg"], confused + shared, retain=True)
-        g_neg_confused, g_neg_shared = g_neg[:len(confused)], g_neg[len(confused):]
-        g_cos = gradients(terms["cos"], shared, retain=True)
-        g_rob = gradients(terms["rob"], shared, retain=False)
+        return {"neg_confused": g_neg[:len(confused)], "neg_shared": g_neg[len(confused):],
+                "cos": gradients(terms["cos"], shared, retain=True), "rob": gradients(terms["rob"], shared, retain=False)}
+
+    def update(self, batch: Tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> Dict[str, torch.Tensor]:
+        """Three gradients at the same weights, applied in the official order (see the class note)."""
+        terms = self.training_step(batch)
+        optimizer_confused, optimizer_separation, optimizer_robust = self.optimizers
+        confused = list(self.student.confused.parameters())
+        shared = self._shared_parameters()
+        grads = self.snapshot_gradients(terms)
+        g_neg_confused, g_neg_shared, g_cos, g_rob = grads["neg_confused"], grads["neg_shared"], grads["cos"], grads["rob"]
 
         for p, g in zip(confused, g_neg_confused):
             p.grad = g

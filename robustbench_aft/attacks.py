@@ -35,7 +35,15 @@ class Attack:
         batch_size: batch size for attacks that split their input themselves (AutoAttack).
 
     After a call, :attr:`flags` holds any sanity warnings the attack itself raised.
+
+    An attack whose per-point result does not depend on the other points of the batch may set
+    ``attacks_subsets = True`` and accept ``active`` (a boolean mask) in :meth:`perturb`: it then
+    draws its randomness for the whole batch, as without a mask, and spends gradient steps only on
+    the active points, leaving the others at their start. The evaluator passes the points that are
+    still classified correctly; other attacks always get the whole batch.
     """
+
+    attacks_subsets = False
 
     def __init__(self, eps: float, norm: str = "Linf", batch_size: int = 256) -> None:
         if norm not in NORMS:
@@ -47,15 +55,23 @@ class Attack:
         self.batch_size = batch_size
         self.flags: List[str] = []
 
-    def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, seed: int = 0) -> torch.Tensor:
-        """Attack ``model`` at (x, y) in eval mode; ``seed`` fixes random starts."""
+    def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, seed: int = 0,
+                 active: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Attack ``model`` at (x, y) in eval mode; ``seed`` fixes random starts.
+
+        ``active`` (optional boolean mask): the points worth attacking. Attacks with
+        ``attacks_subsets`` skip the others, which then hold no adversarial example.
+        """
         was_training = model.training
         model.eval()
         self.flags = []
         generator = torch.Generator(device=x.device)
         generator.manual_seed(seed)
         try:
-            x_adv = self.perturb(model, x, y, generator)
+            if self.attacks_subsets and active is not None:
+                x_adv = self.perturb(model, x, y, generator, active=active)
+            else:
+                x_adv = self.perturb(model, x, y, generator)
         finally:
             model.train(was_training)
         return x_adv.detach()
@@ -94,12 +110,18 @@ def project(delta: torch.Tensor, eps: float, norm: str) -> torch.Tensor:
 
 
 def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm: str, steps: int,
-        step_size: float, loss_fn, generator: torch.Generator, random_start: bool = True) -> torch.Tensor:
+        step_size: float, loss_fn, generator: torch.Generator, random_start: bool = True,
+        active: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Projected gradient ascent of ``loss_fn`` on the eps-ball around x, clipped to [0, 1].
 
     Madry et al., "Towards Deep Learning Models Resistant to Adversarial Attacks", ICLR 2018
     (arXiv 1706.06083). L∞: signed gradient steps; L2: normalised gradient steps. The random start
     is uniform in the L∞ ball, or a uniformly scaled random direction in the L2 ball.
+
+    With ``active`` (a boolean mask), the start is drawn for the whole batch exactly as without it,
+    and only the active points take steps; the others are returned at their start. Since the loss
+    is a per-sample sum and the model is in eval mode, each active point's result is the one it
+    gets in the full batch.
     """
     if eps == 0:
         return x.clone()
@@ -114,6 +136,9 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm:
         x_adv = (x + noise).clamp(0, 1)
     else:
         x_adv = x.clone()
+    if active is not None:
+        start = x_adv
+        x, y, x_adv = x[active], y[active], x_adv[active]
     for _ in range(steps):
         x_adv.requires_grad_(True)
         loss = loss_fn(model(x_adv), y)
@@ -125,6 +150,10 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm:
                 grad_norm = grad.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, *([1] * (x.dim() - 1)))
                 x_adv = x_adv + step_size * grad / grad_norm
             x_adv = (x + project(x_adv - x, eps, norm)).clamp(0, 1)
+    if active is not None:
+        start = start.clone()
+        start[active] = x_adv.detach()
+        return start
     return x_adv.detach()
 
 
@@ -141,6 +170,7 @@ class _IterativeAttack(Attack):
 
     loss_fn = staticmethod(cross_entropy_loss)
     default_steps = 20
+    attacks_subsets = True
 
     def __init__(self, eps: float, norm: str = "Linf", batch_size: int = 256, steps: Optional[int] = None,
                  relative_step: float = 0.25) -> None:
@@ -148,9 +178,9 @@ class _IterativeAttack(Attack):
         self.steps = self.default_steps if steps is None else steps
         self.relative_step = relative_step
 
-    def perturb(self, model, x, y, generator):
+    def perturb(self, model, x, y, generator, active=None):
         return pgd(model, x, y, eps=self.eps, norm=self.norm, steps=self.steps,
-                   step_size=self.relative_step * self.eps, loss_fn=self.loss_fn, generator=generator)
+                   step_size=self.relative_step * self.eps, loss_fn=self.loss_fn, generator=generator, active=active)
 
 
 @ATTACKS.register("pgd")

@@ -1,9 +1,11 @@
 """The uniform evaluator: one protocol for every model (design.md §6).
 
-A fixed, seeded subset of the test set; every requested attack on every point; per-sample
-correctness for each attack; ``worst`` = the per-sample worst case over all attacks run (a point
-counts as robust only if every attack failed on it, AutoAttack's convention); and sanity checks
-that flag likely gradient masking next to the numbers instead of hiding it.
+A fixed, seeded subset of the test set; every requested attack on every point that the model
+classifies correctly (a point misclassified clean counts as broken by every attack, AutoAttack's
+convention, so no attack is spent on it); per-sample correctness for each attack; ``worst`` = the
+per-sample worst case over all attacks run (a point counts as robust only if every attack failed
+on it); and sanity checks that flag likely gradient masking next to the numbers instead of hiding
+it.
 """
 from __future__ import annotations
 
@@ -214,12 +216,24 @@ def evaluate(model: nn.Module, data: DataBundle, config: EvalConfig, device: tor
                 if name not in saved["correct"]:
                     start = time.perf_counter()
                     precision = config.aa_precision if name in AUTOATTACKS else config.precision
-                    with autocast(device, precision):
-                        x_adv = attack(model, x, y, seed=config.seed * 100003 + batch_number)
-                        _check_perturbation(name, x, x_adv.float(), eps, config.norm)
-                        saved["correct"][name] = (_predict(model, x_adv) == y).cpu()
+                    # A point misclassified clean counts as broken by every attack (AutoAttack's
+                    # convention), so attacks that can skip points only work on the correct ones.
+                    clean_correct = saved["correct"].get("clean")
+                    attack_flags: List[str] = []
+                    if clean_correct is not None and not bool(clean_correct.any()):
+                        saved["correct"][name] = clean_correct.clone()
+                    else:
+                        active = clean_correct.to(device) if clean_correct is not None else None
+                        with autocast(device, precision):
+                            x_adv = attack(model, x, y, seed=config.seed * 100003 + batch_number, active=active)
+                            _check_perturbation(name, x, x_adv.float(), eps, config.norm)
+                            still_correct = _predict(model, x_adv) == y
+                        if active is not None:
+                            still_correct &= active
+                        saved["correct"][name] = still_correct.cpu()
+                        attack_flags = list(attack.flags)
                     saved["seconds"][name] = time.perf_counter() - start
-                    saved["flags"][name] = list(attack.flags)
+                    saved["flags"][name] = attack_flags
                     if path is not None:
                         atomic_torch_save(saved, path)
                 correct[name].append(saved["correct"][name])
@@ -240,6 +254,9 @@ def evaluate(model: nn.Module, data: DataBundle, config: EvalConfig, device: tor
         model.train(was_training)
 
     per_sample = {name: torch.cat(values) for name, values in correct.items()}
+    # Per-batch files written before attacks skipped misclassified points may hold a point that is
+    # wrong clean but right after an attack; the convention above makes it wrong.
+    per_sample = {name: values & per_sample["clean"] for name, values in per_sample.items()}
     per_sample["worst"] = torch.stack(list(per_sample.values())).all(dim=0)
     n = len(indices)
     accuracy = {name: 100.0 * float(values.sum()) / n for name, values in per_sample.items()}

@@ -109,3 +109,63 @@ def test_parsers_reject_bad_values():
     assert parse_attacks("clean, PGD ,aa") == ["clean", "pgd", "aa"]
     with pytest.raises(UnknownNameError, match="Did you mean 'pgd'"):
         parse_attacks("clean,pgdd")
+
+
+def _with_wrong_labels(digits, every: int = 3):
+    """The digits test split with every ``every``-th label shifted, so a third of it is misclassified clean."""
+    import dataclasses
+
+    from robustbench_aft.data import TensorImageDataset
+
+    x, y = collect(digits.test, range(len(digits.test)))
+    y = y.clone()
+    y[::every] = (y[::every] + 1) % digits.num_classes
+    return dataclasses.replace(digits, test=TensorImageDataset(x, y))
+
+
+def _naive_protocol(model, data, config):
+    """Every attack on every point of every batch, then AutoAttack's convention (wrong clean → broken)."""
+    from robustbench_aft.registry import ATTACKS
+
+    indices = select_subset(len(data.test), config.n_eval, config.seed)
+    correct = {name: [] for name in config.attacks}
+    for batch_number, start in enumerate(range(0, len(indices), config.batch_size)):
+        x, y = collect(data.test, indices[start:start + config.batch_size])
+        for name in config.attacks:
+            attack = ATTACKS.get(name)(config.eps, config.norm, config.batch_size)
+            x_adv = attack(model, x, y, seed=config.seed * 100003 + batch_number)
+            with torch.no_grad():
+                correct[name].append(model(x_adv).argmax(1) == y)
+    per_sample = {name: torch.cat(values) for name, values in correct.items()}
+    return {name: values & per_sample["clean"] for name, values in per_sample.items()}
+
+
+def test_attacks_skip_misclassified_points_with_the_same_per_sample_outcomes(digits_model, digits):
+    data = _with_wrong_labels(digits)
+    config = EvalConfig(attacks=["clean", "pgd", "cw", "aa-fast"], eps=0.05, n_eval=200, batch_size=64,
+                        sanity=False, seed=3)
+    fast = evaluate(digits_model, data, config, CPU, progress=False)
+    naive = _naive_protocol(digits_model, data, config)
+    assert 55.0 < fast.accuracy["clean"] < 75.0  # a third of the labels are wrong
+    assert 10.0 < fast.accuracy["pgd"] < fast.accuracy["clean"]
+    for name in config.attacks:
+        assert torch.equal(fast.correct[name], naive[name]), name
+    assert torch.equal(fast.correct["worst"], torch.stack([naive[n] for n in config.attacks]).all(0))
+
+
+def test_pgd_on_a_subset_spends_steps_only_there_and_matches_the_full_batch(digits_model, digits):
+    from robustbench_aft.attacks import PGD
+
+    x, y = collect(digits.test, range(40))
+    active = torch.arange(40) % 2 == 0
+    calls = []
+    hook = digits_model.register_forward_pre_hook(lambda module, inputs: calls.append(inputs[0].shape[0]))
+    try:
+        subset = PGD(0.1)(digits_model, x, y, seed=5, active=active)
+    finally:
+        hook.remove()
+    full = PGD(0.1)(digits_model, x, y, seed=5)
+    assert calls == [20] * 20  # 20 steps on the 20 active points only
+    torch.testing.assert_close(subset[active], full[active], rtol=0, atol=1e-6)
+    start_noise = (subset[~active] - x[~active]).abs()
+    assert 0 < start_noise.max() <= 0.1 + 1e-6  # inactive points stay at their random start

@@ -122,6 +122,35 @@ def test_update_is_the_official_order_with_snapshot_gradients(afd, batch):
     torch.testing.assert_close(afd.student.classifier.head.weight.detach(), theta2, rtol=1e-5, atol=1e-7)
 
 
+def test_one_forward_gradients_equal_three_separate_forward_backward_passes(afd, batch):
+    """The three gradients from one graph equal three full forward + backward passes, each on a
+    fresh copy (the attack runs on BN running statistics that a train-mode forward would move).
+    One update first moves D1 and D2 off the identity, where L_cos has no gradient."""
+    afd.train()
+    afd.update(batch)
+    copies = [copy.deepcopy(afd) for _ in range(3)]
+    torch.manual_seed(7)
+    afd.train()
+    fast = afd.snapshot_gradients(afd.training_step(batch))
+    separate = {}
+    for method, term in zip(copies, ("neg", "cos", "rob")):
+        torch.manual_seed(7)
+        method.train()
+        method.training_step(batch)[term].backward()
+        shared = method._shared_parameters()
+        separate[term] = [torch.zeros_like(p) if p.grad is None else p.grad for p in shared]
+        if term == "neg":
+            separate["neg_confused"] = [p.grad for p in method.student.confused.parameters()]
+    separate["neg_shared"] = separate.pop("neg")
+    assert set(fast) == set(separate)
+    for key, grads in fast.items():
+        assert len(grads) == len(separate[key])
+        for one_forward, own_pass in zip(grads, separate[key]):
+            torch.testing.assert_close(one_forward, own_pass, rtol=1e-5, atol=1e-7)
+    for key in fast:
+        assert sum(float(g.abs().sum()) for g in fast[key]) > 0, key
+
+
 def test_ema_decay_rule_and_first_update():
     assert [ema_decay(s) for s in range(3)] == pytest.approx([0.1, 2 / 11, 0.25])
     assert ema_decay(8989) < 0.999 and ema_decay(8990) == 0.999
