@@ -65,6 +65,9 @@ class ATAS(Method):
         self.perturbations = torch.empty(0, device=device)
         self._last_reset = 0
 
+    def per_example_state(self) -> Dict[str, torch.Tensor]:
+        return {"perturbations": self.perturbations, "gradient_norm_ema": self.gradient_norm_ema}
+
     def checkpoint_extras(self) -> Dict[str, Any]:
         return {"perturbations": self.perturbations.detach().cpu(), "last_reset": self._last_reset}
 

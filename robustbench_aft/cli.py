@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -145,6 +146,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--resume", action="store_true",
                      help="continue the run in --out: skip finished cells, continue the others where they stopped")
     run.add_argument("--eval-batch-size", type=_positive_int, default=None, help="evaluation batch size (default: 256)")
+    run.add_argument("--sync-bn", action="store_true",
+                     help="under torchrun: BatchNorm statistics of the global batch (default: per process, like "
+                          "the AFD official code's DataParallel)")
     _add_precision_arguments(run, "fine-tuning, clean, PGD and CW")
     run.add_argument("--format", default="md", choices=("md", "csv", "json"), help="format of the printed leaderboard")
     run.set_defaults(handler=cmd_run)
@@ -286,7 +290,10 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def _setup_logging(quiet: bool) -> None:
-    logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="bench: %(message)s",
+    # Under torchrun only rank 0 reports progress; the other ranks keep warnings and errors.
+    rank = int(os.environ.get("RANK", "0")) if int(os.environ.get("WORLD_SIZE", "1")) > 1 else 0
+    logging.basicConfig(level=logging.WARNING if quiet or rank > 0 else logging.INFO,
+                        format="bench: %(message)s" if rank == 0 else f"bench[rank {rank}]: %(message)s",
                         stream=sys.stderr)
 
 
@@ -346,7 +353,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         [m.strip() for m in args.methods.split(",") if m.strip()], dataset=args.dataset,
         arch=_canonical_arch(args.arch) if args.arch else None, preset=args.preset,
         train_overrides={"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
-                         "train_subset": args.train_subset, "precision": args.precision},
+                         "train_subset": args.train_subset, "precision": args.precision,
+                         "sync_bn": True if args.sync_bn else None},
         eval_overrides={"attacks": parse_attacks(args.attacks) if args.attacks else None,
                         "eps": parse_eps(args.eps) if args.eps is not None else None, "n_eval": args.n_eval,
                         "batch_size": args.eval_batch_size, "precision": args.precision,
@@ -370,6 +378,8 @@ def cmd_run(args: argparse.Namespace) -> int:
                 print(f"bench: {exc}; the state is saved in {exc.state_dir}\n"
                       f"bench: resume with: {_resume_command(argv, exc.state_dir)}", file=sys.stderr)
             return exc.exit_code
+    if summary.rank != 0:
+        return 0
     print(render_leaderboard(leaderboard(config.db, summary.group_id), args.format))
     if args.format == "md":
         print(f"\n{len(summary.run_ids)} models evaluated in {summary.seconds:.1f} s; stored in {summary.db} "

@@ -29,6 +29,8 @@ class TrainConfig:
         feature_gap_probe: training images on which the feature gap is measured after every epoch
             (PGD-20 at the evaluation eps; 0 turns it off).
         precision: ``auto`` (bf16 autocast on CUDA, fp32 on CPU), ``fp32`` or ``bf16``.
+        sync_bn: under torchrun, BatchNorm statistics over the global batch instead of each
+            process's shard (no effect in a single process).
     """
 
     epochs: int = 20
@@ -41,6 +43,7 @@ class TrainConfig:
     num_workers: int = 0
     feature_gap_probe: int = 512
     precision: str = "auto"
+    sync_bn: bool = False
 
 
 # Each preset sets TrainConfig / EvalConfig fields and, optionally, method parameters per dataset.

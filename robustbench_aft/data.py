@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Callable, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -25,6 +25,9 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from .errors import ConfigError, DataNotFoundError
 from .registry import DATASETS
+
+if TYPE_CHECKING:
+    from .distributed import DistContext
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp")
 
@@ -393,14 +396,21 @@ class EpochOrderSampler(Sampler[int]):
 
 
 def make_epoch_loader(dataset: Dataset, batch_size: int, seed: int, epoch: int, skip_batches: int = 0,
-                      num_workers: int = 0) -> DataLoader:
+                      num_workers: int = 0, dist: Optional["DistContext"] = None) -> DataLoader:
     """The training loader of one epoch, starting after ``skip_batches`` batches.
 
     Worker processes draw their augmentation seeds from a generator of the same (seed, epoch),
     so the epoch is reproducible; a mid-epoch resume is bit-identical with ``num_workers=0``
-    (with workers, the augmentations after the resume point differ).
+    (with workers, the augmentations after the resume point differ). Under torchrun (``dist``)
+    ``batch_size`` is this process's share and the loader yields its shard of the same order.
     """
-    sampler = EpochOrderSampler(len(dataset), seed, epoch, skip=skip_batches * batch_size)
+    if dist is not None and dist.enabled:
+        from .distributed import ShardedEpochSampler
+
+        sampler: Sampler[int] = ShardedEpochSampler(len(dataset), epoch_seed(seed, epoch), dist,
+                                                    skip=skip_batches * batch_size)
+    else:
+        sampler = EpochOrderSampler(len(dataset), seed, epoch, skip=skip_batches * batch_size)
     generator = torch.Generator().manual_seed(epoch_seed(seed, epoch))
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, generator=generator, num_workers=num_workers)
 

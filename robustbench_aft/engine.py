@@ -19,6 +19,9 @@ from tqdm.auto import tqdm
 
 from .config import TrainConfig
 from .data import DataBundle, make_epoch_loader
+from .distributed import (SINGLE, DistContext, GradientAveraging, any_rank, broadcast_buffers, broadcast_parameters,
+                          average_over_ranks, convert_sync_batchnorm, gather_objects, local_batch_size,
+                          merge_per_example)
 from .errors import CheckpointError, ConfigError, UserError
 from .featuregap import FeatureGapProbe
 from .method import Method, OptimConfig
@@ -86,6 +89,7 @@ class FineTuneResult:
     final_terms: Dict[str, float] = field(default_factory=dict)
     checkpoint: Optional[str] = None
     feature_gap: List[Dict[str, float]] = field(default_factory=list)
+    history: List[Dict[str, float]] = field(default_factory=list)
 
 
 def build_method(name: str, params: Optional[Dict[str, Any]], eps: float, train: TrainConfig) -> Method:
@@ -128,8 +132,12 @@ def read_training_checkpoint(path: Path) -> Dict[str, Any]:
 
 def _check_same_cell(state: Dict[str, Any], path: Path, name: str, seed: int, params: Dict[str, Any],
                      train: TrainConfig) -> None:
+    # A training setting added by a newer version is the same cell when it keeps its default.
+    defaults = asdict(TrainConfig())
+    stored_train = {**{k: v for k, v in defaults.items() if k not in state.get("train", {})}, **state.get("train", {})}
     expected = {"method": name, "seed": seed, "params": params, "train": asdict(train)}
-    different = [key for key, value in expected.items() if state.get(key) != value]
+    stored = {**state, "train": stored_train}
+    different = [key for key, value in expected.items() if stored.get(key) != value]
     if different:
         raise CheckpointError(f"cannot resume from {path}: it was written with a different {', '.join(different)}; "
                               "use another --out or delete the file")
@@ -138,7 +146,7 @@ def _check_same_cell(state: Dict[str, Any], path: Path, name: str, seed: int, pa
 def fine_tune(method_name: str, model: nn.Module, data: DataBundle, train: TrainConfig, *, eps: float, seed: int,
               device: torch.device, params: Optional[Dict[str, Any]] = None, out_dir: Optional[Path] = None,
               progress: bool = True, resume: bool = False, stop: Optional[StopSignal] = None,
-              probe: Optional[FeatureGapProbe] = None) -> FineTuneResult:
+              probe: Optional[FeatureGapProbe] = None, dist: DistContext = SINGLE) -> FineTuneResult:
     """Fine-tune the natural ``model`` with a registered method; returns the exported classifier.
 
     ``model`` is not modified. With ``out_dir``, ``last.pt`` (method state, optimisers, EMA, RNG
@@ -148,12 +156,21 @@ def fine_tune(method_name: str, model: nn.Module, data: DataBundle, train: Train
     result is bit-identical to an uninterrupted run on CPU (see :func:`make_epoch_loader` for
     the one exception, mid-epoch resumes with DataLoader workers). With ``probe``, the feature
     gap of the model being fine-tuned (its current weights, not the EMA) is measured after every
-    epoch and returned in ``feature_gap``.
+    epoch and returned in ``feature_gap``; ``history`` holds every epoch's mean loss terms.
+
+    Under torchrun (``dist``), every rank calls this with the same arguments; each trains on its
+    shard of the global batch ``train.batch_size`` and only rank 0 writes ``last.pt`` and probes the
+    feature gap (see :mod:`robustbench_aft.distributed`).
     """
     seed_everything(seed)
+    batch_size = local_batch_size(train.batch_size, dist)
     method = build_method(method_name, params, eps, train)
     method.prepare(copy.deepcopy(model).to(device))
+    if train.sync_bn and dist.enabled:
+        replaced = convert_sync_batchnorm(method.trainable_state(), device)
+        log.info("--sync-bn: %d BatchNorm layer(s) use the statistics of the global batch", replaced)
     method.to(device)
+    broadcast_parameters(method.trainable_state(), dist)
     method.optimizers = method.configure_optimizers()
     use_ema = method.uses_ema if train.ema is None else train.ema
     ema = EMA(method.trainable_state()) if use_ema else None
@@ -169,11 +186,19 @@ def fine_tune(method_name: str, model: nn.Module, data: DataBundle, train: Train
     next_epoch, next_batch, images, seconds_before = 1, 0, 0, 0.0
     running: Dict[str, float] = {}
     feature_gap: List[Dict[str, float]] = []
+    history: List[Dict[str, float]] = []
     if resume and checkpoint is not None and checkpoint.is_file():
         state = read_training_checkpoint(checkpoint)
         _check_same_cell(state, checkpoint, name, seed, asdict(method.params), train)
+        saved_world = state.get("world_size", 1)
+        if saved_world != dist.world_size:
+            raise CheckpointError(f"cannot resume from {checkpoint}: it was written by {saved_world} process(es), "
+                                  f"this run has {dist.world_size}; resume with the same number of processes")
+        method_state = dict(state["method_state"])
+        if dist.enabled:
+            method_state["extras"] = state["rank_extras"][dist.rank]
         try:
-            method.load_resume_state(state["method_state"])
+            method.load_resume_state(method_state)
             for optimizer, optimizer_state in zip(method.optimizers, state["optimizers"], strict=True):
                 optimizer.load_state_dict(optimizer_state)
             if ema is not None:
@@ -184,71 +209,89 @@ def fine_tune(method_name: str, model: nn.Module, data: DataBundle, train: Train
         next_epoch, next_batch = state["next_epoch"], state["next_batch"]
         images, seconds_before, running = state["images"], state["seconds"], dict(state["running"])
         feature_gap = list(state.get("feature_gap", []))
+        history = list(state.get("history", []))
         log.info("%s seed %d: resuming from %s at epoch %d, batch %d", name, seed, checkpoint, next_epoch,
                  next_batch + 1)
 
     def save(epoch: int, batch: int) -> None:
         if checkpoint is None:
             return
+        method_state = method.resume_state()
+        rank_extras = gather_objects(method_state["extras"], dist)
+        if not dist.is_main:
+            return
         atomic_torch_save({
             "format": CHECKPOINT_FORMAT, "next_epoch": epoch, "next_batch": batch, "method": name,
             "method_version": method.version, "seed": seed, "params": asdict(method.params), "train": asdict(train),
-            "method_state": method.resume_state(), "optimizers": [o.state_dict() for o in method.optimizers],
+            "method_state": method_state, "optimizers": [o.state_dict() for o in method.optimizers],
             "ema": ema.state_dict() if ema is not None else None, "rng": rng_state(), "images": images,
             "seconds": seconds_before + time.perf_counter() - start, "running": running,
-            "feature_gap": feature_gap,
+            "feature_gap": feature_gap, "history": history, "world_size": dist.world_size,
+            **({"rank_extras": rank_extras} if dist.enabled else {}),
         }, checkpoint)
 
     start = time.perf_counter()
     method.train()
-    for epoch in range(next_epoch, train.epochs + 1):
-        method.on_epoch_start(epoch, train.epochs)
-        lr = method.lr_at(epoch, train.epochs, train.lr)
-        for optimizer in method.optimizers:
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-        skip = next_batch if epoch == next_epoch else 0
-        if skip == 0:
-            running = {}
-        loader = make_epoch_loader(dataset, train.batch_size, seed, epoch, skip_batches=skip,
-                                   num_workers=train.num_workers)
-        bar = tqdm(loader, desc=f"{name} seed {seed} epoch {epoch}/{train.epochs}", unit="batch", leave=False,
-                   disable=None if progress else True, initial=skip, total=skip + len(loader))
-        for batch_number, (x, y, index) in enumerate(bar, start=skip + 1):
-            batch = (x.to(device, non_blocking=True), y.to(device, non_blocking=True), index.to(device))
-            with autocast(device, train.precision):
-                terms = method.update(batch)
-            _check_finite(terms, f"{name} seed {seed} epoch {epoch} batch {batch_number}")
-            if ema is not None:
-                ema.update(method.trainable_state())
-            images += len(y)
-            for key, value in terms.items():
-                running[key] = running.get(key, 0.0) + (float(value) - running.get(key, 0.0)) / batch_number
-            bar.set_postfix({k: f"{v:.3f}" for k, v in running.items()}, refresh=False)
-            if stop is not None and stop.requested:
-                bar.close()
-                save(epoch, batch_number)
-                stop.check(f"fine-tuning {name} seed {seed} (epoch {epoch}, batch {batch_number})")
-        bar.close()
-        elapsed = seconds_before + time.perf_counter() - start
-        log.info("%s seed %d epoch %d/%d lr %.5g %s (%.0f images/s)", name, seed, epoch, train.epochs, lr,
-                 " ".join(f"{k}={v:.4f}" for k, v in running.items()), images / max(elapsed, 1e-9))
-        if probe is not None:
-            gap = probe.measure(method.current_classifier())
-            feature_gap.append({"epoch": epoch, **gap})
-            log.info("%s seed %d epoch %d: feature gap L2 %.4f, 1-cos %.4f (%.1f s on %d probe images)", name, seed,
-                     epoch, gap["l2"], gap["cosine"], gap["seconds"], len(probe))
-        save(epoch + 1, 0)
-        if stop is not None:
-            stop.check(f"fine-tuning {name} seed {seed} (after epoch {epoch})")
+    seen = torch.zeros(len(data.train), dtype=torch.bool)
+    with GradientAveraging(dist):
+        for epoch in range(next_epoch, train.epochs + 1):
+            method.on_epoch_start(epoch, train.epochs)
+            lr = method.lr_at(epoch, train.epochs, train.lr)
+            for optimizer in method.optimizers:
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+            skip = next_batch if epoch == next_epoch else 0
+            if skip == 0:
+                running = {}
+            seen.zero_()
+            loader = make_epoch_loader(dataset, batch_size, seed, epoch, skip_batches=skip,
+                                       num_workers=train.num_workers, dist=dist)
+            bar = tqdm(loader, desc=f"{name} seed {seed} epoch {epoch}/{train.epochs}", unit="batch", leave=False,
+                       disable=None if progress and dist.is_main else True, initial=skip, total=skip + len(loader))
+            for batch_number, (x, y, index) in enumerate(bar, start=skip + 1):
+                batch = (x.to(device, non_blocking=True), y.to(device, non_blocking=True), index.to(device))
+                with autocast(device, train.precision):
+                    terms = method.update(batch)
+                _check_finite(terms, f"{name} seed {seed} epoch {epoch} batch {batch_number}")
+                if dist.enabled and not train.sync_bn:
+                    broadcast_buffers(method.trainable_state(), dist)
+                if ema is not None:
+                    ema.update(method.trainable_state())
+                images += len(y) * dist.world_size
+                seen[index] = True
+                for key, value in terms.items():
+                    running[key] = running.get(key, 0.0) + (float(value) - running.get(key, 0.0)) / batch_number
+                bar.set_postfix({k: f"{v:.3f}" for k, v in running.items()}, refresh=False)
+                if stop is not None and any_rank(stop.requested, dist):
+                    bar.close()
+                    stop.request()
+                    save(epoch, batch_number)
+                    stop.check(f"fine-tuning {name} seed {seed} (epoch {epoch}, batch {batch_number})")
+            bar.close()
+            for key, tensor in method.per_example_state().items():
+                merge_per_example(tensor, seen, dist)
+            epoch_terms = average_over_ranks(running, dist)
+            history.append({"epoch": epoch, **epoch_terms})
+            elapsed = seconds_before + time.perf_counter() - start
+            log.info("%s seed %d epoch %d/%d lr %.5g %s (%.0f images/s)", name, seed, epoch, train.epochs, lr,
+                     " ".join(f"{k}={v:.4f}" for k, v in epoch_terms.items()), images / max(elapsed, 1e-9))
+            if probe is not None and dist.is_main:
+                gap = probe.measure(method.current_classifier())
+                feature_gap.append({"epoch": epoch, **gap})
+                log.info("%s seed %d epoch %d: feature gap L2 %.4f, 1-cos %.4f (%.1f s on %d probe images)", name,
+                         seed, epoch, gap["l2"], gap["cosine"], gap["seconds"], len(probe))
+            save(epoch + 1, 0)
+            if stop is not None:
+                stop.check(f"fine-tuning {name} seed {seed} (after epoch {epoch})")
     seconds = seconds_before + time.perf_counter() - start
     if ema is not None:
         ema.copy_to(method.trainable_state())
     exported = method.export().eval()
     return FineTuneResult(model=exported, seconds=seconds, images_per_second=images / max(seconds, 1e-9),
                           epochs=train.epochs, method_version=method.version, params=asdict(method.params),
-                          final_terms=running, checkpoint=str(checkpoint) if checkpoint is not None else None,
-                          feature_gap=feature_gap)
+                          final_terms={k: v for k, v in history[-1].items() if k != "epoch"} if history else running,
+                          checkpoint=str(checkpoint) if checkpoint is not None else None,
+                          feature_gap=feature_gap, history=history)
 
 
 def lr_table(method: Method, total_epochs: int, base_lr: float) -> List[float]:

@@ -15,7 +15,7 @@ import logging
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 from torch import nn
@@ -179,13 +179,16 @@ def _load_batch_state(path: Optional[Path]) -> Dict[str, Any]:
 
 def evaluate(model: nn.Module, data: DataBundle, config: EvalConfig, device: torch.device,
              progress: bool = True, state_dir: Optional[Path] = None,
-             stop: Optional[StopSignal] = None) -> EvalResult:
+             stop: Optional[StopSignal] = None, shard: Optional[Tuple[int, int]] = None) -> EvalResult:
     """Evaluate ``model`` on a seeded subset of ``data.test`` with every attack in ``config``.
 
     The model is put in eval mode for every attack and its original mode restored at the end.
     With ``state_dir``, the per-sample results of every (batch, attack) are written there as
     they are computed, and an evaluation that finds them (after a kill or an interruption) only
     computes what is missing; every attack is seeded per batch, so the result is the same.
+    ``shard=(rank, world_size)`` evaluates only the batches b with b % world_size == rank (the
+    result then covers those points only); torchrun jobs let every rank write its shard into the
+    same ``state_dir`` and rank 0 then gathers the whole result from the files.
     """
     attack_names = [ATTACKS.canonical(a) for a in config.attacks]
     if "clean" not in attack_names:
@@ -204,10 +207,15 @@ def evaluate(model: nn.Module, data: DataBundle, config: EvalConfig, device: tor
     correct: Dict[str, List[torch.Tensor]] = {name: [] for name in attack_names}
     seconds = {name: 0.0 for name in attack_names}
     flags: List[str] = []
+    evaluated: List[int] = []
     bar = tqdm(total=len(loader) * len(attack_names), desc="evaluate", unit="attack-batch",
                disable=None if progress else True, leave=False)
     try:
         for batch_number, (x, y, _) in enumerate(loader):
+            if shard is not None and batch_number % shard[1] != shard[0]:
+                bar.update(len(attack_names))
+                continue
+            evaluated.extend(indices[batch_number * config.batch_size:batch_number * config.batch_size + len(y)])
             x, y = x.to(device), y.to(device)
             path = folder / f"batch-{batch_number:05d}.pt" if folder is not None else None
             saved = _load_batch_state(path)
@@ -253,15 +261,16 @@ def evaluate(model: nn.Module, data: DataBundle, config: EvalConfig, device: tor
         bar.close()
         model.train(was_training)
 
-    per_sample = {name: torch.cat(values) for name, values in correct.items()}
+    per_sample = {name: torch.cat(values) if values else torch.zeros(0, dtype=torch.bool)
+                  for name, values in correct.items()}
     # Per-batch files written before attacks skipped misclassified points may hold a point that is
     # wrong clean but right after an attack; the convention above makes it wrong.
     per_sample = {name: values & per_sample["clean"] for name, values in per_sample.items()}
     per_sample["worst"] = torch.stack(list(per_sample.values())).all(dim=0)
-    n = len(indices)
+    n = max(1, len(evaluated))
     accuracy = {name: 100.0 * float(values.sum()) / n for name, values in per_sample.items()}
     flags.extend(_accuracy_flags(accuracy))
-    return EvalResult(eps=eps, norm=config.norm, indices=indices, accuracy=accuracy, correct=per_sample,
+    return EvalResult(eps=eps, norm=config.norm, indices=evaluated, accuracy=accuracy, correct=per_sample,
                       seconds=seconds, flags=flags, config={**asdict(config), "eps": eps, "attacks": attack_names})
 
 

@@ -15,6 +15,7 @@ A Method is an ``nn.Module`` that owns the maths of one AFT method (style.md §9
   per-example state (ATAS) and epoch-dependent rules (ARREST's noisy replay, ATAS' warm-up).
 * ``export() -> nn.Module``: the plain classifier that is evaluated; ``current_classifier()`` a
   cheap one for the per-epoch feature-gap probe (default: the export).
+* ``per_example_state()``: tensors indexed by training example, merged across torchrun processes.
 * ``checkpoint_extras()`` / ``restore_checkpoint_extras(extras)``: state that is not a parameter
   or buffer (Free-AT's replayed perturbation, ATAS' per-example steps, RiFT's stage) so that a
   resumed run is bit-identical; ``on_epoch_start`` must be idempotent for the same epoch (a run
@@ -160,6 +161,12 @@ class Method(nn.Module):
     def trainable_state(self) -> nn.Module:
         """The module whose weights the engine averages (EMA) and checkpoints."""
         return self.student
+
+    def per_example_state(self) -> Dict[str, torch.Tensor]:
+        """Tensors indexed by training-set position along dim 0 (ATAS' perturbations and step
+        statistics). Under torchrun each process updates the rows of its shard; the engine merges
+        them across processes after every epoch."""
+        return {}
 
     def checkpoint_extras(self) -> Dict[str, Any]:
         """State outside parameters and buffers that training depends on (replayed perturbations,

@@ -9,6 +9,7 @@ whatever they left on disk.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -23,6 +24,8 @@ from torch import nn
 
 from .config import RunConfig
 from .data import DataBundle, load_dataset
+from . import distributed
+from .distributed import SINGLE, DistContext, barrier
 from .engine import NumericalError, fine_tune
 from .errors import ConfigError, Interrupted
 from .evaluate import EvalConfig, evaluate, select_subset
@@ -48,6 +51,7 @@ class RunSummary:
     out: str
     run_ids: List[str]
     seconds: float
+    rank: int = 0
 
 
 def _read_manifest(out_root: Path) -> Optional[Dict[str, Any]]:
@@ -111,7 +115,7 @@ class _Context:
     config: RunConfig
     data: DataBundle
     eval_config: EvalConfig
-    store: ResultsStore
+    store: Optional[ResultsStore]
     group_id: str
     out_root: Path
     stored_config: Dict[str, Any]
@@ -123,6 +127,7 @@ class _Context:
     device: torch.device
     probe: Optional[FeatureGapProbe]
     natural_gap: List[Dict[str, float]]
+    dist: DistContext = SINGLE
 
 
 def _cell_id(cell_dir: Path) -> str:
@@ -139,15 +144,20 @@ def _run_cell(context: _Context, natural: nn.Module, method: str, seed: int, ste
     config, data = context.config, context.data
     cell_dir = context.out_root / ("natural" if method == "natural" else f"{method}-seed{seed}")
     done = cell_dir / "done.json"
+    dist = context.dist
     if done.is_file():
         log.info("[%d/%d] %s seed %d: finished earlier, skipped", step, total, method, seed)
         return json.loads(done.read_text())["run_id"]
-    run_id = _cell_id(cell_dir)
+    # Under torchrun every rank works on the cell; rank 0 alone writes its files and its row.
+    run_id = _cell_id(cell_dir) if dist.is_main else ""
+    if not dist.is_main:
+        cell_dir.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     extra: Dict[str, Any] = {"pretrained_source": context.source, "precision": {
         "fine_tuning": resolve_precision(config.train.precision, context.device),
         "clean_pgd_cw": resolve_precision(context.eval_config.precision, context.device),
-        "autoattack": resolve_precision(context.eval_config.aa_precision, context.device)}}
+        "autoattack": resolve_precision(context.eval_config.aa_precision, context.device)},
+        "processes": dist.world_size}
     record = dict(group_id=context.group_id, method=method, dataset=data.name, arch=config.arch, seed=seed,
                   norm=context.eval_config.norm, provenance=context.origin)
     version, train_seconds, images_per_second = 0, None, None
@@ -162,6 +172,7 @@ def _run_cell(context: _Context, natural: nn.Module, method: str, seed: int, ste
             metadata = info["metadata"]
             version, train_seconds = metadata["method_version"], metadata["train_seconds"]
             images_per_second, extra["method_params_used"] = metadata["images_per_second"], metadata["params"]
+            extra["training_history"] = metadata.get("history", [])
             feature_gap += metadata.get("feature_gap", [])
             log.info("[%d/%d] %s seed %d: fine-tuned earlier; evaluating", step, total, method, seed)
         else:
@@ -169,21 +180,33 @@ def _run_cell(context: _Context, natural: nn.Module, method: str, seed: int, ste
             tuned = fine_tune(method, natural, data, config.train, eps=context.eval_config.eps, seed=seed,
                               device=context.device, params=config.method_params.get(method),
                               out_dir=cell_dir, progress=context.progress, resume=context.resume, stop=context.stop,
-                              probe=context.probe)
+                              probe=context.probe, dist=dist)
             version, train_seconds, images_per_second = tuned.method_version, tuned.seconds, tuned.images_per_second
             extra["method_params_used"] = tuned.params
+            extra["training_history"] = tuned.history
             feature_gap += tuned.feature_gap
-            save_checkpoint(tuned.model, cell_dir / "final.pt", config.arch, data, method=method, seed=seed,
-                            method_version=version, params=tuned.params, train_seconds=train_seconds,
-                            images_per_second=images_per_second, feature_gap=tuned.feature_gap)
+            if dist.is_main:
+                save_checkpoint(tuned.model, cell_dir / "final.pt", config.arch, data, method=method, seed=seed,
+                                method_version=version, params=tuned.params, train_seconds=train_seconds,
+                                images_per_second=images_per_second, feature_gap=tuned.feature_gap,
+                                history=tuned.history)
             model = tuned.model.to(context.device)
             log.info("[%d/%d] %s seed %d: %.1f s, %.0f images/s; evaluating", step, total, method, seed,
                      train_seconds, images_per_second)
         if method != "natural":
             extra["checkpoint"] = str((cell_dir / "final.pt").resolve())  # usable from any working directory
-        result = evaluate(model.to(context.device), data, context.eval_config, context.device,
+        model = model.to(context.device)
+        if dist.enabled:
+            evaluate(model, data, context.eval_config, context.device, progress=context.progress and dist.is_main,
+                     state_dir=cell_dir, stop=context.stop, shard=(dist.rank, dist.world_size))
+            barrier(dist)
+            if not dist.is_main:
+                return run_id
+        result = evaluate(model, data, context.eval_config, context.device,
                           progress=context.progress, state_dir=cell_dir, stop=context.stop)
     except (Interrupted, NumericalError) as exc:
+        if not dist.is_main:
+            raise
         status = "interrupted" if isinstance(exc, Interrupted) else "failed"
         context.store.add(RunRecord(**record, method_version=version, eps=context.eval_config.eps,
                                     n_eval=len(select_subset(len(data.test), context.eval_config.n_eval,
@@ -211,40 +234,56 @@ def run(config: RunConfig, progress: bool = True, resume: bool = False, stop: Op
     if resume and not config.out:
         raise ConfigError("--resume needs the --out folder of the run to continue")
     device = resolve_device(config.device)
-    data = load_dataset(config.dataset, data_dir=config.data_dir, download=config.download)
-    eval_config = dataclasses.replace(config.eval, eps=data.default_eps if config.eval.eps is None else config.eval.eps)
-    select_subset(len(data.test), eval_config.n_eval, eval_config.seed)
-    check_writable(config.db, "--db", folder=False)
-    group_id = new_group_id()
-    out_root = Path(config.out) if config.out else Path(config.db).parent / group_id
-    check_writable(out_root, "--out", folder=True)
-    manifest = _read_manifest(out_root)
-    if manifest is not None and not resume:
-        raise ConfigError(f"--out {out_root} already holds run {manifest['group_id']}; add --resume to continue it, "
-                          "or choose another --out")
+    dist, device = distributed.initialize(device)
     try:
-        return _run_in(out_root, config, data, eval_config, device, group_id, progress, resume, stop, command, start)
-    except Interrupted as exc:
-        if (out_root / MANIFEST).is_file():
-            exc.state_dir = str(out_root)
-        raise
+        data = load_dataset(config.dataset, data_dir=config.data_dir, download=config.download)
+        eval_config = dataclasses.replace(config.eval,
+                                          eps=data.default_eps if config.eval.eps is None else config.eval.eps)
+        select_subset(len(data.test), eval_config.n_eval, eval_config.seed)
+        check_writable(config.db, "--db", folder=False)
+        group_id = distributed.gather_objects(new_group_id(), dist)[0]
+        out_root = Path(config.out) if config.out else Path(config.db).parent / group_id
+        check_writable(out_root, "--out", folder=True)
+        manifest = _read_manifest(out_root) if dist.is_main else None
+        if manifest is not None and not resume:
+            raise ConfigError(f"--out {out_root} already holds run {manifest['group_id']}; add --resume to continue "
+                              "it, or choose another --out")
+        barrier(dist)  # rank 0 has checked the folder before anyone writes to it
+        try:
+            return _run_in(out_root, config, data, eval_config, device, group_id, progress, resume, stop, command,
+                           start, dist)
+        except Interrupted as exc:
+            if (out_root / MANIFEST).is_file():
+                exc.state_dir = str(out_root)
+            raise
+    finally:
+        distributed.shutdown()
 
 
 def _run_in(out_root: Path, config: RunConfig, data: DataBundle, eval_config: EvalConfig, device: torch.device,
             group_id: str, progress: bool, resume: bool, stop: Optional[StopSignal], command: Optional[List[str]],
-            start: float) -> RunSummary:
+            start: float, dist: DistContext) -> RunSummary:
     recipe = recipe_with(default_recipe(data), **config.natural)
+    if not dist.is_main:
+        barrier(dist)  # rank 0 pre-trains (or loads) the natural model first; the others load its cache
     natural, info = resolve(config.pretrained, data, config.arch, seed=config.pretrained_seed, device=device,
-                            recipe=recipe, progress=progress, stop=stop)
-    with RunLock(out_root):
+                            recipe=recipe, progress=progress and dist.is_main, stop=stop)
+    if dist.is_main:
+        barrier(dist)
+    with RunLock(out_root) if dist.is_main else contextlib.nullcontext():
         stored_config = {**config.to_dict(), "eval": dataclasses.asdict(eval_config)}
-        group_id = _open_group(out_root, stored_config, resume, command, group_id)
-        store = ResultsStore(config.db)
+        if dist.is_main:
+            group_id = _open_group(out_root, stored_config, resume, command, group_id)
+        store = ResultsStore(config.db) if dist.is_main else None
         cells = [("natural", config.pretrained_seed)] + [(m, s) for m in config.methods for s in config.seeds]
+        if dist.enabled:
+            log.info("torchrun: %d processes, global batch %d (%d per process)%s", dist.world_size,
+                     config.train.batch_size, config.train.batch_size // dist.world_size,
+                     ", synchronised BatchNorm" if config.train.sync_bn else ", BatchNorm statistics per process")
         log.info("run %s: %s on %s/%s, eps %.4g, %d model(s) to evaluate, results in %s, state in %s", group_id,
                  ",".join(config.methods), data.name, config.arch, eval_config.eps, len(cells), config.db, out_root)
         probe, natural_gap = None, []
-        if config.train.feature_gap_probe > 0:
+        if config.train.feature_gap_probe > 0 and dist.is_main:
             probe = FeatureGapProbe(data.train, config.train.feature_gap_probe, eval_config.eps, eval_config.norm)
             natural_gap = [{"epoch": 0, **probe.measure(natural)}]
             log.info("feature gap of the natural model on %d probe images: L2 %.4f, 1-cos %.4f (%.1f s)", len(probe),
@@ -252,11 +291,11 @@ def _run_in(out_root: Path, config: RunConfig, data: DataBundle, eval_config: Ev
         context = _Context(config=config, data=data, eval_config=eval_config, store=store, group_id=group_id,
                            out_root=out_root, stored_config=stored_config, origin=provenance(device),
                            source=info["source"], resume=resume, progress=progress, stop=stop,
-                           device=device, probe=probe, natural_gap=natural_gap)
+                           device=device, probe=probe, natural_gap=natural_gap, dist=dist)
         run_ids = [_run_cell(context, natural, method, seed, step, len(cells))
                    for step, (method, seed) in enumerate(cells, start=1)]
     return RunSummary(group_id=group_id, db=config.db, out=str(out_root), run_ids=run_ids,
-                      seconds=time.perf_counter() - start)
+                      seconds=time.perf_counter() - start, rank=dist.rank)
 
 
 def leaderboard(db: str, group_id: Optional[str] = None):

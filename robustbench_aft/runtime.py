@@ -159,6 +159,11 @@ class StopSignal:
     def requested(self) -> bool:
         return self.signum is not None
 
+    def request(self, signum: int = signal.SIGTERM) -> None:
+        """Act as if ``signum`` had arrived (another process of a torchrun job received it)."""
+        if self.signum is None:
+            self.signum = signum
+
     def check(self, where: str) -> None:
         """Raise :class:`Interrupted` if a stop was requested."""
         if self.signum is not None:
