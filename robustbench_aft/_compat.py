@@ -15,6 +15,10 @@ Why this module exists (ecosystem.md §1):
 * robustbench's ``loaders.py`` imports ``pkg_resources``, which setuptools 82 removed. The ``zoo``
   extra therefore requires ``setuptools<82``; we only filter the deprecation warning it prints.
 
+* submitit 1.5 (the ``slurm`` extra, for ``--launcher slurm``) imports ``pkg_resources`` in every
+  job process before our code runs, so a job dies at start under setuptools ≥ 82; the extra pins
+  ``setuptools<82`` and :func:`import_submitit` checks it in the submitting process.
+
 * torchattacks 3.5.1 (our ``dev`` extra) installs an old vendored ``robustbench`` package with no
   distribution metadata; :func:`import_robustbench` tells it apart from the real one.
 
@@ -161,3 +165,16 @@ def import_robustbench():
             ) from None
         _alias_autoattack_to_pyautoattack()
         return importlib.import_module("robustbench")
+
+
+def import_submitit():
+    """submitit, or a DependencyError that says how to install what the jobs need."""
+    try:
+        import submitit
+    except ImportError:
+        raise DependencyError("--launcher slurm/submitit-local needs submitit: pip install 'robustbench-aft[slurm]'") \
+            from None
+    if importlib.util.find_spec("pkg_resources") is None:
+        raise DependencyError("submitit's jobs import pkg_resources, which setuptools 82 removed: "
+                              "pip install 'setuptools<82' (or the 'robustbench-aft[slurm]' extra)")
+    return submitit

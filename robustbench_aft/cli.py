@@ -146,12 +146,26 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--resume", action="store_true",
                      help="continue the run in --out: skip finished cells, continue the others where they stopped")
     run.add_argument("--eval-batch-size", type=_positive_int, default=None, help="evaluation batch size (default: 256)")
+    run.add_argument("--launcher", default="local", choices=("local", "slurm", "submitit-local"),
+                     help="local: every cell in this process (default); slurm: one Slurm job per (method, seed) cell "
+                          "through submitit; submitit-local: the same jobs as local processes")
+    run.add_argument("--slurm-partition", default=None, help="Slurm partition of the jobs")
+    run.add_argument("--slurm-gpus-per-job", type=_non_negative_int, default=1, help="GPUs per job (default: 1)")
+    run.add_argument("--slurm-time", type=_positive_int, default=240, help="time limit per job in minutes (default: 240)")
+    run.add_argument("--slurm-array-parallelism", type=_positive_int, default=32,
+                     help="at most this many jobs of the grid at once (default: 32)")
     run.add_argument("--sync-bn", action="store_true",
                      help="under torchrun: BatchNorm statistics of the global batch (default: per process, like "
                           "the AFD official code's DataParallel)")
     _add_precision_arguments(run, "fine-tuning, clean, PGD and CW")
     run.add_argument("--format", default="md", choices=("md", "csv", "json"), help="format of the printed leaderboard")
     run.set_defaults(handler=cmd_run)
+
+    collect = commands.add_parser("collect", help="ingest the result records of a grid's jobs into the store")
+    collect.add_argument("--out", required=True, help="the --out folder of a bench run submitted with --launcher")
+    collect.add_argument("--db", default="runs/results.db", help="results store (default: runs/results.db)")
+    collect.add_argument("--format", default="md", choices=("md", "csv", "json"), help="format of the leaderboard")
+    collect.set_defaults(handler=cmd_collect)
 
     board = commands.add_parser("leaderboard", help="the leaderboard of a results store")
     board.add_argument("--db", default="runs/results.db", help="results store (default: runs/results.db)")
@@ -340,7 +354,12 @@ def _resume_command(argv: List[str], out: str) -> str:
         arguments += ["--out", out]
     if "--resume" not in arguments:
         arguments.append("--resume")
-    return "bench " + " ".join(shlex.quote(a) for a in arguments)
+    launcher = "bench "
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size > 1:  # resume with the same number of processes (last.pt requires it)
+        per_node = int(os.environ.get("LOCAL_WORLD_SIZE", world_size))
+        launcher = f"torchrun --nnodes={world_size // per_node} --nproc_per_node={per_node} --no-python bench "
+    return launcher + " ".join(shlex.quote(a) for a in arguments)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -368,10 +387,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .runtime import StopSignal
 
     argv = getattr(args, "argv", None) or sys.argv[1:]
+    if args.launcher != "local":
+        return _run_grid(args, config, argv)
     with StopSignal() as stop:
         try:
             summary = run(config, progress=not args.quiet, resume=args.resume, stop=stop, command=["bench", *argv])
         except Interrupted as exc:
+            if int(os.environ.get("RANK", "0")) > 0:
+                return exc.exit_code  # rank 0 tells the user how to resume
             if exc.state_dir is None:
                 print(f"bench: {exc}; nothing was saved yet, run the same command again", file=sys.stderr)
             else:
@@ -385,6 +408,47 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"\n{len(summary.run_ids)} models evaluated in {summary.seconds:.1f} s; stored in {summary.db} "
               f"(run {summary.group_id}); checkpoints in {summary.out}")
     return 0
+
+
+def _run_grid(args: argparse.Namespace, config, argv: List[str]) -> int:
+    from .launch import SlurmOptions, submit_grid
+    from .leaderboard import render_leaderboard
+    from .pipeline import leaderboard
+
+    options = SlurmOptions(partition=args.slurm_partition, gpus_per_job=args.slurm_gpus_per_job,
+                           time_minutes=args.slurm_time, array_parallelism=args.slurm_array_parallelism)
+    try:
+        summary = submit_grid(config, args.launcher, options, resume=args.resume, command=["bench", *argv])
+    except KeyboardInterrupt:
+        print(f"bench: stopped waiting; the jobs keep running. Collect them later with: bench collect --out "
+              f"{config.out} --db {config.db}", file=sys.stderr)
+        return 130
+    return _report_collect(summary.collected, config.db, config.out, argv, args.format,
+                           lambda: print(render_leaderboard(leaderboard(config.db), args.format)))
+
+
+def _report_collect(report, db: str, out: str, argv: Optional[List[str]], fmt: str, show_leaderboard) -> int:
+    print(report.table(), file=sys.stderr)
+    if not report.complete:
+        unfinished = [c.cell for c in report.cells if c.status != "ingested"]
+        hint = (f"resubmit them with: {_resume_command(argv, out)}" if argv
+                else "resubmit them with the same bench run command plus --resume")
+        print(f"bench: {len(unfinished)} cell(s) not finished ({', '.join(unfinished)}); {hint}", file=sys.stderr)
+        return 1
+    show_leaderboard()
+    return 0
+
+
+def cmd_collect(args: argparse.Namespace) -> int:
+    from .launch import collect
+    from .leaderboard import render_leaderboard
+    from .pipeline import leaderboard
+
+    if not Path(args.out).is_dir():
+        raise ConfigError(f"--out {args.out} is not a folder; give the --out folder of a bench run")
+    report = collect(Path(args.out), args.db)
+    return _report_collect(report, args.db, args.out, None, args.format,
+                           lambda: print(render_leaderboard(leaderboard(args.db), args.format)))
 
 
 def cmd_leaderboard(args: argparse.Namespace) -> int:

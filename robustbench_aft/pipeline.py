@@ -115,7 +115,7 @@ class _Context:
     config: RunConfig
     data: DataBundle
     eval_config: EvalConfig
-    store: Optional[ResultsStore]
+    store: Optional[Any]  # a ResultsStore, or per-cell record files for jobs (launch.RecordFiles)
     group_id: str
     out_root: Path
     stored_config: Dict[str, Any]
@@ -140,9 +140,14 @@ def _cell_id(cell_dir: Path) -> str:
     return run_id
 
 
+def cell_name(method: str, seed: int) -> str:
+    """The folder of a cell inside ``--out``."""
+    return "natural" if method == "natural" else f"{method}-seed{seed}"
+
+
 def _run_cell(context: _Context, natural: nn.Module, method: str, seed: int, step: int, total: int) -> str:
     config, data = context.config, context.data
-    cell_dir = context.out_root / ("natural" if method == "natural" else f"{method}-seed{seed}")
+    cell_dir = context.out_root / cell_name(method, seed)
     done = cell_dir / "done.json"
     dist = context.dist
     if done.is_file():
@@ -296,6 +301,48 @@ def _run_in(out_root: Path, config: RunConfig, data: DataBundle, eval_config: Ev
                    for step, (method, seed) in enumerate(cells, start=1)]
     return RunSummary(group_id=group_id, db=config.db, out=str(out_root), run_ids=run_ids,
                       seconds=time.perf_counter() - start, rank=dist.rank)
+
+
+def prepare_run(config: RunConfig) -> tuple:
+    """The dataset and the evaluation settings of ``config``, checked (shared by the launchers)."""
+    data = load_dataset(config.dataset, data_dir=config.data_dir, download=config.download)
+    eval_config = dataclasses.replace(config.eval, eps=data.default_eps if config.eval.eps is None else config.eval.eps)
+    select_subset(len(data.test), eval_config.n_eval, eval_config.seed)
+    return data, eval_config
+
+
+def open_run_folder(config: RunConfig, out_root: Path, eval_config: EvalConfig, resume: bool,
+                    command: Optional[List[str]]) -> str:
+    """Create (or, with ``resume``, reopen) the run folder's manifest; returns the run's group id."""
+    check_writable(config.db, "--db", folder=False)
+    check_writable(out_root, "--out", folder=True)
+    stored_config = {**config.to_dict(), "eval": dataclasses.asdict(eval_config)}
+    return _open_group(out_root, stored_config, resume, command, new_group_id())
+
+
+def run_one_cell(config: RunConfig, out_root: Path, method: str, seed: int, sink: Any, progress: bool = False,
+                 stop: Optional[StopSignal] = None) -> str:
+    """Run one (method, seed) cell of the run in ``out_root`` in this process, continuing whatever
+    the cell left on disk, and hand its record to ``sink`` (what a Slurm job of the grid does)."""
+    manifest = _read_manifest(out_root)
+    if manifest is None:
+        raise ConfigError(f"{out_root} holds no {MANIFEST}; it is not the folder of a submitted run")
+    device = resolve_device(config.device)
+    data, eval_config = prepare_run(config)
+    recipe = recipe_with(default_recipe(data), **config.natural)
+    natural, info = resolve(config.pretrained, data, config.arch, seed=config.pretrained_seed, device=device,
+                            recipe=recipe, progress=progress, stop=stop)
+    stored_config = {**config.to_dict(), "eval": dataclasses.asdict(eval_config)}
+    probe, natural_gap = None, []
+    if config.train.feature_gap_probe > 0:
+        probe = FeatureGapProbe(data.train, config.train.feature_gap_probe, eval_config.eps, eval_config.norm)
+        natural_gap = [{"epoch": 0, **probe.measure(natural)}]
+    context = _Context(config=config, data=data, eval_config=eval_config, store=sink, group_id=manifest["group_id"],
+                       out_root=out_root, stored_config=stored_config, origin=provenance(device), source=info["source"],
+                       resume=True, progress=progress, stop=stop, device=device, probe=probe,
+                       natural_gap=natural_gap)
+    with RunLock(out_root / cell_name(method, seed)):
+        return _run_cell(context, natural, method, seed, 1, 1)
 
 
 def leaderboard(db: str, group_id: Optional[str] = None):
