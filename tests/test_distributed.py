@@ -145,3 +145,42 @@ def test_bench_run_under_torchrun_writes_one_result_set_matching_one_process(tmp
     stored = json.loads(sqlite3.connect(tmp_path / "ddp.db").execute(
         "select config_json from runs where method = 'vaft'").fetchone()[0])
     assert stored["processes"] == 2 and stored["train"]["sync_bn"] is True
+
+
+def test_submitit_local_grid_is_collected_and_a_failed_cell_resubmitted(tmp_path, capsys):
+    pytest.importorskip("submitit")
+    out, db = tmp_path / "grid", tmp_path / "grid.db"
+    arguments = ["run", "--methods", "vaft,trades", "--seeds", "0,1", "--preset", "ci", "--attacks", "clean,pgd",
+                 "--quiet", "--launcher", "submitit-local", "--out", str(out), "--db", str(db)]
+    assert main(arguments) == 0
+    jobs = json.loads((out / "jobs.json").read_text())
+    assert sorted(jobs) == ["natural", "trades-seed0", "trades-seed1", "vaft-seed0", "vaft-seed1"]
+    connection = sqlite3.connect(db)
+    assert connection.execute("select count(*) from runs where status = 'finished'").fetchone()[0] == 5
+    first_run_id = connection.execute("select run_id from runs where method = 'trades' and seed = 1").fetchone()[0]
+    connection.close()
+
+    # One cell breaks: its results are gone and its training checkpoint is cut short.
+    cell = out / "trades-seed1"
+    for name in ("done.json", "record.json", "final.pt"):
+        (cell / name).unlink()
+    (cell / "last.pt").write_bytes(b"truncated")
+    capsys.readouterr()
+    assert main([*arguments, "--resume"]) == 1
+    report = capsys.readouterr().err
+    failed_line = next(line for line in report.splitlines() if line.startswith("| trades-seed1"))
+    assert "failed" in failed_line and "cannot resume" in failed_line
+    resubmitted = json.loads((out / "jobs.json").read_text())
+    assert resubmitted["trades-seed1"]["stderr"] in failed_line  # the log of the job that failed
+    assert resubmitted["trades-seed1"]["job_id"] != jobs["trades-seed1"]["job_id"]
+    assert all(resubmitted[name] == jobs[name] for name in jobs if name != "trades-seed1")  # only it was resubmitted
+    assert main(["collect", "--out", str(out), "--db", str(db)]) == 1
+
+    (cell / "last.pt").unlink()
+    assert main([*arguments, "--resume"]) == 0
+    assert main(["collect", "--out", str(out), "--db", str(db)]) == 0
+    connection = sqlite3.connect(db)
+    rows = connection.execute("select method, seed, status, run_id from runs").fetchall()
+    connection.close()
+    assert len(rows) == 5 and {status for _, _, status, _ in rows} == {"finished"}
+    assert first_run_id in {run_id for *_, run_id in rows}  # the resubmitted cell replaced its own row
