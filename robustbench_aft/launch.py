@@ -28,7 +28,7 @@ from .errors import ConfigError
 from .pipeline import MANIFEST, cell_name, open_run_folder, prepare_run, run_one_cell
 from .pretrained import cache_path, default_recipe, recipe_with
 from .results import ResultsStore, RunRecord
-from .runtime import StopSignal, atomic_write_text
+from .runtime import StopSignal, atomic_write_text, check_writable
 
 log = logging.getLogger(__name__)
 
@@ -138,9 +138,10 @@ def submit_grid(config: RunConfig, launcher: str, options: SlurmOptions, resume:
         raise ConfigError(f"--launcher {launcher} needs --out: a folder every job can reach (a shared filesystem "
                           "on a cluster)")
     out_root = Path(config.out).resolve()
+    check_writable(out_root, "--out", folder=True)
     data, eval_config = prepare_run(config)
-    open_run_folder(config, out_root, eval_config, resume, command)
     executor = _executor(launcher, out_root / "logs", options, name=f"bench-{data.key}")
+    open_run_folder(config, out_root, eval_config, resume, command)
     jobs_file = out_root / JOBS
     registry: Dict[str, Dict[str, str]] = json.loads(jobs_file.read_text()) if jobs_file.is_file() else {}
     todo = [(m, s) for m, s in _cells(config) if not (out_root / cell_name(m, s) / "done.json").is_file()]

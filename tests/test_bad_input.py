@@ -86,6 +86,15 @@ BAD_INPUTS = {
                                  "--baseline"),
     "check on a missing baseline": (["check", "--baseline", "{tmp}/nothing.csv", "--db", "{tmp}/results.db"],
                                     "does not exist"),
+    # grids and collection
+    "grid without --out": (["run", "--methods", "ours", "--launcher", "submitit-local", "--db", "{tmp}/results.db"],
+                           "--launcher submitit-local needs --out"),
+    "slurm without sbatch": (["run", "--methods", "ours", "--launcher", "slurm", "--db", "{tmp}/results.db",
+                              "--out", "{tmp}/grid"], "needs Slurm's sbatch"),
+    "collect a missing folder": (["collect", "--out", "{tmp}/nothing", "--db", "{tmp}/results.db"],
+                                 "is not a folder"),
+    "collect a folder that is not a run": (["collect", "--out", "{tmp}", "--db", "{tmp}/results.db"],
+                                           "holds no run.json"),
 }
 
 
