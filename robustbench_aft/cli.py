@@ -154,6 +154,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--slurm-time", type=_positive_int, default=240, help="time limit per job in minutes (default: 240)")
     run.add_argument("--slurm-array-parallelism", type=_positive_int, default=32,
                      help="at most this many jobs of the grid at once (default: 32)")
+    run.add_argument("--channels-last", default=None, choices=("auto", "on", "off"),
+                     help="fine-tune in channels_last memory format (default auto: on CUDA only)")
     run.add_argument("--sync-bn", action="store_true",
                      help="under torchrun: BatchNorm statistics of the global batch (default: per process, like "
                           "the AFD official code's DataParallel)")
@@ -373,7 +375,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         arch=_canonical_arch(args.arch) if args.arch else None, preset=args.preset,
         train_overrides={"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
                          "train_subset": args.train_subset, "precision": args.precision,
-                         "sync_bn": True if args.sync_bn else None},
+                         "sync_bn": True if args.sync_bn else None, "channels_last": args.channels_last},
         eval_overrides={"attacks": parse_attacks(args.attacks) if args.attacks else None,
                         "eps": parse_eps(args.eps) if args.eps is not None else None, "n_eval": args.n_eval,
                         "batch_size": args.eval_batch_size, "precision": args.precision,

@@ -396,13 +396,15 @@ class EpochOrderSampler(Sampler[int]):
 
 
 def make_epoch_loader(dataset: Dataset, batch_size: int, seed: int, epoch: int, skip_batches: int = 0,
-                      num_workers: int = 0, dist: Optional["DistContext"] = None) -> DataLoader:
+                      num_workers: int = 0, dist: Optional["DistContext"] = None,
+                      pin_memory: bool = False) -> DataLoader:
     """The training loader of one epoch, starting after ``skip_batches`` batches.
 
     Worker processes draw their augmentation seeds from a generator of the same (seed, epoch),
     so the epoch is reproducible; a mid-epoch resume is bit-identical with ``num_workers=0``
     (with workers, the augmentations after the resume point differ). Under torchrun (``dist``)
     ``batch_size`` is this process's share and the loader yields its shard of the same order.
+    ``pin_memory`` (the engine sets it on CUDA) lets the copies to the GPU run asynchronously.
     """
     if dist is not None and dist.enabled:
         from .distributed import ShardedEpochSampler
@@ -412,7 +414,8 @@ def make_epoch_loader(dataset: Dataset, batch_size: int, seed: int, epoch: int, 
     else:
         sampler = EpochOrderSampler(len(dataset), seed, epoch, skip=skip_batches * batch_size)
     generator = torch.Generator().manual_seed(epoch_seed(seed, epoch))
-    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, generator=generator, num_workers=num_workers)
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, generator=generator, num_workers=num_workers,
+                      pin_memory=pin_memory)
 
 
 def collect(dataset: Dataset, indices: Sequence[int]) -> Tuple[torch.Tensor, torch.Tensor]:

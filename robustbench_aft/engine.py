@@ -26,7 +26,8 @@ from .errors import CheckpointError, ConfigError, UserError
 from .featuregap import FeatureGapProbe
 from .method import Method, OptimConfig
 from .registry import METHODS
-from .runtime import StopSignal, atomic_torch_save, autocast, rng_state, seed_everything, set_rng_state
+from .runtime import (StopSignal, atomic_torch_save, autocast, rng_state, seed_everything, set_rng_state,
+                      use_channels_last)
 
 log = logging.getLogger(__name__)
 
@@ -169,7 +170,11 @@ def fine_tune(method_name: str, model: nn.Module, data: DataBundle, train: Train
     if train.sync_bn and dist.enabled:
         replaced = convert_sync_batchnorm(method.trainable_state(), device)
         log.info("--sync-bn: %d BatchNorm layer(s) use the statistics of the global batch", replaced)
+    channels_last = use_channels_last(train.channels_last, device)
     method.to(device)
+    if channels_last:
+        method.to(memory_format=torch.channels_last)
+    memory_format = torch.channels_last if channels_last else torch.preserve_format
     broadcast_parameters(method.trainable_state(), dist)
     method.optimizers = method.configure_optimizers()
     use_ema = method.uses_ema if train.ema is None else train.ema
@@ -245,11 +250,13 @@ def fine_tune(method_name: str, model: nn.Module, data: DataBundle, train: Train
                 running = {}
             seen.zero_()
             loader = make_epoch_loader(dataset, batch_size, seed, epoch, skip_batches=skip,
-                                       num_workers=train.num_workers, dist=dist)
+                                       num_workers=train.num_workers, dist=dist,
+                                       pin_memory=device.type == "cuda")
             bar = tqdm(loader, desc=f"{name} seed {seed} epoch {epoch}/{train.epochs}", unit="batch", leave=False,
                        disable=None if progress and dist.is_main else True, initial=skip, total=skip + len(loader))
             for batch_number, (x, y, index) in enumerate(bar, start=skip + 1):
-                batch = (x.to(device, non_blocking=True), y.to(device, non_blocking=True), index.to(device))
+                batch = (x.to(device, non_blocking=True, memory_format=memory_format) if x.dim() == 4
+                         else x.to(device, non_blocking=True), y.to(device, non_blocking=True), index.to(device))
                 with autocast(device, train.precision):
                     terms = method.update(batch)
                 _check_finite(terms, f"{name} seed {seed} epoch {epoch} batch {batch_number}")

@@ -49,6 +49,19 @@ def test_unknown_method_parameter_is_a_config_error():
         build_method("afd", {"delta": 1.0}, eps=0.1, train=TINY)
 
 
+def test_channels_last_changes_the_memory_layout_not_the_maths(digits_model, digits):
+    """The channels_last path (auto on CUDA) forced on CPU: the same training within float noise."""
+    tuned = {setting: fine_tune("vaft", digits_model, digits, TrainConfig(epochs=1, batch_size=128, train_subset=256,
+                                                                          channels_last=setting),
+                                eps=0.15, seed=0, device=CPU, progress=False)
+             for setting in ("off", "on")}
+    conv = next(m for m in tuned["on"].model.modules() if isinstance(m, torch.nn.Conv2d))
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+    assert tuned["on"].final_terms["loss"] == pytest.approx(tuned["off"].final_terms["loss"], rel=1e-3)
+    for (name, on), off in zip(tuned["on"].model.state_dict().items(), tuned["off"].model.state_dict().values()):
+        torch.testing.assert_close(on, off, rtol=1e-3, atol=1e-4, msg=name)
+
+
 def test_bf16_autocast_runs_on_cpu_and_stays_close_to_fp32(digits_model, digits):
     """The AMP path (bf16 autocast) that CUDA uses by default, exercised on CPU so CI covers it."""
     from robustbench_aft.evaluate import EvalConfig, evaluate
