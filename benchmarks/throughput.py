@@ -1,14 +1,18 @@
 """Training and evaluation throughput, measured against the official code's step structure.
 
     python benchmarks/throughput.py [--archs smallcnn,resnet18] [--batch 32] [--rounds 3] [--device cpu]
+                                    [--precision fp32|bf16] [--channels-last] [--compile]
 
 Prints, for the machine it runs on:
 
 1. per registered method, training images/s of our ``Method.update`` and, where
    ``benchmarks/reference_steps.py`` has one, of a step written the way the official code
-   structures it (same model, batch, attack steps and seed, measured alternately in one process);
+   structures it (same model, batch, attack steps and seed, measured alternately in one process;
+   the reference is always fp32 and NCHW, ours runs with ``--precision`` and ``--channels-last``);
    their ratio; the method's floor (the forward+backward and forward-only passes it must do × the
-   measured time of one such pass) and ours/floor;
+   measured time of one such pass) and ours/floor; with ``--compile``, also ours with the
+   networks compiled as ``bench run --compile`` does, its ratio to eager, and the seconds of its
+   first step (the compilation; a fresh inductor cache per run, shared by the methods of one arch);
 2. evaluator images/s per attack, the full protocol against running every attack separately, and
    our ``aa`` against calling AutoAttack directly;
 3. peak memory per method (CPU: peak RSS since the method started; GPU: max allocated).
@@ -23,6 +27,7 @@ import os
 import platform
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Callable, Dict, List, Optional
@@ -41,6 +46,7 @@ from robustbench_aft.evaluate import EvalConfig, evaluate  # noqa: E402
 from robustbench_aft.leaderboard import format_table  # noqa: E402
 from robustbench_aft.models import build_model  # noqa: E402
 from robustbench_aft.registry import ATTACKS, METHODS  # noqa: E402
+from robustbench_aft.runtime import autocast, compile_bodies, without_buffer_donation  # noqa: E402
 
 EPS = 8 / 255
 # Per training batch, what each method cannot avoid with its official settings: attack steps (an
@@ -112,7 +118,22 @@ def one_pass_times(arch: str, batch: torch.Tensor, labels: torch.Tensor, device:
     return times
 
 
-def training_table(arch: str, methods: List[str], batch_size: int, rounds: int, device: torch.device) -> List[dict]:
+def _prepared_method(name: str, natural: torch.nn.Module, batch_size: int, device: torch.device,
+                     channels_last: bool, train_set: TensorImageDataset):
+    method = build_method(name, None, EPS, TrainConfig(batch_size=batch_size))
+    method.prepare(natural)
+    method.to(device)
+    if channels_last:
+        method.to(memory_format=torch.channels_last)
+    method.optimizers = method.configure_optimizers()
+    method.on_fit_start(train_set)
+    method.on_epoch_start(5, 20)
+    method.train()
+    return method
+
+
+def training_table(arch: str, methods: List[str], batch_size: int, rounds: int, device: torch.device,
+                   precision: str = "fp32", channels_last: bool = False, compiled_too: bool = False) -> List[dict]:
     torch.manual_seed(0)
     x = torch.rand(batch_size, 3, 32, 32, device=device)
     y = torch.randint(0, 10, (batch_size,), device=device)
@@ -120,32 +141,45 @@ def training_table(arch: str, methods: List[str], batch_size: int, rounds: int, 
     natural = build_model(arch, 10, 3, (0.5,) * 3, (0.25,) * 3).to(device)
     passes = one_pass_times(arch, x, y, device, rounds)
     train_set = TensorImageDataset(x.cpu(), y.cpu())
+    x_ours = x.contiguous(memory_format=torch.channels_last) if channels_last else x
     rows = []
     for name in methods:
         peak_memory_reset(device)
-        ours = build_method(name, None, EPS, TrainConfig(batch_size=batch_size))
-        ours.prepare(natural)
-        ours.to(device)
-        ours.optimizers = ours.configure_optimizers()
-        ours.on_fit_start(train_set)
-        ours.on_epoch_start(5, 20)
-        ours.train()
+        ours = _prepared_method(name, natural, batch_size, device, channels_last, train_set)
+
+        def ours_step(method=ours):
+            with autocast(device, precision):
+                method.update((x_ours, y, index))
+
+        compiled_step, first_compiled_seconds = None, None
+        if compiled_too and not ours.compile_unsupported:
+            compiled = _prepared_method(name, natural, batch_size, device, channels_last, train_set)
+            compile_bodies(compiled)
+
+            def compiled_step(method=compiled):
+                with autocast(device, precision), without_buffer_donation():
+                    method.update((x_ours, y, index))
+
+            first_compiled_seconds = timed(compiled_step, device)
+            compiled_step()  # a second warm-up: guards settled, allocator warm
         reference = REFERENCE_STEPS.get(name)
         reference_step = reference(natural, EPS, device) if reference else None
-        ours.update((x, y, index))  # warm-up (lazy buffers, allocator)
+        ours_step()  # warm-up (lazy buffers, allocator)
         if reference_step:
             reference_step(x, y)
-        ours_times, reference_times = [], []
-        for _ in range(rounds):
-            ours_times.append(timed(lambda: ours.update((x, y, index)), device))
+        times: Dict[str, List[float]] = {"ours": [], "reference": [], "compiled": []}
+        for _ in range(rounds):  # alternately, so that drifts in machine load hit all of them
+            times["ours"].append(timed(ours_step, device))
             if reference_step:
-                reference_times.append(timed(lambda: reference_step(x, y), device))
-        ours_ips = batch_size / statistics.median(ours_times)
+                times["reference"].append(timed(lambda: reference_step(x, y), device))
+            if compiled_step:
+                times["compiled"].append(timed(compiled_step, device))
+        ours_ips = batch_size / statistics.median(times["ours"])
         attack_steps, updates, forwards = FLOOR_PASSES.get(name, (10, 1, 0))
         floor_seconds = attack_steps * passes["attack"] + updates * passes["update"] + forwards * passes["forward"]
         row = {"arch": arch, "method": name, "ours img/s": round(ours_ips, 1)}
         if reference_step:
-            reference_ips = batch_size / statistics.median(reference_times)
+            reference_ips = batch_size / statistics.median(times["reference"])
             row["reference img/s"] = round(reference_ips, 1)
             row["ours/reference"] = round(ours_ips / reference_ips, 2)
         else:
@@ -153,6 +187,14 @@ def training_table(arch: str, methods: List[str], batch_size: int, rounds: int, 
             row["ours/reference"] = "-"
         row["floor img/s"] = round(batch_size / floor_seconds, 1)
         row["ours/floor"] = round(ours_ips * floor_seconds / batch_size, 2)
+        if compiled_too:
+            if compiled_step:
+                compiled_ips = batch_size / statistics.median(times["compiled"])
+                row["compiled img/s"] = round(compiled_ips, 1)
+                row["compiled/ours"] = round(compiled_ips / ours_ips, 2)
+                row["first compiled step s"] = round(first_compiled_seconds, 1)
+            else:
+                row["compiled img/s"] = row["compiled/ours"] = row["first compiled step s"] = "-"
         row["peak MB"] = round(peak_memory_mb(device), 1)
         rows.append(row)
         print(f"  {arch} {name}: {row}", file=sys.stderr, flush=True)
@@ -244,17 +286,28 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--eval-clean-accuracy", type=float, default=0.5,
                         help="share of the evaluation images the model classifies correctly")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16"),
+                        help="our training steps in fp32 or under bf16 autocast (the reference stays fp32)")
+    parser.add_argument("--channels-last", action="store_true",
+                        help="our training steps in channels_last memory format (the reference stays NCHW)")
+    parser.add_argument("--compile", action="store_true",
+                        help="also time our steps with the networks compiled by torch.compile")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
+    if args.compile and "TORCHINDUCTOR_CACHE_DIR" not in os.environ:
+        # A fresh cache, so the first compiled step shows the compilation a new user pays.
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="throughput-inductor-")
     methods = METHODS.names() if args.methods == "all" else [METHODS.canonical(m) for m in args.methods.split(",")]
     archs = [a.strip() for a in args.archs.split(",") if a.strip()]
     print(f"# Throughput: {platform.node() or 'machine'}, {platform.processor() or platform.machine()}, "
           f"{os.cpu_count()} CPUs, {torch.get_num_threads()} torch threads, torch {torch.__version__}, "
           f"device {device}{' (' + torch.cuda.get_device_name(device) + ')' if device.type == 'cuda' else ''}")
     print(f"\nbatch {args.batch}, eps 8/255, official training attacks (PGD-10 for most methods), "
-          f"median of {args.rounds} rounds, 3×32×32 synthetic inputs\n")
+          f"median of {args.rounds} rounds, 3×32×32 synthetic inputs; ours in {args.precision}"
+          f"{', channels_last' if args.channels_last else ''}, the reference in fp32, NCHW\n")
     print("## Training\n")
-    rows = [row for arch in archs for row in training_table(arch, methods, args.batch, args.rounds, device)]
+    rows = [row for arch in archs for row in training_table(arch, methods, args.batch, args.rounds, device,
+                                                            args.precision, args.channels_last, args.compile)]
     print(format_table(rows, "md"))
     print("\n## Evaluation\n")
     print(f"An untrained model labels its own inputs, except {100 * (1 - args.eval_clean_accuracy):.0f} % of them "

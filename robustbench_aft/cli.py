@@ -156,6 +156,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="at most this many jobs of the grid at once (default: 32)")
     run.add_argument("--channels-last", default=None, choices=("auto", "on", "off"),
                      help="fine-tune in channels_last memory format (default auto: on CUDA only)")
+    run.add_argument("--compile", action="store_true",
+                     help="fine-tune with the networks compiled by torch.compile (off by default: the compilation "
+                          "costs tens of seconds and did not pay on CPU; see benchmarks/RESULTS.md)")
     run.add_argument("--sync-bn", action="store_true",
                      help="under torchrun: BatchNorm statistics of the global batch (default: per process, like "
                           "the AFD official code's DataParallel)")
@@ -375,7 +378,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         arch=_canonical_arch(args.arch) if args.arch else None, preset=args.preset,
         train_overrides={"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
                          "train_subset": args.train_subset, "precision": args.precision,
-                         "sync_bn": True if args.sync_bn else None, "channels_last": args.channels_last},
+                         "sync_bn": True if args.sync_bn else None, "channels_last": args.channels_last,
+                         "compile": True if args.compile else None},
         eval_overrides={"attacks": parse_attacks(args.attacks) if args.attacks else None,
                         "eps": parse_eps(args.eps) if args.eps is not None else None, "n_eval": args.n_eval,
                         "batch_size": args.eval_batch_size, "precision": args.precision,

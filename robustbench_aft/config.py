@@ -33,6 +33,10 @@ class TrainConfig:
             process's shard (no effect in a single process).
         channels_last: ``auto`` (on CUDA: the model and the input batches in channels_last memory
             format, which tensor cores prefer), ``on`` or ``off``. The maths is unchanged.
+        compile: compile the networks' bodies with ``torch.compile`` (inductor) for fine-tuning.
+            The first batches pay the compilation (tens of seconds per network and BN mode); off
+            by default because it did not pay on the CPUs measured (benchmarks/RESULTS.md). The
+            evaluated model is always run eagerly.
     """
 
     epochs: int = 20
@@ -47,6 +51,7 @@ class TrainConfig:
     precision: str = "auto"
     sync_bn: bool = False
     channels_last: str = "auto"
+    compile: bool = False
 
 
 # Each preset sets TrainConfig / EvalConfig fields and, optionally, method parameters per dataset.

@@ -4,6 +4,7 @@ The method owns the maths (``Method.update``); the engine owns everything around
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import logging
@@ -26,8 +27,8 @@ from .errors import CheckpointError, ConfigError, UserError
 from .featuregap import FeatureGapProbe
 from .method import Method, OptimConfig
 from .registry import METHODS
-from .runtime import (StopSignal, atomic_torch_save, autocast, rng_state, seed_everything, set_rng_state,
-                      use_channels_last)
+from .runtime import (StopSignal, atomic_torch_save, autocast, compile_bodies, rng_state, seed_everything,
+                      set_rng_state, use_channels_last, without_buffer_donation)
 
 log = logging.getLogger(__name__)
 
@@ -175,6 +176,15 @@ def fine_tune(method_name: str, model: nn.Module, data: DataBundle, train: Train
     if channels_last:
         method.to(memory_format=torch.channels_last)
     memory_format = torch.channels_last if channels_last else torch.preserve_format
+    compiled = 0
+    if train.compile:
+        if method.compile_unsupported:
+            log.warning("%s: --compile ignored, fine-tuning runs eagerly: %s", METHODS.canonical(method_name),
+                        method.compile_unsupported)
+        else:
+            compiled = compile_bodies(method)
+            log.info("--compile: %d network(s) compiled with torch.compile; the first batches of each BN mode "
+                     "include the compilation", compiled)
     broadcast_parameters(method.trainable_state(), dist)
     method.optimizers = method.configure_optimizers()
     use_ema = method.uses_ema if train.ema is None else train.ema
@@ -238,7 +248,7 @@ def fine_tune(method_name: str, model: nn.Module, data: DataBundle, train: Train
     start = time.perf_counter()
     method.train()
     seen = torch.zeros(len(data.train), dtype=torch.bool)
-    with GradientAveraging(dist):
+    with GradientAveraging(dist), without_buffer_donation() if compiled else contextlib.nullcontext():
         for epoch in range(next_epoch, train.epochs + 1):
             method.on_epoch_start(epoch, train.epochs)
             lr = method.lr_at(epoch, train.epochs, train.lr)
@@ -294,6 +304,9 @@ def fine_tune(method_name: str, model: nn.Module, data: DataBundle, train: Train
     if ema is not None:
         ema.copy_to(method.trainable_state())
     exported = method.export().eval()
+    if compiled:
+        # The evaluator runs many batch sizes and point subsets, each a recompilation: evaluate an eager copy.
+        exported = copy.deepcopy(exported)
     return FineTuneResult(model=exported, seconds=seconds, images_per_second=images / max(seconds, 1e-9),
                           epochs=train.epochs, method_version=method.version, params=asdict(method.params),
                           final_terms={k: v for k, v in history[-1].items() if k != "epoch"} if history else running,

@@ -83,6 +83,8 @@ class Method(nn.Module):
     paper_presets: ClassVar[Dict[str, Dict[str, Any]]] = {}
     # Whether the evaluated model is an EMA of the weights (the engine keeps the EMA).
     uses_ema: ClassVar[bool] = False
+    # Why torch.compile cannot run this method's step (empty: it can); `--compile` then runs it eagerly.
+    compile_unsupported: ClassVar[str] = ""
 
     @dataclass
     class Params:

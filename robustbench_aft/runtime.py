@@ -276,3 +276,33 @@ def use_channels_last(setting: str, device: torch.device) -> bool:
     if setting not in ("auto", "on", "off"):
         raise ConfigError(f"--channels-last must be auto, on or off, got {setting!r}")
     return setting == "on" or (setting == "auto" and device.type == "cuda")
+
+
+def compile_bodies(module: torch.nn.Module) -> int:
+    """Compile, in place, the body of every classifier in ``module`` (our architectures'
+    :class:`~robustbench_aft.models.ImageClassifier`); returns how many were compiled.
+
+    The body is where nearly all the time goes, and every way a method calls a classifier
+    (``forward``, ``forward_features``, AFD's branches) passes through it. ``nn.Module.compile``
+    keeps the state-dict keys, so checkpoints and exports are unchanged; a deep copy is eager.
+    External models (robustbench, user checkpoints) are left eager: their feature hook is
+    registered per call, which would make torch.compile recompile at every batch.
+    """
+    from .models import ImageClassifier
+
+    bodies = [m.body for m in module.modules() if isinstance(m, ImageClassifier)]
+    for body in bodies:
+        body.compile()
+    return len(bodies)
+
+
+def without_buffer_donation():
+    """A context in which torch.compile's backward graphs keep their saved tensors.
+
+    AOTAutograd may let a compiled backward free ("donate") its saved tensors, which then fails
+    on a second differentiation of the same graph (AFD's three ``autograd.grad`` calls with
+    ``retain_graph``). Whether it does is fixed when the graph is first compiled, and graphs are
+    shared by every module of one architecture in the process, so a graph compiled by vAFT would
+    break AFD fine-tuned after it in the same ``bench run``: compile every graph without it.
+    """
+    return torch._functorch.config.patch(donated_buffer=False)

@@ -79,3 +79,55 @@ def test_bf16_autocast_runs_on_cpu_and_stays_close_to_fp32(digits_model, digits)
     assert abs(accuracy["bf16"]["pgd"] - accuracy["fp32"]["pgd"]) <= 5.0
     assert accuracy["bf16"]["clean"] == pytest.approx(accuracy["fp32"]["clean"], abs=1.0)
     assert tuned["bf16"].final_terms["loss"] == pytest.approx(tuned["fp32"].final_terms["loss"], rel=0.2)
+
+
+def _compiled_modules(model: torch.nn.Module) -> list:
+    return [name for name, module in model.named_modules() if getattr(module, "_compiled_call_impl", None) is not None]
+
+
+def test_compile_runs_the_same_training_through_inductor_and_exports_an_eager_model():
+    """`--compile` on CPU, on CIFAR-shaped inputs (where AOTAutograd donates saved buffers): vAFT
+    then AFD in one process, as `bench run --methods vaft,afd --compile` does, so AFD's three
+    gradients reuse graphs compiled for vAFT; AFD (branches, frozen teacher under inference mode,
+    three optimisers) reaches the eager run's weights within float noise."""
+    import torch._dynamo
+    from torch._dynamo.utils import counters
+
+    from robustbench_aft.data import DataBundle, TensorImageDataset
+    from robustbench_aft.models import build_model
+
+    generator = torch.Generator().manual_seed(0)
+    images, labels = torch.rand(64, 3, 32, 32, generator=generator), torch.randint(0, 10, (64,), generator=generator)
+    dataset = TensorImageDataset(images, labels)
+    data = DataBundle(name="synthetic", key="synthetic", train=dataset, test=dataset, num_classes=10,
+                      input_shape=(3, 32, 32), mean=(0.5,) * 3, std=(0.25,) * 3, default_eps=8 / 255,
+                      class_names=[str(i) for i in range(10)])
+    torch.manual_seed(0)
+    natural = build_model("tinycnn", 10, 3, data.mean, data.std).eval()
+    train = {"eager": TrainConfig(epochs=1, batch_size=32, feature_gap_probe=0),
+             "compiled": TrainConfig(epochs=1, batch_size=32, feature_gap_probe=0, compile=True)}
+    torch._dynamo.reset()  # graphs of the same architecture compiled earlier in this process would be reused
+    graphs_before = counters["stats"]["unique_graphs"]
+    fine_tune("vaft", natural, data, train["compiled"], eps=8 / 255, seed=0, device=CPU, progress=False)
+    assert counters["stats"]["unique_graphs"] > graphs_before  # dynamo captured graphs, not an eager fallback
+    tuned = {name: fine_tune("afd", natural, data, config, eps=8 / 255, seed=0, device=CPU, progress=False)
+             for name, config in train.items()}
+    assert _compiled_modules(tuned["compiled"].model) == []
+    for key, value in tuned["eager"].final_terms.items():
+        assert tuned["compiled"].final_terms[key] == pytest.approx(value, rel=1e-3, abs=1e-5), key
+    for (name, compiled), eager in zip(tuned["compiled"].model.state_dict().items(),
+                                       tuned["eager"].model.state_dict().values()):
+        torch.testing.assert_close(compiled, eager, rtol=1e-3, atol=1e-4, msg=name)
+
+
+def test_compile_leaves_a_method_that_differentiates_twice_eager(digits_model, digits, caplog):
+    from torch._dynamo.utils import counters
+
+    graphs_before = counters["stats"]["unique_graphs"]
+    with caplog.at_level("WARNING", logger="robustbench_aft.engine"):
+        tuned = fine_tune("fgsm-ga", digits_model, digits, TrainConfig(epochs=1, batch_size=64, train_subset=128,
+                                                                        compile=True),
+                          eps=0.15, seed=0, device=CPU, progress=False)
+    assert "fgsm-ga: --compile ignored" in caplog.text and "double backward" in caplog.text
+    assert counters["stats"]["unique_graphs"] == graphs_before
+    assert tuned.final_terms["loss"] > 0
