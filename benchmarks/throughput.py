@@ -1,14 +1,16 @@
 """Training and evaluation throughput, measured against the official code's step structure.
 
     python benchmarks/throughput.py [--archs smallcnn,resnet18] [--batch 32] [--rounds 3] [--device cpu]
-                                    [--precision fp32|bf16] [--channels-last] [--compile]
+                                    [--precision auto|fp32|bf16] [--channels-last auto|on|off]
+                                    [--compile]
 
 Prints, for the machine it runs on:
 
 1. per registered method, training images/s of our ``Method.update`` and, where
    ``benchmarks/reference_steps.py`` has one, of a step written the way the official code
    structures it (same model, batch, attack steps and seed, measured alternately in one process;
-   the reference is always fp32 and NCHW, ours runs with ``--precision`` and ``--channels-last``);
+   the reference is always fp32 and NCHW, ours runs with ``--precision`` and ``--channels-last``,
+   whose ``auto`` resolves as in ``bench run``: what a user gets by default on that device);
    their ratio; the method's floor (the forward+backward and forward-only passes it must do × the
    measured time of one such pass) and ours/floor; with ``--compile``, also ours with the
    networks compiled as ``bench run --compile`` does, its ratio to eager, and the seconds of its
@@ -44,26 +46,34 @@ from robustbench_aft.engine import build_method  # noqa: E402
 from robustbench_aft.config import TrainConfig  # noqa: E402
 from robustbench_aft.evaluate import EvalConfig, evaluate  # noqa: E402
 from robustbench_aft.leaderboard import format_table  # noqa: E402
+from robustbench_aft.method import Method  # noqa: E402
 from robustbench_aft.models import build_model  # noqa: E402
 from robustbench_aft.registry import ATTACKS, METHODS  # noqa: E402
-from robustbench_aft.runtime import autocast, compile_bodies, without_buffer_donation  # noqa: E402
+from robustbench_aft.runtime import (autocast, compile_bodies, resolve_precision, use_channels_last,  # noqa: E402
+                                     without_buffer_donation)
 
 EPS = 8 / 255
-# Per training batch, what each method cannot avoid with its official settings: attack steps (an
-# eval-mode forward + a backward to the input only), update passes (a train-mode forward + backward
-# into the weights, one per distinct input it trains on) and forward-only passes (a frozen teacher,
-# a no-grad target).
-FLOOR_PASSES = {
-    "vaft": (10, 1, 0), "rift": (10, 1, 0), "twins-at": (10, 1, 0),
-    "mart": (10, 2, 0),
-    "trades": (10, 2, 1),        # the natural target of the KL attack: one forward, reused for 10 steps
-    "twins-trades": (10, 2, 1),
-    "afd": (10, 1, 1),           # + the frozen teacher on the natural input
-    "arrest": (10, 1, 1), "afkd": (10, 1, 1),
-    "free-at": (0, 8, 0),        # m = 8 replays, each one update pass that also yields the input gradient
-    "fgsm-ga": (1, 3, 0),        # FGSM, the update, and GradAlign's double backward (~2 update passes)
-    "atas": (1, 1, 0),           # the one-step attack and the update
+# Per training batch, what each method cannot avoid with its official settings, in passes timed one
+# at a time by `one_pass_times`: attack steps (an eval-mode forward + a backward to the input only),
+# update passes (a train-mode forward + backward into the weights, one per distinct input it trains
+# on), forward-only passes (a frozen teacher, a no-grad target) and GradAlign passes (a forward, the
+# input gradient with its graph, and the backward through that gradient into the weights).
+FLOOR_PASSES: Dict[str, Dict[str, int]] = {
+    "vaft": {"attack": 10, "update": 1}, "rift": {"attack": 10, "update": 1}, "twins-at": {"attack": 10, "update": 1},
+    "mart": {"attack": 10, "update": 2},
+    # the natural target of the KL attack: one forward, reused for 10 steps
+    "trades": {"attack": 10, "update": 2, "forward": 1}, "twins-trades": {"attack": 10, "update": 2, "forward": 1},
+    # + the frozen teacher on the natural input
+    "afd": {"attack": 10, "update": 1, "forward": 1},
+    "arrest": {"attack": 10, "update": 1, "forward": 1}, "afkd": {"attack": 10, "update": 1, "forward": 1},
+    "free-at": {"update": 8},    # m = 8 replays, each one update pass that also yields the input gradient
+    "fgsm-ga": {"attack": 1, "update": 1, "gradalign": 1},  # FGSM from x (its gradient is GradAlign's first)
+    "atas": {"attack": 1, "update": 1},  # the one-step attack and the update
 }
+DEFAULT_FLOOR = {"attack": 10, "update": 1}
+# The epoch (of 20) whose step is timed. ARREST's noisy replay may replace PGD by random noise in
+# epochs ≤ 10, and on synthetic inputs it always does; epoch 11 times the PGD step its floor counts.
+TIMED_EPOCH = {"arrest": 11}
 
 
 def peak_memory_reset(device: torch.device) -> None:
@@ -92,10 +102,14 @@ def timed(step: Callable[[], None], device: torch.device) -> float:
     return time.perf_counter() - start
 
 
-def one_pass_times(arch: str, batch: torch.Tensor, labels: torch.Tensor, device: torch.device,
-                   rounds: int) -> Dict[str, float]:
-    """Seconds of one attack step, one update pass and one forward on ``batch``."""
+def one_pass_times(arch: str, batch: torch.Tensor, labels: torch.Tensor, device: torch.device, rounds: int,
+                   precision: str = "fp32", channels_last: bool = False) -> Dict[str, float]:
+    """Seconds of each pass of ``FLOOR_PASSES`` on ``batch``, in the precision and memory format
+    our steps run in (so that ours/floor compares like with like)."""
     model = build_model(arch, 10, 3, (0.5,) * 3, (0.25,) * 3).to(device)
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+        batch = batch.contiguous(memory_format=torch.channels_last)
 
     def attack_step():
         model.eval()
@@ -111,15 +125,28 @@ def one_pass_times(arch: str, batch: torch.Tensor, labels: torch.Tensor, device:
         with torch.no_grad():
             model(batch)
 
+    reference_gradient = torch.randn_like(batch)
+
+    def gradalign_pass():
+        model.train()
+        x = batch.clone().requires_grad_(True)
+        gradient, = torch.autograd.grad(F.cross_entropy(model(x), labels), [x], create_graph=True)
+        (1 - F.cosine_similarity(gradient.flatten(1), reference_gradient.flatten(1), dim=1).mean()).backward()
+
     times = {}
-    for name, step in (("attack", attack_step), ("update", update_pass), ("forward", forward_only)):
-        step()
-        times[name] = statistics.median(timed(step, device) for _ in range(rounds * 3))
+    for name, step in (("attack", attack_step), ("update", update_pass), ("forward", forward_only),
+                       ("gradalign", gradalign_pass)):
+        def in_precision(step=step):
+            with autocast(device, precision):
+                step()
+
+        in_precision()
+        times[name] = statistics.median(timed(in_precision, device) for _ in range(rounds * 3))
     return times
 
 
 def _prepared_method(name: str, natural: torch.nn.Module, batch_size: int, device: torch.device,
-                     channels_last: bool, train_set: TensorImageDataset):
+                     channels_last: bool, train_set: TensorImageDataset) -> Method:
     method = build_method(name, None, EPS, TrainConfig(batch_size=batch_size))
     method.prepare(natural)
     method.to(device)
@@ -127,7 +154,7 @@ def _prepared_method(name: str, natural: torch.nn.Module, batch_size: int, devic
         method.to(memory_format=torch.channels_last)
     method.optimizers = method.configure_optimizers()
     method.on_fit_start(train_set)
-    method.on_epoch_start(5, 20)
+    method.on_epoch_start(TIMED_EPOCH.get(name, 5), 20)
     method.train()
     return method
 
@@ -139,7 +166,7 @@ def training_table(arch: str, methods: List[str], batch_size: int, rounds: int, 
     y = torch.randint(0, 10, (batch_size,), device=device)
     index = torch.arange(batch_size, device=device)
     natural = build_model(arch, 10, 3, (0.5,) * 3, (0.25,) * 3).to(device)
-    passes = one_pass_times(arch, x, y, device, rounds)
+    passes = one_pass_times(arch, x, y, device, rounds, precision, channels_last)
     train_set = TensorImageDataset(x.cpu(), y.cpu())
     x_ours = x.contiguous(memory_format=torch.channels_last) if channels_last else x
     rows = []
@@ -175,8 +202,7 @@ def training_table(arch: str, methods: List[str], batch_size: int, rounds: int, 
             if compiled_step:
                 times["compiled"].append(timed(compiled_step, device))
         ours_ips = batch_size / statistics.median(times["ours"])
-        attack_steps, updates, forwards = FLOOR_PASSES.get(name, (10, 1, 0))
-        floor_seconds = attack_steps * passes["attack"] + updates * passes["update"] + forwards * passes["forward"]
+        floor_seconds = sum(count * passes[kind] for kind, count in FLOOR_PASSES.get(name, DEFAULT_FLOOR).items())
         row = {"arch": arch, "method": name, "ours img/s": round(ours_ips, 1)}
         if reference_step:
             reference_ips = batch_size / statistics.median(times["reference"])
@@ -286,14 +312,18 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--eval-clean-accuracy", type=float, default=0.5,
                         help="share of the evaluation images the model classifies correctly")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16"),
-                        help="our training steps in fp32 or under bf16 autocast (the reference stays fp32)")
-    parser.add_argument("--channels-last", action="store_true",
-                        help="our training steps in channels_last memory format (the reference stays NCHW)")
+    parser.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"),
+                        help="our training steps in fp32 or under bf16 autocast (default auto, as bench run: "
+                             "bf16 on CUDA, fp32 on CPU); the reference stays fp32")
+    parser.add_argument("--channels-last", default="auto", choices=("auto", "on", "off"),
+                        help="our training steps in channels_last memory format (default auto, as bench run); "
+                             "the reference stays NCHW")
     parser.add_argument("--compile", action="store_true",
                         help="also time our steps with the networks compiled by torch.compile")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
+    precision = resolve_precision(args.precision, device)
+    channels_last = use_channels_last(args.channels_last, device)
     if args.compile and "TORCHINDUCTOR_CACHE_DIR" not in os.environ:
         # A fresh cache, so the first compiled step shows the compilation a new user pays.
         os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="throughput-inductor-")
@@ -303,11 +333,11 @@ def main(argv: Optional[List[str]] = None) -> int:
           f"{os.cpu_count()} CPUs, {torch.get_num_threads()} torch threads, torch {torch.__version__}, "
           f"device {device}{' (' + torch.cuda.get_device_name(device) + ')' if device.type == 'cuda' else ''}")
     print(f"\nbatch {args.batch}, eps 8/255, official training attacks (PGD-10 for most methods), "
-          f"median of {args.rounds} rounds, 3×32×32 synthetic inputs; ours in {args.precision}"
-          f"{', channels_last' if args.channels_last else ''}, the reference in fp32, NCHW\n")
+          f"median of {args.rounds} rounds, 3×32×32 synthetic inputs; ours (and the floor's passes) in {precision}, "
+          f"{'channels_last' if channels_last else 'NCHW'}; the reference in fp32, NCHW\n")
     print("## Training\n")
     rows = [row for arch in archs for row in training_table(arch, methods, args.batch, args.rounds, device,
-                                                            args.precision, args.channels_last, args.compile)]
+                                                            precision, channels_last, args.compile)]
     print(format_table(rows, "md"))
     print("\n## Evaluation\n")
     print(f"An untrained model labels its own inputs, except {100 * (1 - args.eval_clean_accuracy):.0f} % of them "

@@ -155,7 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--slurm-array-parallelism", type=_positive_int, default=32,
                      help="at most this many jobs of the grid at once (default: 32)")
     run.add_argument("--channels-last", default=None, choices=("auto", "on", "off"),
-                     help="fine-tune in channels_last memory format (default auto: on CUDA only)")
+                     help="fine-tune in channels_last memory format (default auto: on CUDA and on CPUs with oneDNN)")
     run.add_argument("--compile", action="store_true",
                      help="fine-tune with the networks compiled by torch.compile (off by default: the compilation "
                           "costs tens of seconds and did not pay on CPU; see benchmarks/RESULTS.md)")

@@ -31,8 +31,9 @@ class TrainConfig:
         precision: ``auto`` (bf16 autocast on CUDA, fp32 on CPU), ``fp32`` or ``bf16``.
         sync_bn: under torchrun, BatchNorm statistics over the global batch instead of each
             process's shard (no effect in a single process).
-        channels_last: ``auto`` (on CUDA: the model and the input batches in channels_last memory
-            format, which tensor cores prefer), ``on`` or ``off``. The maths is unchanged.
+        channels_last: ``auto`` (on CUDA and on CPUs with oneDNN: the model and the input batches
+            in channels_last memory format, which tensor cores and oneDNN's convolutions prefer),
+            ``on`` or ``off``. The maths is unchanged (float rounding aside).
         compile: compile the networks' bodies with ``torch.compile`` (inductor) for fine-tuning.
             The first batches pay the compilation (tens of seconds per network and BN mode); off
             by default because it did not pay on the CPUs measured (benchmarks/RESULTS.md). The

@@ -272,10 +272,14 @@ def autocast(device: torch.device, precision: str):
 
 
 def use_channels_last(setting: str, device: torch.device) -> bool:
-    """``auto`` → channels_last on CUDA only (on CPU it brings nothing measurable for our convnets)."""
+    """``auto`` → channels_last on CUDA (tensor cores prefer it) and on CPUs with oneDNN, whose NHWC
+    convolutions ran every attack and update pass of our convnets faster than NCHW ones on the
+    machines measured (benchmarks/RESULTS.md); NCHW elsewhere (e.g. MPS)."""
     if setting not in ("auto", "on", "off"):
         raise ConfigError(f"--channels-last must be auto, on or off, got {setting!r}")
-    return setting == "on" or (setting == "auto" and device.type == "cuda")
+    if setting != "auto":
+        return setting == "on"
+    return device.type == "cuda" or (device.type == "cpu" and torch.backends.mkldnn.is_available())
 
 
 def compile_bodies(module: torch.nn.Module) -> int:

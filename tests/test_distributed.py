@@ -19,6 +19,7 @@ from robustbench_aft.cli import main
 from robustbench_aft.data import EpochOrderSampler, epoch_seed
 from robustbench_aft.distributed import (CPUSyncBatchNorm, DistContext, GradientAveraging, ShardedEpochSampler,
                                          convert_sync_batchnorm, merge_per_example)
+from robustbench_aft.launch import local_job_threads
 from robustbench_aft.models import build_model
 
 REPO = Path(robustbench_aft.__file__).resolve().parents[1]
@@ -147,14 +148,25 @@ def test_bench_run_under_torchrun_writes_one_result_set_matching_one_process(tmp
     assert stored["processes"] == 2 and stored["train"]["sync_bn"] is True
 
 
+def test_local_grid_jobs_share_the_cores(monkeypatch):
+    monkeypatch.setattr(os, "cpu_count", lambda: 16)
+    assert [local_job_threads(jobs) for jobs in (1, 4, 5, 16, 40)] == [16, 4, 3, 1, 1]
+    monkeypatch.setattr(os, "cpu_count", lambda: None)
+    assert local_job_threads(3) == 1
+
+
 def test_submitit_local_grid_is_collected_and_a_failed_cell_resubmitted(tmp_path, capsys):
     pytest.importorskip("submitit")
     out, db = tmp_path / "grid", tmp_path / "grid.db"
-    arguments = ["run", "--methods", "vaft,trades", "--seeds", "0,1", "--preset", "ci", "--attacks", "clean,pgd",
-                 "--quiet", "--launcher", "submitit-local", "--out", str(out), "--db", str(db)]
+    # One epoch and 40 test points: the orchestration is under test here, not the accuracy.
+    arguments = ["run", "--methods", "vaft,trades", "--seeds", "0,1", "--preset", "ci", "--epochs", "1",
+                 "--n-eval", "40", "--attacks", "clean,pgd", "--quiet", "--launcher", "submitit-local",
+                 "--out", str(out), "--db", str(db)]
     assert main(arguments) == 0
     jobs = json.loads((out / "jobs.json").read_text())
     assert sorted(jobs) == ["natural", "trades-seed0", "trades-seed1", "vaft-seed0", "vaft-seed1"]
+    # The four fine-tuning jobs ran side by side, sharing the cores instead of each taking all.
+    assert f"{local_job_threads(4)} torch thread(s)" in Path(jobs["vaft-seed0"]["stderr"]).read_text()
     connection = sqlite3.connect(db)
     assert connection.execute("select count(*) from runs where status = 'finished'").fetchone()[0] == 5
     first_run_id = connection.execute("select run_id from runs where method = 'trades' and seed = 1").fetchone()[0]

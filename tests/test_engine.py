@@ -49,8 +49,22 @@ def test_unknown_method_parameter_is_a_config_error():
         build_method("afd", {"delta": 1.0}, eps=0.1, train=TINY)
 
 
+def test_channels_last_auto_is_on_for_cuda_and_onednn_cpus_and_explicit_settings_win(monkeypatch):
+    from robustbench_aft.errors import ConfigError
+    from robustbench_aft.runtime import use_channels_last
+
+    assert use_channels_last("auto", torch.device("cuda")) and not use_channels_last("off", torch.device("cuda"))
+    monkeypatch.setattr(torch.backends.mkldnn, "is_available", lambda: True)
+    assert use_channels_last("auto", CPU) and not use_channels_last("off", CPU)
+    monkeypatch.setattr(torch.backends.mkldnn, "is_available", lambda: False)
+    assert not use_channels_last("auto", CPU) and use_channels_last("on", CPU)
+    assert not use_channels_last("auto", torch.device("mps"))
+    with pytest.raises(ConfigError, match="auto, on or off"):
+        use_channels_last("yes", CPU)
+
+
 def test_channels_last_changes_the_memory_layout_not_the_maths(digits_model, digits):
-    """The channels_last path (auto on CUDA) forced on CPU: the same training within float noise."""
+    """channels_last on (auto on CUDA and oneDNN CPUs) and off on CPU: the same training within float noise."""
     tuned = {setting: fine_tune("vaft", digits_model, digits, TrainConfig(epochs=1, batch_size=128, train_subset=256,
                                                                           channels_last=setting),
                                 eps=0.15, seed=0, device=CPU, progress=False)
