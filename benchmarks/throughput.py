@@ -11,8 +11,8 @@ Prints, for the machine it runs on:
    structures it (same model, batch, attack steps and seed, measured alternately in one process;
    the reference is always fp32 and NCHW, ours runs with ``--precision`` and ``--channels-last``,
    whose ``auto`` resolves as in ``bench run``: what a user gets by default on that device);
-   their ratio; the method's floor (the forward+backward and forward-only passes it must do × the
-   measured time of one such pass) and ours/floor; with ``--compile``, also ours with the
+   their ratio; the method's floor (the passes of ``FLOOR_PASSES`` it must do × the time of one
+   such pass, measured on its own in our precision and layout) and ours/floor; with ``--compile``, also ours with the
    networks compiled as ``bench run --compile`` does, its ratio to eager, and the seconds of its
    first step (the compilation; a fresh inductor cache per run, shared by the methods of one arch);
 2. evaluator images/s per attack, the full protocol against running every attack separately, and
