@@ -114,6 +114,11 @@ def local_job_threads(concurrent_jobs: int) -> int:
     return max(1, (os.cpu_count() or 1) // max(1, concurrent_jobs))
 
 
+def _job_threads(launcher: str, concurrent_jobs: int) -> Optional[int]:
+    # LocalExecutor starts every job at once on this machine; Slurm gives each job its own cores.
+    return local_job_threads(concurrent_jobs) if launcher == "submitit-local" else None
+
+
 def _cells(config: RunConfig) -> List[tuple]:
     return [("natural", config.pretrained_seed)] + [(m, s) for m in config.methods for s in config.seeds]
 
@@ -181,7 +186,7 @@ def submit_grid(config: RunConfig, launcher: str, options: SlurmOptions, resume:
         # Every cell fine-tunes the same natural model: pre-train it once, before the grid.
         todo.remove(("natural", config.pretrained_seed))
         job = executor.submit(run_cell_job, config, str(out_root), "natural", config.pretrained_seed,
-                              local_job_threads(1) if launcher == "submitit-local" else None)
+                              _job_threads(launcher, 1))
         remember("natural", job)
         log.info("submitted the natural cell (job %s), which pre-trains the natural model; the grid follows it",
                  job.job_id)
@@ -190,8 +195,7 @@ def submit_grid(config: RunConfig, launcher: str, options: SlurmOptions, resume:
             summary.collected = collect(out_root, config.db)
             return summary
     if todo:
-        # LocalExecutor starts every job at once; Slurm gives each job its own cores.
-        threads = local_job_threads(len(todo)) if launcher == "submitit-local" else None
+        threads = _job_threads(launcher, len(todo))
         with executor.batch():
             pending = [(cell_name(m, s), executor.submit(run_cell_job, config, str(out_root), m, s, threads))
                        for m, s in todo]
