@@ -9,7 +9,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from robustbench_aft.method import CIFAR_EPS, Method, arrest_lr, param, pgd_attack
+from robustbench_aft.method import CIFAR_EPS, COUNT, NONNEGATIVE, POSITIVE, Method, arrest_lr, param, pgd_attack
 from robustbench_aft.registry import METHODS
 
 def distillation_kl(logits_teacher: torch.Tensor, logits_student: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -36,12 +36,12 @@ class AFKD(Method):
 
     @dataclass
     class Params:
-        lambda_kd: float = param(1.0, "weight of the distillation term", "reconstruction (methods.md §8)")
-        temperature: float = param(1.0, "distillation temperature τ", "reconstruction (methods.md §8)")
-        attack_steps: int = param(10, "PGD steps of the training attack", "vAFT (AFD ARREST.py)")
+        lambda_kd: float = param(1.0, "weight of the distillation term", "reconstruction (methods.md §8)", NONNEGATIVE)
+        temperature: float = param(1.0, "distillation temperature τ", "reconstruction (methods.md §8)", POSITIVE)
+        attack_steps: int = param(10, "PGD steps of the training attack", "vAFT (AFD ARREST.py)", COUNT)
         attack_step_ratio: float = param((2 / 255) / CIFAR_EPS, "training attack step / eps (2/255 at 8/255)",
-                                         "vAFT (AFD ARREST.py)")
-        attack_eps_ratio: float = param(1.0, "training attack eps / the run's eps", "vAFT (AFD ARREST.py)")
+                                         "vAFT (AFD ARREST.py)", POSITIVE)
+        attack_eps_ratio: float = param(1.0, "training attack eps / the run's eps", "vAFT (AFD ARREST.py)", POSITIVE)
 
     def prepare(self, model: nn.Module) -> None:
         self.student = copy.deepcopy(model)

@@ -10,7 +10,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from robustbench_aft.method import CIFAR_EPS, Method, param, pgd_attack
+from robustbench_aft.method import (
+    CIFAR_EPS, COUNT, COUNT_OR_ZERO, FLAG, NONNEGATIVE, POSITIVE, Method, Range, param, pgd_attack)
 from robustbench_aft.registry import METHODS
 
 
@@ -44,15 +45,17 @@ class ARREST(Method):
 
     @dataclass
     class Params:
-        beta_r: float = param(50.0, "weight of the RGKD feature-distance penalty", "AFD ARREST.py default")
-        angle: float = param(30.0, "noisy-replay angle θ in degrees (threshold 1 − cos θ)", "AFD ARREST.py default")
-        nr_epochs: int = param(10, "noisy replay only in epochs ≤ this (20-epoch scale)", "AFD ARREST.py")
-        nr: bool = param(True, "enable noisy replay", "AFD ARREST.py --NR")
-        rgkd: bool = param(True, "enable the representation penalty", "AFD ARREST.py --RGKD")
-        attack_steps: int = param(10, "PGD steps of the training attack", "AFD ARREST.py default")
+        beta_r: float = param(50.0, "weight of the RGKD feature-distance penalty", "AFD ARREST.py default", NONNEGATIVE)
+        angle: float = param(30.0, "noisy-replay angle θ in degrees (threshold 1 − cos θ)", "AFD ARREST.py default",
+                             Range(0.0, 180.0, low_open=True))
+        nr_epochs: int = param(10, "noisy replay only in epochs ≤ this (20-epoch scale)", "AFD ARREST.py",
+                               COUNT_OR_ZERO)
+        nr: bool = param(True, "enable noisy replay", "AFD ARREST.py --NR", FLAG)
+        rgkd: bool = param(True, "enable the representation penalty", "AFD ARREST.py --RGKD", FLAG)
+        attack_steps: int = param(10, "PGD steps of the training attack", "AFD ARREST.py default", COUNT)
         attack_step_ratio: float = param((2 / 255) / CIFAR_EPS, "training attack step / eps (2/255 at 8/255)",
-                                         "AFD ARREST.py default")
-        attack_eps_ratio: float = param(1.0, "training attack eps / the run's eps", "AFD ARREST.py (8/255)")
+                                         "AFD ARREST.py default", POSITIVE)
+        attack_eps_ratio: float = param(1.0, "training attack eps / the run's eps", "AFD ARREST.py (8/255)", POSITIVE)
 
     def prepare(self, model: nn.Module) -> None:
         self.student = copy.deepcopy(model)

@@ -8,7 +8,7 @@ import torch
 from torch.nn import functional as F
 from torch.utils.data import Dataset
 
-from robustbench_aft.method import CIFAR_EPS, Method, param
+from robustbench_aft.method import CIFAR_EPS, COUNT, COUNT_OR_ZERO, POSITIVE, PROBABILITY, Method, param
 from robustbench_aft.registry import METHODS
 
 
@@ -48,13 +48,16 @@ class ATAS(Method):
 
     @dataclass
     class Params:
-        c: float = param(0.01, "step-size constant c", "ATAS_CIFAR.sh")
-        beta_h: float = param(0.5, "decay of the running squared gradient norm", "ATAS_CIFAR.sh")
-        warmup_epochs: int = param(5, "epochs with the constant step ε (20-epoch scale)", "ATAS_CIFAR.sh")
-        reset_every: int = param(10, "re-initialise δ every this many epochs (20-epoch scale)", "ATAS.py")
-        numerator_ratio: float = param(2.0, "step numerator / eps (2·8/255 at 8/255)", "adv_attack.py")
-        min_step_ratio: float = param((4 / 255) / CIFAR_EPS, "smallest step / eps (4/255 at 8/255)", "ATAS_CIFAR.sh")
-        max_step_ratio: float = param((14 / 255) / CIFAR_EPS, "largest step / eps (14/255 at 8/255)", "ATAS_CIFAR.sh")
+        c: float = param(0.01, "step-size constant c", "ATAS_CIFAR.sh", POSITIVE)
+        beta_h: float = param(0.5, "decay of the running squared gradient norm", "ATAS_CIFAR.sh", PROBABILITY)
+        warmup_epochs: int = param(5, "epochs with the constant step ε (20-epoch scale)", "ATAS_CIFAR.sh",
+                                   COUNT_OR_ZERO)
+        reset_every: int = param(10, "re-initialise δ every this many epochs (20-epoch scale)", "ATAS.py", COUNT)
+        numerator_ratio: float = param(2.0, "step numerator / eps (2·8/255 at 8/255)", "adv_attack.py", POSITIVE)
+        min_step_ratio: float = param((4 / 255) / CIFAR_EPS, "smallest step / eps (4/255 at 8/255)", "ATAS_CIFAR.sh",
+                                      POSITIVE)
+        max_step_ratio: float = param((14 / 255) / CIFAR_EPS, "largest step / eps (14/255 at 8/255)", "ATAS_CIFAR.sh",
+                                      POSITIVE)
 
     def on_fit_start(self, train_set: Dataset) -> None:
         # Indices are positions in the full training set, also when training on a subset of it.

@@ -7,7 +7,7 @@ from typing import Dict, Tuple
 import torch
 from torch.nn import functional as F
 
-from robustbench_aft.method import Method, param
+from robustbench_aft.method import NONNEGATIVE, POSITIVE, Method, param
 from robustbench_aft.registry import METHODS
 
 
@@ -45,8 +45,9 @@ class FGSMGA(Method):
 
     @dataclass
     class Params:
-        grad_align_lambda: float = param(0.2, "weight λ of the GradAlign regulariser", "README command (ε = 8/255)")
-        fgsm_alpha: float = param(1.25, "FGSM step / eps", "train.py default")
+        grad_align_lambda: float = param(0.2, "weight λ of the GradAlign regulariser", "README command (ε = 8/255)",
+                                         NONNEGATIVE)
+        fgsm_alpha: float = param(1.25, "FGSM step / eps", "train.py default", POSITIVE)
 
     def training_step(self, batch: Tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> Dict[str, torch.Tensor]:
         x, y, _ = batch

@@ -7,7 +7,7 @@ from typing import Any, Dict, Optional, Tuple
 import torch
 from torch.nn import functional as F
 
-from robustbench_aft.method import Method, param
+from robustbench_aft.method import COUNT, POSITIVE, Method, param
 from robustbench_aft.registry import METHODS
 
 
@@ -40,8 +40,8 @@ class FreeAT(Method):
 
     @dataclass
     class Params:
-        replays: int = param(8, "replays m of each minibatch", "free_adv_train config.py (CIFAR)")
-        step_ratio: float = param(1.0, "perturbation step / eps", "free_adv_train config.py (step = ε)")
+        replays: int = param(8, "replays m of each minibatch", "free_adv_train config.py (CIFAR)", COUNT)
+        step_ratio: float = param(1.0, "perturbation step / eps", "free_adv_train config.py (step = ε)", POSITIVE)
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)

@@ -7,7 +7,7 @@ from typing import Dict, Tuple
 import torch
 from torch.nn import functional as F
 
-from robustbench_aft.method import CIFAR_EPS, Method, param, pgd_attack
+from robustbench_aft.method import CIFAR_EPS, COUNT, NONNEGATIVE, POSITIVE, Method, param, pgd_attack
 from robustbench_aft.registry import METHODS
 
 
@@ -55,12 +55,12 @@ class MART(Method):
 
     @dataclass
     class Params:
-        beta: float = param(6.0, "weight of the misclassification-aware KL", "mart.py mart_loss default")
-        attack_steps: int = param(10, "PGD steps of the training attack", "train_resnet.py default")
+        beta: float = param(6.0, "weight of the misclassification-aware KL", "mart.py mart_loss default", NONNEGATIVE)
+        attack_steps: int = param(10, "PGD steps of the training attack", "train_resnet.py default", COUNT)
         attack_step_ratio: float = param(0.007 / CIFAR_EPS, "training attack step / eps (0.007 at 8/255)",
-                                         "train_resnet.py default")
+                                         "train_resnet.py default", POSITIVE)
         attack_eps_ratio: float = param(0.031 / CIFAR_EPS, "training attack eps / the run's eps (0.031 at 8/255)",
-                                        "train_resnet.py default")
+                                        "train_resnet.py default", POSITIVE)
 
     def training_step(self, batch: Tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> Dict[str, torch.Tensor]:
         x, y, _ = batch

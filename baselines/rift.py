@@ -12,7 +12,8 @@ from torch import nn
 from torch.nn import functional as F
 from torch.utils.data import Dataset
 
-from robustbench_aft.method import CIFAR_EPS, Method, afd_lr, param, pgd_attack
+from robustbench_aft.method import (
+    CIFAR_EPS, COUNT, NONNEGATIVE, POSITIVE, PROBABILITY, Method, afd_lr, param, pgd_attack)
 from robustbench_aft.registry import METHODS
 
 log = logging.getLogger(__name__)
@@ -78,15 +79,17 @@ class RiFT(Method):
     @dataclass
     class Params:
         rift_fraction: float = param(0.5, "share of the run's epochs spent in RiFT's stage 2 (rest: vAFT)",
-                                     "INFERRED (methods.md §6.4)")
-        rift_lr: float = param(1e-3, "stage-2 learning rate (×0.1 half-way)", "RiFT/main.py default")
-        mrc_epochs: int = param(10, "gradient-ascent epochs per module for MRC", "RiFT/utils.py")
-        mrc_max_ratio: float = param(0.1, "relative-norm bound of the MRC perturbation", "RiFT/utils.py")
-        probe_size: int = param(512, "training images in the MRC set and the α-selection set", "RiFT/utils.py (batch 512)")
-        alpha_tolerance: float = param(0.1, "allowed PGD drop (points) when choosing α", "our rule (methods.md §6.3)")
-        attack_steps: int = param(10, "PGD steps (upstream vAFT, MRC set, α selection)", "RiFT/utils.py")
+                                     "INFERRED (methods.md §6.4)", PROBABILITY)
+        rift_lr: float = param(1e-3, "stage-2 learning rate (×0.1 half-way)", "RiFT/main.py default", POSITIVE)
+        mrc_epochs: int = param(10, "gradient-ascent epochs per module for MRC", "RiFT/utils.py", COUNT)
+        mrc_max_ratio: float = param(0.1, "relative-norm bound of the MRC perturbation", "RiFT/utils.py", POSITIVE)
+        probe_size: int = param(512, "training images in the MRC set and the α-selection set",
+                                "RiFT/utils.py (batch 512)", COUNT)
+        alpha_tolerance: float = param(0.1, "allowed PGD drop (points) when choosing α", "our rule (methods.md §6.3)",
+                                       NONNEGATIVE)
+        attack_steps: int = param(10, "PGD steps (upstream vAFT, MRC set, α selection)", "RiFT/utils.py", COUNT)
         attack_step_ratio: float = param((2 / 255) / CIFAR_EPS, "attack step / eps (2/255 at 8/255)",
-                                         "vAFT; RiFT uses 2/225, a typo for 2/255")
+                                         "vAFT; RiFT uses 2/225, a typo for 2/255", POSITIVE)
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from robustbench_aft.method import CIFAR_EPS, Method, afd_lr, param, pgd_attack
+from robustbench_aft.method import CIFAR_EPS, COUNT, NONNEGATIVE, POSITIVE, Method, afd_lr, param, pgd_attack
 from robustbench_aft.registry import METHODS
 
 
@@ -90,14 +90,15 @@ class _TWINS(Method):
 
     @dataclass
     class Params:
-        lambda_twins: float = param(1.0, "weight of the frozen wing's loss (λ)", "TWINS_cifar/train.sh")
-        attack_steps: int = param(10, "PGD steps of the training attack", "src/argument.py default")
+        lambda_twins: float = param(1.0, "weight of the frozen wing's loss (λ)", "TWINS_cifar/train.sh", NONNEGATIVE)
+        attack_steps: int = param(10, "PGD steps of the training attack", "src/argument.py default", COUNT)
         attack_step_ratio: float = param((2 / 255) / CIFAR_EPS, "training attack step / eps (2/255 at 8/255)",
-                                         "src/argument.py default")
+                                         "src/argument.py default", POSITIVE)
         attack_eps_ratio: float = param(0.0314 / CIFAR_EPS, "training attack eps / the run's eps (0.0314 at 8/255)",
-                                        "TWINS_cifar/train.sh")
-        lr: float = param(0.003, "base learning rate (replaces the run's; AFD's schedule shape)", "TWINS_cifar/train.sh")
-        weight_decay: float = param(1e-5, "weight decay (replaces the run's)", "TWINS_cifar/train.sh")
+                                        "TWINS_cifar/train.sh", POSITIVE)
+        lr: float = param(0.003, "base learning rate (replaces the run's; AFD's schedule shape)",
+                          "TWINS_cifar/train.sh", POSITIVE)
+        weight_decay: float = param(1e-5, "weight decay (replaces the run's)", "TWINS_cifar/train.sh", NONNEGATIVE)
 
     def prepare(self, model: nn.Module) -> None:
         self.student = copy.deepcopy(model)
@@ -167,7 +168,7 @@ class TWINSTRADES(_TWINS):
 
     @dataclass
     class Params(_TWINS.Params):
-        beta: float = param(6.0, "weight of the KL terms", "train-TWINS-TRADES.py default (beta_trades)")
+        beta: float = param(6.0, "weight of the KL terms", "train-TWINS-TRADES.py default (beta_trades)", NONNEGATIVE)
 
     def training_step(self, batch: Tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> Dict[str, torch.Tensor]:
         x, y, _ = batch

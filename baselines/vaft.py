@@ -7,7 +7,7 @@ from typing import Dict, Tuple
 import torch
 from torch.nn import functional as F
 
-from robustbench_aft.method import CIFAR_EPS, Method, arrest_lr, param, pgd_attack
+from robustbench_aft.method import CIFAR_EPS, COUNT, POSITIVE, Method, arrest_lr, param, pgd_attack
 from robustbench_aft.registry import METHODS
 
 
@@ -35,10 +35,10 @@ class VanillaAFT(Method):
 
     @dataclass
     class Params:
-        attack_steps: int = param(10, "PGD steps of the training attack", "AFD ARREST.py default")
+        attack_steps: int = param(10, "PGD steps of the training attack", "AFD ARREST.py default", COUNT)
         attack_step_ratio: float = param((2 / 255) / CIFAR_EPS, "training attack step / eps (2/255 at 8/255)",
-                                         "AFD ARREST.py default")
-        attack_eps_ratio: float = param(1.0, "training attack eps / the run's eps", "AFD ARREST.py (8/255)")
+                                         "AFD ARREST.py default", POSITIVE)
+        attack_eps_ratio: float = param(1.0, "training attack eps / the run's eps", "AFD ARREST.py (8/255)", POSITIVE)
 
     def training_step(self, batch: Tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> Dict[str, torch.Tensor]:
         x, y, _ = batch

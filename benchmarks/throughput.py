@@ -11,8 +11,9 @@ Prints, for the machine it runs on:
    structures it (same model, batch, attack steps and seed, measured alternately in one process;
    the reference is always fp32 and NCHW, ours runs with ``--precision`` and ``--channels-last``,
    whose ``auto`` resolves as in ``bench run``: what a user gets by default on that device);
-   their ratio; the method's floor (the passes of ``FLOOR_PASSES`` it must do × the time of one
-   such pass, measured on its own in our precision and layout) and ours/floor; with ``--compile``, also ours with the
+   their ratio; the method's floor (``FloorStep``: the passes of ``FLOOR_PASSES`` it must do and
+   nothing else, run as one block in our precision and layout, timed alternately with ours) and
+   ours/floor (≤ 1 up to noise; the seconds of one pass of each kind are printed first); with ``--compile``, also ours with the
    networks compiled as ``bench run --compile`` does, its ratio to eager, and the seconds of its
    first step (the compilation; a fresh inductor cache per run, shared by the methods of one arch);
 2. evaluator images/s per attack, the full protocol against running every attack separately, and
@@ -53,8 +54,8 @@ from robustbench_aft.runtime import (autocast, compile_bodies, resolve_precision
                                      without_buffer_donation)
 
 EPS = 8 / 255
-# Per training batch, what each method cannot avoid with its official settings, in passes timed one
-# at a time by `one_pass_times`: attack steps (an eval-mode forward + a backward to the input only),
+# Per training batch, what each method cannot avoid with its official settings, in the passes that
+# `FloorStep` runs: attack steps (an eval-mode forward + a backward to the input only),
 # update passes (a train-mode forward + backward into the weights, one per distinct input it trains
 # on), forward-only passes (a frozen teacher, a no-grad target) and GradAlign passes (a forward, the
 # input gradient with its graph, and the backward through that gradient into the weights).
@@ -102,46 +103,74 @@ def timed(step: Callable[[], None], device: torch.device) -> float:
     return time.perf_counter() - start
 
 
+class FloorStep:
+    """The passes a method must do per training batch (``FLOOR_PASSES``), and nothing else, run as
+    one block on the same model, batch, precision and memory format as our step.
+
+    * attack step: eval-mode forward + backward to the input only (no weight gradients; BN on its
+      running statistics), chained as PGD chains them (each step starts from the last one's output);
+    * update pass: train-mode forward + backward into the weights;
+    * forward: an inference-mode forward (a frozen teacher, a no-grad target);
+    * GradAlign pass: forward, the input gradient with its graph, backward through it into the weights.
+
+    Everything else our step does (projection, clipping, loss terms, optimiser steps, EMA) is
+    absent, so the block is a lower bound of our step's work: ours/floor = floor seconds / our
+    seconds is at most 1 up to timing noise, which both sides share (alternate rounds, minimum).
+    """
+
+    def __init__(self, arch: str, passes: Dict[str, int], batch: torch.Tensor, labels: torch.Tensor,
+                 device: torch.device, precision: str, channels_last: bool) -> None:
+        self.model = build_model(arch, 10, 3, (0.5,) * 3, (0.25,) * 3).to(device)
+        if channels_last:
+            self.model.to(memory_format=torch.channels_last)
+            batch = batch.contiguous(memory_format=torch.channels_last)
+        self.batch, self.labels, self.passes = batch, labels, passes
+        self.device, self.precision = device, precision
+        self.reference_gradient = torch.randn_like(batch)
+
+    def _attack_steps(self, count: int) -> None:
+        self.model.eval()
+        x = self.batch
+        for _ in range(count):
+            x = x.detach().requires_grad_(True)
+            gradient, = torch.autograd.grad(F.cross_entropy(self.model(x), self.labels), [x])
+            x = x + gradient.sign()
+
+    def _update_passes(self, count: int) -> None:
+        self.model.train()
+        for _ in range(count):
+            F.cross_entropy(self.model(self.batch), self.labels).backward()
+
+    def _forwards(self, count: int) -> None:
+        self.model.eval()
+        with torch.inference_mode():
+            for _ in range(count):
+                self.model(self.batch)
+
+    def _gradalign_passes(self, count: int) -> None:
+        self.model.train()
+        for _ in range(count):
+            x = self.batch.clone().requires_grad_(True)
+            gradient, = torch.autograd.grad(F.cross_entropy(self.model(x), self.labels), [x], create_graph=True)
+            (1 - F.cosine_similarity(gradient.flatten(1), self.reference_gradient.flatten(1), dim=1).mean()).backward()
+
+    def __call__(self) -> None:
+        kinds = {"attack": self._attack_steps, "update": self._update_passes, "forward": self._forwards,
+                 "gradalign": self._gradalign_passes}
+        with autocast(self.device, self.precision):
+            for kind, count in self.passes.items():
+                kinds[kind](count)
+        self.model.zero_grad(set_to_none=True)
+
+
 def one_pass_times(arch: str, batch: torch.Tensor, labels: torch.Tensor, device: torch.device, rounds: int,
                    precision: str = "fp32", channels_last: bool = False) -> Dict[str, float]:
-    """Seconds of each pass of ``FLOOR_PASSES`` on ``batch``, in the precision and memory format
-    our steps run in (so that ours/floor compares like with like)."""
-    model = build_model(arch, 10, 3, (0.5,) * 3, (0.25,) * 3).to(device)
-    if channels_last:
-        model.to(memory_format=torch.channels_last)
-        batch = batch.contiguous(memory_format=torch.channels_last)
-
-    def attack_step():
-        model.eval()
-        x = batch.clone().requires_grad_(True)
-        torch.autograd.grad(F.cross_entropy(model(x), labels), [x])
-
-    def update_pass():
-        model.train()
-        F.cross_entropy(model(batch), labels).backward()
-
-    def forward_only():
-        model.eval()
-        with torch.no_grad():
-            model(batch)
-
-    reference_gradient = torch.randn_like(batch)
-
-    def gradalign_pass():
-        model.train()
-        x = batch.clone().requires_grad_(True)
-        gradient, = torch.autograd.grad(F.cross_entropy(model(x), labels), [x], create_graph=True)
-        (1 - F.cosine_similarity(gradient.flatten(1), reference_gradient.flatten(1), dim=1).mean()).backward()
-
+    """Seconds of one pass of each kind (the minimum over rounds of ten chained passes, divided by ten)."""
     times = {}
-    for name, step in (("attack", attack_step), ("update", update_pass), ("forward", forward_only),
-                       ("gradalign", gradalign_pass)):
-        def in_precision(step=step):
-            with autocast(device, precision):
-                step()
-
-        in_precision()
-        times[name] = statistics.median(timed(in_precision, device) for _ in range(rounds * 3))
+    for kind in ("attack", "update", "forward", "gradalign"):
+        block = FloorStep(arch, {kind: 10}, batch, labels, device, precision, channels_last)
+        block()
+        times[kind] = min(timed(block, device) for _ in range(rounds)) / 10
     return times
 
 
@@ -166,7 +195,6 @@ def training_table(arch: str, methods: List[str], batch_size: int, rounds: int, 
     y = torch.randint(0, 10, (batch_size,), device=device)
     index = torch.arange(batch_size, device=device)
     natural = build_model(arch, 10, 3, (0.5,) * 3, (0.25,) * 3).to(device)
-    passes = one_pass_times(arch, x, y, device, rounds, precision, channels_last)
     train_set = TensorImageDataset(x.cpu(), y.cpu())
     x_ours = x.contiguous(memory_format=torch.channels_last) if channels_last else x
     rows = []
@@ -191,18 +219,23 @@ def training_table(arch: str, methods: List[str], batch_size: int, rounds: int, 
             compiled_step()  # a second warm-up: guards settled, allocator warm
         reference = REFERENCE_STEPS.get(name)
         reference_step = reference(natural, EPS, device) if reference else None
+        floor_step = FloorStep(arch, FLOOR_PASSES.get(name, DEFAULT_FLOOR), x, y, device, precision, channels_last)
         ours_step()  # warm-up (lazy buffers, allocator)
+        floor_step()
         if reference_step:
             reference_step(x, y)
-        times: Dict[str, List[float]] = {"ours": [], "reference": [], "compiled": []}
+        times: Dict[str, List[float]] = {"ours": [], "floor": [], "reference": [], "compiled": []}
         for _ in range(rounds):  # alternately, so that drifts in machine load hit all of them
             times["ours"].append(timed(ours_step, device))
+            times["floor"].append(timed(floor_step, device))
             if reference_step:
                 times["reference"].append(timed(lambda: reference_step(x, y), device))
             if compiled_step:
                 times["compiled"].append(timed(compiled_step, device))
+        # Medians for the throughput columns; minima (the least disturbed round of each) for ours/floor,
+        # so that background load cannot make ours look faster than the work it has to do.
         ours_ips = batch_size / statistics.median(times["ours"])
-        floor_seconds = sum(count * passes[kind] for kind, count in FLOOR_PASSES.get(name, DEFAULT_FLOOR).items())
+        floor_seconds = min(times["floor"])
         row = {"arch": arch, "method": name, "ours img/s": round(ours_ips, 1)}
         if reference_step:
             reference_ips = batch_size / statistics.median(times["reference"])
@@ -212,7 +245,7 @@ def training_table(arch: str, methods: List[str], batch_size: int, rounds: int, 
             row["reference img/s"] = "-"
             row["ours/reference"] = "-"
         row["floor img/s"] = round(batch_size / floor_seconds, 1)
-        row["ours/floor"] = round(ours_ips * floor_seconds / batch_size, 2)
+        row["ours/floor"] = round(floor_seconds / min(times["ours"]), 2)
         if compiled_too:
             if compiled_step:
                 compiled_ips = batch_size / statistics.median(times["compiled"])
@@ -335,15 +368,28 @@ def main(argv: Optional[List[str]] = None) -> int:
     print(f"\nbatch {args.batch}, eps 8/255, official training attacks (PGD-10 for most methods), "
           f"median of {args.rounds} rounds, 3×32×32 synthetic inputs; ours (and the floor's passes) in {precision}, "
           f"{'channels_last' if channels_last else 'NCHW'}; the reference in fp32, NCHW\n")
-    print("## Training\n")
+    print("## Passes\n")
+    print("Seconds of one pass of each kind the floors are built from (minimum over rounds of ten chained "
+          "passes, divided by ten), batch as below:\n")
+    pass_rows = []
+    for arch in archs:
+        torch.manual_seed(0)
+        x = torch.rand(args.batch, 3, 32, 32, device=device)
+        y = torch.randint(0, 10, (args.batch,), device=device)
+        seconds = one_pass_times(arch, x, y, device, args.rounds, precision, channels_last)
+        pass_rows.append({"arch": arch, **{f"{kind} ms": round(1000 * value, 2) for kind, value in seconds.items()}})
+    print(format_table(pass_rows, "md"))
+    print("\n## Training\n")
     rows = [row for arch in archs for row in training_table(arch, methods, args.batch, args.rounds, device,
                                                             precision, channels_last, args.compile)]
     print(format_table(rows, "md"))
+    eval_archs = [a.strip() for a in args.eval_archs.split(",") if a.strip()]
+    if not eval_archs:
+        return 0
     print("\n## Evaluation\n")
     print(f"An untrained model labels its own inputs, except {100 * (1 - args.eval_clean_accuracy):.0f} % of them "
           "given another label (its clean accuracy). Its near-constant outputs keep most correct points robust "
           "to APGD, so every AutoAttack component runs on nearly all of them (the slowest case).\n")
-    eval_archs = [a.strip() for a in args.eval_archs.split(",") if a.strip()]
     print(format_table([row for arch in eval_archs
                         for row in evaluation_table(arch, args.eval_n, device, args.eval_clean_accuracy, args.rounds)], "md"))
     return 0

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .method import CIFAR_EPS, Method, param, pgd_attack
+from .method import CIFAR_EPS, COUNT, NONNEGATIVE, POSITIVE, Method, param, pgd_attack
 from .registry import METHODS
 
 
@@ -57,11 +57,14 @@ class DisentangledClassifier(nn.Module):
         super().__init__()
         self.classifier = classifier
         dim = classifier.head.in_features
-        self.intrinsic = nn.Linear(dim, dim, bias=False)
-        self.confused = nn.Linear(dim, dim, bias=False)
+        # D1 and D2 live where the head lives, in its dtype: a float64 or CUDA classifier gets a
+        # float64 or CUDA disentangler rather than torch's default float32 on the CPU.
+        like = {"dtype": classifier.head.weight.dtype, "device": classifier.head.weight.device}
+        self.intrinsic = nn.Linear(dim, dim, bias=False, **like)
+        self.confused = nn.Linear(dim, dim, bias=False, **like)
         with torch.no_grad():
-            self.intrinsic.weight.copy_(torch.eye(dim))
-            self.confused.weight.copy_(torch.eye(dim))
+            self.intrinsic.weight.copy_(torch.eye(dim, **like))
+            self.confused.weight.copy_(torch.eye(dim, **like))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier.head(self.intrinsic(self.classifier.forward_features(x)))
@@ -114,13 +117,15 @@ class AFD(Method):
 
     @dataclass
     class Params:
-        alpha: float = param(0.05, "weight of the confusion loss L_neg", "tl+sl.py default, README")
-        beta: float = param(0.25, "weight of the separation loss L_cos (--sigma in the code)", "tl+sl.py default")
-        gamma: float = param(25.0, "weight of the alignment with the pre-trained features", "tl+sl.py default")
-        attack_steps: int = param(10, "PGD steps of the training attack", "tl+sl.py default")
+        alpha: float = param(0.05, "weight of the confusion loss L_neg", "tl+sl.py default, README", NONNEGATIVE)
+        beta: float = param(0.25, "weight of the separation loss L_cos (--sigma in the code)", "tl+sl.py default",
+                            NONNEGATIVE)
+        gamma: float = param(25.0, "weight of the alignment with the pre-trained features", "tl+sl.py default",
+                             NONNEGATIVE)
+        attack_steps: int = param(10, "PGD steps of the training attack", "tl+sl.py default", COUNT)
         attack_step_ratio: float = param(0.007 / CIFAR_EPS, "training attack step / eps (0.007 at 8/255)",
-                                         "tl+sl.py default")
-        attack_eps_ratio: float = param(1.0, "training attack eps / the run's eps", "tl+sl.py (8/255)")
+                                         "tl+sl.py default", POSITIVE)
+        attack_eps_ratio: float = param(1.0, "training attack eps / the run's eps", "tl+sl.py (8/255)", POSITIVE)
 
     def prepare(self, model: nn.Module) -> None:
         self.student = DisentangledClassifier(copy.deepcopy(model))

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import List, Optional
 
-from .errors import ConfigError, UserError
+from .errors import ConfigError, UserError, not_a_file_reason
 
 log = logging.getLogger("robustbench_aft")
 
@@ -125,7 +125,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = commands.add_parser("run", help="fine-tune with each method and seed, evaluate, store, print the leaderboard")
     _add_data_arguments(run)
-    run.add_argument("--methods", required=True, help="comma-separated methods, e.g. ours,trades, or all (see `bench list methods`)")
+    run.add_argument("--config", default=None, metavar="FILE.yaml",
+                     help="read options from a YAML file (option names as keys, plus set/train/eval sections); "
+                          "options given on the command line win")
+    run.add_argument("--print-config", action="store_true",
+                     help="print the resolved configuration as YAML (loadable with --config) and exit")
+    run.add_argument("--methods", default=None,
+                     help="comma-separated methods, e.g. ours,trades, or all (see `bench list methods`); required")
     run.add_argument("--arch", default=None, help="architecture (default: the preset's, else smallcnn)")
     run.add_argument("--preset", default=None, help="quick (the digits default), paper (the default elsewhere), ci or cpu-cifar10")
     run.add_argument("--pretrained", default="auto", help="natural model: auto (cache or pre-train), a path, robustbench:NAME")
@@ -227,9 +233,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _existing_store(db: str) -> str:
-    if not Path(db).is_file():
-        raise ConfigError(f"--db {db} does not exist; run `bench run --methods ...` first")
+def _existing_store(db: str, hint: str = "run `bench run --methods ...` first") -> str:
+    reason = not_a_file_reason(db)
+    if reason:
+        raise ConfigError(f"--db {db} {reason}" + (f"; {hint}" if reason == "does not exist" else ""))
     return db
 
 
@@ -373,20 +380,31 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .leaderboard import render_leaderboard
     from .pipeline import leaderboard, run
 
+    if args.methods is None:
+        raise ConfigError("the following arguments are required: --methods (or methods: in the --config file)")
+    sections = getattr(args, "config_sections", {"train": {}, "eval": {}})
+    train_flags = {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
+                   "train_subset": args.train_subset, "precision": args.precision,
+                   "sync_bn": True if args.sync_bn else None, "channels_last": args.channels_last,
+                   "compile": True if args.compile else None}
+    eval_flags = {"attacks": parse_attacks(args.attacks) if args.attacks else None,
+                  "eps": parse_eps(args.eps) if args.eps is not None else None, "n_eval": args.n_eval,
+                  "batch_size": args.eval_batch_size, "precision": args.precision,
+                  "aa_precision": args.aa_precision}
     config = build_run_config(
         [m.strip() for m in args.methods.split(",") if m.strip()], dataset=args.dataset,
         arch=_canonical_arch(args.arch) if args.arch else None, preset=args.preset,
-        train_overrides={"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
-                         "train_subset": args.train_subset, "precision": args.precision,
-                         "sync_bn": True if args.sync_bn else None, "channels_last": args.channels_last,
-                         "compile": True if args.compile else None},
-        eval_overrides={"attacks": parse_attacks(args.attacks) if args.attacks else None,
-                        "eps": parse_eps(args.eps) if args.eps is not None else None, "n_eval": args.n_eval,
-                        "batch_size": args.eval_batch_size, "precision": args.precision,
-                        "aa_precision": args.aa_precision},
+        train_overrides={**sections["train"], **{k: v for k, v in train_flags.items() if v is not None}},
+        eval_overrides={**sections["eval"], **{k: v for k, v in eval_flags.items() if v is not None}},
         method_params=parse_set_options(args.set), pretrained=args.pretrained, seeds=_parse_seeds(args.seeds),
         db=args.db, out=args.out, device=args.device, data_dir=args.data_dir, download=args.download,
+        pretrained_seed=getattr(args, "pretrained_seed", None),
     )
+    if args.print_config:
+        from .config_file import dump_run_config
+
+        print(dump_run_config(config, "bench run --config: the resolved configuration"), end="")
+        return 0
     if args.out is not None and Path(args.out).is_file():
         raise ConfigError(f"--out {args.out} is a file; give a folder")
     from .errors import Interrupted
@@ -462,9 +480,7 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
     from .pipeline import leaderboard
     from .runtime import atomic_write_text
 
-    if not Path(args.db).is_file():
-        raise ConfigError(f"--db {args.db} does not exist; run `bench run --methods ...` first")
-    frame = leaderboard(args.db)
+    frame = leaderboard(_existing_store(args.db))
     if args.with_published and not frame.empty:
         from .leaderboard import load_published, with_published
 
@@ -484,10 +500,8 @@ def cmd_check(args: argparse.Namespace) -> int:
     if args.current is not None:
         current = read_leaderboard_csv(args.current, "--current")
     else:
-        db = args.db or "runs/results.db"
-        if not Path(db).is_file():
-            raise ConfigError(f"--db {db} does not exist; run `bench run` first or pass --current FILE")
-        current = leaderboard(db)
+        current = leaderboard(_existing_store(args.db or "runs/results.db",
+                                              "run `bench run` first or pass --current FILE"))
     metrics = [m.strip() for m in args.metrics.split(",") if m.strip()] if args.metrics else None
     result = check_regression(baseline, current, tolerance=args.tolerance, metrics=metrics)
     print(render_check(result))
@@ -564,10 +578,26 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _with_config_file(parser: argparse.ArgumentParser, args: argparse.Namespace,
+                      argv: Optional[List[str]]) -> argparse.Namespace:
+    """Parse again with the --config file's values as the defaults of `bench run`'s options."""
+    from .config_file import file_defaults, load_config_file
+
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    run_parser = commands.choices["run"]
+    defaults, sections = file_defaults(run_parser, load_config_file(args.config), args.config)
+    run_parser.set_defaults(**defaults)
+    reparsed = parser.parse_args(argv)
+    reparsed.config_sections = sections
+    return reparsed
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
+        if getattr(args, "config", None):
+            args = _with_config_file(parser, args, argv)
         args.argv = list(argv) if argv is not None else sys.argv[1:]
         _setup_logging(getattr(args, "quiet", False))
         return args.handler(args)

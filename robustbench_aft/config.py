@@ -13,7 +13,7 @@ from typing import Any, Dict, List, Optional
 
 from .errors import ConfigError
 from .evaluate import EvalConfig
-from .method import CIFAR_EPS
+from .method import CIFAR_EPS, params_problem
 from .registry import METHODS
 
 
@@ -225,10 +225,15 @@ def build_run_config(methods: List[str], *, dataset: str = "digits", arch: Optio
             raise ConfigError(f"--set {name}.…: {canonical} is not among --methods ({', '.join(canonical_methods)})")
         params.setdefault(canonical, {}).update(values)
     for name, values in params.items():
-        known = {f.name for f in fields(METHODS.get(name).Params)}
+        params_cls = METHODS.get(name).Params
+        known = {f.name for f in fields(params_cls)}
         unknown = [k for k in values if k not in known]
         if unknown:
             raise ConfigError(f"{name} has no parameter(s) {', '.join(unknown)}")
+        for key, value in values.items():
+            problem = params_problem(params_cls, key, value)
+            if problem:
+                raise ConfigError(f"--set {name}.{key}={value!r}: {problem}")
 
     natural = dict(chosen.get("natural", {}))
     config = RunConfig(methods=canonical_methods, dataset=dataset, arch=arch or chosen.get("arch", "smallcnn"),

@@ -4,6 +4,29 @@ Everything a user can cause (a typo, a missing file, a bad value) raises a :clas
 the CLI prints its message on one line and exits with status 2. Anything else is a bug and keeps
 its traceback.
 """
+from __future__ import annotations
+
+import os
+import stat
+
+
+def not_a_file_reason(path: "os.PathLike[str] | str") -> "str | None":
+    """Why ``path`` cannot be read as a regular file ("does not exist", "is a directory", …), or
+    None when it is one; error messages say what the path actually is rather than "missing"."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return "does not exist"
+    except OSError as exc:
+        return f"cannot be read ({exc.strerror})"
+    if stat.S_ISREG(mode):
+        return None
+    if stat.S_ISDIR(mode):
+        return "is a directory, not a file"
+    kinds = ((stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+             (stat.S_ISFIFO, "a named pipe"), (stat.S_ISSOCK, "a socket"))
+    kind = next((name for test, name in kinds if test(mode)), "not a regular file")
+    return f"is {kind}, not a file"
 
 
 class UserError(Exception):

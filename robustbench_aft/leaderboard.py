@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-from .errors import ConfigError
+from .errors import ConfigError, not_a_file_reason
 
 FORMATS = ("md", "csv", "json")
 METRIC_ORDER = ("clean", "pgd", "cw", "aa", "aa-fast", "worst", "avg")
@@ -220,8 +220,9 @@ def read_leaderboard_csv(path: str, what: str):
     import pandas as pd
 
     source = Path(path)
-    if not source.is_file():
-        raise ConfigError(f"{what} {source} does not exist")
+    reason = not_a_file_reason(source)
+    if reason:
+        raise ConfigError(f"{what} {source} {reason}")
     try:
         table = pd.read_csv(source)
     except Exception as exc:  # pandas has several parser errors; all mean "not a leaderboard CSV"

@@ -1,7 +1,8 @@
 """``bench run``: natural model → fine-tune every (method, seed) → evaluate all → store → leaderboard.
 
 The output folder (``--out``) is the unit of resumption. It holds ``run.json`` (the run's group
-id, configuration and command), a ``.lock`` while a process works in it, and one folder per
+id, configuration and command), ``config.yaml`` (the resolved configuration, loadable with
+``bench run --config``), a ``.lock`` while a process works in it, and one folder per
 cell (``natural``, ``afd-seed0``, …) with the fine-tuning checkpoint ``last.pt``, the exported
 ``final.pt``, the per-sample evaluation results ``eval-*/batch-*.pt`` and, once the cell's row
 is in the store, ``done.json``. ``resume=True`` skips done cells and continues the others from
@@ -23,6 +24,7 @@ import torch
 from torch import nn
 
 from .config import RunConfig
+from .config_file import dump_run_config
 from .data import DataBundle, load_dataset
 from . import distributed
 from .distributed import SINGLE, DistContext, barrier
@@ -38,6 +40,7 @@ from .runtime import (RunLock, StopSignal, atomic_write_text, check_writable, pr
 log = logging.getLogger(__name__)
 
 MANIFEST = "run.json"
+CONFIG_FILE = "config.yaml"
 # Fields that may differ between a run and its resumption (where it runs, not what it computes).
 RESUMABLE_DIFFERENCES = ("device", "out")
 
@@ -279,6 +282,8 @@ def _run_in(out_root: Path, config: RunConfig, data: DataBundle, eval_config: Ev
         stored_config = {**config.to_dict(), "eval": dataclasses.asdict(eval_config)}
         if dist.is_main:
             group_id = _open_group(out_root, stored_config, resume, command, group_id)
+            atomic_write_text(dump_run_config(config, f"run {group_id}: load with bench run --config"),
+                              out_root / CONFIG_FILE)
         store = ResultsStore(config.db) if dist.is_main else None
         cells = [("natural", config.pretrained_seed)] + [(m, s) for m in config.methods for s in config.seeds]
         if dist.enabled:

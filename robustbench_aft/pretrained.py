@@ -25,7 +25,7 @@ from torch.nn import functional as F
 from tqdm.auto import tqdm
 
 from .data import DataBundle, make_loader
-from .errors import CheckpointError, ConfigError
+from .errors import CheckpointError, ConfigError, not_a_file_reason
 from .models import build_model
 from .runtime import StopSignal, atomic_torch_save, provenance, seed_everything
 
@@ -138,8 +138,9 @@ def save_checkpoint(model: nn.Module, path: Path, arch: str, data: DataBundle, *
 
 
 def _read_checkpoint(path: Path) -> Any:
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist")
+    reason = not_a_file_reason(path)
+    if reason:
+        raise CheckpointError(f"checkpoint {path} {reason}")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for a bad file; all mean "unreadable"

@@ -7,6 +7,9 @@ import pytest
 from robustbench_aft.cli import main
 from robustbench_aft.registry import METHODS
 
+# Fine-tunes every method (about two minutes on 2 cores): the slow tier.
+pytestmark = pytest.mark.slow
+
 # Measured with exactly this command on 2 CPU cores (5 epochs, eps 0.15, 200 test points, seed 0):
 # natural 0.0 % PGD-20 (clean 99.0); afd 65.5, vaft 60.0, trades 24.0 (clean 69.0), mart 43.5
 # (clean 80.5), twins-at 47.5, twins-trades 21.0, rift 44.0, arrest 61.0, afkd 62.0, free-at 63.0,

@@ -77,6 +77,7 @@ def test_probe_is_fixed_and_leaves_the_global_generator_alone(digits, digits_mod
     assert first.measure(digits_model) | {"seconds": 0} == second.measure(digits_model) | {"seconds": 0}
 
 
+@pytest.mark.slow
 def test_eps_curve_from_the_store(store, tmp_path, capsys):
     assert main(["analyze", "eps-curve", "--db", str(store), "--methods", "natural,afd", "--eps-values", "0,0.15",
                  "--aa-eps", "0.15", "--n-eval", "30", "--output", str(tmp_path), "--quiet"]) == 0

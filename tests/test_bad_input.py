@@ -57,6 +57,7 @@ BAD_INPUTS = {
                                              "(only in train: dog; only in test: emu)"),
     # checkpoints
     "missing checkpoint": (["eval", "--checkpoint", "{tmp}/nothing.pt"], "does not exist"),
+    "checkpoint is a directory": (["eval", "--checkpoint", "{tmp}/out"], "is a directory, not a file"),
     "corrupt checkpoint": (["run", "--methods", "ours", "--pretrained", "{tmp}/corrupt.pt",
                             "--db", "{tmp}/results.db"], "truncated or not a torch checkpoint"),
     "truncated checkpoint": (["eval", "--checkpoint", "{tmp}/truncated.pt"], "the file was cut short"),
@@ -79,11 +80,29 @@ BAD_INPUTS = {
     "--set without a value": (["run", "--methods", "ours", "--set", "afd.alpha"], "METHOD.PARAM=VALUE"),
     "--set for an unknown method": (["run", "--methods", "ours", "--set", "nope.beta=1"], "unknown method 'nope'"),
     "--set for a method not run": (["run", "--methods", "ours", "--set", "mart.beta=1"], "mart is not among --methods"),
+    "--set negative steps": (["run", "--methods", "ours", "--set", "afd.attack_steps=-3"],
+                             "afd.attack_steps=-3: must be an integer >= 1"),
+    "--set nan weight": (["run", "--methods", "ours", "--set", "afd.alpha=nan"],
+                         "afd.alpha=nan: must be a finite number >= 0"),
+    "--set probability above 1": (["run", "--methods", "rift", "--set", "rift.rift_fraction=1.5"],
+                                  "must be a finite number >= 0 and <= 1"),
+    # config files
+    "--config missing": (["run", "--config", "{tmp}/nothing.yaml"], "nothing.yaml does not exist"),
+    "--config is a directory": (["run", "--config", "{tmp}/out"], "is a directory, not a file"),
+    "--config not YAML": (["run", "--config", "{tmp}/broken.yaml"], "is not valid YAML"),
+    "--config not a mapping": (["run", "--config", "{tmp}/list.yaml"], "must hold a mapping"),
+    "--config unknown option": (["run", "--config", "{tmp}/typo.yaml"], "unknown option 'epochz'"),
+    "--config bad option value": (["run", "--config", "{tmp}/negative.yaml"], "epochs: expected a positive integer"),
+    "--config bad section field": (["run", "--config", "{tmp}/section.yaml"], "train.momentun is not a TrainConfig"),
     # leaderboards and the regression check
     "missing store": (["leaderboard", "--db", "{tmp}/nothing.db"], "does not exist"),
     "bad format": (["leaderboard", "--db", "{tmp}/results.db", "--format", "xml"], "invalid choice: 'xml'"),
     "check on a malformed CSV": (["check", "--baseline", "{tmp}/malformed.csv", "--db", "{tmp}/results.db"],
                                  "--baseline"),
+    "check --current is a device file": (["check", "--baseline", "{tmp}/baseline.csv", "--current", "/dev/null"],
+                                         "--current /dev/null is a character device, not a file"),
+    "check --current is a directory": (["check", "--baseline", "{tmp}/baseline.csv", "--current", "{tmp}/out"],
+                                       "is a directory, not a file"),
     "check on a missing baseline": (["check", "--baseline", "{tmp}/nothing.csv", "--db", "{tmp}/results.db"],
                                     "does not exist"),
     # grids and collection
@@ -130,6 +149,12 @@ def prepared(tmp_path_factory, digits, digits_model):
             (folder / "mismatched" / split / name).mkdir(parents=True)
             Image.new("RGB", (8, 8), (10, 20, 30)).save(folder / "mismatched" / split / name / "0.png")
     (folder / "malformed.csv").write_text("this,is\nnot,a leaderboard,at all\n")
+    (folder / "broken.yaml").write_text("methods: [ours\n")
+    (folder / "list.yaml").write_text("- ours\n- trades\n")
+    (folder / "typo.yaml").write_text("methods: ours\nepochz: 3\n")
+    (folder / "negative.yaml").write_text("methods: ours\nepochs: -1\n")
+    (folder / "section.yaml").write_text("methods: ours\ntrain: {momentun: 0.5}\n")
+    (folder / "baseline.csv").write_text("method,dataset,arch,eps,clean,pgd\nafd,digits,smallcnn,0.15,98.0,60.0\n")
     return folder
 
 

@@ -82,3 +82,38 @@ def test_console_script_reports_errors_without_traceback():
     assert result.returncode == 2
     assert result.stderr.strip().startswith("bench: error: unknown dataset 'nope'")
     assert "Traceback" not in result.stderr
+
+
+def test_config_file_options_sections_and_command_line_precedence(capsys, tmp_path):
+    """The file's options and sections reach the RunConfig, the command line wins over the file, and
+    --print-config's output loads back to the same configuration."""
+    import yaml
+
+    config_file = tmp_path / "experiment.yaml"
+    config_file.write_text("methods: [ours, trades]\nseeds: [0, 2]\nepochs: 3\neps: 8/255\n"
+                           "set:\n  afd: {alpha: 0.1}\n  trades: {beta: 3}\n"
+                           "train: {momentum: 0.8, weight_decay: 0.0}\neval: {attack_options: {pgd: {steps: 5}}}\n")
+    code, out, err = run(capsys, "run", "--config", str(config_file), "--epochs", "4", "--set", "afd.alpha=0.2",
+                         "--print-config")
+    assert code == 0, err
+    printed = yaml.safe_load(out)
+    assert printed["methods"] == ["afd", "trades"] and printed["seeds"] == [0, 2]
+    assert printed["train"]["epochs"] == 4  # the command line beats the file's 3
+    assert printed["train"]["momentum"] == 0.8 and printed["train"]["weight_decay"] == 0.0
+    assert printed["eval"]["eps"] == pytest.approx(8 / 255)
+    assert printed["eval"]["attack_options"] == {"pgd": {"steps": 5}}
+    assert printed["set"] == {"afd": {"alpha": 0.2}, "trades": {"beta": 3.0}}
+    again = tmp_path / "printed.yaml"
+    again.write_text(out)
+    code, out_again, _ = run(capsys, "run", "--config", str(again), "--print-config")
+    assert code == 0 and yaml.safe_load(out_again) == printed
+
+
+def test_config_file_values_are_checked_like_their_options(capsys, tmp_path):
+    config_file = tmp_path / "bad.yaml"
+    config_file.write_text("methods: ours\nset: {afd: {attack_steps: -3}}\n")
+    code, _, err = run(capsys, "run", "--config", str(config_file), "--print-config")
+    assert code == 2 and "afd.attack_steps=-3: must be an integer >= 1" in err
+    config_file.write_text("methods: ours\nepochs: 2\ntrain: {epochs: 3}\n")
+    code, _, err = run(capsys, "run", "--config", str(config_file), "--print-config")
+    assert code == 2 and "train.epochs is also given as a top-level option" in err

@@ -74,6 +74,7 @@ def _rank_worker(rank: int, world: int, port: int, out: str) -> None:
         dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_two_gloo_ranks_take_exactly_the_single_process_step_with_sync_bn(tmp_path):
     """Gradient averaging + CPU SyncBN on two shards of a batch = one step on the whole batch."""
     mp.spawn(_rank_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
@@ -120,6 +121,7 @@ LOSS_TOLERANCE = 0.15
 ACCURACY_TOLERANCE_PP = 8.0
 
 
+@pytest.mark.slow
 def test_bench_run_under_torchrun_writes_one_result_set_matching_one_process(tmp_path):
     arguments = ["run", "--methods", "vaft", "--seeds", "0", "--preset", "ci", "--attacks", "clean,pgd", "--quiet"]
     environment = {**os.environ, "OMP_NUM_THREADS": "1",
@@ -155,6 +157,7 @@ def test_local_grid_jobs_share_the_cores(monkeypatch):
     assert local_job_threads(3) == 1
 
 
+@pytest.mark.slow
 def test_submitit_local_grid_is_collected_and_a_failed_cell_resubmitted(tmp_path, capsys):
     pytest.importorskip("submitit")
     out, db = tmp_path / "grid", tmp_path / "grid.db"

@@ -99,6 +99,7 @@ def _compiled_modules(model: torch.nn.Module) -> list:
     return [name for name, module in model.named_modules() if getattr(module, "_compiled_call_impl", None) is not None]
 
 
+@pytest.mark.slow
 def test_compile_runs_the_same_training_through_inductor_and_exports_an_eager_model():
     """`--compile` on CPU, on CIFAR-shaped inputs (where AOTAutograd donates saved buffers): vAFT
     then AFD in one process, as `bench run --methods vaft,afd --compile` does, so AFD's three

@@ -34,6 +34,7 @@ def test_pgd_agrees_with_torchattacks(digits_model, digits):
     assert abs(ours - reference_accuracy) <= 1.0
 
 
+@pytest.mark.slow
 def test_autoattack_is_at_least_as_strong_as_pgd(digits_model, digits):
     result = evaluate(digits_model, digits, EvalConfig(attacks=["clean", "pgd", "aa"], eps=0.05, n_eval=80),
                       CPU, progress=False)
@@ -56,6 +57,7 @@ class QuantizedInput(nn.Module):
         return self.classifier(torch.round(x * 8) / 8)
 
 
+@pytest.mark.slow
 def test_masked_gradients_are_caught_by_square_worst_and_flags(digits_model, digits):
     masked = QuantizedInput(digits_model).eval()
     result = evaluate(masked, digits, EvalConfig(attacks=["clean", "pgd", "aa"], eps=0.2, n_eval=100),
@@ -140,9 +142,10 @@ def _naive_protocol(model, data, config):
     return {name: values & per_sample["clean"] for name, values in per_sample.items()}
 
 
+@pytest.mark.slow
 def test_attacks_skip_misclassified_points_with_the_same_per_sample_outcomes(digits_model, digits):
     data = _with_wrong_labels(digits)
-    config = EvalConfig(attacks=["clean", "pgd", "cw", "aa-fast"], eps=0.05, n_eval=200, batch_size=64,
+    config = EvalConfig(attacks=["clean", "pgd", "cw", "aa-fast"], eps=0.05, n_eval=100, batch_size=40,
                         sanity=False, seed=3)
     fast = evaluate(digits_model, data, config, CPU, progress=False)
     naive = _naive_protocol(digits_model, data, config)

@@ -77,6 +77,7 @@ def reference(tmp_path_factory):
     return _results(folder / "out")
 
 
+@pytest.mark.slow
 def test_sigkill_during_fine_tuning_and_evaluation_then_resume_matches(reference, tmp_path):
     out, db = tmp_path / "out", str(tmp_path / "results.db")
     argv = RUN + ["--db", db, "--out", str(out)]
@@ -107,6 +108,7 @@ def test_sigkill_during_fine_tuning_and_evaluation_then_resume_matches(reference
     assert "| afd " in stdout
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("signum, exit_code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_interruption_saves_state_records_it_and_resumes(reference, tmp_path, signum, exit_code):
     out, db = tmp_path / "out", str(tmp_path / "results.db")

@@ -1,14 +1,17 @@
 """Every registered method: one CPU step gives finite named losses, moves the weights, exports a plain
 classifier, and an interrupted fine-tuning resumed from its checkpoint ends bit-identical."""
+import dataclasses
+from dataclasses import fields
+
 import pytest
 import torch
 
 from robustbench_aft.config import TrainConfig
 from robustbench_aft.engine import fine_tune
-from robustbench_aft.errors import Interrupted
+from robustbench_aft.errors import ConfigError, Interrupted
 
 from robustbench_aft.data import collect
-from robustbench_aft.method import Method, param_docs
+from robustbench_aft.method import COUNT, POSITIVE, PROBABILITY, Method, Range, param_docs
 from robustbench_aft.models import ImageClassifier
 from robustbench_aft.registry import METHODS
 
@@ -43,6 +46,31 @@ def test_one_step_contract(name, digits_model, digits):
 def test_params_are_documented_with_a_source(name):
     for row in param_docs(METHODS.get(name).Params):
         assert row["help"] and row["source"], (name, row["name"])
+
+
+@pytest.mark.parametrize("name", METHODS.names())
+def test_params_declare_their_valid_range_and_defaults_lie_inside_it(name):
+    """Every field states its range (a Range, or FLAG for a bool); the defaults pass it, and a value
+    outside it is refused with a one-line error before anything runs."""
+    params_cls = METHODS.get(name).Params
+    for f in fields(params_cls):
+        assert "valid" in f.metadata, (name, f.name)
+        valid = f.metadata["valid"]
+        assert valid is None if f.type in (bool, "bool") else isinstance(valid, Range), (name, f.name)
+    METHODS.get(name)(eps=0.15)  # the defaults pass the check
+    numeric = [f for f in fields(params_cls) if f.metadata["valid"] is not None]
+    for f in numeric:
+        bad = dataclasses.replace(params_cls(), **{f.name: float("nan")})
+        with pytest.raises(ConfigError, match=f"{f.name}=nan"):
+            METHODS.get(name)(bad, eps=0.15)
+
+
+def test_range_bounds_by_hand():
+    assert COUNT.accepts(1) and not COUNT.accepts(0) and not COUNT.accepts(2.5) and not COUNT.accepts(True)
+    assert POSITIVE.accepts(1e-9) and not POSITIVE.accepts(0.0) and not POSITIVE.accepts(float("inf"))
+    assert PROBABILITY.accepts(0.0) and PROBABILITY.accepts(1.0) and not PROBABILITY.accepts(1.0001)
+    assert Range(0.0, 180.0, low_open=True).describe() == "a finite number > 0 and <= 180"
+    assert COUNT.describe() == "an integer >= 1"
 
 
 @pytest.mark.parametrize("name", METHODS.names())

@@ -211,3 +211,18 @@ def test_registered_as_ours(afd):
     from robustbench_aft.registry import METHODS
 
     assert METHODS.get("ours") is AFD and METHODS.canonical("ours") == "afd"
+
+
+def test_disentangler_follows_a_float64_classifier(digits_model, batch):
+    """D1/D2 take the wrapped model's dtype: one AFD update on a float64 model runs and stays float64."""
+    model64 = copy.deepcopy(digits_model).double()
+    method = build_method("afd", None, eps=0.15, train=TrainConfig(lr=LR, weight_decay=WD))
+    method.prepare(model64)
+    method.optimizers = method.configure_optimizers()
+    assert method.student.intrinsic.weight.dtype == torch.float64
+    assert torch.equal(method.student.confused.weight, torch.eye(method.student.confused.weight.shape[0],
+                                                                 dtype=torch.float64))
+    x, y, index = batch
+    terms = method.update((x.double(), y, index))
+    assert torch.isfinite(terms["loss"]) and terms["loss"].dtype == torch.float64
+    assert method.export()(x.double()).dtype == torch.float64

@@ -1,0 +1,138 @@
+"""Uncertainty of accuracies and of differences between two models, from scipy.stats.
+
+* one model on n points: the 95 % Wilson score interval of the proportion
+  (``scipy.stats.binomtest(...).proportion_ci(method="wilson")``);
+* several seeds: mean, sample std and the 95 % Student-t interval of the mean (``scipy.stats.t``);
+* two models on the same points: the paired difference with a t-interval on the per-point
+  differences, and the exact McNemar test (a two-sided binomial test on the discordant points,
+  ``scipy.stats.binomtest``);
+* several comparisons at once: Holm's step-down correction (scipy has no Holm; it is four lines).
+
+All accuracies are in percent, as everywhere in the tool.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import List, Optional, Sequence, Tuple
+
+import numpy as np
+
+CONFIDENCE = 0.95
+
+
+def wilson_interval(correct: int, n: int, confidence: float = CONFIDENCE) -> Tuple[float, float]:
+    """The Wilson score interval of ``correct / n``, in percent."""
+    from scipy.stats import binomtest
+
+    if n <= 0:
+        return (math.nan, math.nan)
+    interval = binomtest(int(correct), int(n)).proportion_ci(confidence_level=confidence, method="wilson")
+    return (100.0 * interval.low, 100.0 * interval.high)
+
+
+def t_interval(values: Sequence[float], confidence: float = CONFIDENCE) -> Tuple[float, float]:
+    """The Student-t interval of the mean of ``values`` (NaN with fewer than two values)."""
+    from scipy.stats import t
+
+    data = np.asarray(values, dtype=float)
+    if len(data) < 2:
+        return (math.nan, math.nan)
+    mean, sem = float(data.mean()), float(data.std(ddof=1) / math.sqrt(len(data)))
+    if sem == 0.0:
+        return (mean, mean)
+    low, high = t.interval(confidence, len(data) - 1, loc=mean, scale=sem)
+    return (float(low), float(high))
+
+
+def mcnemar_exact(first: np.ndarray, second: np.ndarray) -> float:
+    """Exact two-sided McNemar p-value of two paired boolean outcome vectors (1.0 when they agree
+    everywhere): under the null the discordant points split 50/50 between the two models."""
+    from scipy.stats import binomtest
+
+    first, second = np.asarray(first, dtype=bool), np.asarray(second, dtype=bool)
+    only_first = int(np.sum(first & ~second))
+    only_second = int(np.sum(~first & second))
+    if only_first + only_second == 0:
+        return 1.0
+    return float(binomtest(only_first, only_first + only_second, 0.5).pvalue)
+
+
+def holm(p_values: Sequence[float]) -> List[float]:
+    """Holm-adjusted p-values (step-down, monotone, capped at 1), in the input order."""
+    m = len(p_values)
+    order = sorted(range(m), key=lambda i: p_values[i])
+    adjusted, running = [0.0] * m, 0.0
+    for rank, index in enumerate(order):
+        running = max(running, min(1.0, (m - rank) * p_values[index]))
+        adjusted[index] = running
+    return adjusted
+
+
+@dataclass
+class PairedComparison:
+    """``first`` minus ``second`` on the same points, in percentage points."""
+
+    delta: float
+    ci_low: float
+    ci_high: float
+    p_value: float
+    seeds: int
+    points: int
+    # Per-point discordance counts pooled over seeds: right only for the first / only for the second.
+    only_first: int
+    only_second: int
+    per_seed_delta: List[float]
+    test: str
+
+
+def paired_comparison(first: Sequence[np.ndarray], second: Sequence[np.ndarray],
+                      confidence: float = CONFIDENCE) -> PairedComparison:
+    """Compare two models evaluated on the same points, seed by seed (``first[s]`` pairs with
+    ``second[s]``, boolean vectors of equal length).
+
+    One seed: Δ with a t-interval on the per-point differences, exact McNemar p. Several seeds: the
+    mean of the per-seed Δ with a t-interval over seeds, and the exact McNemar test on the pooled
+    per-point outcomes of every seed.
+    """
+    from scipy.stats import t
+
+    if len(first) != len(second) or not first:
+        raise ValueError("paired_comparison needs the same number (≥ 1) of seeds on both sides")
+    deltas, pooled_first, pooled_second = [], [], []
+    for a, b in zip(first, second):
+        a, b = np.asarray(a, dtype=bool), np.asarray(b, dtype=bool)
+        if a.shape != b.shape:
+            raise ValueError("paired outcomes must cover the same points")
+        deltas.append(100.0 * (a.mean() - b.mean()))
+        pooled_first.append(a)
+        pooled_second.append(b)
+    a, b = np.concatenate(pooled_first), np.concatenate(pooled_second)
+    p_value = mcnemar_exact(a, b)
+    if len(deltas) == 1:
+        differences = 100.0 * (a.astype(float) - b.astype(float))
+        n = len(differences)
+        delta = float(differences.mean())
+        sem = float(differences.std(ddof=1) / math.sqrt(n)) if n > 1 else 0.0
+        if sem > 0:
+            low, high = t.interval(confidence, n - 1, loc=delta, scale=sem)
+        else:
+            low = high = delta
+        test = "exact McNemar, one seed"
+    else:
+        delta = float(np.mean(deltas))
+        low, high = t_interval(deltas, confidence)
+        test = f"t-interval over {len(deltas)} seeds; exact McNemar on the pooled points"
+    return PairedComparison(delta=delta, ci_low=float(low), ci_high=float(high), p_value=p_value,
+                            seeds=len(deltas), points=len(first[0]), only_first=int(np.sum(a & ~b)),
+                            only_second=int(np.sum(~a & b)), per_seed_delta=[float(d) for d in deltas], test=test)
+
+
+def interval_for(values: Sequence[float], n_points: Optional[int]) -> Tuple[float, float]:
+    """The interval of a leaderboard cell: Wilson for one seed (accuracy in percent of n points),
+    the t-interval of the mean for several."""
+    if len(values) == 1:
+        if not n_points or math.isnan(values[0]):
+            return (math.nan, math.nan)
+        return wilson_interval(round(values[0] * n_points / 100.0), n_points)
+    return t_interval(values)
