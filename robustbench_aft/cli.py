@@ -170,6 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
                           "the AFD official code's DataParallel)")
     _add_precision_arguments(run, "fine-tuning, clean, PGD and CW")
     run.add_argument("--format", default="md", choices=("md", "csv", "json"), help="format of the printed leaderboard")
+    run.add_argument("--rank-by", default=None, help="metric of the rank column (default: worst, else aa, else pgd)")
     run.set_defaults(handler=cmd_run)
 
     collect = commands.add_parser("collect", help="ingest the result records of a grid's jobs into the store")
@@ -185,7 +186,20 @@ def build_parser() -> argparse.ArgumentParser:
     board.add_argument("--with-published", action="store_true",
                        help="add the published numbers where method, dataset, arch and eps match")
     board.add_argument("--published", default=None, help="published numbers CSV (default: leaderboard/published.csv)")
+    board.add_argument("--rank-by", default=None, help="metric of the rank column (default: worst, else aa, else pgd)")
     board.set_defaults(handler=cmd_leaderboard)
+
+    compare = commands.add_parser("compare", help="paired difference of two methods on the same points: "
+                                                   "delta, 95 % interval, exact McNemar p")
+    compare.add_argument("first", help="a method (or natural)")
+    compare.add_argument("second", help="the method to compare it with")
+    compare.add_argument("--db", default="runs/results.db", help="results store (default: runs/results.db)")
+    compare.add_argument("--metric", default="aa", help="the metric to compare (default: aa)")
+    compare.add_argument("--dataset", default=None, help="the dataset, when the store holds several")
+    compare.add_argument("--arch", default=None, help="the architecture, when the store holds several")
+    compare.add_argument("--eps", default=None, help="the budget, when the store holds several (e.g. 8/255)")
+    compare.add_argument("--format", default="md", choices=("md", "csv", "json"), help="output format")
+    compare.set_defaults(handler=cmd_compare)
 
     check = commands.add_parser("check", help="fail (exit 1) when robust accuracy regressed against a baseline CSV")
     check.add_argument("--baseline", required=True, help="committed leaderboard CSV, e.g. leaderboard/ci_baseline.csv")
@@ -427,7 +441,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             return exc.exit_code
     if summary.rank != 0:
         return 0
-    print(render_leaderboard(leaderboard(config.db, summary.group_id), args.format))
+    print(render_leaderboard(leaderboard(config.db, summary.group_id, rank_by=args.rank_by), args.format))
     if args.format == "md":
         print(f"\n{len(summary.run_ids)} models evaluated in {summary.seconds:.1f} s; stored in {summary.db} "
               f"(run {summary.group_id}); checkpoints in {summary.out}")
@@ -480,7 +494,7 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
     from .pipeline import leaderboard
     from .runtime import atomic_write_text
 
-    frame = leaderboard(_existing_store(args.db))
+    frame = leaderboard(_existing_store(args.db), rank_by=args.rank_by)
     if args.with_published and not frame.empty:
         from .leaderboard import load_published, with_published
 
@@ -489,6 +503,31 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
     print(table)
     if args.output:
         atomic_write_text(table + "\n", args.output)
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from .compare import compare_methods
+    from .evaluate import parse_eps
+    from .leaderboard import format_table
+
+    comparison = compare_methods(_existing_store(args.db), args.first, args.second, metric=args.metric,
+                                 dataset=args.dataset, arch=args.arch,
+                                 eps=parse_eps(args.eps) if args.eps is not None else None)
+    setting, result = comparison.setting, comparison.result
+    header = (f"{comparison.first} − {comparison.second} on {setting['dataset']}/{setting['arch']}, "
+              f"{setting['norm']} eps={setting['eps']:.4g}, {comparison.metric}: {result.seeds} seed(s) × "
+              f"{result.points} points")
+    if args.format == "json":
+        print(format_table(comparison.table(), "json", extra={"comparison": header, "test": result.test,
+                                                               "per_seed_delta": result.per_seed_delta}))
+        return 0
+    print(format_table(comparison.table(), args.format))
+    if args.format == "md":
+        per_seed = ", ".join(f"{d:+.2f}" for d in result.per_seed_delta)
+        print(f"\n{header}\nΔ = {result.delta:+.2f} points, 95 % interval [{result.ci_low:+.2f}, "
+              f"{result.ci_high:+.2f}], p = {result.p_value:.4g} ({result.test}); per-seed Δ: {per_seed}; "
+              f"{'significant' if comparison.significant else 'not significant'} at α = 0.05")
     return 0
 
 

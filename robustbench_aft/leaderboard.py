@@ -45,17 +45,25 @@ def format_table(rows: List[Dict[str, Any]], fmt: str, extra: Optional[Dict[str,
     raise ConfigError(f"unknown format {fmt!r}; choose from {', '.join(FORMATS)}")
 
 
+def latest_runs_frame(store_rows: List[Dict[str, Any]]):
+    """One row per counted run (the latest of each method × setting × seed), metrics as columns."""
+    import pandas as pd
+
+    long = pd.DataFrame(store_rows)
+    per_run = long.pivot_table(index=["run_id", "created_at", "method_version", "seed", "flags_json", "n_eval", *KEY],
+                               columns="metric", values="value", aggfunc="first").reset_index()
+    per_run.columns.name = None
+    return per_run.sort_values("created_at").drop_duplicates([*KEY, "seed"], keep="last")
+
+
 def leaderboard_frame(store_rows: List[Dict[str, Any]]):
-    """The aggregated leaderboard as a pandas DataFrame with ``<metric>`` and ``<metric>_std`` columns."""
+    """The aggregated leaderboard as a pandas DataFrame with ``<metric>``, ``<metric>_std`` and
+    ``<metric>_ci_low``/``_ci_high`` columns."""
     import pandas as pd
 
     if not store_rows:
         return pd.DataFrame()
-    long = pd.DataFrame(store_rows)
-    per_run = long.pivot_table(index=["run_id", "created_at", "method_version", "seed", "flags_json", *KEY],
-                               columns="metric", values="value", aggfunc="first").reset_index()
-    per_run.columns.name = None
-    per_run = per_run.sort_values("created_at").drop_duplicates([*KEY, "seed"], keep="last")
+    per_run = latest_runs_frame(store_rows)
     present_avg = [m for m in AVG_OF if m in per_run.columns]
     per_run["avg"] = per_run[present_avg].mean(axis=1)
     per_run["flagged"] = per_run["flags_json"].map(lambda text: bool(json.loads(text)))
@@ -65,6 +73,7 @@ def leaderboard_frame(store_rows: List[Dict[str, Any]]):
     table = grouped[metrics].mean()
     std = grouped[metrics].std(ddof=1).add_suffix("_std")
     table = table.join(std)
+    table = table.join(_intervals(grouped, metrics))
     table["seeds"] = grouped["seed"].nunique()
     table["version"] = grouped["method_version"].max()
     table["flagged_runs"] = grouped["flagged"].sum()
@@ -75,8 +84,30 @@ def leaderboard_frame(store_rows: List[Dict[str, Any]]):
     table = table.sort_values(["natural_last", "first_seen"]).drop(columns=["natural_last", "first_seen"])
     ordered = [*KEY, "seeds", "version"]
     for metric in metrics:
-        ordered += [metric, f"{metric}_std"]
+        ordered += [metric, f"{metric}_std", f"{metric}_ci_low", f"{metric}_ci_high"]
     return table[ordered + ["flagged_runs", "reconstructed"]].reset_index(drop=True)
+
+
+def _intervals(grouped, metrics: List[str]):
+    """``<metric>_ci_low``/``_ci_high`` per row: the Wilson interval on the evaluated points for one
+    seed, the t-interval of the mean over several (``stats.interval_for``); ``avg`` is not a
+    proportion, so it gets one only over seeds."""
+    import pandas as pd
+
+    from .stats import interval_for
+
+    rows = {}
+    for key, runs in grouped:
+        row = {}
+        for metric in metrics:
+            values = [v for v in runs[metric].tolist() if not (isinstance(v, float) and math.isnan(v))]
+            n_points = int(runs["n_eval"].iloc[0]) if metric != "avg" and runs["n_eval"].nunique() == 1 else None
+            low, high = interval_for(values, n_points) if values else (math.nan, math.nan)
+            row[f"{metric}_ci_low"], row[f"{metric}_ci_high"] = low, high
+        rows[key] = row
+    frame = pd.DataFrame.from_dict(rows, orient="index")
+    frame.index = pd.MultiIndex.from_tuples(frame.index, names=KEY)
+    return frame
 
 
 def _is_reconstructed(method: str) -> bool:
@@ -139,10 +170,15 @@ def with_published(frame, published):
     return frame
 
 
-def _mean_std(mean: float, std: float, seeds: int) -> str:
+INTERVAL_LEGEND = ("95 % intervals in brackets: one seed, the Wilson score interval over the evaluated points; "
+                   "several seeds, mean ± sample std and the Student-t interval of the mean")
+
+
+def _cell(mean: float, std: float, low: float, high: float, seeds: int) -> str:
+    interval = "" if low is None or math.isnan(low) else f" [{low:.1f}, {high:.1f}]"
     if seeds < 2 or std is None or (isinstance(std, float) and math.isnan(std)):
-        return f"{mean:.2f}"
-    return f"{mean:.2f} ± {std:.2f}"
+        return f"{mean:.2f}{interval}"
+    return f"{mean:.2f} ± {std:.2f}{interval}"
 
 
 def render_leaderboard(frame, fmt: str) -> str:
@@ -153,7 +189,14 @@ def render_leaderboard(frame, fmt: str) -> str:
     if fmt == "csv":
         return frame.to_csv(index=False, float_format="%.4f").rstrip("\n")
     if fmt == "md":
-        return format_table(display_rows(frame), "md")
+        legend = INTERVAL_LEGEND
+        if "rank" in frame.columns:
+            from .compare import default_rank_metric
+
+            rank_by = frame.attrs.get("rank_by") or default_rank_metric(list(frame.columns))
+            legend += (f"; rank by {rank_by}: methods not significantly below the best "
+                       "(exact McNemar on the per-sample outcomes, Holm-corrected, α = 0.05) share a rank")
+        return format_table(display_rows(frame), "md") + "\n\n" + legend
     if fmt == "json":
         return json.dumps([robustbench_entry(record, metrics) for record in frame.to_dict("records")], indent=2)
     raise ConfigError(f"unknown format {fmt!r}; choose from {', '.join(FORMATS)}")
@@ -165,12 +208,14 @@ def display_rows(frame) -> List[Dict[str, Any]]:
     rows = []
     for record in frame.to_dict("records"):
         label = f"{record['method']} (reconstructed)" if record.get("reconstructed") else record["method"]
-        row = {"method": label, "dataset": record["dataset"], "arch": record["arch"],
+        row = {"rank": "-" if _missing(record.get("rank")) else int(record["rank"])} if "rank" in record else {}
+        row.update({"method": label, "dataset": record["dataset"], "arch": record["arch"],
                "eps": f"{record['eps']:.4g}", "seeds": int(record["seeds"]),
-               "version": "-" if record["method"] == "natural" else int(record["version"])}
+               "version": "-" if record["method"] == "natural" else int(record["version"])})
         for metric in metrics:
             row[metric] = ("" if isinstance(record[metric], float) and math.isnan(record[metric])
-                           else _mean_std(record[metric], record[f"{metric}_std"], int(record["seeds"])))
+                           else _cell(record[metric], record[f"{metric}_std"], record.get(f"{metric}_ci_low"),
+                                      record.get(f"{metric}_ci_high"), int(record["seeds"])))
         row["flags"] = int(record["flagged_runs"]) or ""
         for metric in PUBLISHED_METRICS:
             if f"published_{metric}" in record:
@@ -180,6 +225,10 @@ def display_rows(frame) -> List[Dict[str, Any]]:
             row["published source"] = record["published_source"]
         rows.append(row)
     return rows
+
+
+def _missing(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
 
 
 def robustbench_entry(record: Dict[str, Any], metrics: List[str]) -> Dict[str, Any]:
@@ -202,12 +251,14 @@ def robustbench_entry(record: Dict[str, Any], metrics: List[str]) -> Dict[str, A
         "worst_acc": number("worst"),
         "avg_acc": number("avg"),
         "std": {m: number(f"{m}_std") for m in metrics},
+        "ci95": {m: [number(f"{m}_ci_low"), number(f"{m}_ci_high")] for m in metrics},
         "seeds": int(record["seeds"]),
         "method_version": int(record["version"]),
         "additional_data": False,
         "number_forward_passes": 1,
         "unreliable": bool(record["flagged_runs"]),
         "reconstructed": bool(record.get("reconstructed", False)),
+        "rank": None if _missing(record.get("rank")) else int(record["rank"]),
     }
 
 

@@ -33,7 +33,7 @@ from .errors import ConfigError, Interrupted
 from .evaluate import EvalConfig, evaluate, select_subset
 from .featuregap import FeatureGapProbe
 from .pretrained import default_recipe, load_checkpoint, recipe_with, resolve, save_checkpoint
-from .results import ResultsStore, RunRecord, new_group_id
+from .results import ResultsStore, RunRecord, new_group_id, outcome_bits
 from .runtime import (RunLock, StopSignal, atomic_write_text, check_writable, provenance, resolve_device,
                       resolve_precision)
 
@@ -154,8 +154,15 @@ def _run_cell(context: _Context, natural: nn.Module, method: str, seed: int, ste
     done = cell_dir / "done.json"
     dist = context.dist
     if done.is_file():
-        log.info("[%d/%d] %s seed %d: finished earlier, skipped", step, total, method, seed)
-        return json.loads(done.read_text())["run_id"]
+        finished_id = json.loads(done.read_text())["run_id"]
+        backfill = (not dist.enabled and isinstance(context.store, ResultsStore)
+                    and context.store.samples(finished_id) is None)
+        if not backfill:
+            log.info("[%d/%d] %s seed %d: finished earlier, skipped", step, total, method, seed)
+            return finished_id
+        # Finished by a version that did not store per-sample outcomes: evaluating again reads the
+        # cell's saved per-batch results (no attack runs) and stores them with the row.
+        log.info("[%d/%d] %s seed %d: finished earlier; storing its per-sample results", step, total, method, seed)
     # Under torchrun every rank works on the cell; rank 0 alone writes its files and its row.
     run_id = _cell_id(cell_dir) if dist.is_main else ""
     if not dist.is_main:
@@ -225,7 +232,10 @@ def _run_cell(context: _Context, natural: nn.Module, method: str, seed: int, ste
     context.store.add(RunRecord(**record, method_version=version, eps=result.eps, n_eval=result.n,
                                 metrics=result.accuracy, config={**context.stored_config, **extra}, flags=result.flags,
                                 wall_seconds=time.perf_counter() - start, train_seconds=train_seconds,
-                                images_per_second=images_per_second, feature_gap=feature_gap), run_id=run_id)
+                                images_per_second=images_per_second, feature_gap=feature_gap,
+                                indices=[int(i) for i in result.indices],
+                                per_sample={name: outcome_bits(values) for name, values in result.correct.items()}),
+                      run_id=run_id)
     atomic_write_text(json.dumps({"run_id": run_id, "accuracy": result.accuracy}) + "\n", done)
     return run_id
 
@@ -350,11 +360,18 @@ def run_one_cell(config: RunConfig, out_root: Path, method: str, seed: int, sink
         return _run_cell(context, natural, method, seed, 1, 1)
 
 
-def leaderboard(db: str, group_id: Optional[str] = None):
-    """The aggregated leaderboard of a results store as a pandas DataFrame (see leaderboard.py)."""
-    from .leaderboard import leaderboard_frame
+def leaderboard(db: str, group_id: Optional[str] = None, rank_by: Optional[str] = None):
+    """The aggregated leaderboard of a results store as a pandas DataFrame (see leaderboard.py),
+    with the noise-aware ``rank`` column of compare.py."""
+    from .compare import add_rank_column
+    from .leaderboard import latest_runs_frame, leaderboard_frame
 
-    return leaderboard_frame(ResultsStore(db).rows(group_id))
+    store = ResultsStore(db)
+    rows = store.rows(group_id)
+    frame = leaderboard_frame(rows)
+    if frame.empty:
+        return frame
+    return add_rank_column(frame, store, latest_runs_frame(rows), rank_by)
 
 
 __all__ = ["RunSummary", "leaderboard", "run"]

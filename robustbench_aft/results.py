@@ -47,6 +47,16 @@ CREATE TABLE IF NOT EXISTS metrics (
     PRIMARY KEY (run_id, metric)
 );
 CREATE INDEX IF NOT EXISTS runs_key ON runs (method, dataset, arch, eps, seed);
+CREATE TABLE IF NOT EXISTS samples (
+    run_id TEXT NOT NULL REFERENCES runs(run_id),
+    metric TEXT NOT NULL,
+    correct TEXT NOT NULL,
+    PRIMARY KEY (run_id, metric)
+);
+CREATE TABLE IF NOT EXISTS eval_points (
+    run_id TEXT PRIMARY KEY REFERENCES runs(run_id),
+    indices TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS feature_gap (
     run_id TEXT NOT NULL REFERENCES runs(run_id),
     epoch INTEGER NOT NULL,
@@ -84,6 +94,23 @@ class RunRecord:
     status: str = "finished"
     # One dict per epoch (epoch 0 = the natural model): epoch, l2, cosine, seconds.
     feature_gap: List[Dict[str, float]] = field(default_factory=list)
+    # The evaluated test-set indices, and per metric one character per point in that order: "1" where
+    # the model is right under the attack (paired tests between models read these).
+    indices: List[int] = field(default_factory=list)
+    per_sample: Dict[str, str] = field(default_factory=dict)
+
+
+def outcome_bits(correct: Any) -> str:
+    """A boolean vector (tensor, array or list) as the store keeps it: one "0"/"1" per point."""
+    return "".join("1" if bool(value) else "0" for value in list(correct))
+
+
+@dataclass
+class PerSample:
+    """One run's evaluated test-set indices and, per metric, a boolean array over them."""
+
+    indices: List[int]
+    correct: Dict[str, Any]
 
 
 def new_group_id() -> str:
@@ -137,6 +164,8 @@ class ResultsStore:
         def write(connection: sqlite3.Connection) -> None:
             connection.execute("DELETE FROM metrics WHERE run_id = ?", (run_id,))
             connection.execute("DELETE FROM feature_gap WHERE run_id = ?", (run_id,))
+            connection.execute("DELETE FROM samples WHERE run_id = ?", (run_id,))
+            connection.execute("DELETE FROM eval_points WHERE run_id = ?", (run_id,))
             connection.execute(
                 "INSERT OR REPLACE INTO runs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (run_id, record.group_id, time.time(), record.method, record.method_version, record.dataset,
@@ -151,6 +180,10 @@ class ResultsStore:
             connection.executemany("INSERT INTO feature_gap VALUES (?, ?, ?, ?, ?)",
                                    [(run_id, int(row["epoch"]), float(row["l2"]), float(row["cosine"]),
                                      float(row["seconds"])) for row in record.feature_gap])
+            if record.indices:
+                connection.execute("INSERT INTO eval_points VALUES (?, ?)", (run_id, json.dumps(record.indices)))
+                connection.executemany("INSERT INTO samples VALUES (?, ?, ?)",
+                                       [(run_id, metric, bits) for metric, bits in record.per_sample.items()])
 
         self._write(write)
         return run_id
@@ -176,6 +209,20 @@ class ResultsStore:
         with self._connect() as connection:
             connection.row_factory = sqlite3.Row
             return [dict(row) for row in connection.execute(query)]
+
+    def samples(self, run_id: str) -> Optional["PerSample"]:
+        """The evaluated points and per-sample outcomes of one run (None for runs stored before they
+        were kept, or without an evaluation)."""
+        import numpy as np
+
+        with self._connect() as connection:
+            points = connection.execute("SELECT indices FROM eval_points WHERE run_id = ?", (run_id,)).fetchone()
+            if points is None:
+                return None
+            rows = connection.execute("SELECT metric, correct FROM samples WHERE run_id = ?", (run_id,)).fetchall()
+        return PerSample(indices=json.loads(points[0]),
+                         correct={metric: np.frombuffer(bits.encode(), dtype=np.uint8) == ord("1")
+                                  for metric, bits in rows})
 
     def runs(self) -> List[Dict[str, Any]]:
         """Every run with its stored configuration and provenance."""

@@ -130,9 +130,11 @@ def paired_comparison(first: Sequence[np.ndarray], second: Sequence[np.ndarray],
 
 def interval_for(values: Sequence[float], n_points: Optional[int]) -> Tuple[float, float]:
     """The interval of a leaderboard cell: Wilson for one seed (accuracy in percent of n points),
-    the t-interval of the mean for several."""
+    the t-interval of the mean for several, cut to [0, 100] (with two or three seeds the t
+    quantile is large and would reach past the possible accuracies)."""
     if len(values) == 1:
         if not n_points or math.isnan(values[0]):
             return (math.nan, math.nan)
         return wilson_interval(round(values[0] * n_points / 100.0), n_points)
-    return t_interval(values)
+    low, high = t_interval(values)
+    return (max(0.0, low), min(100.0, high))

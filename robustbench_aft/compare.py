@@ -1,0 +1,215 @@
+"""Paired comparisons between methods from the stored per-sample outcomes: ``bench compare`` and
+the leaderboard's noise-aware ``rank`` column.
+
+Two models are comparable point by point only when they were evaluated on the same test points
+(same dataset, arch, eps, norm and evaluation subset); everything here refuses otherwise. Seeds pair
+by number (seed s of one method with seed s of the other); the natural model has one run, which
+pairs with every seed of the other side.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from .errors import ConfigError
+from .results import PerSample, ResultsStore
+from .stats import CONFIDENCE, PairedComparison, holm, paired_comparison
+
+ALPHA = 0.05
+SETTING = ("dataset", "arch", "eps", "norm")
+RANK_PREFERENCE = ("worst", "aa", "pgd")
+
+
+def default_rank_metric(metrics: Sequence[str]) -> Optional[str]:
+    """``worst`` when present, else ``aa``, else ``pgd`` (None when none of them is)."""
+    return next((m for m in RANK_PREFERENCE if m in metrics), None)
+
+
+def _latest_runs(store: ResultsStore) -> List[Dict[str, Any]]:
+    """The finished runs, the latest of each (method, setting, seed)."""
+    latest: Dict[tuple, Dict[str, Any]] = {}
+    for run in store.runs():
+        if run["status"] != "finished":
+            continue
+        latest[(run["method"], run["dataset"], run["arch"], round(run["eps"], 6), run["norm"], run["seed"])] = run
+    return list(latest.values())
+
+
+@dataclass
+class MethodComparison:
+    """``bench compare``'s answer: first − second on one setting and metric."""
+
+    first: str
+    second: str
+    metric: str
+    setting: Dict[str, Any]
+    first_accuracy: float
+    second_accuracy: float
+    result: PairedComparison
+
+    @property
+    def significant(self) -> bool:
+        return self.result.p_value < ALPHA
+
+    def table(self) -> List[Dict[str, Any]]:
+        r = self.result
+        return [{"metric": self.metric, self.first: round(self.first_accuracy, 2),
+                 self.second: round(self.second_accuracy, 2), "delta": round(r.delta, 2),
+                 "ci95 low": round(r.ci_low, 2), "ci95 high": round(r.ci_high, 2), "p": f"{r.p_value:.3g}",
+                 f"significant (p < {ALPHA})": "yes" if self.significant else "no",
+                 "seeds": r.seeds, "points": r.points, f"only {self.first}": r.only_first,
+                 f"only {self.second}": r.only_second}]
+
+
+def _pairs(first_runs: List[Dict[str, Any]], second_runs: List[Dict[str, Any]]) -> List[Tuple[dict, dict]]:
+    by_seed = {run["seed"]: run for run in second_runs}
+    if len(second_runs) == 1 and len(first_runs) > 1:
+        return [(run, second_runs[0]) for run in sorted(first_runs, key=lambda r: r["seed"])]
+    if len(first_runs) == 1 and len(second_runs) > 1:
+        return [(first_runs[0], run) for run in sorted(second_runs, key=lambda r: r["seed"])]
+    return [(run, by_seed[run["seed"]]) for run in sorted(first_runs, key=lambda r: r["seed"]) if run["seed"] in by_seed]
+
+
+def paired_outcomes(store: ResultsStore, pairs: List[Tuple[dict, dict]], metric: str,
+                    names: Tuple[str, str]) -> Tuple[List[np.ndarray], List[np.ndarray]]:
+    """The per-sample outcome vectors of ``metric`` for each pair of runs, checked to cover the same points."""
+    first, second = [], []
+    for run_a, run_b in pairs:
+        samples: List[PerSample] = []
+        for run, name in ((run_a, names[0]), (run_b, names[1])):
+            stored = store.samples(run["run_id"])
+            if stored is None:
+                raise ConfigError(f"{name} seed {run['seed']} has no stored per-sample results (evaluated by an "
+                                  "older version); `bench run ... --resume` on its --out folder stores them")
+            if metric not in stored.correct:
+                raise ConfigError(f"{name} seed {run['seed']} was not evaluated with {metric!r} (it has "
+                                  f"{', '.join(sorted(stored.correct))})")
+            samples.append(stored)
+        if samples[0].indices != samples[1].indices:
+            raise ConfigError(f"{names[0]} and {names[1]} were not evaluated on the same points "
+                              f"({len(samples[0].indices)} vs {len(samples[1].indices)} test points, different "
+                              "subsets); compare runs made with the same --n-eval and evaluation seed")
+        first.append(samples[0].correct[metric])
+        second.append(samples[1].correct[metric])
+    return first, second
+
+
+def compare_methods(db: str, first: str, second: str, metric: str = "aa", dataset: Optional[str] = None,
+                    arch: Optional[str] = None, eps: Optional[float] = None) -> MethodComparison:
+    """The paired difference ``first − second`` in ``metric`` (see :func:`stats.paired_comparison`)."""
+    from .registry import METHODS
+
+    names = tuple(name if name == "natural" else METHODS.canonical(name) for name in (first, second))
+    if names[0] == names[1]:
+        raise ConfigError(f"compare two different methods, got {names[0]} twice")
+    store = ResultsStore(db)
+    runs = [run for run in _latest_runs(store)
+            if (dataset is None or run["dataset"] == dataset) and (arch is None or run["arch"] == arch)
+            and (eps is None or abs(run["eps"] - eps) < 1e-6)]
+    settings: Dict[str, set] = {}
+    for name in names:
+        settings[name] = {tuple(run[k] if k != "eps" else round(run[k], 6) for k in SETTING)
+                          for run in runs if run["method"] == name}
+        if not settings[name]:
+            raise ConfigError(f"no finished run of {name} in {db}" + (" with the given --dataset/--arch/--eps"
+                                                                      if dataset or arch or eps is not None else ""))
+    common = settings[names[0]] & settings[names[1]]
+    if not common:
+        raise ConfigError(f"{names[0]} and {names[1]} were not evaluated on the same points: no common dataset, "
+                          f"arch, eps and norm ({_describe(settings[names[0]])} vs {_describe(settings[names[1]])})")
+    if len(common) > 1:
+        raise ConfigError(f"{names[0]} and {names[1]} share several settings ({_describe(common)}); choose one with "
+                          "--dataset, --arch and --eps")
+    setting = dict(zip(SETTING, next(iter(common))))
+
+    def of(name: str) -> List[Dict[str, Any]]:
+        return [run for run in runs if run["method"] == name
+                and tuple(run[k] if k != "eps" else round(run[k], 6) for k in SETTING) == tuple(setting.values())]
+
+    pairs = _pairs(of(names[0]), of(names[1]))
+    if not pairs:
+        raise ConfigError(f"{names[0]} and {names[1]} have no seed in common to pair")
+    first_outcomes, second_outcomes = paired_outcomes(store, pairs, metric, names)
+    result = paired_comparison(first_outcomes, second_outcomes, CONFIDENCE)
+    return MethodComparison(first=names[0], second=names[1], metric=metric, setting=setting,
+                            first_accuracy=100.0 * float(np.mean([o.mean() for o in first_outcomes])),
+                            second_accuracy=100.0 * float(np.mean([o.mean() for o in second_outcomes])),
+                            result=result)
+
+
+def _describe(settings: set) -> str:
+    return "; ".join(f"{d}/{a} {n} eps {e:g}" for d, a, e, n in sorted(settings)) or "none"
+
+
+def rank_groups(methods: List[str], means: List[float], outcomes_of: Callable[[str], Optional[List[np.ndarray]]],
+                alpha: float = ALPHA) -> List[Optional[int]]:
+    """Noise-aware ranks: the best method by mean and every method not significantly below it (exact
+    McNemar on the pooled per-sample outcomes against the best, Holm-corrected over the group)
+    share rank 1; the rest are ranked the same way, and so on.
+
+    ``outcomes_of(method)`` gives one outcome vector per seed (paired by position) or None when the
+    per-sample results are missing; then no method of the group gets a rank.
+    """
+    from .stats import mcnemar_exact
+
+    outcomes = {m: outcomes_of(m) for m in methods}
+    if any(not v for v in outcomes.values()) or len({len(x) for v in outcomes.values() for x in v}) != 1:
+        return [None] * len(methods)  # missing per-sample results, or not the same points
+    order = sorted(range(len(methods)), key=lambda i: -means[i])
+    ranks: List[Optional[int]] = [None] * len(methods)
+    remaining, rank = order, 1
+    while remaining:
+        best, others = remaining[0], remaining[1:]
+
+        def pooled(i: int, j: int) -> Tuple[np.ndarray, np.ndarray]:
+            a, b = outcomes[methods[i]], outcomes[methods[j]]
+            if len(a) == 1 or len(b) == 1:
+                count = max(len(a), len(b))
+                a, b = (a * count if len(a) == 1 else a), (b * count if len(b) == 1 else b)
+            count = min(len(a), len(b))
+            return np.concatenate(a[:count]), np.concatenate(b[:count])
+
+        p_values = [mcnemar_exact(*pooled(best, other)) for other in others]
+        adjusted = holm(p_values) if p_values else []
+        tied = [best] + [other for other, p in zip(others, adjusted) if p >= alpha]
+        for i in tied:
+            ranks[i] = rank
+        remaining = [i for i in remaining if i not in tied]
+        rank += 1
+    return ranks
+
+
+def add_rank_column(frame, store: ResultsStore, per_run, rank_by: Optional[str]) -> Any:
+    """``frame`` with a ``rank`` column per (dataset, arch, eps, norm) group (see :func:`rank_groups`)."""
+    metric = rank_by or default_rank_metric([c for c in frame.columns])
+    if metric is None or metric not in frame.columns:
+        if rank_by:
+            raise ConfigError(f"--rank-by {rank_by}: no such metric in the table (it has "
+                              f"{', '.join(m for m in frame.columns if f'{m}_std' in frame.columns)})")
+        return frame
+    ranks = [math.nan] * len(frame)
+    for _, group in frame.groupby(["dataset", "arch", "eps", "norm"], sort=False):
+        methods = group["method"].tolist()
+
+        def outcomes_of(method: str, group=group) -> Optional[List[np.ndarray]]:
+            runs = per_run[(per_run["method"] == method) & (per_run["dataset"] == group["dataset"].iloc[0])
+                           & (per_run["arch"] == group["arch"].iloc[0]) & (per_run["eps"] == group["eps"].iloc[0])
+                           & (per_run["norm"] == group["norm"].iloc[0])].sort_values("seed")
+            vectors = []
+            for run_id in runs["run_id"]:
+                stored = store.samples(run_id)
+                if stored is None or metric not in stored.correct:
+                    return None
+                vectors.append(stored.correct[metric])
+            return vectors
+
+        group_ranks = rank_groups(methods, group[metric].tolist(), outcomes_of)
+        for position, value in zip(group.index, group_ranks):
+            ranks[frame.index.get_loc(position)] = math.nan if value is None else value
+    frame = frame.copy()
+    frame.insert(0, "rank", ranks)
+    frame.attrs["rank_by"] = metric
+    return frame
