@@ -17,9 +17,18 @@ def test_bench_run_ours_trades(capsys, tmp_path):
     out = capsys.readouterr().out
     assert code == 0
     lines = [line for line in out.splitlines() if line.startswith("| ")]
-    assert [line.split("|")[1].strip() for line in lines[1:]] == ["natural", "afd", "trades"]
-    assert "3 models evaluated" in out
-    assert list((tmp_path / next(p.name for p in tmp_path.iterdir() if p.is_dir())).glob("*/final.pt"))
+    header = [cell.strip() for cell in lines[0].split("|")]
+    rows = [[cell.strip() for cell in line.split("|")] for line in lines[1:]]
+    assert header[1:3] == ["rank", "method"]
+    assert [row[2] for row in rows] == ["natural", "afd", "trades"]
+    assert rows[0][1] != "1" and "1" in [row[1] for row in rows[1:]]  # a fine-tuned model ranks first by worst
+    assert all("[" in row[header.index("pgd")] for row in rows)  # every accuracy with its interval
+    assert "95 % intervals" in out and "3 models evaluated" in out
+    run_folder = tmp_path / next(p.name for p in tmp_path.iterdir() if p.is_dir())
+    assert list(run_folder.glob("*/final.pt"))
+    assert main(["run", "--config", str(run_folder / "config.yaml"), "--print-config"]) == 0
+    printed = capsys.readouterr().out  # both start with a comment line saying where they come from
+    assert printed.split("\n", 1)[1] == (run_folder / "config.yaml").read_text().split("\n", 1)[1]
 
     assert main(["leaderboard", "--db", str(db), "--format", "csv"]) == 0
     table = pd.read_csv(io.StringIO(capsys.readouterr().out)).set_index("method")
