@@ -9,6 +9,7 @@ import base64
 import html
 import json
 import logging
+import math
 import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -239,33 +240,97 @@ pre { background: #f7f7f7; padding: 0.8em; overflow-x: auto; font-size: 0.8em; }
 """
 
 
+def tradeoff_frame(db: str, robust: Optional[str] = None) -> Tuple[pd.DataFrame, str]:
+    """The leaderboard rows with clean and the robust metric (default as the rank: worst, else aa,
+    else pgd) and their 95 % intervals, one row per method × dataset × arch × eps."""
+    from .compare import default_rank_metric
+    from .leaderboard import leaderboard_frame
+
+    frame = leaderboard_frame(ResultsStore(db).rows())
+    if frame.empty:
+        raise ConfigError(f"--db {db} has no finished runs")
+    metric = robust or default_rank_metric(list(frame.columns))
+    if metric is None or metric not in frame.columns or "clean" not in frame.columns:
+        raise ConfigError(f"--metric {metric}: the store has no such metric next to clean accuracy")
+    columns = ["method", "dataset", "arch", "eps", "seeds"]
+    for name in ("clean", metric):
+        columns += [name, f"{name}_ci_low", f"{name}_ci_high"]
+    return frame[columns].reset_index(drop=True), metric
+
+
+def plot_tradeoff(frame: pd.DataFrame, metric: str, path: Path, title: str) -> Path:
+    """Clean against robust accuracy, one point per method with its 95 % intervals as error bars."""
+    plt = _pyplot()
+    figure, axis = plt.subplots(figsize=(FIGURE_SIZE[1] * 1.6, FIGURE_SIZE[1] * 1.2))
+    for record in frame.to_dict("records"):
+        x, y = record["clean"], record[metric]
+        x_error = [[max(0.0, x - record["clean_ci_low"])], [max(0.0, record["clean_ci_high"] - x)]]
+        y_error = [[max(0.0, y - record[f"{metric}_ci_low"])], [max(0.0, record[f"{metric}_ci_high"] - y)]]
+        if any(math.isnan(v[0]) for v in x_error + y_error):
+            x_error = y_error = None
+        axis.errorbar(x, y, xerr=x_error, yerr=y_error, fmt="o", capsize=3, color=method_color(record["method"]),
+                      label=record["method"])
+    axis.set_xlabel("clean accuracy (%)")
+    axis.set_ylabel(f"{metric} accuracy (%)")
+    axis.set_title(title)
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize="small", loc="best")
+    figure.tight_layout()
+    return _save_figure(figure, path)
+
+
+def analyze_tradeoff(db: str, output: Path, robust: Optional[str] = None) -> Tuple[pd.DataFrame, List[Path]]:
+    """``tradeoff.csv`` and one clean-vs-robust PNG per dataset × arch × eps in ``output``."""
+    frame, metric = tradeoff_frame(db, robust)
+    output.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(frame.to_csv(index=False, float_format="%.4f"), output / "tradeoff.csv")
+    plots = []
+    for (dataset, arch, eps), group in frame.groupby(["dataset", "arch", "eps"], sort=False):
+        title = f"clean vs {metric} on {dataset}/{arch}, eps {eps:.4g} (95 % intervals)"
+        plots.append(plot_tradeoff(group, metric, output / f"tradeoff-{_slug(dataset, arch, f'{eps:.4g}')}.png",
+                                   title))
+    return frame, plots
+
+
 def render_report(db: str, output: Path, extra_plots: Sequence[Path] = (), title: str = "robustbench-aft report") -> Path:
     """One self-contained HTML page: leaderboard, feature-gap plots, extra plots, every run's config."""
     from . import __version__
-    from .leaderboard import display_rows, leaderboard_frame
+    from .compare import add_rank_column
+    from .leaderboard import INTERVAL_LEGEND, display_rows, latest_runs_frame, leaderboard_frame
 
     store = ResultsStore(db)
-    frame = leaderboard_frame(store.rows())
+    rows = store.rows()
+    frame = leaderboard_frame(rows)
     if frame.empty:
         raise ConfigError(f"--db {db} has no finished runs to report")
+    frame = add_rank_column(frame, store, latest_runs_frame(rows), None)
     parts = [f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
              f"<style>{STYLE}</style></head><body>",
              f"<h1>{html.escape(title)}</h1>",
              f"<p>Store <code>{html.escape(str(db))}</code>, generated {time.strftime('%Y-%m-%d %H:%M:%S')} by "
              f"robustbench-aft {html.escape(__version__)}. Accuracies in %, mean ± sample std over seeds; "
              "<code>worst</code> = robust against every attack run.</p>",
-             "<h2>Leaderboard</h2>", pd.DataFrame(display_rows(frame)).to_html(index=False, escape=True)]
+             "<h2>Leaderboard</h2>", pd.DataFrame(display_rows(frame)).to_html(index=False, escape=True),
+             f"<p>{html.escape(INTERVAL_LEGEND)}; rank: methods not significantly below the best share a rank "
+             "(exact McNemar, Holm-corrected, α = 0.05).</p>"]
 
     plots: List[Path] = []
     scratch = output.parent / f".{output.stem}-plots"
+    _, tradeoff_plots = analyze_tradeoff(db, scratch)
+    parts.append("<h2>Clean against robust accuracy</h2><p>One point per method, 95 % intervals as bars "
+                 "(Wilson over the evaluated points for one seed, Student-t over seeds).</p>")
+    parts.extend(_image_tag(p) for p in tradeoff_plots)
+    plots += tradeoff_plots
     try:
-        _, plots = analyze_feature_gap(db, scratch)
+        _, gap_plots = analyze_feature_gap(db, scratch)
+        plots += gap_plots
     except ConfigError:
+        gap_plots = []
         parts.append("<p>No feature-gap measurements in this store.</p>")
-    if plots:
+    if gap_plots:
         parts.append("<h2>Feature gap during fine-tuning</h2><p>Mean distance between the features of natural "
                      "and PGD-20 adversarial probe images after every epoch (AFD's motivation, Fig. 1).</p>")
-        parts.extend(_image_tag(p) for p in plots)
+        parts.extend(_image_tag(p) for p in gap_plots)
     # The feature-gap plots are drawn fresh above; a copy of one in an --plots folder is skipped.
     extra = [p for p in extra_plots if p.suffix.lower() == ".png" and p.name not in {q.name for q in plots}]
     if extra:
@@ -293,7 +358,7 @@ def render_report(db: str, output: Path, extra_plots: Sequence[Path] = (), title
     parts.append("</body></html>")
     atomic_write_text("\n".join(parts) + "\n", output)
     for plot in plots:
-        plot.unlink()
+        plot.unlink(missing_ok=True)
     if scratch.is_dir():
         for leftover in scratch.iterdir():
             leftover.unlink()

@@ -237,6 +237,12 @@ def build_parser() -> argparse.ArgumentParser:
     curve.add_argument("--quiet", action="store_true", help="no progress bars or log lines")
     curve.set_defaults(handler=cmd_analyze_eps_curve)
 
+    tradeoff = analyses.add_parser("tradeoff", help="CSV + PNG of clean against robust accuracy with 95 % intervals")
+    tradeoff.add_argument("--db", default="runs/results.db", help="results store (default: runs/results.db)")
+    tradeoff.add_argument("--metric", default=None, help="the robust metric (default: worst, else aa, else pgd)")
+    tradeoff.add_argument("--output", default="runs/analysis", help="output folder (default: runs/analysis)")
+    tradeoff.set_defaults(handler=cmd_analyze_tradeoff)
+
     report = commands.add_parser("report", help="one self-contained HTML page: tables, plots, configs, flags")
     report.add_argument("--db", default="runs/results.db", help="results store (default: runs/results.db)")
     report.add_argument("--output", default="report.html", help="HTML file to write (default: report.html)")
@@ -269,6 +275,16 @@ def cmd_analyze_feature_gap(args: argparse.Namespace) -> int:
     summary, plots = analyze_feature_gap(_existing_store(args.db), _output_folder(args.output), methods)
     print(format_table(summary.round(4).to_dict("records"), "md"))
     print(f"\nwrote {Path(args.output) / 'feature_gap.csv'} and " + ", ".join(str(p) for p in plots))
+    return 0
+
+
+def cmd_analyze_tradeoff(args: argparse.Namespace) -> int:
+    from .analysis import analyze_tradeoff
+    from .leaderboard import format_table
+
+    frame, plots = analyze_tradeoff(_existing_store(args.db), _output_folder(args.output), args.metric)
+    print(format_table(frame.round(2).to_dict("records"), "md"))
+    print(f"\nwrote {Path(args.output) / 'tradeoff.csv'} and " + ", ".join(str(p) for p in plots))
     return 0
 
 

@@ -124,4 +124,17 @@ def test_report_is_one_self_contained_page(store, tmp_path, capsys):
     assert parser.images and all(src.startswith("data:image/png;base64,") for src in parser.images)
     text = output.read_text()
     assert "git_commit" in text and "Sanity flags" in text
+    assert "Clean against robust accuracy" in text and len(parser.images) >= 2  # trade-off + feature gap
     assert list(tmp_path.iterdir()) == [output]
+
+
+def test_tradeoff_plot_and_csv_carry_the_leaderboard_intervals(store, tmp_path, capsys):
+    assert main(["analyze", "tradeoff", "--db", str(store), "--metric", "pgd", "--output", str(tmp_path)]) == 0
+    frame = pd.read_csv(tmp_path / "tradeoff.csv").set_index("method")
+    assert set(frame.index) == {"natural", *METHODS}
+    assert (frame.loc["afd", "seeds"], frame.loc["natural", "seeds"]) == (2, 1)
+    for method in frame.index:
+        assert frame.loc[method, "pgd_ci_low"] <= frame.loc[method, "pgd"] <= frame.loc[method, "pgd_ci_high"]
+    png, = tmp_path.glob("tradeoff-*.png")
+    with Image.open(png) as image:
+        assert image.size == (640, 480)
