@@ -374,6 +374,19 @@ def cmd_list(args: argparse.Namespace) -> int:
         print(f"## {kind}")
         print(format_table(rows, "md") if rows else f"(no {kind} registered yet)")
         print()
+        if kind == "methods" and rows:
+            from .method import param_docs
+
+            parameters = [{"method": entry.name, "parameter": p["name"],
+                           "default": f"{p['default']:.4g}" if isinstance(p["default"], float) else str(p["default"]),
+                           "valid values": p["valid"], "meaning": p["help"], "source": p["source"]}
+                          for entry in registry.entries() for p in param_docs(entry.obj.Params)]
+            from tabulate import tabulate
+
+            print("## method parameters (--set METHOD.PARAMETER=VALUE)")
+            # Defaults as written (an int stays an int), not reformatted as floats.
+            print(tabulate(parameters, headers="keys", tablefmt="github", disable_numparse=True))
+            print()
     return 0
 
 

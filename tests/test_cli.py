@@ -23,6 +23,7 @@ def test_list_shows_every_registry(capsys):
         assert heading in out
     for name in ("digits", "folder", "smallcnn", "wrn-34-10", "pgd", "aa-fast"):
         assert f"| {name} " in out
+    assert "| afd          | attack_steps      | 10        | an integer >= 1" in out  # every parameter's range
     code, out, _ = run(capsys, "list", "attacks")
     assert code == 0 and "## datasets" not in out and "CW-∞" in out
 
