@@ -551,7 +551,13 @@ def cmd_compare(args: argparse.Namespace) -> int:
         print(format_table(comparison.table(), "json", extra={"comparison": header, "test": result.test,
                                                                "per_seed_delta": result.per_seed_delta}))
         return 0
-    print(format_table(comparison.table(), args.format))
+    if args.format == "md":
+        from tabulate import tabulate
+
+        # p-values as written (3.5e-09), not rounded to 0.00 by the table's number format.
+        print(tabulate(comparison.table(), headers="keys", tablefmt="github", disable_numparse=True))
+    else:
+        print(format_table(comparison.table(), args.format))
     if args.format == "md":
         per_seed = ", ".join(f"{d:+.2f}" for d in result.per_seed_delta)
         print(f"\n{header}\nΔ = {result.delta:+.2f} points, 95 % interval [{result.ci_low:+.2f}, "
