@@ -28,13 +28,18 @@ def default_rank_metric(metrics: Sequence[str]) -> Optional[str]:
     return next((m for m in RANK_PREFERENCE if m in metrics), None)
 
 
+def _setting_key(run: Dict[str, Any]) -> tuple:
+    """(dataset, arch, eps, norm) of a stored run, eps rounded so that float noise still matches."""
+    return tuple(round(run[k], 6) if k == "eps" else run[k] for k in SETTING)
+
+
 def _latest_runs(store: ResultsStore) -> List[Dict[str, Any]]:
     """The finished runs, the latest of each (method, setting, seed)."""
     latest: Dict[tuple, Dict[str, Any]] = {}
     for run in store.runs():
         if run["status"] != "finished":
             continue
-        latest[(run["method"], run["dataset"], run["arch"], round(run["eps"], 6), run["norm"], run["seed"])] = run
+        latest[(run["method"], *_setting_key(run), run["seed"])] = run
     return list(latest.values())
 
 
@@ -111,8 +116,7 @@ def compare_methods(db: str, first: str, second: str, metric: str = "aa", datase
             and (eps is None or abs(run["eps"] - eps) < 1e-6)]
     settings: Dict[str, set] = {}
     for name in names:
-        settings[name] = {tuple(run[k] if k != "eps" else round(run[k], 6) for k in SETTING)
-                          for run in runs if run["method"] == name}
+        settings[name] = {_setting_key(run) for run in runs if run["method"] == name}
         if not settings[name]:
             raise ConfigError(f"no finished run of {name} in {db}" + (" with the given --dataset/--arch/--eps"
                                                                       if dataset or arch or eps is not None else ""))
@@ -123,11 +127,11 @@ def compare_methods(db: str, first: str, second: str, metric: str = "aa", datase
     if len(common) > 1:
         raise ConfigError(f"{names[0]} and {names[1]} share several settings ({_describe(common)}); choose one with "
                           "--dataset, --arch and --eps")
-    setting = dict(zip(SETTING, next(iter(common))))
+    key = next(iter(common))
+    setting = dict(zip(SETTING, key))
 
     def of(name: str) -> List[Dict[str, Any]]:
-        return [run for run in runs if run["method"] == name
-                and tuple(run[k] if k != "eps" else round(run[k], 6) for k in SETTING) == tuple(setting.values())]
+        return [run for run in runs if run["method"] == name and _setting_key(run) == key]
 
     pairs = _pairs(of(names[0]), of(names[1]))
     if not pairs:
@@ -161,17 +165,16 @@ def rank_groups(methods: List[str], means: List[float], outcomes_of: Callable[[s
     order = sorted(range(len(methods)), key=lambda i: -means[i])
     ranks: List[Optional[int]] = [None] * len(methods)
     remaining, rank = order, 1
+
+    def pooled(i: int, j: int) -> Tuple[np.ndarray, np.ndarray]:
+        # Seeds pair by position; a single run (the natural model) pairs with every seed of the other.
+        a, b = outcomes[methods[i]], outcomes[methods[j]]
+        count = max(len(a), len(b)) if 1 in (len(a), len(b)) else min(len(a), len(b))
+        a, b = (a * count if len(a) == 1 else a[:count]), (b * count if len(b) == 1 else b[:count])
+        return np.concatenate(a), np.concatenate(b)
+
     while remaining:
         best, others = remaining[0], remaining[1:]
-
-        def pooled(i: int, j: int) -> Tuple[np.ndarray, np.ndarray]:
-            a, b = outcomes[methods[i]], outcomes[methods[j]]
-            if len(a) == 1 or len(b) == 1:
-                count = max(len(a), len(b))
-                a, b = (a * count if len(a) == 1 else a), (b * count if len(b) == 1 else b)
-            count = min(len(a), len(b))
-            return np.concatenate(a[:count]), np.concatenate(b[:count])
-
         p_values = [mcnemar_exact(*pooled(best, other)) for other in others]
         adjusted = holm(p_values) if p_values else []
         tied = [best] + [other for other, p in zip(others, adjusted) if p >= alpha]

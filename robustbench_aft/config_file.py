@@ -118,7 +118,7 @@ def file_defaults(parser: argparse.ArgumentParser, content: Dict[str, Any],
 
 def _flat_name(section: str, field_name: str) -> str:
     # The command-line options that write to a section's field under a different name.
-    renamed = {("eval", "batch_size"): "eval_batch_size", ("train", "batch_size"): "batch_size"}
+    renamed = {("eval", "batch_size"): "eval_batch_size"}
     return renamed.get((section, field_name), field_name)
 
 
