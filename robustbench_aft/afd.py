@@ -203,5 +203,9 @@ class AFD(Method):
             optimizer.zero_grad(set_to_none=True)
         return {name: value.detach() for name, value in terms.items()}
 
+    def head_input(self) -> nn.Module:
+        # The paper's claim is about the features its classifier uses: D1 φ, before D1 is folded away.
+        return self.student.intrinsic
+
     def export(self) -> nn.Module:
         return self.student.folded()

@@ -72,6 +72,11 @@ def _latest_runs(rows: pd.DataFrame) -> pd.DataFrame:
 
 # --- the feature gap --------------------------------------------------------------------------
 
+GAP_COLUMNS = ("l2", "cosine", "head_l2", "head_cosine")
+GAP_LABELS = {"l2": "‖φ(x) − φ(x_adv)‖₂", "cosine": "1 − cos(φ(x), φ(x_adv))",
+              "head_l2": "at the head's input: ‖h(x) − h(x_adv)‖₂", "head_cosine": "at the head's input: 1 − cos"}
+
+
 def feature_gap_frame(db: str, methods: Optional[Sequence[str]] = None) -> pd.DataFrame:
     """One row per (method, dataset, arch, eps, seed, epoch) with the stored L2 and 1 − cos gaps."""
     rows = pd.DataFrame(ResultsStore(db).feature_gaps())
@@ -84,28 +89,38 @@ def feature_gap_frame(db: str, methods: Optional[Sequence[str]] = None) -> pd.Da
             raise ConfigError(f"no feature-gap rows for {', '.join(missing)} in {db}; "
                               f"available: {', '.join(sorted(set(rows['method'])))}")
         rows = rows[rows["method"].isin(list(methods) + ["natural"])]
-    return rows[CELL + ["epoch", "l2", "cosine", "seconds"]].reset_index(drop=True)
+    if "head_l2" not in rows.columns:
+        rows["head_l2"] = rows["head_cosine"] = float("nan")
+    return rows[CELL + ["epoch", "l2", "cosine", "head_l2", "head_cosine", "seconds"]].reset_index(drop=True)
 
 
 def feature_gap_summary(frame: pd.DataFrame) -> pd.DataFrame:
     """Mean and sample std over seeds per (method, dataset, arch, eps, epoch)."""
     grouped = frame.groupby(["method", "dataset", "arch", "eps", "epoch"], sort=False)
     summary = grouped.agg(seeds=("seed", "nunique"), l2=("l2", "mean"), l2_std=("l2", "std"),
-                          cosine=("cosine", "mean"), cosine_std=("cosine", "std")).reset_index()
-    return summary.fillna({"l2_std": 0.0, "cosine_std": 0.0})
+                          cosine=("cosine", "mean"), cosine_std=("cosine", "std"),
+                          head_l2=("head_l2", "mean"), head_l2_std=("head_l2", "std"),
+                          head_cosine=("head_cosine", "mean"), head_cosine_std=("head_cosine", "std")).reset_index()
+    return summary.fillna({f"{c}_std": 0.0 for c in GAP_COLUMNS})
 
 
 def plot_feature_gap(summary: pd.DataFrame, path: Path, title: str) -> Tuple[Path, Dict[Tuple[str, str], list]]:
-    """AFD Fig. 1 style: gap per epoch, one line per method with a ±std band; natural dashed.
+    """AFD Fig. 1 style: gap per epoch, one line per method with a ±std band; natural dashed. Top row
+    on the features φ, bottom row on the head's input h (AFD: D1 φ before folding; the others: φ),
+    when the store has it.
 
-    Returns the PNG and the (epoch, value) points actually drawn, per (method, "l2" | "cosine").
+    Returns the PNG and the (epoch, value) points actually drawn, per (method, column).
     """
     plt = _pyplot()
     from matplotlib.ticker import MaxNLocator
 
     drawn: Dict[Tuple[str, str], list] = {}
-    figure, axes = plt.subplots(1, 2, figsize=FIGURE_SIZE)
-    for axis, column, label in ((axes[0], "l2", "‖φ(x) − φ(x_adv)‖₂"), (axes[1], "cosine", "1 − cos(φ(x), φ(x_adv))")):
+    columns = [c for c in GAP_COLUMNS if c in summary.columns and summary[c].notna().any()]
+    rows_of_panels = 2 if "head_l2" in columns else 1
+    figure, axes = plt.subplots(rows_of_panels, 2, figsize=(FIGURE_SIZE[0], FIGURE_SIZE[1] * rows_of_panels),
+                                squeeze=False)
+    for axis, column in zip([a for row in axes for a in row], columns):
+        label = GAP_LABELS[column]
         for method, rows in summary.groupby("method", sort=False):
             rows = rows.sort_values("epoch")
             if method == "natural":
@@ -119,9 +134,9 @@ def plot_feature_gap(summary: pd.DataFrame, path: Path, title: str) -> Tuple[Pat
                               rows[column] + rows[f"{column}_std"], color=line.get_color(), alpha=0.2)
         axis.xaxis.set_major_locator(MaxNLocator(integer=True))
         axis.set_xlabel("fine-tuning epoch (0 = natural model)")
-        axis.set_ylabel(label)
+        axis.set_ylabel(label, fontsize=8)
         axis.grid(alpha=0.3)
-    axes[1].legend(fontsize=8, loc="best")
+    axes[0][1].legend(fontsize=8, loc="best")
     figure.suptitle(title)
     figure.tight_layout()
     return _save_figure(figure, path), drawn
@@ -139,6 +154,95 @@ def analyze_feature_gap(db: str, output: Path, methods: Optional[Sequence[str]] 
         plot, _ = plot_feature_gap(rows, output / f"feature_gap-{_slug(dataset.rsplit('/', 1)[-1], arch)}.png", title)
         plots.append(plot)
     return summary, plots
+
+
+# --- per-epoch training curves: loss terms and validation accuracy -----------------------------
+
+def training_curves_frame(db: str) -> pd.DataFrame:
+    """One row per (fine-tuned run, epoch, quantity): every mean loss term the method logged
+    (``loss/<term>``) and the validation accuracies (``validation/clean``, ``validation/pgd``)."""
+    store = ResultsStore(db)
+    runs = pd.DataFrame([r for r in store.runs(selection="last") if r["status"] == "finished"
+                         and r["method"] != "natural"])
+    if runs.empty:
+        raise ConfigError(f"--db {db} has no finished fine-tuned runs")
+    runs = _latest_runs(runs)
+    records = []
+    for run in runs.to_dict("records"):
+        cell = {key: run[key] for key in CELL}
+        for epoch_terms in json.loads(run["config_json"]).get("training_history", []):
+            records += [{**cell, "epoch": int(epoch_terms["epoch"]), "quantity": f"loss/{term}", "value": value}
+                        for term, value in epoch_terms.items() if term != "epoch"]
+    kept = set(runs["run_id"])
+    for point in store.validation_curves():
+        if point["run_id"] in kept:
+            cell = {key: point[key] for key in CELL}
+            records += [{**cell, "epoch": int(point["epoch"]), "quantity": f"validation/{name}", "value": point[name]}
+                        for name in ("clean", "pgd")]
+    if not records:
+        raise ConfigError(f"--db {db} holds no per-epoch training curves (runs stored before they were kept)")
+    return pd.DataFrame(records)
+
+
+def plot_training_curves(frame: pd.DataFrame, path: Path, title: str) -> Path:
+    """Validation clean and PGD accuracy per epoch (one line per method, mean over seeds with a ±std
+    band), then one small panel per method with each of its loss terms."""
+    plt = _pyplot()
+    from matplotlib.ticker import MaxNLocator
+
+    summary = frame.groupby(["method", "quantity", "epoch"], sort=False)["value"].agg(["mean", "std"]).reset_index()
+    summary["std"] = summary["std"].fillna(0.0)
+    methods = list(dict.fromkeys(frame["method"]))
+    columns = 4
+    rows = 1 + math.ceil(len(methods) / columns)
+    figure, axes = plt.subplots(rows, columns, figsize=(FIGURE_SIZE[0], 2.4 * rows), squeeze=False)
+    for axis, name in ((axes[0][0], "clean"), (axes[0][1], "pgd")):
+        for method in methods:
+            points = summary[(summary["method"] == method) & (summary["quantity"] == f"validation/{name}")]
+            if points.empty:
+                continue
+            line, = axis.plot(points["epoch"], points["mean"], marker="o", markersize=3, label=method,
+                              color=method_color(method))
+            axis.fill_between(points["epoch"], points["mean"] - points["std"], points["mean"] + points["std"],
+                              color=line.get_color(), alpha=0.2)
+        axis.set_title(f"validation {'clean' if name == 'clean' else 'PGD-10'} accuracy (%)", fontsize=9)
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True))
+        axis.grid(alpha=0.3)
+    handles, labels = axes[0][1].get_legend_handles_labels()
+    axes[0][2].axis("off")
+    axes[0][3].axis("off")
+    if handles:
+        axes[0][2].legend(handles, labels, fontsize=7, loc="center left", ncol=2)
+    for position, method in enumerate(methods):
+        axis = axes[1 + position // columns][position % columns]
+        terms = summary[(summary["method"] == method) & summary["quantity"].str.startswith("loss/")]
+        for quantity, points in terms.groupby("quantity", sort=False):
+            axis.plot(points["epoch"], points["mean"], marker="o", markersize=2, label=quantity[len("loss/"):])
+        axis.set_title(f"{method}: loss terms", fontsize=9, color=method_color(method))
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True))
+        axis.tick_params(labelsize=7)
+        axis.grid(alpha=0.3)
+        if not terms.empty:
+            axis.legend(fontsize=6, loc="best")
+    for position in range(len(methods), (rows - 1) * columns):
+        axes[1 + position // columns][position % columns].axis("off")
+    figure.supxlabel("fine-tuning epoch", fontsize=9)
+    figure.suptitle(title)
+    figure.tight_layout()
+    return _save_figure(figure, path)
+
+
+def analyze_training(db: str, output: Path) -> Tuple[pd.DataFrame, List[Path]]:
+    """``training_curves.csv`` (per seed) and one PNG per dataset × arch × eps in ``output``."""
+    frame = training_curves_frame(db)
+    output.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(frame.to_csv(index=False, float_format="%.6g"), output / "training_curves.csv")
+    plots = []
+    for (dataset, arch, eps), group in frame.groupby(["dataset", "arch", "eps"], sort=False):
+        title = f"Fine-tuning curves on {dataset}/{arch}, eps {eps:.4g} (means over seeds)"
+        plots.append(plot_training_curves(group, output / f"training-{_slug(dataset.rsplit('/', 1)[-1], arch)}.png",
+                                          title))
+    return frame, plots
 
 
 # --- robust accuracy against eps --------------------------------------------------------------
@@ -199,7 +303,7 @@ def plot_eps_curve(frame: pd.DataFrame, path: Path, title: str) -> Path:
 
 def models_from_store(db: str, methods: Optional[Sequence[str]] = None) -> Tuple[Dict[str, List[Tuple[str, str, str]]], str, str]:
     """The checkpoints of the newest run of every (method, seed) in ``db``: {method: [(path, dataset, arch)]}."""
-    runs = pd.DataFrame(ResultsStore(db).runs())
+    runs = pd.DataFrame(ResultsStore(db).runs(selection="last"))
     if runs.empty:
         raise ConfigError(f"--db {db} holds no runs")
     runs = runs[runs["status"] == "finished"]
@@ -331,6 +435,16 @@ def render_report(db: str, output: Path, extra_plots: Sequence[Path] = (), title
         parts.append("<h2>Feature gap during fine-tuning</h2><p>Mean distance between the features of natural "
                      "and PGD-20 adversarial probe images after every epoch (AFD's motivation, Fig. 1).</p>")
         parts.extend(_image_tag(p) for p in gap_plots)
+    try:
+        _, training_plots = analyze_training(db, scratch)
+    except ConfigError:
+        training_plots = []
+    if training_plots:
+        parts.append("<h2>Fine-tuning curves</h2><p>Per epoch: clean and PGD-10 accuracy on the validation "
+                     "split (training images held out from fine-tuning, never the test set) and every loss "
+                     "term each method logged (means over seeds).</p>")
+        parts.extend(_image_tag(p) for p in training_plots)
+        plots += training_plots
     # The feature-gap plots are drawn fresh above; a copy of one in an --plots folder is skipped.
     extra = [p for p in extra_plots if p.suffix.lower() == ".png" and p.name not in {q.name for q in plots}]
     if extra:

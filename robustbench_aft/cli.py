@@ -81,6 +81,12 @@ def _add_precision_arguments(parser: argparse.ArgumentParser, what: str) -> None
                         help="AutoAttack (default: fp32, so that leaderboard AA numbers are full precision)")
 
 
+SELECT_HELP = ("which weights of each fine-tuned model: last (default) or best-val (the best validated epoch; "
+               "stored by runs with --select best-val)")
+COLUMNS_HELP = ("cost columns to show in Markdown, comma-separated: cost (all), fine_tune_s, eval_s, forward_per_image, "
+                "backward_per_image, epoch (CSV and JSON always carry them)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _ArgumentParser(prog="bench", description="Benchmark adversarial fine-tuning of pre-trained classifiers.")
     from . import __version__
@@ -141,6 +147,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--lr", type=_positive_float, default=None, help="base learning rate")
     run.add_argument("--train-subset", type=_positive_int, default=None,
                      help="fine-tune on a seeded subset of this many training images")
+    run.add_argument("--val-size", type=_non_negative_int, default=None,
+                     help="training images held out for validation, clean + PGD-10 after every epoch (default: 200 "
+                          "on digits, 500 elsewhere; taken outside --train-subset; 0: no validation)")
+    run.add_argument("--select", default=None,
+                     help="weights to evaluate: last (default, what the papers report) or best-val (the epoch with "
+                          "the highest validation PGD accuracy; the last weights are evaluated and stored too)")
     run.add_argument("--attacks", default=None, help="evaluation attacks (default: the preset's)")
     run.add_argument("--eps", default=None, help="budget, e.g. 8/255 (default: the dataset's)")
     run.add_argument("--n-eval", type=_positive_int, default=None, help="size of the seeded test subset")
@@ -171,6 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_precision_arguments(run, "fine-tuning, clean, PGD and CW")
     run.add_argument("--format", default="md", choices=("md", "csv", "json"), help="format of the printed leaderboard")
     run.add_argument("--rank-by", default=None, help="metric of the rank column (default: worst, else aa, else pgd)")
+    run.add_argument("--columns", default=None, help=COLUMNS_HELP)
     run.set_defaults(handler=cmd_run)
 
     collect = commands.add_parser("collect", help="ingest the result records of a grid's jobs into the store")
@@ -187,7 +200,19 @@ def build_parser() -> argparse.ArgumentParser:
                        help="add the published numbers where method, dataset, arch and eps match")
     board.add_argument("--published", default=None, help="published numbers CSV (default: leaderboard/published.csv)")
     board.add_argument("--rank-by", default=None, help="metric of the rank column (default: worst, else aa, else pgd)")
+    board.add_argument("--select", default="last", help=SELECT_HELP)
+    board.add_argument("--columns", default=None, help=COLUMNS_HELP)
     board.set_defaults(handler=cmd_leaderboard)
+
+    dump = commands.add_parser("dump", help="write every finished run of a store as one JSON file (metrics, "
+                                            "per-sample outcomes, curves, costs, configuration)")
+    dump.add_argument("--db", default="runs/results.db", help="results store (default: runs/results.db)")
+    dump.add_argument("--output", required=True, help="folder for the run files")
+    dump.set_defaults(handler=cmd_dump)
+    load = commands.add_parser("load", help="store the run files written by bench dump (idempotent)")
+    load.add_argument("folder", help="a folder of run files")
+    load.add_argument("--db", default="runs/results.db", help="results store (default: runs/results.db)")
+    load.set_defaults(handler=cmd_load)
 
     compare = commands.add_parser("compare", help="paired difference of two methods on the same points: "
                                                    "delta, 95 % interval, exact McNemar p")
@@ -198,6 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--dataset", default=None, help="the dataset, when the store holds several")
     compare.add_argument("--arch", default=None, help="the architecture, when the store holds several")
     compare.add_argument("--eps", default=None, help="the budget, when the store holds several (e.g. 8/255)")
+    compare.add_argument("--select", default="last", help=SELECT_HELP)
     compare.add_argument("--format", default="md", choices=("md", "csv", "json"), help="output format")
     compare.set_defaults(handler=cmd_compare)
 
@@ -211,7 +237,8 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--metrics", default=None, help="comma-separated metrics to check (default: all but avg)")
     check.set_defaults(handler=cmd_check)
 
-    analyze = commands.add_parser("analyze", help="plots: the feature gap per epoch, robust accuracy against eps")
+    analyze = commands.add_parser("analyze", help="plots: the feature gap and training curves per epoch, robust "
+                                                   "accuracy against eps, the clean-robust trade-off")
     analyses = analyze.add_subparsers(dest="analysis", metavar="ANALYSIS", parser_class=_ArgumentParser)
     analyses.required = True
     gap = analyses.add_parser("feature-gap", help="CSV + PNG of the natural/adversarial feature gap per epoch")
@@ -242,6 +269,12 @@ def build_parser() -> argparse.ArgumentParser:
     tradeoff.add_argument("--metric", default=None, help="the robust metric (default: worst, else aa, else pgd)")
     tradeoff.add_argument("--output", default="runs/analysis", help="output folder (default: runs/analysis)")
     tradeoff.set_defaults(handler=cmd_analyze_tradeoff)
+
+    training = analyses.add_parser("training", help="CSV + PNG of every loss term and the validation accuracy per "
+                                                    "fine-tuning epoch")
+    training.add_argument("--db", default="runs/results.db", help="results store (default: runs/results.db)")
+    training.add_argument("--output", default="runs/analysis", help="output folder (default: runs/analysis)")
+    training.set_defaults(handler=cmd_analyze_training)
 
     report = commands.add_parser("report", help="one self-contained HTML page: tables, plots, configs, flags")
     report.add_argument("--db", default="runs/results.db", help="results store (default: runs/results.db)")
@@ -285,6 +318,19 @@ def cmd_analyze_tradeoff(args: argparse.Namespace) -> int:
     frame, plots = analyze_tradeoff(_existing_store(args.db), _output_folder(args.output), args.metric)
     print(format_table(frame.round(2).to_dict("records"), "md"))
     print(f"\nwrote {Path(args.output) / 'tradeoff.csv'} and " + ", ".join(str(p) for p in plots))
+    return 0
+
+
+def cmd_analyze_training(args: argparse.Namespace) -> int:
+    from .analysis import analyze_training
+    from .leaderboard import format_table
+
+    frame, plots = analyze_training(_existing_store(args.db), _output_folder(args.output))
+    validation = frame[frame["quantity"].str.startswith("validation/")]
+    if not validation.empty:
+        table = validation.pivot_table(index=["method", "seed", "epoch"], columns="quantity", values="value")
+        print(format_table(table.round(2).reset_index().to_dict("records"), "md"))
+    print(f"\nwrote {Path(args.output) / 'training_curves.csv'} and " + ", ".join(str(p) for p in plots))
     return 0
 
 
@@ -420,14 +466,15 @@ def _resume_command(argv: List[str], out: str) -> str:
 def cmd_run(args: argparse.Namespace) -> int:
     from .config import build_run_config, parse_set_options
     from .evaluate import parse_attacks, parse_eps
-    from .leaderboard import render_leaderboard
+    from .leaderboard import parse_columns, render_leaderboard
     from .pipeline import leaderboard, run
 
     if args.methods is None:
         raise ConfigError("the following arguments are required: --methods (or methods: in the --config file)")
     sections = getattr(args, "config_sections", {"train": {}, "eval": {}})
     train_flags = {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
-                   "train_subset": args.train_subset, "precision": args.precision,
+                   "train_subset": args.train_subset, "val_size": args.val_size, "select": args.select,
+                   "precision": args.precision,
                    "sync_bn": True if args.sync_bn else None, "channels_last": args.channels_last,
                    "compile": True if args.compile else None}
     eval_flags = {"attacks": parse_attacks(args.attacks) if args.attacks else None,
@@ -470,7 +517,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             return exc.exit_code
     if summary.rank != 0:
         return 0
-    print(render_leaderboard(leaderboard(config.db, summary.group_id, rank_by=args.rank_by), args.format))
+    print(render_leaderboard(leaderboard(config.db, summary.group_id, rank_by=args.rank_by,
+                                         selection=config.train.select), args.format, parse_columns(args.columns)))
     if args.format == "md":
         print(f"\n{len(summary.run_ids)} models evaluated in {summary.seconds:.1f} s; stored in {summary.db} "
               f"(run {summary.group_id}); checkpoints in {summary.out}")
@@ -519,20 +567,45 @@ def cmd_collect(args: argparse.Namespace) -> int:
 
 
 def cmd_leaderboard(args: argparse.Namespace) -> int:
-    from .leaderboard import render_leaderboard
+    from .leaderboard import parse_columns, render_leaderboard
     from .pipeline import leaderboard
     from .runtime import atomic_write_text
 
-    frame = leaderboard(_existing_store(args.db), rank_by=args.rank_by)
+    columns = parse_columns(args.columns)
+    frame = leaderboard(_existing_store(args.db), rank_by=args.rank_by, selection=_selection(args.select))
     if args.with_published and not frame.empty:
         from .leaderboard import load_published, with_published
 
         frame = with_published(frame, load_published(args.published))
-    table = render_leaderboard(frame, args.format)
+    table = render_leaderboard(frame, args.format, columns)
     print(table)
     if args.output:
         atomic_write_text(table + "\n", args.output)
     return 0
+
+
+def cmd_dump(args: argparse.Namespace) -> int:
+    from .archive import dump_runs
+
+    written = dump_runs(_existing_store(args.db), Path(args.output))
+    print(f"wrote {len(written)} run file(s) to {args.output}")
+    return 0
+
+
+def cmd_load(args: argparse.Namespace) -> int:
+    from .archive import load_runs
+
+    run_ids = load_runs(Path(args.folder), args.db)
+    print(f"stored {len(run_ids)} run(s) from {args.folder} in {args.db}")
+    return 0
+
+
+def _selection(value: str) -> str:
+    from .validation import SELECTIONS
+
+    if value not in SELECTIONS:
+        raise ConfigError(f"--select must be one of {', '.join(SELECTIONS)}, got {value!r}")
+    return value
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
@@ -542,7 +615,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
     comparison = compare_methods(_existing_store(args.db), args.first, args.second, metric=args.metric,
                                  dataset=args.dataset, arch=args.arch,
-                                 eps=parse_eps(args.eps) if args.eps is not None else None)
+                                 eps=parse_eps(args.eps) if args.eps is not None else None,
+                                 selection=_selection(args.select))
     setting, result = comparison.setting, comparison.result
     header = (f"{comparison.first} − {comparison.second} on {setting['dataset']}/{setting['arch']}, "
               f"{setting['norm']} eps={setting['eps']:.4g}, {comparison.metric}: {result.seeds} seed(s) × "
@@ -681,6 +755,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     except KeyboardInterrupt:
         print("bench: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # The reader went away (`bench leaderboard | head`): what it wanted is printed; stay quiet.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":

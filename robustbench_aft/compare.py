@@ -33,10 +33,10 @@ def _setting_key(run: Dict[str, Any]) -> tuple:
     return tuple(round(run[k], 6) if k == "eps" else run[k] for k in SETTING)
 
 
-def _latest_runs(store: ResultsStore) -> List[Dict[str, Any]]:
-    """The finished runs, the latest of each (method, setting, seed)."""
+def _latest_runs(store: ResultsStore, selection: str = "last") -> List[Dict[str, Any]]:
+    """The finished runs of ``selection`` (validation.py), the latest of each (method, setting, seed)."""
     latest: Dict[tuple, Dict[str, Any]] = {}
-    for run in store.runs():
+    for run in store.runs(selection):
         if run["status"] != "finished":
             continue
         latest[(run["method"], *_setting_key(run), run["seed"])] = run
@@ -103,15 +103,17 @@ def paired_outcomes(store: ResultsStore, pairs: List[Tuple[dict, dict]], metric:
 
 
 def compare_methods(db: str, first: str, second: str, metric: str = "aa", dataset: Optional[str] = None,
-                    arch: Optional[str] = None, eps: Optional[float] = None) -> MethodComparison:
-    """The paired difference ``first − second`` in ``metric`` (see :func:`stats.paired_comparison`)."""
+                    arch: Optional[str] = None, eps: Optional[float] = None,
+                    selection: str = "last") -> MethodComparison:
+    """The paired difference ``first − second`` in ``metric`` (see :func:`stats.paired_comparison`),
+    on the ``last`` or the ``best-val`` weights of each model."""
     from .registry import METHODS
 
     names = tuple(name if name == "natural" else METHODS.canonical(name) for name in (first, second))
     if names[0] == names[1]:
         raise ConfigError(f"compare two different methods, got {names[0]} twice")
     store = ResultsStore(db)
-    runs = [run for run in _latest_runs(store)
+    runs = [run for run in _latest_runs(store, selection)
             if (dataset is None or run["dataset"] == dataset) and (arch is None or run["arch"] == arch)
             and (eps is None or abs(run["eps"] - eps) < 1e-6)]
     settings: Dict[str, set] = {}

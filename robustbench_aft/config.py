@@ -15,6 +15,7 @@ from .errors import ConfigError
 from .evaluate import EvalConfig
 from .method import CIFAR_EPS, params_problem
 from .registry import METHODS
+from .validation import SELECTIONS
 
 
 @dataclass
@@ -38,6 +39,11 @@ class TrainConfig:
             The first batches pay the compilation (tens of seconds per network and BN mode); off
             by default because it did not pay on the CPUs measured (benchmarks/RESULTS.md). The
             evaluated model is always run eagerly.
+        val_size: training images held out for validation (clean + PGD-10 after every epoch);
+            None → the dataset's default (200 on digits, 500 elsewhere); 0 turns validation off.
+            With ``train_subset`` they come from the images outside the subset (see validation.py).
+        select: which weights are evaluated: ``last`` (the papers' choice) or ``best-val`` (the
+            epoch with the highest validation PGD accuracy; the last weights are evaluated too).
     """
 
     epochs: int = 20
@@ -53,6 +59,8 @@ class TrainConfig:
     sync_bn: bool = False
     channels_last: str = "auto"
     compile: bool = False
+    val_size: Optional[int] = None
+    select: str = "last"
 
 
 # Each preset sets TrainConfig / EvalConfig fields and, optionally, method parameters per dataset.
@@ -258,6 +266,12 @@ def validate(config: RunConfig) -> None:
         raise ConfigError("--lr must be positive")
     if config.train.train_subset is not None and config.train.train_subset <= 0:
         raise ConfigError("--train-subset must be positive")
+    if config.train.val_size is not None and config.train.val_size < 0:
+        raise ConfigError(f"--val-size must be >= 0, got {config.train.val_size}")
+    if config.train.select not in SELECTIONS:
+        raise ConfigError(f"--select must be one of {', '.join(SELECTIONS)}, got {config.train.select!r}")
+    if config.train.select == "best-val" and config.train.val_size == 0:
+        raise ConfigError("--select best-val needs a validation split; --val-size 0 turns it off")
     for where, value in (("train", config.train.precision), ("eval", config.eval.precision),
                          ("eval", config.eval.aa_precision)):
         if value not in ("auto", "fp32", "bf16"):

@@ -62,6 +62,8 @@ class DataBundle:
         mean, std: per-channel statistics for the model's Normalize layer.
         default_eps: the L∞ budget this dataset is evaluated at unless the user sets one.
         class_names: in label order.
+        default_val_size: training images held out for validation unless ``--val-size`` says
+            otherwise (validation.py).
     """
 
     name: str
@@ -74,6 +76,7 @@ class DataBundle:
     std: Tuple[float, ...]
     default_eps: float
     class_names: List[str]
+    default_val_size: int = 500
 
 
 class IndexedDataset(Dataset):
@@ -193,6 +196,7 @@ def digits(options: DataOptions) -> DataBundle:
         std=(float(train_images.std()),),
         default_eps=0.15,
         class_names=[str(d) for d in range(10)],
+        default_val_size=200,
     )
 
 

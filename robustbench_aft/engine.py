@@ -26,9 +26,11 @@ from .distributed import (SINGLE, DistContext, GradientAveraging, any_rank, broa
 from .errors import CheckpointError, ConfigError, UserError
 from .featuregap import FeatureGapProbe
 from .method import Method, OptimConfig
+from .passes import PassCounter, method_networks
 from .registry import METHODS
 from .runtime import (StopSignal, atomic_torch_save, autocast, compile_bodies, rng_state, seed_everything,
                       set_rng_state, use_channels_last, without_buffer_donation)
+from .validation import VALIDATION_PGD_STEPS, ValidationSet, is_better, split_training_set
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +94,13 @@ class FineTuneResult:
     checkpoint: Optional[str] = None
     feature_gap: List[Dict[str, float]] = field(default_factory=list)
     history: List[Dict[str, float]] = field(default_factory=list)
+    # One dict per epoch: epoch, clean, pgd (validation accuracies in %), seconds (validation.py).
+    validation: List[Dict[str, float]] = field(default_factory=list)
+    best_val_epoch: Optional[int] = None
+    # With --select best-val: the export of the best validated epoch's weights (``model`` is the last).
+    best_val_model: Optional[nn.Module] = None
+    # Counted forward/backward passes per training image (passes.py); None for compiled runs.
+    passes_per_image: Optional[Dict[str, float]] = None
 
 
 def build_method(name: str, params: Optional[Dict[str, Any]], eps: float, train: TrainConfig) -> Method:
@@ -190,10 +199,13 @@ def fine_tune(method_name: str, model: nn.Module, data: DataBundle, train: Train
     use_ema = method.uses_ema if train.ema is None else train.ema
     ema = EMA(method.trainable_state()) if use_ema else None
 
-    dataset = data.train
-    if train.train_subset is not None and train.train_subset < len(dataset):
-        generator = torch.Generator().manual_seed(seed)
-        dataset = Subset(dataset, sorted(torch.randperm(len(dataset), generator=generator)[:train.train_subset].tolist()))
+    val_size = data.default_val_size if train.val_size is None else train.val_size
+    train_indices, val_indices = split_training_set(len(data.train), train.train_subset, val_size, seed)
+    dataset = data.train if train_indices is None else Subset(data.train, train_indices)
+    # Every method fine-tunes against an L∞ budget, so validation attacks in L∞ too.
+    validation = ValidationSet(data.train, val_indices, eps, "Linf", seed) if val_indices else None
+    if validation is None and train.select == "best-val":
+        raise ConfigError("--select best-val needs a validation split; --val-size 0 turns it off")
     method.on_fit_start(data.train)
     name = METHODS.canonical(method_name)
     checkpoint = out_dir / "last.pt" if out_dir is not None else None
@@ -202,6 +214,9 @@ def fine_tune(method_name: str, model: nn.Module, data: DataBundle, train: Train
     running: Dict[str, float] = {}
     feature_gap: List[Dict[str, float]] = []
     history: List[Dict[str, float]] = []
+    curve: List[Dict[str, float]] = []
+    best: Optional[Dict[str, Any]] = None  # the best validated epoch's point and trainable weights
+    passes = {"forward": 0, "backward": 0}
     if resume and checkpoint is not None and checkpoint.is_file():
         state = read_training_checkpoint(checkpoint)
         _check_same_cell(state, checkpoint, name, seed, asdict(method.params), train)
@@ -225,6 +240,9 @@ def fine_tune(method_name: str, model: nn.Module, data: DataBundle, train: Train
         images, seconds_before, running = state["images"], state["seconds"], dict(state["running"])
         feature_gap = list(state.get("feature_gap", []))
         history = list(state.get("history", []))
+        curve = list(state.get("validation", []))
+        best = state.get("best_val")
+        passes = dict(state.get("passes", passes))
         log.info("%s seed %d: resuming from %s at epoch %d, batch %d", name, seed, checkpoint, next_epoch,
                  next_batch + 1)
 
@@ -242,13 +260,17 @@ def fine_tune(method_name: str, model: nn.Module, data: DataBundle, train: Train
             "ema": ema.state_dict() if ema is not None else None, "rng": rng_state(), "images": images,
             "seconds": seconds_before + time.perf_counter() - start, "running": running,
             "feature_gap": feature_gap, "history": history, "world_size": dist.world_size,
+            "validation": curve, "best_val": best,
+            "passes": {"forward": passes["forward"] + counter.forward, "backward": passes["backward"] + counter.backward},
             **({"rank_extras": rank_extras} if dist.enabled else {}),
         }, checkpoint)
 
     start = time.perf_counter()
     method.train()
     seen = torch.zeros(len(data.train), dtype=torch.bool)
-    with GradientAveraging(dist), without_buffer_donation() if compiled else contextlib.nullcontext():
+    # Hooks inside compiled bodies would break their graphs: compiled runs are not counted.
+    counter = PassCounter([] if compiled else method_networks(method))
+    with counter, GradientAveraging(dist), without_buffer_donation() if compiled else contextlib.nullcontext():
         for epoch in range(next_epoch, train.epochs + 1):
             method.on_epoch_start(epoch, train.epochs)
             lr = method.lr_at(epoch, train.epochs, train.lr)
@@ -292,11 +314,22 @@ def fine_tune(method_name: str, model: nn.Module, data: DataBundle, train: Train
             elapsed = seconds_before + time.perf_counter() - start
             log.info("%s seed %d epoch %d/%d lr %.5g %s (%.0f images/s)", name, seed, epoch, train.epochs, lr,
                      " ".join(f"{k}={v:.4f}" for k, v in epoch_terms.items()), images / max(elapsed, 1e-9))
+            counter.enabled = False
+            if validation is not None:
+                point, weights = _validate(method, ema, validation, epoch)
+                curve.append(point)
+                if is_better(point, best and best["point"]):
+                    best = {"point": point, "state": weights}
+                log.info("%s seed %d epoch %d: validation clean %.2f %%, PGD-%d %.2f %% (%.1f s on %d images)", name,
+                         seed, epoch, point["clean"], VALIDATION_PGD_STEPS, point["pgd"], point["seconds"],
+                         len(validation))
             if probe is not None and dist.is_main:
-                gap = probe.measure(method.current_classifier())
+                gap = probe.measure(method.current_classifier(), method.head_input())
                 feature_gap.append({"epoch": epoch, **gap})
-                log.info("%s seed %d epoch %d: feature gap L2 %.4f, 1-cos %.4f (%.1f s on %d probe images)", name,
-                         seed, epoch, gap["l2"], gap["cosine"], gap["seconds"], len(probe))
+                log.info("%s seed %d epoch %d: feature gap L2 %.4f, 1-cos %.4f; at the head's input L2 %.4f, "
+                         "1-cos %.4f (%.1f s on %d probe images)", name, seed, epoch, gap["l2"], gap["cosine"],
+                         gap["head_l2"], gap["head_cosine"], gap["seconds"], len(probe))
+            counter.enabled = True
             save(epoch + 1, 0)
             if stop is not None:
                 stop.check(f"fine-tuning {name} seed {seed} (after epoch {epoch})")
@@ -307,11 +340,44 @@ def fine_tune(method_name: str, model: nn.Module, data: DataBundle, train: Train
     if compiled:
         # The evaluator runs many batch sizes and point subsets, each a recompilation: evaluate an eager copy.
         exported = copy.deepcopy(exported)
+    chosen_epoch = int(best["point"]["epoch"]) if best is not None else None
+    best_val_model = None
+    if train.select == "best-val" and best is None:
+        log.warning("%s seed %d: --select best-val, but no epoch was validated (the run was fine-tuned by a version "
+                    "without validation): the last weights are the only ones", name, seed)
+    elif train.select == "best-val":
+        best_val_model = exported
+        if chosen_epoch != train.epochs:
+            # export() may hand out the trainable module itself: keep the last weights' export apart.
+            exported = copy.deepcopy(exported)
+            method.trainable_state().load_state_dict(best["state"])
+            best_val_model = copy.deepcopy(method.export()).eval()
+        log.info("%s seed %d: --select best-val: epoch %d of %d (validation PGD %.2f %%)", name, seed, chosen_epoch,
+                 train.epochs, best["point"]["pgd"])
+    counted = None if compiled else {"forward": passes["forward"] + counter.forward,
+                                     "backward": passes["backward"] + counter.backward}
     return FineTuneResult(model=exported, seconds=seconds, images_per_second=images / max(seconds, 1e-9),
                           epochs=train.epochs, method_version=method.version, params=asdict(method.params),
                           final_terms={k: v for k, v in history[-1].items() if k != "epoch"} if history else running,
                           checkpoint=str(checkpoint) if checkpoint is not None else None,
-                          feature_gap=feature_gap, history=history)
+                          feature_gap=feature_gap, history=history, validation=curve, best_val_epoch=chosen_epoch,
+                          best_val_model=best_val_model,
+                          passes_per_image=None if counted is None else {k: v / max(images, 1)
+                                                                         for k, v in counted.items()})
+
+
+def _validate(method: Method, ema: Optional[EMA], validation: ValidationSet,
+              epoch: int) -> tuple:
+    """Validate the weights that would be exported now (the EMA's, when the method keeps one);
+    returns the validation point and a copy of those trainable weights. The method is left as it was."""
+    trainable = method.trainable_state()
+    current = {k: v.detach().clone() for k, v in trainable.state_dict().items()}
+    if ema is not None:
+        ema.copy_to(trainable)
+    weights = {k: v.detach().clone() for k, v in trainable.state_dict().items()}
+    point = validation.measure(method.current_classifier(), epoch)
+    trainable.load_state_dict(current)
+    return point, weights
 
 
 def lr_table(method: Method, total_epochs: int, base_lr: float) -> List[float]:

@@ -8,7 +8,7 @@ measures it at the end of every epoch on a fixed probe set with :class:`FeatureG
 from __future__ import annotations
 
 import time
-from typing import Dict
+from typing import Dict, Optional
 
 import torch
 import torch.nn.functional as F
@@ -55,8 +55,14 @@ class FeatureGapProbe:
     def __len__(self) -> int:
         return len(self.y)
 
-    def measure(self, model: nn.Module) -> Dict[str, float]:
-        """``{"l2", "cosine", "seconds"}`` for ``model`` (an ImageClassifier); its mode is restored."""
+    def measure(self, model: nn.Module, head_input: Optional[nn.Module] = None) -> Dict[str, float]:
+        """``{"l2", "cosine", "head_l2", "head_cosine", "seconds"}`` for ``model`` (an ImageClassifier);
+        its mode is restored.
+
+        ``l2``/``cosine`` are measured on φ (``forward_features``), ``head_*`` on what the classifier's
+        head reads: ``head_input(φ)`` for a method that puts a map between the two during training
+        (AFD's D1, before it is folded into the head), else φ itself, so the two agree.
+        """
         start = time.perf_counter()
         device = next(model.parameters()).device
         was_training = model.training
@@ -73,6 +79,13 @@ class FeatureGapProbe:
         finally:
             model.train(was_training)
         natural_features, adversarial_features = torch.cat(natural), torch.cat(adversarial)
+        natural_input, adversarial_input = natural_features, adversarial_features
+        if head_input is not None:
+            with torch.no_grad():
+                natural_input = head_input(natural_features.to(device)).float()
+                adversarial_input = head_input(adversarial_features.to(device)).float()
         return {"l2": float(feature_l2_gap(natural_features, adversarial_features)),
                 "cosine": float(feature_cosine_gap(natural_features, adversarial_features)),
+                "head_l2": float(feature_l2_gap(natural_input, adversarial_input)),
+                "head_cosine": float(feature_cosine_gap(natural_input, adversarial_input)),
                 "seconds": time.perf_counter() - start}

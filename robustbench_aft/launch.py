@@ -59,8 +59,14 @@ class RecordFiles:
     def add(self, record: RunRecord, run_id: Optional[str] = None) -> str:
         payload = {"run_id": run_id, "record": dataclasses.asdict(record)}
         atomic_write_text(json.dumps(payload, default=str) + "\n",
-                          self.out_root / cell_name(record.method, record.seed) / RECORD)
+                          self.out_root / cell_name(record.method, record.seed) / record_file(record.selection))
         return run_id or ""
+
+
+def record_file(selection: str) -> str:
+    """The record file of a cell's row: ``record.json`` for the last weights (the only one before
+    --select existed), ``record-best-val.json`` for the best validated epoch's."""
+    return RECORD if selection == "last" else f"record-{selection}.json"
 
 
 def run_cell_job(config: RunConfig, out_root: str, method: str, seed: int, threads: Optional[int] = None) -> str:
@@ -261,6 +267,14 @@ def collect(out_root: Path, db: str) -> CollectReport:
                 report.append(CellStatus(name, "failed", f"unreadable {RECORD}: {exc}", logs))
                 continue
             store.add(record, run_id=payload["run_id"])
+            selected = folder / record_file("best-val")
+            if selected.is_file():
+                try:
+                    extra = json.loads(selected.read_text())
+                    store.add(RunRecord(**extra["record"]), run_id=extra["run_id"])
+                except (OSError, ValueError, TypeError, KeyError) as exc:
+                    report.append(CellStatus(name, "failed", f"unreadable {selected.name}: {exc}", logs))
+                    continue
             if record.status == "finished":
                 report.append(CellStatus(name, "ingested", f"{len(record.metrics)} metrics"))
             else:

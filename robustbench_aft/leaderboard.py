@@ -21,6 +21,12 @@ FORMATS = ("md", "csv", "json")
 METRIC_ORDER = ("clean", "pgd", "cw", "aa", "aa-fast", "worst", "avg")
 AVG_OF = ("clean", "pgd", "aa")
 KEY = ["method", "dataset", "arch", "eps", "norm"]
+RUN_ATTRIBUTES = ("selection", "selected_epoch", "train_seconds", "eval_seconds", "forward_per_image",
+                  "backward_per_image")
+# The cost columns ``--columns`` can add (name → the per-run attribute averaged over seeds): the point
+# of AFT is robustness per unit of compute.
+COST_COLUMNS = {"fine_tune_s": "train_seconds", "eval_s": "eval_seconds", "forward_per_image": "forward_per_image",
+                "backward_per_image": "backward_per_image", "epoch": "selected_epoch"}
 
 
 def format_table(rows: List[Dict[str, Any]], fmt: str, extra: Optional[Dict[str, Any]] = None) -> str:
@@ -53,6 +59,11 @@ def latest_runs_frame(store_rows: List[Dict[str, Any]]):
     per_run = long.pivot_table(index=["run_id", "created_at", "method_version", "seed", "flags_json", "n_eval", *KEY],
                                columns="metric", values="value", aggfunc="first").reset_index()
     per_run.columns.name = None
+    # Per-run attributes that may be empty (runs stored before they existed) join by run id:
+    # as pivot index columns, an empty value would drop the run.
+    attributes = [c for c in RUN_ATTRIBUTES if c in long.columns]
+    if attributes:
+        per_run = per_run.merge(long[["run_id", *attributes]].drop_duplicates("run_id"), on="run_id", how="left")
     return per_run.sort_values("created_at").drop_duplicates([*KEY, "seed"], keep="last")
 
 
@@ -74,6 +85,9 @@ def leaderboard_frame(store_rows: List[Dict[str, Any]]):
     std = grouped[metrics].std(ddof=1).add_suffix("_std")
     table = table.join(std)
     table = table.join(_intervals(grouped, metrics))
+    costs = {name: attribute for name, attribute in COST_COLUMNS.items() if attribute in per_run.columns}
+    for name, attribute in costs.items():
+        table[name] = grouped[attribute].mean()
     table["seeds"] = grouped["seed"].nunique()
     table["version"] = grouped["method_version"].max()
     table["flagged_runs"] = grouped["flagged"].sum()
@@ -85,7 +99,7 @@ def leaderboard_frame(store_rows: List[Dict[str, Any]]):
     ordered = [*KEY, "seeds", "version"]
     for metric in metrics:
         ordered += [metric, f"{metric}_std", f"{metric}_ci_low", f"{metric}_ci_high"]
-    return table[ordered + ["flagged_runs", "reconstructed"]].reset_index(drop=True)
+    return table[ordered + ["flagged_runs", "reconstructed", *costs]].reset_index(drop=True)
 
 
 def _intervals(grouped, metrics: List[str]):
@@ -181,8 +195,26 @@ def _cell(mean: float, std: float, low: float, high: float, seeds: int) -> str:
     return f"{mean:.2f} ± {std:.2f}{interval}"
 
 
-def render_leaderboard(frame, fmt: str) -> str:
-    """Markdown (mean ± std strings), CSV (numbers, ``_std`` columns) or RobustBench-style JSON."""
+def parse_columns(text: Optional[str]) -> List[str]:
+    """``--columns``: comma-separated cost columns for Markdown (``cost`` = all of them)."""
+    if not text:
+        return []
+    names: List[str] = []
+    for name in (part.strip() for part in text.split(",") if part.strip()):
+        if name == "cost":
+            names += [c for c in COST_COLUMNS if c not in names]
+        elif name in COST_COLUMNS:
+            names.append(name)
+        else:
+            raise ConfigError(f"--columns: unknown column {name!r}; choose from cost, {', '.join(COST_COLUMNS)}")
+    return names
+
+
+def render_leaderboard(frame, fmt: str, columns: Optional[List[str]] = None) -> str:
+    """Markdown (mean ± std strings), CSV (numbers, ``_std`` columns) or RobustBench-style JSON.
+
+    ``columns``: cost columns (:data:`COST_COLUMNS`) that Markdown shows after the metrics; CSV always
+    carries every column."""
     if frame.empty:
         return "(no results yet)"
     metrics = [m for m in METRIC_ORDER if m in frame.columns]
@@ -196,14 +228,18 @@ def render_leaderboard(frame, fmt: str) -> str:
             rank_by = frame.attrs.get("rank_by") or default_rank_metric(list(frame.columns))
             legend += (f"; rank by {rank_by}: methods not significantly below the best "
                        "(exact McNemar on the per-sample outcomes, Holm-corrected, α = 0.05) share a rank")
-        return format_table(display_rows(frame), "md") + "\n\n" + legend
+        if columns:
+            legend += ("; fine_tune_s and eval_s are seconds per model, forward/backward_per_image the counted "
+                       "passes per training image, epoch the evaluated epoch (means over seeds)")
+        return format_table(display_rows(frame, columns), "md") + "\n\n" + legend
     if fmt == "json":
         return json.dumps([robustbench_entry(record, metrics) for record in frame.to_dict("records")], indent=2)
     raise ConfigError(f"unknown format {fmt!r}; choose from {', '.join(FORMATS)}")
 
 
-def display_rows(frame) -> List[Dict[str, Any]]:
-    """The leaderboard as rows of display strings (mean ± std, labels), for Markdown and HTML."""
+def display_rows(frame, columns: Optional[List[str]] = None) -> List[Dict[str, Any]]:
+    """The leaderboard as rows of display strings (mean ± std, labels), for Markdown and HTML, with
+    the cost ``columns`` asked for."""
     metrics = [m for m in METRIC_ORDER if m in frame.columns]
     rows = []
     for record in frame.to_dict("records"):
@@ -216,6 +252,10 @@ def display_rows(frame) -> List[Dict[str, Any]]:
             row[metric] = ("" if isinstance(record[metric], float) and math.isnan(record[metric])
                            else _cell(record[metric], record[f"{metric}_std"], record.get(f"{metric}_ci_low"),
                                       record.get(f"{metric}_ci_high"), int(record["seeds"])))
+        for name in columns or []:
+            value = record.get(name)
+            row[name] = "" if _missing(value) else f"{value:.0f}" if name.endswith("_s") or name == "epoch" \
+                else f"{value:.2f}"
         row["flags"] = int(record["flagged_runs"]) or ""
         for metric in PUBLISHED_METRICS:
             if f"published_{metric}" in record:

@@ -223,6 +223,11 @@ class Method(nn.Module):
         (the feature-gap probe); by default the export. Must not change the method's state."""
         return self.export()
 
+    def head_input(self) -> Optional[nn.Module]:
+        """The map from the features φ to what the head reads while training (AFD: D1), for the
+        feature-gap probe; None when the head reads φ itself."""
+        return None
+
     def trainable_state(self) -> nn.Module:
         """The module whose weights the engine averages (EMA) and checkpoints."""
         return self.student

@@ -34,12 +34,14 @@ from .evaluate import EvalConfig, evaluate, select_subset
 from .featuregap import FeatureGapProbe
 from .pretrained import default_recipe, load_checkpoint, recipe_with, resolve, save_checkpoint
 from .results import ResultsStore, RunRecord, new_group_id, outcome_bits
+from .validation import catastrophic_overfitting
 from .runtime import (RunLock, StopSignal, atomic_write_text, check_writable, provenance, resolve_device,
                       resolve_precision)
 
 log = logging.getLogger(__name__)
 
 MANIFEST = "run.json"
+BEST_VAL_CHECKPOINT = "best-val.pt"
 CONFIG_FILE = "config.yaml"
 # Fields that may differ between a run and its resumption (where it runs, not what it computes).
 RESUMABLE_DIFFERENCES = ("device", "out")
@@ -133,14 +135,43 @@ class _Context:
     dist: DistContext = SINGLE
 
 
-def _cell_id(cell_dir: Path) -> str:
-    """The store's run id of a cell, fixed on first use so that a resumed cell replaces its row."""
+def _cell_id(cell_dir: Path, selection: str = "last") -> str:
+    """The store's run id of a cell's row for ``selection``, fixed on first use so that a resumed
+    cell replaces its row (``cell.json`` keeps ``run_id`` for the last weights, ``run_id_best-val``
+    for the best validated epoch's)."""
     path = cell_dir / "cell.json"
-    if path.is_file():
-        return json.loads(path.read_text())["run_id"]
-    run_id = uuid.uuid4().hex
-    atomic_write_text(json.dumps({"run_id": run_id}) + "\n", path)
-    return run_id
+    ids = json.loads(path.read_text()) if path.is_file() else {}
+    key = "run_id" if selection == "last" else f"run_id_{selection}"
+    if key not in ids:
+        ids[key] = uuid.uuid4().hex
+        atomic_write_text(json.dumps(ids) + "\n", path)
+    return ids[key]
+
+
+def _evaluate(context: _Context, model: nn.Module, state_dir: Path):
+    """Evaluate ``model`` with the run's protocol (every rank its shard under torchrun); the result on
+    rank 0, None on the others."""
+    dist = context.dist
+    if dist.enabled:
+        evaluate(model, context.data, context.eval_config, context.device, progress=context.progress and dist.is_main,
+                 state_dir=state_dir, stop=context.stop, shard=(dist.rank, dist.world_size))
+        barrier(dist)
+        if not dist.is_main:
+            return None
+    return evaluate(model, context.data, context.eval_config, context.device, progress=context.progress,
+                    state_dir=state_dir, stop=context.stop)
+
+
+@dataclass
+class _Tuned:
+    """What fine-tuning left for the cell's rows (from this process's fine-tuning or from final.pt)."""
+
+    version: int = 0
+    train_seconds: Optional[float] = None
+    images_per_second: Optional[float] = None
+    validation: List[Dict[str, float]] = dataclasses.field(default_factory=list)
+    best_val_epoch: Optional[int] = None
+    passes_per_image: Optional[Dict[str, float]] = None
 
 
 def cell_name(method: str, seed: int) -> str:
@@ -175,8 +206,9 @@ def _run_cell(context: _Context, natural: nn.Module, method: str, seed: int, ste
         "processes": dist.world_size}
     record = dict(group_id=context.group_id, method=method, dataset=data.name, arch=config.arch, seed=seed,
                   norm=context.eval_config.norm, provenance=context.origin)
-    version, train_seconds, images_per_second = 0, None, None
+    tuned_info = _Tuned()
     feature_gap = list(context.natural_gap)
+    best_model: Optional[nn.Module] = None  # with --select best-val: the best validated epoch's weights
     try:
         if method == "natural":
             model = natural
@@ -185,10 +217,15 @@ def _run_cell(context: _Context, natural: nn.Module, method: str, seed: int, ste
         elif (cell_dir / "final.pt").is_file():
             model, info = load_checkpoint(str(cell_dir / "final.pt"), data, config.arch)
             metadata = info["metadata"]
-            version, train_seconds = metadata["method_version"], metadata["train_seconds"]
-            images_per_second, extra["method_params_used"] = metadata["images_per_second"], metadata["params"]
+            tuned_info = _Tuned(metadata["method_version"], metadata["train_seconds"], metadata["images_per_second"],
+                                metadata.get("validation", []), metadata.get("best_val_epoch"),
+                                metadata.get("passes_per_image"))
+            extra["method_params_used"] = metadata["params"]
             extra["training_history"] = metadata.get("history", [])
             feature_gap += metadata.get("feature_gap", [])
+            if config.train.select == "best-val" and tuned_info.best_val_epoch is not None:
+                best_path = cell_dir / BEST_VAL_CHECKPOINT
+                best_model = load_checkpoint(str(best_path), data, config.arch)[0] if best_path.is_file() else model
             log.info("[%d/%d] %s seed %d: fine-tuned earlier; evaluating", step, total, method, seed)
         else:
             log.info("[%d/%d] fine-tuning %s, seed %d", step, total, method, seed)
@@ -196,47 +233,82 @@ def _run_cell(context: _Context, natural: nn.Module, method: str, seed: int, ste
                               device=context.device, params=config.method_params.get(method),
                               out_dir=cell_dir, progress=context.progress, resume=context.resume, stop=context.stop,
                               probe=context.probe, dist=dist)
-            version, train_seconds, images_per_second = tuned.method_version, tuned.seconds, tuned.images_per_second
+            tuned_info = _Tuned(tuned.method_version, tuned.seconds, tuned.images_per_second, tuned.validation,
+                                tuned.best_val_epoch, tuned.passes_per_image)
             extra["method_params_used"] = tuned.params
             extra["training_history"] = tuned.history
             feature_gap += tuned.feature_gap
+            metadata = dict(method=method, seed=seed, method_version=tuned.method_version, params=tuned.params,
+                            train_seconds=tuned.seconds, images_per_second=tuned.images_per_second,
+                            feature_gap=tuned.feature_gap, history=tuned.history, validation=tuned.validation,
+                            best_val_epoch=tuned.best_val_epoch, passes_per_image=tuned.passes_per_image)
+            best_model = tuned.best_val_model
             if dist.is_main:
-                save_checkpoint(tuned.model, cell_dir / "final.pt", config.arch, data, method=method, seed=seed,
-                                method_version=version, params=tuned.params, train_seconds=train_seconds,
-                                images_per_second=images_per_second, feature_gap=tuned.feature_gap,
-                                history=tuned.history)
+                if best_model is not None and best_model is not tuned.model:
+                    save_checkpoint(best_model, cell_dir / BEST_VAL_CHECKPOINT, config.arch, data,
+                                    **{**metadata, "selected_epoch": tuned.best_val_epoch})
+                # final.pt last: its presence means the cell's fine-tuning is complete.
+                save_checkpoint(tuned.model, cell_dir / "final.pt", config.arch, data, **metadata)
             model = tuned.model.to(context.device)
+            if best_model is tuned.model:
+                best_model = model
             log.info("[%d/%d] %s seed %d: %.1f s, %.0f images/s; evaluating", step, total, method, seed,
-                     train_seconds, images_per_second)
+                     tuned.seconds, tuned.images_per_second)
         if method != "natural":
             extra["checkpoint"] = str((cell_dir / "final.pt").resolve())  # usable from any working directory
         model = model.to(context.device)
-        if dist.enabled:
-            evaluate(model, data, context.eval_config, context.device, progress=context.progress and dist.is_main,
-                     state_dir=cell_dir, stop=context.stop, shard=(dist.rank, dist.world_size))
-            barrier(dist)
-            if not dist.is_main:
-                return run_id
-        result = evaluate(model, data, context.eval_config, context.device,
-                          progress=context.progress, state_dir=cell_dir, stop=context.stop)
+        evaluation_start = time.perf_counter()
+        result = _evaluate(context, model, cell_dir)
+        eval_seconds = time.perf_counter() - evaluation_start
+        best_result, best_seconds = None, None
+        if best_model is model:
+            best_result, best_seconds = result, eval_seconds  # the best epoch is the last: the same weights
+        elif best_model is not None:
+            log.info("[%d/%d] %s seed %d: evaluating the best validated epoch (%d)", step, total, method, seed,
+                     tuned_info.best_val_epoch)
+            evaluation_start = time.perf_counter()
+            best_result = _evaluate(context, best_model.to(context.device), cell_dir / "best-val")
+            best_seconds = time.perf_counter() - evaluation_start
+        if not dist.is_main:
+            return run_id
     except (Interrupted, NumericalError) as exc:
         if not dist.is_main:
             raise
         status = "interrupted" if isinstance(exc, Interrupted) else "failed"
-        context.store.add(RunRecord(**record, method_version=version, eps=context.eval_config.eps,
+        context.store.add(RunRecord(**record, method_version=tuned_info.version, eps=context.eval_config.eps,
                                     n_eval=len(select_subset(len(data.test), context.eval_config.n_eval,
                                                              context.eval_config.seed)),
                                     metrics={}, config={**context.stored_config, **extra}, flags=[str(exc)],
                                     wall_seconds=time.perf_counter() - start, status=status), run_id=run_id)
         raise
-    context.store.add(RunRecord(**record, method_version=version, eps=result.eps, n_eval=result.n,
-                                metrics=result.accuracy, config={**context.stored_config, **extra}, flags=result.flags,
-                                wall_seconds=time.perf_counter() - start, train_seconds=train_seconds,
-                                images_per_second=images_per_second, feature_gap=feature_gap,
-                                indices=[int(i) for i in result.indices],
-                                per_sample={name: outcome_bits(values) for name, values in result.correct.items()}),
-                      run_id=run_id)
-    atomic_write_text(json.dumps({"run_id": run_id, "accuracy": result.accuracy}) + "\n", done)
+    overfitting = catastrophic_overfitting(tuned_info.validation)
+    common = dict(record, method_version=tuned_info.version, config={**context.stored_config, **extra},
+                  train_seconds=tuned_info.train_seconds, images_per_second=tuned_info.images_per_second,
+                  feature_gap=feature_gap, validation=tuned_info.validation,
+                  passes_per_image=tuned_info.passes_per_image)
+    done_payload: Dict[str, Any] = {"run_id": run_id, "accuracy": result.accuracy}
+    last_epoch = None if method == "natural" else config.train.epochs
+    for selection, evaluated, seconds, epoch, row_id in (
+            ("last", result, eval_seconds, last_epoch, run_id),
+            ("best-val", best_result, best_seconds, tuned_info.best_val_epoch,
+             _cell_id(cell_dir, "best-val") if best_result is not None else None)):
+        if evaluated is None:
+            continue
+        if selection == "best-val" and best_model is not model:
+            common["config"] = {**common["config"], "checkpoint": str((cell_dir / BEST_VAL_CHECKPOINT).resolve())}
+        context.store.add(RunRecord(**common, eps=evaluated.eps, n_eval=evaluated.n, metrics=evaluated.accuracy,
+                                    flags=evaluated.flags + ([overfitting] if overfitting else []),
+                                    wall_seconds=time.perf_counter() - start, eval_seconds=seconds,
+                                    selection=selection, selected_epoch=epoch,
+                                    indices=[int(i) for i in evaluated.indices],
+                                    per_sample={name: outcome_bits(values)
+                                                for name, values in evaluated.correct.items()}),
+                          run_id=row_id)
+        if selection != "last":
+            done_payload[f"run_id_{selection}"] = row_id
+    if overfitting:
+        log.warning("%s seed %d: %s", method, seed, overfitting)
+    atomic_write_text(json.dumps(done_payload) + "\n", done)
     return run_id
 
 
@@ -360,14 +432,15 @@ def run_one_cell(config: RunConfig, out_root: Path, method: str, seed: int, sink
         return _run_cell(context, natural, method, seed, 1, 1)
 
 
-def leaderboard(db: str, group_id: Optional[str] = None, rank_by: Optional[str] = None):
+def leaderboard(db: str, group_id: Optional[str] = None, rank_by: Optional[str] = None, selection: str = "last"):
     """The aggregated leaderboard of a results store as a pandas DataFrame (see leaderboard.py),
-    with the noise-aware ``rank`` column of compare.py."""
+    with the noise-aware ``rank`` column of compare.py; ``selection`` picks the ``last`` or the
+    ``best-val`` weights of each fine-tuned model (validation.py)."""
     from .compare import add_rank_column
     from .leaderboard import latest_runs_frame, leaderboard_frame
 
     store = ResultsStore(db)
-    rows = store.rows(group_id)
+    rows = store.rows(group_id, selection=selection)
     frame = leaderboard_frame(rows)
     if frame.empty:
         return frame

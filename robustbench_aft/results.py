@@ -57,6 +57,32 @@ CREATE TABLE IF NOT EXISTS eval_points (
     run_id TEXT PRIMARY KEY REFERENCES runs(run_id),
     indices TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS head_gap (
+    run_id TEXT NOT NULL REFERENCES runs(run_id),
+    epoch INTEGER NOT NULL,
+    l2 REAL NOT NULL,
+    cosine REAL NOT NULL,
+    PRIMARY KEY (run_id, epoch)
+);
+CREATE TABLE IF NOT EXISTS validation (
+    run_id TEXT NOT NULL REFERENCES runs(run_id),
+    epoch INTEGER NOT NULL,
+    clean REAL NOT NULL,
+    pgd REAL NOT NULL,
+    seconds REAL NOT NULL,
+    PRIMARY KEY (run_id, epoch)
+);
+CREATE TABLE IF NOT EXISTS selection (
+    run_id TEXT PRIMARY KEY REFERENCES runs(run_id),
+    selection TEXT NOT NULL,
+    epoch INTEGER
+);
+CREATE TABLE IF NOT EXISTS costs (
+    run_id TEXT PRIMARY KEY REFERENCES runs(run_id),
+    eval_seconds REAL,
+    forward_per_image REAL,
+    backward_per_image REAL
+);
 CREATE TABLE IF NOT EXISTS feature_gap (
     run_id TEXT NOT NULL REFERENCES runs(run_id),
     epoch INTEGER NOT NULL,
@@ -98,6 +124,16 @@ class RunRecord:
     # the model is right under the attack (paired tests between models read these).
     indices: List[int] = field(default_factory=list)
     per_sample: Dict[str, str] = field(default_factory=dict)
+    # Which weights were evaluated (validation.py): "last" or "best-val", and their epoch.
+    selection: str = "last"
+    selected_epoch: Optional[int] = None
+    # One dict per fine-tuning epoch: epoch, clean, pgd (validation accuracies in %), seconds.
+    validation: List[Dict[str, float]] = field(default_factory=list)
+    eval_seconds: Optional[float] = None
+    # Counted forward/backward passes per training image (passes.py).
+    passes_per_image: Optional[Dict[str, float]] = None
+    # When the row was first stored (None: now); kept when a record is moved between stores.
+    created_at: Optional[float] = None
 
 
 def outcome_bits(correct: Any) -> str:
@@ -166,9 +202,11 @@ class ResultsStore:
             connection.execute("DELETE FROM feature_gap WHERE run_id = ?", (run_id,))
             connection.execute("DELETE FROM samples WHERE run_id = ?", (run_id,))
             connection.execute("DELETE FROM eval_points WHERE run_id = ?", (run_id,))
+            for table in ("validation", "selection", "costs", "head_gap"):
+                connection.execute(f"DELETE FROM {table} WHERE run_id = ?", (run_id,))
             connection.execute(
                 "INSERT OR REPLACE INTO runs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (run_id, record.group_id, time.time(), record.method, record.method_version, record.dataset,
+                (run_id, record.group_id, record.created_at or time.time(), record.method, record.method_version, record.dataset,
                  record.arch, record.seed, record.eps, record.norm, record.n_eval, record.status,
                  json.dumps(record.config, default=str, sort_keys=True), json.dumps(record.flags),
                  record.provenance.get("package_version", ""), record.provenance.get("git_commit", ""),
@@ -180,6 +218,17 @@ class ResultsStore:
             connection.executemany("INSERT INTO feature_gap VALUES (?, ?, ?, ?, ?)",
                                    [(run_id, int(row["epoch"]), float(row["l2"]), float(row["cosine"]),
                                      float(row["seconds"])) for row in record.feature_gap])
+            connection.executemany("INSERT INTO head_gap VALUES (?, ?, ?, ?)",
+                                   [(run_id, int(row["epoch"]), float(row["head_l2"]), float(row["head_cosine"]))
+                                    for row in record.feature_gap if "head_l2" in row])
+            connection.executemany("INSERT INTO validation VALUES (?, ?, ?, ?, ?)",
+                                   [(run_id, int(row["epoch"]), float(row["clean"]), float(row["pgd"]),
+                                     float(row["seconds"])) for row in record.validation])
+            connection.execute("INSERT INTO selection VALUES (?, ?, ?)",
+                               (run_id, record.selection, record.selected_epoch))
+            passes = record.passes_per_image or {}
+            connection.execute("INSERT INTO costs VALUES (?, ?, ?, ?)",
+                               (run_id, record.eval_seconds, passes.get("forward"), passes.get("backward")))
             if record.indices:
                 connection.execute("INSERT INTO eval_points VALUES (?, ?)", (run_id, json.dumps(record.indices)))
                 connection.executemany("INSERT INTO samples VALUES (?, ?, ?)",
@@ -188,27 +237,52 @@ class ResultsStore:
         self._write(write)
         return run_id
 
-    def rows(self, group_id: Optional[str] = None) -> List[Dict[str, Any]]:
-        """One dict per (run, metric) of finished runs, optionally of one ``bench run`` invocation."""
+    def rows(self, group_id: Optional[str] = None, selection: str = "last") -> List[Dict[str, Any]]:
+        """One dict per (run, metric) of finished runs, optionally of one ``bench run`` invocation.
+
+        ``selection`` picks the fine-tuned weights whose results count (``last`` or ``best-val``,
+        see validation.py); the natural model has one set of weights and is always included. Runs
+        stored before selection existed are ``last``; their cost columns are empty (None).
+        """
         query = ("SELECT r.run_id, r.group_id, r.created_at, r.method, r.method_version, r.dataset, r.arch, r.seed, "
-                 "r.eps, r.norm, r.n_eval, r.flags_json, m.metric, m.value FROM runs r JOIN metrics m "
-                 "ON r.run_id = m.run_id WHERE r.status = 'finished'")
-        arguments: tuple = ()
+                 "r.eps, r.norm, r.n_eval, r.flags_json, m.metric, m.value, "
+                 "COALESCE(s.selection, 'last') AS selection, s.epoch AS selected_epoch, "
+                 "r.train_seconds, c.eval_seconds, c.forward_per_image, c.backward_per_image "
+                 "FROM runs r JOIN metrics m ON r.run_id = m.run_id "
+                 "LEFT JOIN selection s ON r.run_id = s.run_id LEFT JOIN costs c ON r.run_id = c.run_id "
+                 "WHERE r.status = 'finished' AND (COALESCE(s.selection, 'last') = ? OR r.method = 'natural')")
+        arguments: tuple = (selection,)
         if group_id is not None:
             query += " AND r.group_id = ?"
-            arguments = (group_id,)
+            arguments = (selection, group_id)
         with self._connect() as connection:
             connection.row_factory = sqlite3.Row
             return [dict(row) for row in connection.execute(query + " ORDER BY r.created_at", arguments)]
 
     def feature_gaps(self) -> List[Dict[str, Any]]:
-        """One dict per (finished run, epoch) with the run's method, dataset, arch, eps and seed."""
+        """One dict per (finished run, epoch) with the run's method, dataset, arch, eps and seed (the
+        gap is measured during fine-tuning, so the ``best-val`` rows repeat it and are left out)."""
+        # The gap at the head's input was added later: older rows have it empty (None).
         query = ("SELECT r.run_id, r.group_id, r.created_at, r.method, r.dataset, r.arch, r.eps, r.seed, g.epoch, "
-                 "g.l2, g.cosine, g.seconds FROM runs r JOIN feature_gap g ON r.run_id = g.run_id "
-                 "WHERE r.status = 'finished' ORDER BY r.created_at, g.epoch")
+                 "g.l2, g.cosine, g.seconds, h.l2 AS head_l2, h.cosine AS head_cosine "
+                 "FROM runs r JOIN feature_gap g ON r.run_id = g.run_id "
+                 "LEFT JOIN head_gap h ON g.run_id = h.run_id AND g.epoch = h.epoch "
+                 "LEFT JOIN selection s ON r.run_id = s.run_id "
+                 "WHERE r.status = 'finished' AND COALESCE(s.selection, 'last') = 'last' ORDER BY r.created_at, g.epoch")
         with self._connect() as connection:
             connection.row_factory = sqlite3.Row
             return [dict(row) for row in connection.execute(query)]
+
+    def validation_curves(self, selection: str = "last") -> List[Dict[str, Any]]:
+        """One dict per (finished fine-tuned run, epoch) of the validation curve, with the run's
+        method, dataset, arch, eps and seed (runs of the given ``selection``; the curve is the same)."""
+        query = ("SELECT r.run_id, r.group_id, r.created_at, r.method, r.dataset, r.arch, r.eps, r.seed, v.epoch, "
+                 "v.clean, v.pgd, v.seconds FROM runs r JOIN validation v ON r.run_id = v.run_id "
+                 "LEFT JOIN selection s ON r.run_id = s.run_id "
+                 "WHERE r.status = 'finished' AND COALESCE(s.selection, 'last') = ? ORDER BY r.created_at, v.epoch")
+        with self._connect() as connection:
+            connection.row_factory = sqlite3.Row
+            return [dict(row) for row in connection.execute(query, (selection,))]
 
     def samples(self, run_id: str) -> Optional["PerSample"]:
         """The evaluated points and per-sample outcomes of one run (None for runs stored before they
@@ -224,8 +298,52 @@ class ResultsStore:
                          correct={metric: np.frombuffer(bits.encode(), dtype=np.uint8) == ord("1")
                                   for metric, bits in rows})
 
-    def runs(self) -> List[Dict[str, Any]]:
-        """Every run with its stored configuration and provenance."""
+    def record(self, run_id: str) -> RunRecord:
+        """The stored run ``run_id`` as the RunRecord that would store it again (what ``bench dump`` writes)."""
         with self._connect() as connection:
             connection.row_factory = sqlite3.Row
-            return [dict(row) for row in connection.execute("SELECT * FROM runs ORDER BY created_at")]
+            run = connection.execute("SELECT * FROM runs WHERE run_id = ?", (run_id,)).fetchone()
+            if run is None:
+                raise ConfigError(f"no run {run_id} in {self.path}")
+            metrics = dict(connection.execute("SELECT metric, value FROM metrics WHERE run_id = ?", (run_id,)))
+            heads = {row["epoch"]: row for row in connection.execute("SELECT * FROM head_gap WHERE run_id = ?",
+                                                                      (run_id,))}
+            gaps = [{"epoch": row["epoch"], "l2": row["l2"], "cosine": row["cosine"], "seconds": row["seconds"],
+                     **({"head_l2": heads[row["epoch"]]["l2"], "head_cosine": heads[row["epoch"]]["cosine"]}
+                        if row["epoch"] in heads else {})}
+                    for row in connection.execute("SELECT * FROM feature_gap WHERE run_id = ? ORDER BY epoch",
+                                                  (run_id,))]
+            validation = [{k: row[k] for k in ("epoch", "clean", "pgd", "seconds")} for row in connection.execute(
+                "SELECT * FROM validation WHERE run_id = ? ORDER BY epoch", (run_id,))]
+            selection = connection.execute("SELECT selection, epoch FROM selection WHERE run_id = ?",
+                                           (run_id,)).fetchone()
+            cost = connection.execute("SELECT * FROM costs WHERE run_id = ?", (run_id,)).fetchone()
+            points = connection.execute("SELECT indices FROM eval_points WHERE run_id = ?", (run_id,)).fetchone()
+            bits = dict(connection.execute("SELECT metric, correct FROM samples WHERE run_id = ?", (run_id,)))
+        passes = (None if cost is None or cost["forward_per_image"] is None
+                  else {"forward": cost["forward_per_image"], "backward": cost["backward_per_image"]})
+        return RunRecord(
+            group_id=run["group_id"], method=run["method"], method_version=run["method_version"],
+            dataset=run["dataset"], arch=run["arch"], seed=run["seed"], eps=run["eps"], norm=run["norm"],
+            n_eval=run["n_eval"], metrics=metrics, config=json.loads(run["config_json"]),
+            flags=json.loads(run["flags_json"]),
+            provenance={k: run[k] for k in ("package_version", "git_commit", "torch_version", "device")},
+            wall_seconds=run["wall_seconds"], train_seconds=run["train_seconds"],
+            images_per_second=run["images_per_second"], status=run["status"], feature_gap=gaps,
+            indices=json.loads(points[0]) if points else [], per_sample=bits,
+            selection=selection[0] if selection else "last", selected_epoch=selection[1] if selection else None,
+            validation=validation, eval_seconds=cost["eval_seconds"] if cost else None, passes_per_image=passes,
+            created_at=run["created_at"])
+
+    def runs(self, selection: Optional[str] = None) -> List[Dict[str, Any]]:
+        """Every run with its stored configuration, provenance and ``selection`` (``last`` or
+        ``best-val``; see :meth:`rows`), optionally only those of one selection (and the natural model)."""
+        query = ("SELECT r.*, COALESCE(s.selection, 'last') AS selection, s.epoch AS selected_epoch FROM runs r "
+                 "LEFT JOIN selection s ON r.run_id = s.run_id")
+        arguments: tuple = ()
+        if selection is not None:
+            query += " WHERE COALESCE(s.selection, 'last') = ? OR r.method = 'natural'"
+            arguments = (selection,)
+        with self._connect() as connection:
+            connection.row_factory = sqlite3.Row
+            return [dict(row) for row in connection.execute(query + " ORDER BY r.created_at", arguments)]

@@ -20,7 +20,8 @@ def isolated_cache(tmp_path_factory):
     """Never touch the user's ~/.cache during tests."""
     previous = os.environ.get("ROBUSTBENCH_AFT_CACHE")
     os.environ["ROBUSTBENCH_AFT_CACHE"] = str(tmp_path_factory.mktemp("cache"))
-    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+    # OMP_NUM_THREADS, when set, wins: a background measurement may be using the other core.
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "0") or 0) or max(1, min(2, os.cpu_count() or 1)))
     yield
     if previous is None:
         os.environ.pop("ROBUSTBENCH_AFT_CACHE", None)

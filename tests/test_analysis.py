@@ -57,8 +57,28 @@ def test_csv_and_plot_show_exactly_the_stored_numbers(store, tmp_path, capsys):
         assert [epoch for epoch, _ in drawn[(method, "l2")]] == list(expected.index)
         assert [value for _, value in drawn[(method, "l2")]] == pytest.approx(list(expected.values), abs=1e-9)
     assert drawn[("natural", "l2")] == [(0, pytest.approx(stored[stored["method"] == "natural"]["l2"].item()))]
+    with sqlite3.connect(store) as connection:
+        heads = pd.read_sql("SELECT r.method, h.epoch, h.l2 FROM runs r JOIN head_gap h ON r.run_id = h.run_id",
+                            connection)
+    for method in METHODS:  # the second row of panels: the gap at the head's input
+        expected = heads[heads["method"] == method].groupby("epoch")["l2"].mean()
+        assert [value for _, value in drawn[(method, "head_l2")]] == pytest.approx(list(expected.values), abs=1e-9)
     with Image.open(tmp_path / "feature_gap-digits-smallcnn.png") as image:
-        assert image.size == (int(FIGURE_SIZE[0] * FIGURE_DPI), int(FIGURE_SIZE[1] * FIGURE_DPI))
+        # Two rows of panels: on φ, and on the head's input.
+        assert image.size == (int(FIGURE_SIZE[0] * FIGURE_DPI), int(2 * FIGURE_SIZE[1] * FIGURE_DPI))
+
+
+def test_gap_at_the_head_input_goes_through_the_map_the_head_reads(digits, digits_model):
+    probe = FeatureGapProbe(digits.train, 64, eps=0.15)
+    dim = digits_model.head.in_features
+    doubling = torch.nn.Linear(dim, dim, bias=False)
+    with torch.no_grad():
+        doubling.weight.copy_(2 * torch.eye(dim))
+    plain, mapped = probe.measure(digits_model), probe.measure(digits_model, head_input=doubling)
+    assert plain["head_l2"] == plain["l2"] and plain["head_cosine"] == plain["cosine"]
+    # A map that doubles φ doubles the distance and leaves the angle alone.
+    assert mapped["head_l2"] == pytest.approx(2 * mapped["l2"], rel=1e-5)
+    assert mapped["head_cosine"] == pytest.approx(mapped["cosine"], abs=1e-6)
 
 
 def test_gap_is_zero_without_a_budget(digits, digits_model):
@@ -138,3 +158,16 @@ def test_tradeoff_plot_and_csv_carry_the_leaderboard_intervals(store, tmp_path, 
     png, = tmp_path.glob("tradeoff-*.png")
     with Image.open(png) as image:
         assert image.size == (640, 480)
+
+
+def test_afd_gap_at_the_head_input_is_measured_on_d1_features(store):
+    with sqlite3.connect(store) as connection:
+        rows = connection.execute("SELECT r.method, g.l2, h.l2 FROM runs r JOIN feature_gap g ON r.run_id = g.run_id "
+                                  "JOIN head_gap h ON g.run_id = h.run_id AND g.epoch = h.epoch "
+                                  "WHERE g.epoch > 0").fetchall()
+    by_method = {}
+    for method, features_l2, head_l2 in rows:
+        by_method.setdefault(method, []).append((features_l2, head_l2))
+    # The head of every other method reads φ; AFD's reads D1 φ, and D1 has moved from the identity.
+    assert all(features == head for method, pairs in by_method.items() if method != "afd" for features, head in pairs)
+    assert all(features != head for features, head in by_method["afd"])
