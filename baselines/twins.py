@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import torch
 from torch import nn
@@ -99,6 +99,13 @@ class _TWINS(Method):
         lr: float = param(0.003, "base learning rate (replaces the run's; AFD's schedule shape)",
                           "TWINS_cifar/train.sh", POSITIVE)
         weight_decay: float = param(1e-5, "weight decay (replaces the run's)", "TWINS_cifar/train.sh", NONNEGATIVE)
+
+    @classmethod
+    def unsupported_reason(cls, model: nn.Module) -> Optional[str]:
+        if not any(isinstance(m, nn.BatchNorm2d) for m in model.modules()):
+            return ("it splits every BatchNorm2d into a frozen and an adaptive wing, and this network has no "
+                    "BatchNorm2d (a ViT, for instance)")
+        return None
 
     def prepare(self, model: nn.Module) -> None:
         self.student = copy.deepcopy(model)

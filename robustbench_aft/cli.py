@@ -81,6 +81,8 @@ def _add_precision_arguments(parser: argparse.ArgumentParser, what: str) -> None
                         help="AutoAttack (default: fp32, so that leaderboard AA numbers are full precision)")
 
 
+ARCH_KWARGS_HELP = ("keyword arguments of an external --arch (timm:, torchvision:, py:), e.g. img_size=32; "
+                    "they become part of the arch's name: timm:vit_tiny_patch16_224[img_size=32]")
 SELECT_HELP = ("which weights of each fine-tuned model: last (default) or best-val (the best validated epoch; "
                "stored by runs with --select best-val)")
 COLUMNS_HELP = ("cost columns to show in Markdown, comma-separated: cost (all), fine_tune_s, eval_s, forward_per_image, "
@@ -103,6 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     pretrain = commands.add_parser("pretrain", help="train a natural model and store it in the cache")
     _add_data_arguments(pretrain)
     pretrain.add_argument("--arch", default="smallcnn", help="architecture (see `bench list archs`)")
+    pretrain.add_argument("--arch-kwargs", default=None, metavar="K=V,...", help=ARCH_KWARGS_HELP)
     pretrain.add_argument("--epochs", type=_positive_int, default=None, help="epochs (default: the dataset's recipe)")
     pretrain.add_argument("--batch-size", type=_positive_int, default=None, help="batch size (default: the recipe's)")
     pretrain.add_argument("--lr", type=_positive_float, default=None, help="peak learning rate (default: the recipe's)")
@@ -115,6 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--checkpoint", required=True,
                           help="checkpoint path, 'auto' (the cached natural model) or robustbench:NAME")
     evaluate.add_argument("--arch", default="smallcnn", help="architecture of the checkpoint")
+    evaluate.add_argument("--arch-kwargs", default=None, metavar="K=V,...", help=ARCH_KWARGS_HELP)
     evaluate.add_argument("--attacks", default="clean,pgd,cw",
                           help="comma-separated attacks (default: clean,pgd,cw; see `bench list attacks`)")
     evaluate.add_argument("--eps", default=None, help="budget, e.g. 8/255 or 0.2 (default: the dataset's)")
@@ -139,6 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--methods", default=None,
                      help="comma-separated methods, e.g. ours,trades, or all (see `bench list methods`); required")
     run.add_argument("--arch", default=None, help="architecture (default: the preset's, else smallcnn)")
+    run.add_argument("--arch-kwargs", default=None, metavar="K=V,...", help=ARCH_KWARGS_HELP)
     run.add_argument("--preset", default=None, help="quick (the digits default), paper (the default elsewhere), ci or cpu-cifar10")
     run.add_argument("--pretrained", default="auto", help="natural model: auto (cache or pre-train), a path, robustbench:NAME")
     run.add_argument("--seeds", default="0", help="comma-separated fine-tuning seeds (default: 0)")
@@ -253,6 +258,7 @@ def build_parser() -> argparse.ArgumentParser:
     curve.add_argument("--methods", default=None, help="with --db: comma-separated methods (default: all)")
     curve.add_argument("--dataset", default="digits", help="with --checkpoint: the dataset (default: digits)")
     curve.add_argument("--arch", default="smallcnn", help="with --checkpoint: the architecture (default: smallcnn)")
+    curve.add_argument("--arch-kwargs", default=None, metavar="K=V,...", help=ARCH_KWARGS_HELP)
     curve.add_argument("--data-dir", default=None, help="root folder of downloadable datasets")
     curve.add_argument("--eps-values", default=None,
                        help="comma-separated budgets, e.g. 0,2/255,4/255,8/255 (default: 0 to 2× the dataset's eps)")
@@ -339,7 +345,6 @@ def cmd_analyze_eps_curve(args: argparse.Namespace) -> int:
     from .data import load_dataset
     from .leaderboard import format_table
     from .pretrained import load_checkpoint, resolve
-    from .registry import MODELS
     from .runtime import atomic_write_text, resolve_device
 
     device = resolve_device(args.device)
@@ -352,7 +357,7 @@ def cmd_analyze_eps_curve(args: argparse.Namespace) -> int:
         models = {method: [load_checkpoint(path, data, arch)[0].to(device) for path, _, _ in entries]
                   for method, entries in sources.items()}
     else:
-        arch = MODELS.canonical(args.arch)
+        arch = _canonical_arch(args.arch, args.arch_kwargs)
         data = load_dataset(args.dataset, data_dir=args.data_dir)
         model, info = resolve(args.checkpoint, data, arch, seed=0, device=device, progress=not args.quiet)
         models = {Path(info["source"]).stem: [model]}
@@ -483,7 +488,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                   "aa_precision": args.aa_precision}
     config = build_run_config(
         [m.strip() for m in args.methods.split(",") if m.strip()], dataset=args.dataset,
-        arch=_canonical_arch(args.arch) if args.arch else None, preset=args.preset,
+        arch=_canonical_arch(args.arch, args.arch_kwargs) if args.arch else None, preset=args.preset,
         train_overrides={**sections["train"], **{k: v for k, v in train_flags.items() if v is not None}},
         eval_overrides={**sections["eval"], **{k: v for k, v in eval_flags.items() if v is not None}},
         method_params=parse_set_options(args.set), pretrained=args.pretrained, seeds=_parse_seeds(args.seeds),
@@ -656,10 +661,13 @@ def cmd_check(args: argparse.Namespace) -> int:
     return result.exit_code
 
 
-def _canonical_arch(name: str) -> str:
-    from .registry import MODELS
+def _canonical_arch(name: str, kwargs_text: Optional[str] = None) -> str:
+    from .models import canonical_arch
+    from .models.external import canonical_external, is_external, parse_kwargs
 
-    return MODELS.canonical(name)
+    if kwargs_text and not is_external(name):
+        raise ConfigError(f"--arch-kwargs is for external architectures (timm:, torchvision:, py:), not {name}")
+    return canonical_external(name, parse_kwargs(kwargs_text)) if is_external(name) else canonical_arch(name)
 
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
@@ -667,11 +675,10 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
 
     from .data import load_dataset
     from .pretrained import cache_path, default_recipe, pretrain, recipe_with, save_checkpoint
-    from .registry import MODELS
     from .runtime import provenance, resolve_device
     from dataclasses import asdict
 
-    arch = MODELS.canonical(args.arch)
+    arch = _canonical_arch(args.arch, args.arch_kwargs)
     device = resolve_device(args.device)
     data = load_dataset(args.dataset, data_dir=args.data_dir, download=args.download)
     recipe = recipe_with(default_recipe(data), epochs=args.epochs, batch_size=args.batch_size, lr=args.lr)
@@ -693,10 +700,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from .evaluate import EvalConfig, evaluate, parse_attacks, parse_eps
     from .leaderboard import format_table
     from .pretrained import resolve
-    from .registry import MODELS
     from .runtime import atomic_write_text, resolve_device
 
-    arch = MODELS.canonical(args.arch)
+    arch = _canonical_arch(args.arch, args.arch_kwargs)
     attacks = parse_attacks(args.attacks)
     eps = parse_eps(args.eps, args.norm) if args.eps is not None else None
     output = Path(args.output) if args.output else None

@@ -117,6 +117,13 @@ def build_method(name: str, params: Optional[Dict[str, Any]], eps: float, train:
                optim=OptimConfig(lr=train.lr, momentum=train.momentum, weight_decay=train.weight_decay))
 
 
+def check_method_fits(method_name: str, model: nn.Module, arch: Optional[str] = None) -> None:
+    """A one-line ConfigError when the method cannot fine-tune this network (Method.unsupported_reason)."""
+    reason = METHODS.get(method_name).unsupported_reason(model)
+    if reason:
+        raise ConfigError(f"{METHODS.canonical(method_name)} cannot fine-tune {arch or type(model).__name__}: {reason}")
+
+
 def _check_finite(terms: Dict[str, torch.Tensor], where: str) -> None:
     for name, value in terms.items():
         if not bool(torch.isfinite(value).all()):
@@ -173,6 +180,7 @@ def fine_tune(method_name: str, model: nn.Module, data: DataBundle, train: Train
     shard of the global batch ``train.batch_size`` and only rank 0 writes ``last.pt`` and probes the
     feature gap (see :mod:`robustbench_aft.distributed`).
     """
+    check_method_fits(method_name, model)
     seed_everything(seed)
     batch_size = local_batch_size(train.batch_size, dist)
     method = build_method(method_name, params, eps, train)

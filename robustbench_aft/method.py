@@ -164,6 +164,12 @@ class Method(nn.Module):
         self.epoch = 1
         self.total_epochs = 20
 
+    @classmethod
+    def unsupported_reason(cls, model: nn.Module) -> Optional[str]:
+        """Why this method cannot fine-tune ``model`` (e.g. it needs BatchNorm layers), or None.
+        Checked before any work: ``bench run`` asks it of every method before pre-training."""
+        return None
+
     def prepare(self, model: nn.Module) -> None:
         """Build the trainable network from the natural pre-trained ``model`` (left untouched)."""
         self.student = copy.deepcopy(model)

@@ -28,7 +28,8 @@ from .config_file import dump_run_config
 from .data import DataBundle, load_dataset
 from . import distributed
 from .distributed import SINGLE, DistContext, barrier
-from .engine import NumericalError, fine_tune
+from .engine import NumericalError, check_method_fits, fine_tune
+from .models import build_model
 from .errors import ConfigError, Interrupted
 from .evaluate import EvalConfig, evaluate, select_subset
 from .featuregap import FeatureGapProbe
@@ -350,9 +351,18 @@ def run(config: RunConfig, progress: bool = True, resume: bool = False, stop: Op
         distributed.shutdown()
 
 
+def _check_methods_fit(config: RunConfig, data: DataBundle) -> None:
+    """Refuse, before any pre-training, a method that cannot fine-tune the run's architecture."""
+    shape_only = build_model(config.arch, data.num_classes, data.input_shape[0], data.mean, data.std,
+                             data.input_shape)
+    for method in config.methods:
+        check_method_fits(method, shape_only, config.arch)
+
+
 def _run_in(out_root: Path, config: RunConfig, data: DataBundle, eval_config: EvalConfig, device: torch.device,
             group_id: str, progress: bool, resume: bool, stop: Optional[StopSignal], command: Optional[List[str]],
             start: float, dist: DistContext) -> RunSummary:
+    _check_methods_fit(config, data)
     recipe = recipe_with(default_recipe(data), **config.natural)
     if not dist.is_main:
         barrier(dist)  # rank 0 pre-trains (or loads) the natural model first; the others load its cache

@@ -67,7 +67,9 @@ def default_recipe(data: DataBundle) -> NaturalRecipe:
 
 
 def cache_path(data: DataBundle, arch: str, seed: int, recipe: NaturalRecipe) -> Path:
-    return cache_dir() / "natural" / f"{data.key}-{arch}-seed{seed}-{recipe.key()}.pt"
+    # External archs carry ':' and brackets (timm:vit_tiny_patch16_224[img_size=32]); file names do not.
+    safe_arch = "".join(c if c.isalnum() or c in "-_." else "_" for c in arch)
+    return cache_dir() / "natural" / f"{data.key}-{safe_arch}-seed{seed}-{recipe.key()}.pt"
 
 
 def test_accuracy(model: nn.Module, data: DataBundle, device: torch.device, batch_size: int = 512) -> float:
@@ -92,7 +94,7 @@ def pretrain(data: DataBundle, arch: str, recipe: NaturalRecipe, seed: int, devi
     is cached then, and the next run pre-trains again from the start.
     """
     seed_everything(seed)
-    model = build_model(arch, data.num_classes, data.input_shape[0], data.mean, data.std).to(device)
+    model = build_model(arch, data.num_classes, data.input_shape[0], data.mean, data.std, data.input_shape).to(device)
     loader = make_loader(data.train, recipe.batch_size, shuffle=True, seed=seed, num_workers=num_workers)
     optimizer = torch.optim.SGD(model.parameters(), lr=recipe.lr, momentum=recipe.momentum,
                                 weight_decay=recipe.weight_decay)
@@ -180,7 +182,7 @@ def load_checkpoint(path: str, data: DataBundle, arch: str) -> Tuple[nn.Module, 
         raise CheckpointError(f"checkpoint {path} was saved for arch {payload.get('arch')!r}, not {arch!r}: "
                               f"pass --arch {payload.get('arch')}")
     state = _state_dict_of(payload, path_obj)
-    model = build_model(arch, data.num_classes, data.input_shape[0], data.mean, data.std)
+    model = build_model(arch, data.num_classes, data.input_shape[0], data.mean, data.std, data.input_shape)
     expected = model.state_dict()
     head_key = "head.weight"
     if head_key in state and head_key in expected and state[head_key].shape[0] != expected[head_key].shape[0]:

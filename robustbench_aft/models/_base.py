@@ -7,7 +7,7 @@ layer, so attacks and eps work in pixel space.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Optional, Sequence
 
 import torch
 from torch import nn
@@ -52,7 +52,21 @@ class ImageClassifier(nn.Module):
 
 
 def build_model(arch: str, num_classes: int, in_channels: int,
-                mean: Sequence[float], std: Sequence[float]) -> ImageClassifier:
-    """Instantiate a registered architecture for a dataset's shape and statistics."""
+                mean: Sequence[float], std: Sequence[float],
+                input_shape: Optional[Sequence[int]] = None) -> ImageClassifier:
+    """Instantiate a registered architecture, or an external one (``timm:``, ``torchvision:``,
+    ``py:``; see :mod:`.external`), for a dataset's shape and statistics. ``input_shape`` (C, H, W)
+    lets an external network be checked on images of that size once, at build time."""
+    from .external import build_external, is_external
+
+    if is_external(arch):
+        return build_external(arch, num_classes, in_channels, mean, std, input_shape)
     builder = MODELS.get(arch)
     return builder(num_classes=num_classes, in_channels=in_channels, mean=mean, std=std)
+
+
+def canonical_arch(name: str) -> str:
+    """The canonical name of a registered architecture or an external one's canonical string."""
+    from .external import canonical_external, is_external
+
+    return canonical_external(name) if is_external(name) else MODELS.canonical(name)

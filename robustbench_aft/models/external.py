@@ -1,0 +1,264 @@
+"""Fine-tune your own model: timm, torchvision and any ``nn.Module`` factory as an ``--arch``.
+
+An external architecture is named ``SOURCE:NAME`` with optional keyword arguments in brackets,
+the canonical form that is stored with results and keys the natural-model cache:
+
+* ``timm:NAME`` — any ``timm.create_model`` name (the ``timm`` extra), e.g. ``timm:resnet18``,
+  ``timm:vit_tiny_patch16_224[img_size=32]``;
+* ``torchvision:NAME`` — any ``torchvision.models.get_model`` name, e.g. ``torchvision:resnet18``;
+* ``py:package.module:factory`` — a callable returning an ``nn.Module``.
+
+Every one is adapted to the classifier contract of :mod:`._base` by the model's own API, not by
+hooks: timm's ``reset_classifier(0)`` (the network then returns its pooled pre-logits features,
+``num_features`` wide); for torchvision and ``py:`` models the classifier attribute (``fc``,
+``classifier``, ``head`` or ``heads``: a ``Linear``, or a ``Sequential`` ending in one) is replaced
+by ``Identity``. What is left is the body of an :class:`ImageClassifier` with a new linear head for
+the dataset's classes, so ``forward == head(forward_features)`` holds by construction; that the
+body really returns (B, D) features is checked once at build time. A network with none of those
+attributes keeps the hook-based fallback (its last ``nn.Linear`` is the head, verified to be the
+last operation). Weights are randomly initialised: hub weights cannot be fetched here, and the
+natural model is pre-trained (``--pretrained auto``) or loaded (``--pretrained PATH``) as for the
+built-in architectures.
+"""
+from __future__ import annotations
+
+import importlib
+import inspect
+import logging
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple
+
+import torch
+from torch import nn
+
+from ..errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+SOURCES = ("timm", "torchvision", "py")
+CLASSIFIER_ATTRIBUTES = ("fc", "classifier", "head", "heads")
+
+
+def is_external(arch: str) -> bool:
+    """Whether ``arch`` names an external architecture (``timm:``, ``torchvision:``, ``py:``)."""
+    return arch.split(":", 1)[0] in SOURCES and ":" in arch
+
+
+def _parse_value(text: str) -> Any:
+    import yaml
+
+    return yaml.safe_load(text)
+
+
+def parse_kwargs(text: Optional[str]) -> Dict[str, Any]:
+    """``--arch-kwargs k=v,k2=v2`` as a dict; values are read as YAML scalars (``32`` is an int)."""
+    kwargs: Dict[str, Any] = {}
+    for item in (part.strip() for part in (text or "").split(",") if part.strip()):
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip().isidentifier():
+            raise ConfigError(f"--arch-kwargs: {item!r} is not KEY=VALUE")
+        kwargs[key.strip()] = _parse_value(value.strip())
+    return kwargs
+
+
+def split_arch(arch: str) -> Tuple[str, str, Dict[str, Any]]:
+    """(source, name, kwargs) of an external arch string ``SOURCE:NAME[k=v,...]``."""
+    source, _, rest = arch.partition(":")
+    name, bracket, kwargs_text = rest.partition("[")
+    if bracket and not kwargs_text.endswith("]"):
+        raise ConfigError(f"--arch {arch}: keyword arguments go in brackets, e.g. timm:vit_tiny_patch16_224[img_size=32]")
+    if not name:
+        raise ConfigError(f"--arch {arch}: give a model name after {source}:")
+    if source == "py" and ":" not in name:
+        raise ConfigError(f"--arch {arch}: a py: model is py:package.module:factory")
+    return source, name, parse_kwargs(kwargs_text[:-1] if bracket else "")
+
+
+def canonical_external(arch: str, kwargs: Optional[Dict[str, Any]] = None) -> str:
+    """The canonical arch string: the source, the name and the keyword arguments sorted."""
+    source, name, own = split_arch(arch)
+    merged = {**own, **(kwargs or {})}
+    if not merged:
+        return f"{source}:{name}"
+    return f"{source}:{name}[" + ",".join(f"{k}={merged[k]}" for k in sorted(merged)) + "]"
+
+
+def _timm_network(name: str, kwargs: Dict[str, Any], in_channels: int) -> Tuple[nn.Module, int, str]:
+    try:
+        import timm
+    except ImportError:
+        raise ConfigError("timm: architectures need the timm package: pip install 'robustbench-aft[timm]'") from None
+    if kwargs.get("pretrained"):
+        raise ConfigError(f"timm:{name} with pretrained=True needs the model hub, which is not reachable here; "
+                          "pre-train it with --pretrained auto or load your weights with --pretrained PATH")
+    try:
+        network = timm.create_model(name, pretrained=False, in_chans=in_channels, **kwargs)
+    except RuntimeError as exc:
+        raise ConfigError(f"timm:{name}: {' '.join(str(exc).split())[:200]}") from None
+    except TypeError as exc:
+        raise ConfigError(f"timm:{name} does not take these keyword arguments ({exc})") from None
+    network.reset_classifier(0)
+    return network, int(network.num_features), "timm's reset_classifier(0)"
+
+
+def _torchvision_network(name: str, kwargs: Dict[str, Any], in_channels: int) -> Tuple[nn.Module, Optional[int], str]:
+    from torchvision import models
+
+    if in_channels != 3:
+        raise ConfigError(f"torchvision:{name} takes 3-channel images; this dataset has {in_channels}")
+    if kwargs.get("weights"):
+        raise ConfigError(f"torchvision:{name} with weights= needs a download, which is not possible here; "
+                          "load your weights with --pretrained PATH")
+    try:
+        network = models.get_model(name, weights=None, **kwargs)
+    except ValueError as exc:
+        raise ConfigError(f"torchvision:{name}: {' '.join(str(exc).split())[:200]}") from None
+    except TypeError as exc:
+        raise ConfigError(f"torchvision:{name} does not take these keyword arguments ({exc})") from None
+    return network, None, ""
+
+
+def _python_network(target: str, kwargs: Dict[str, Any], num_classes: int) -> Tuple[nn.Module, Optional[int], str]:
+    module_name, _, attribute = target.rpartition(":")
+    try:
+        factory: Callable[..., nn.Module] = getattr(importlib.import_module(module_name), attribute)
+    except (ImportError, AttributeError) as exc:
+        raise ConfigError(f"py:{target}: cannot import it ({exc})") from None
+    accepted = inspect.signature(factory).parameters
+    if "num_classes" in accepted and "num_classes" not in kwargs:
+        kwargs = {**kwargs, "num_classes": num_classes}
+    network = factory(**kwargs)
+    if not isinstance(network, nn.Module):
+        raise ConfigError(f"py:{target} returned a {type(network).__name__}, not an nn.Module")
+    return network, None, ""
+
+
+def _detach(network: nn.Module) -> Optional[Tuple[nn.Linear, str]]:
+    """Replace the network's classifier attribute by ``Identity``; (the removed Linear, what was
+    done), or None when it has no recognisable classifier attribute."""
+    for attribute in CLASSIFIER_ATTRIBUTES:
+        layer = getattr(network, attribute, None)
+        if isinstance(layer, nn.Linear):
+            setattr(network, attribute, nn.Identity())
+            return layer, f"its {attribute} Linear({layer.in_features}, {layer.out_features})"
+        if isinstance(layer, nn.Sequential) and len(layer) and isinstance(layer[-1], nn.Linear):
+            last = layer[-1]
+            layer[-1] = nn.Identity()
+            return last, f"the last layer of its {attribute}, Linear({last.in_features}, {last.out_features})"
+    return None
+
+
+def detach_classifier(network: nn.Module) -> Optional[Tuple[int, str]]:
+    """Replace the network's classifier attribute by ``Identity``; (feature width, what was done),
+    or None when it has no recognisable classifier attribute."""
+    detached = _detach(network)
+    return None if detached is None else (detached[0].in_features, detached[1])
+
+
+def adapt(network: nn.Module, input_shape: Sequence[int], mean: Optional[Sequence[float]] = None,
+          std: Optional[Sequence[float]] = None):
+    """Your trained ``nn.Module`` as an :class:`ImageClassifier` for :func:`fine_tune` and
+    :func:`evaluate`, keeping its classifier's weights as the ``head``.
+
+    ``network`` is changed in place (its classifier attribute becomes ``Identity``; pass a copy to
+    keep the original). ``mean``/``std``: the normalisation it expects on [0, 1] images, applied by
+    the adapter's first layer; leave them out when the network normalises its inputs itself.
+    ``input_shape`` (C, H, W) is used once to check the split.
+    """
+    from ._base import ImageClassifier
+
+    channels = input_shape[0]
+    mean, std = mean or [0.0] * channels, std or [1.0] * channels
+    detached = _detach(network)
+    if detached is not None:
+        head, _ = detached
+        body: nn.Module = network
+    else:
+        body = LastLinearFeatures(network)
+        _check_last_linear_is_last(type(network).__name__, body, input_shape)
+        head = body.classifier
+    model = ImageClassifier(body, head.in_features, head.out_features, mean, std)
+    model.head = head
+    _check_features(type(network).__name__, model, input_shape)
+    return model
+
+
+class LastLinearFeatures(nn.Module):
+    """The fallback body: runs the network and returns the input of its last ``nn.Linear``."""
+
+    def __init__(self, network: nn.Module) -> None:
+        super().__init__()
+        linears = [m for m in network.modules() if isinstance(m, nn.Linear)]
+        if not linears:
+            raise ConfigError("the model has no nn.Linear classifier layer to use as its head")
+        self.network = network
+        self.classifier = linears[-1]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        captured = {}
+        handle = self.classifier.register_forward_pre_hook(lambda _m, inputs: captured.update(features=inputs[0]))
+        try:
+            self.network(x)
+        finally:
+            handle.remove()
+        return captured["features"].flatten(1)
+
+
+def _check_last_linear_is_last(arch: str, body: LastLinearFeatures, input_shape: Sequence[int]) -> None:
+    x = torch.rand(2, *input_shape)
+    was_training = body.training
+    body.eval()
+    with torch.no_grad():
+        direct = body.network(x)
+        through_head = body.classifier(body(x))
+    body.train(was_training)
+    if direct.shape != through_head.shape or not torch.allclose(direct, through_head, atol=1e-5, rtol=1e-4):
+        raise ConfigError(f"{arch}: its last nn.Linear is not the last operation of its forward, so it cannot be "
+                          "split into features and a linear head; give it an fc/classifier/head attribute")
+
+
+def build_external(arch: str, num_classes: int, in_channels: int, mean: Sequence[float], std: Sequence[float],
+                   input_shape: Optional[Sequence[int]] = None):
+    """An :class:`ImageClassifier` around the external network named by ``arch`` (see the module doc)."""
+    from ._base import ImageClassifier
+
+    source, name, kwargs = split_arch(arch)
+    if source == "timm":
+        network, feature_dim, how = _timm_network(name, kwargs, in_channels)
+    elif source == "torchvision":
+        network, feature_dim, how = _torchvision_network(name, kwargs, in_channels)
+    else:
+        network, feature_dim, how = _python_network(name, kwargs, num_classes)
+    body: nn.Module = network
+    if feature_dim is None:
+        detached = detach_classifier(network)
+        if detached is not None:
+            feature_dim, how = detached[0], f"{detached[1]} replaced by Identity"
+        else:
+            body = LastLinearFeatures(network)
+            feature_dim, how = body.classifier.in_features, "its last nn.Linear (hook; verified to be the last operation)"
+            if input_shape is not None:
+                _check_last_linear_is_last(arch, body, input_shape)
+    model = ImageClassifier(body, feature_dim, num_classes, mean, std)
+    if input_shape is not None:
+        _check_features(arch, model, input_shape)
+    log.info("%s: classifier removed (%s); a new head Linear(%d, %d) for the dataset's classes", arch, how,
+             feature_dim, num_classes)
+    return model
+
+
+def _check_features(arch: str, model: nn.Module, input_shape: Sequence[int]) -> None:
+    """The body must map images to (B, feature_dim): anything else means the classifier was not the
+    network's last operation (or the image size does not suit it)."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            features = model.forward_features(torch.rand(2, *input_shape))
+    except RuntimeError as exc:
+        raise ConfigError(f"{arch} cannot run on {tuple(input_shape)} images "
+                          f"({' '.join(str(exc).split())[:160]})") from None
+    finally:
+        model.train(was_training)
+    if features.dim() != 2 or features.shape[1] != model.feature_dim:
+        raise ConfigError(f"{arch}: without its classifier it returns {tuple(features.shape)}, not (batch, "
+                          f"{model.feature_dim}) features; its classifier is not its last operation")

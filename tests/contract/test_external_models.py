@@ -1,0 +1,167 @@
+"""Fine-tune your own model: timm, torchvision and py: networks hold the classifier contract, pass
+every method's one-step contract, and what cannot hold is refused in one line."""
+import pytest
+import torch
+from torch import nn
+
+from robustbench_aft.attacks import PGD
+from robustbench_aft.engine import check_method_fits
+from robustbench_aft.errors import ConfigError
+from robustbench_aft.models import ImageClassifier, build_model, canonical_arch
+from robustbench_aft.registry import METHODS
+
+pytest.importorskip("timm")  # the timm extra; part of [dev], so CI always has it
+
+FACTORIES = "py:tests.contract.external_factories"
+EXTERNAL = ["timm:resnet18", "timm:vit_tiny_patch16_224[img_size=32]", "torchvision:resnet18",
+            "torchvision:mobilenet_v3_small", f"{FACTORIES}:tiny_cnn", f"{FACTORIES}:unnamed_head"]
+SHAPE = (3, 32, 32)
+
+
+def build(arch: str, num_classes: int = 7) -> ImageClassifier:
+    torch.manual_seed(0)
+    return build_model(arch, num_classes, 3, [0.5] * 3, [0.25] * 3, SHAPE)
+
+
+@pytest.mark.parametrize("arch", EXTERNAL)
+def test_external_model_holds_the_classifier_contract(arch):
+    model = build(arch).eval()
+    x = torch.rand(3, *SHAPE)
+    with torch.no_grad():
+        logits, features = model(x), model.forward_features(x)
+    assert logits.shape == (3, 7) and features.shape == (3, model.feature_dim)
+    assert isinstance(model.head, nn.Linear) and model.head.out_features == 7
+    torch.testing.assert_close(model.head(features), logits)
+
+
+@pytest.mark.parametrize("arch", EXTERNAL)
+def test_attack_restores_the_mode_and_a_checkpoint_round_trips(arch, tmp_path):
+    from robustbench_aft.data import DataBundle
+    from robustbench_aft.pretrained import load_checkpoint, save_checkpoint
+
+    model = build(arch, num_classes=10).train()
+    x, y = torch.rand(2, *SHAPE), torch.tensor([1, 2])
+    PGD(8 / 255, steps=2)(model, x, y)
+    assert model.training
+    data = DataBundle(name="folder:x", key="x", train=None, test=None, num_classes=10, input_shape=SHAPE,
+                      mean=(0.5,) * 3, std=(0.25,) * 3, default_eps=8 / 255, class_names=[str(i) for i in range(10)])
+    save_checkpoint(model, tmp_path / "m.pt", arch, data)
+    loaded, _ = load_checkpoint(str(tmp_path / "m.pt"), data, arch)
+    model.eval(), loaded.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), model(x))
+
+
+def test_arch_strings_are_canonical_with_sorted_keyword_arguments():
+    assert canonical_arch("timm:vit_tiny_patch16_224[patch_size=8,img_size=32]") == \
+        "timm:vit_tiny_patch16_224[img_size=32,patch_size=8]"
+    assert canonical_arch("torchvision:resnet18") == "torchvision:resnet18"
+
+
+@pytest.mark.parametrize("arch, message", [
+    (f"{FACTORIES}:scaled_logits", "its last nn.Linear is not the last operation"),
+    (f"{FACTORIES}:not_a_module", "returned a str, not an nn.Module"),
+    ("py:tests.contract.no_such_module:f", "cannot import it"),
+    ("timm:no_such_model_name", "timm:no_such_model_name"),
+    ("timm:resnet18[pretrained=True]", "needs the model hub"),
+    ("torchvision:resnet18[weights=DEFAULT]", "needs a download"),
+])
+def test_what_cannot_be_adapted_is_one_line(arch, message):
+    with pytest.raises(ConfigError, match=message) as error:
+        build(arch)
+    assert "\n" not in str(error.value)
+
+
+def test_torchvision_on_single_channel_images_is_refused():
+    with pytest.raises(ConfigError, match="takes 3-channel images; this dataset has 1"):
+        build_model("torchvision:resnet18", 10, 1, [0.5], [0.25], (1, 8, 8))
+
+
+def test_twins_refuses_a_network_without_batchnorm_before_any_work():
+    vit = build("timm:vit_tiny_patch16_224[img_size=32]")
+    with pytest.raises(ConfigError, match="twins-at cannot fine-tune timm:vit.*no BatchNorm2d"):
+        check_method_fits("twins-at", vit, "timm:vit_tiny_patch16_224[img_size=32]")
+    check_method_fits("twins-at", build("timm:resnet18"), "timm:resnet18")
+    check_method_fits("afd", vit, "vit")
+
+
+@pytest.fixture(scope="module")
+def timm_resnet():
+    return build("timm:resnet18", num_classes=10).eval()
+
+
+@pytest.mark.parametrize("name", METHODS.names())
+def test_every_method_takes_one_step_on_a_timm_resnet(name, timm_resnet):
+    torch.manual_seed(0)
+    x, y = torch.rand(8, *SHAPE), torch.arange(8) % 10
+    method = METHODS.get(name)(eps=8 / 255)
+    method.prepare(timm_resnet)
+    method.optimizers = method.configure_optimizers()
+    dataset = torch.utils.data.TensorDataset(x, y, torch.arange(8))
+    method.on_fit_start(dataset)
+    method.on_epoch_start(1, 20)
+    method.train()
+    before = {k: v.clone() for k, v in method.trainable_state().state_dict().items()}
+    terms = method.update((x, y, torch.arange(8)))
+    assert all(torch.isfinite(value) for value in terms.values()), terms
+    assert any(v.is_floating_point() and not torch.equal(v, before[k])
+               for k, v in method.trainable_state().state_dict().items())
+    exported = method.export().eval()
+    with torch.no_grad():
+        assert exported(x).shape == (8, 10)
+
+
+def write_image_folder(root, classes=3, train_per_class=12, test_per_class=4):
+    """A miniature ImageFolder tree (train/ and test/) of 32×32 images whose colour encodes the class."""
+    from PIL import Image
+
+    generator = torch.Generator().manual_seed(0)
+    for split, count in (("train", train_per_class), ("test", test_per_class)):
+        for label in range(classes):
+            folder = root / split / f"class{label}"
+            folder.mkdir(parents=True)
+            for i in range(count):
+                noise = torch.randint(0, 40, (32, 32, 3), generator=generator)
+                pixels = (noise + torch.tensor([90 * label, 200 - 90 * label, 60])).clamp(0, 255).to(torch.uint8)
+                Image.fromarray(pixels.numpy()).save(folder / f"{i}.png")
+    return root
+
+
+@pytest.mark.slow
+def test_bench_run_fine_tunes_a_timm_model_end_to_end(tmp_path, capsys):
+    from robustbench_aft.cli import main
+
+    tree = write_image_folder(tmp_path / "images")
+    dataset = f"folder:{tree}"
+    assert main(["pretrain", "--dataset", dataset, "--arch", "timm:resnet18", "--epochs", "2", "--quiet"]) == 0
+    checkpoint = capsys.readouterr().out.split("saved: ")[1].strip()
+    assert main(["run", "--methods", "ours,vaft", "--arch", "timm:resnet18", "--dataset", dataset,
+                 "--pretrained", checkpoint, "--epochs", "1", "--batch-size", "12", "--val-size", "6",
+                 "--attacks", "clean,pgd", "--db", str(tmp_path / "r.db"), "--quiet", "--format", "csv"]) == 0
+    out = capsys.readouterr().out
+    assert "timm:resnet18" in out and out.count("\n") >= 2  # header + natural, afd, vaft
+    for method in ("natural", "afd", "vaft"):
+        assert f",{method}," in out or out.startswith(f"{method},") or f"\n{method}," in out
+
+
+def test_a_trained_module_is_adapted_with_its_own_head_and_fine_tuned(digits):
+    import copy
+
+    from robustbench_aft.config import TrainConfig
+    from robustbench_aft.engine import fine_tune
+    from robustbench_aft.models import adapt
+
+    torch.manual_seed(0)
+    mine = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    network = nn.Module()
+    network.features, network.fc = mine, nn.Linear(8, 10)
+    network.forward = lambda x: network.fc(network.features(x))
+    original = copy.deepcopy(network.fc)
+    x = torch.rand(4, 1, 8, 8)
+    expected = network(x)
+    model = adapt(network, (1, 8, 8))
+    torch.testing.assert_close(model(x), expected)  # same function, its head kept
+    assert torch.equal(model.head.weight, original.weight)
+    tuned = fine_tune("vaft", model, digits, TrainConfig(epochs=1, batch_size=64, train_subset=64, val_size=32),
+                      eps=0.15, seed=0, device=torch.device("cpu"), progress=False)
+    assert not torch.equal(tuned.model.head.weight, original.weight)
