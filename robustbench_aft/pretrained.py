@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 from .data import DataBundle, make_loader
 from .errors import CheckpointError, ConfigError, not_a_file_reason
 from .models import build_model
-from .runtime import StopSignal, atomic_torch_save, provenance, seed_everything
+from .runtime import StopSignal, atomic_torch_save, atomic_write_text, provenance, seed_everything
 
 log = logging.getLogger(__name__)
 
@@ -136,13 +136,64 @@ def save_checkpoint(model: nn.Module, path: Path, arch: str, data: DataBundle, *
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "metadata": json.loads(json.dumps(metadata, default=str)),
     }
-    return atomic_torch_save(payload, path)
+    atomic_torch_save(payload, path)
+    record_sha256(Path(path))
+    return Path(path)
+
+
+SHA256_SUFFIX = ".sha256"
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def record_sha256(path: Path) -> None:
+    """Write ``<path>.sha256`` (``sha256sum`` format) next to a checkpoint this tool wrote."""
+    atomic_write_text(f"{file_sha256(path)}  {path.name}\n", path.with_name(path.name + SHA256_SUFFIX))
+
+
+def what_the_file_is(path: Path) -> Optional[str]:
+    """Why ``path`` is clearly not a checkpoint (empty, an HTML page, a text file), or None.
+
+    The most frequent broken "checkpoint" is a failed download saved as the server's HTML error
+    page, which torch.load reports as an unpickling traceback."""
+    size = path.stat().st_size
+    if size == 0:
+        return "is empty (0 bytes)"
+    with open(path, "rb") as handle:
+        head = handle.read(512)
+    text = head.lstrip().lower()
+    if text.startswith((b"<!doctype html", b"<html", b"<?xml", b"<head", b"<body")):
+        return (f"is an HTML page ({size} bytes), not a checkpoint: probably a failed download saved as a file; "
+                "download it again")
+    if head.startswith((b"PK\x03\x04", b"\x80")):  # a zip archive (torch.save) or a legacy pickle
+        return None
+    if b"\x00" in head:
+        return None  # binary: let torch.load say what is wrong with it
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    first_line = head.decode("utf-8").strip().splitlines()[0][:60] if head.strip() else ""
+    return f"is a text file ({size} bytes, starting {first_line!r}), not a checkpoint"
 
 
 def _read_checkpoint(path: Path) -> Any:
-    reason = not_a_file_reason(path)
+    reason = not_a_file_reason(path) or what_the_file_is(path)
     if reason:
         raise CheckpointError(f"checkpoint {path} {reason}")
+    recorded = path.with_name(path.name + SHA256_SUFFIX)
+    if recorded.is_file():
+        expected = recorded.read_text().split()[0] if recorded.read_text().strip() else ""
+        actual = file_sha256(path)
+        if expected != actual:
+            raise CheckpointError(f"checkpoint {path} fails its recorded SHA-256 ({recorded.name}: {expected[:12]}…, "
+                                  f"the file: {actual[:12]}…): it changed or is corrupt since it was written")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for a bad file; all mean "unreadable"

@@ -61,6 +61,11 @@ BAD_INPUTS = {
     "corrupt checkpoint": (["run", "--methods", "ours", "--pretrained", "{tmp}/corrupt.pt",
                             "--db", "{tmp}/results.db"], "truncated or not a torch checkpoint"),
     "truncated checkpoint": (["eval", "--checkpoint", "{tmp}/truncated.pt"], "the file was cut short"),
+    "checkpoint is an HTML page": (["eval", "--checkpoint", "{tmp}/download.pt"],
+                                   "is an HTML page (70 bytes), not a checkpoint: probably a failed download"),
+    "empty checkpoint": (["eval", "--checkpoint", "{tmp}/empty.pt"], "is empty (0 bytes)"),
+    "checkpoint is text": (["eval", "--checkpoint", "{tmp}/notes.pt"], "is a text file (15 bytes, starting 'weights: none')"),
+    "checkpoint fails its SHA-256": (["eval", "--checkpoint", "{tmp}/tampered.pt"], "fails its recorded SHA-256"),
     "wrong-arch checkpoint": (["run", "--methods", "ours", "--pretrained", "{tmp}/smallcnn.pt", "--arch", "resnet18",
                                "--db", "{tmp}/results.db"], "saved for arch 'smallcnn'"),
     "wrong number of classes": (["eval", "--checkpoint", "{tmp}/three_classes.pt"], "has 3 classes"),
@@ -136,6 +141,13 @@ def prepared(tmp_path_factory, digits, digits_model):
     (folder / "corrupt.pt").write_bytes(b"\x00garbage" * 100)
     good = save_checkpoint(digits_model, folder / "smallcnn.pt", "smallcnn", digits)
     (folder / "truncated.pt").write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    (folder / "download.pt").write_text("<!DOCTYPE html><html><body>404 Not Found</body></html>\n" + " " * 15)
+    (folder / "empty.pt").write_bytes(b"")
+    (folder / "notes.pt").write_text("weights: none\n\n")
+    tampered = save_checkpoint(digits_model, folder / "tampered.pt", "smallcnn", digits)
+    payload = torch.load(tampered, weights_only=True)
+    payload["state_dict"]["head.bias"] += 1.0  # changed after it was written; its .sha256 still says before
+    torch.save(payload, tampered)
     payload = torch.load(good, weights_only=True)
     payload["state_dict"]["head.weight"] = payload["state_dict"]["head.weight"][:3]
     payload["state_dict"]["head.bias"] = payload["state_dict"]["head.bias"][:3]
