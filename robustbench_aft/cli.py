@@ -70,6 +70,9 @@ def _add_data_arguments(parser: argparse.ArgumentParser) -> None:
                         help="dataset name or folder:PATH (default: digits, bundled with scikit-learn)")
     parser.add_argument("--data-dir", default=None, help="root folder of downloadable datasets (default: ./data)")
     parser.add_argument("--download", action="store_true", help="let torchvision download a missing dataset")
+    parser.add_argument("--image-size", type=_positive_int, default=None,
+                        help="resize every split to N×N (e.g. 224 for an ImageNet model on CIFAR); the dataset is "
+                             "then named DATASET@Npx and eps is in pixels of the resized images")
     parser.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:1, ...")
     parser.add_argument("--quiet", action="store_true", help="no progress bars or log lines")
 
@@ -257,6 +260,7 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--db", default=None, help="every method's newest models in a results store")
     curve.add_argument("--methods", default=None, help="with --db: comma-separated methods (default: all)")
     curve.add_argument("--dataset", default="digits", help="with --checkpoint: the dataset (default: digits)")
+    curve.add_argument("--image-size", type=_positive_int, default=None, help="with --checkpoint: resize to N×N")
     curve.add_argument("--arch", default="smallcnn", help="with --checkpoint: the architecture (default: smallcnn)")
     curve.add_argument("--arch-kwargs", default=None, metavar="K=V,...", help=ARCH_KWARGS_HELP)
     curve.add_argument("--data-dir", default=None, help="root folder of downloadable datasets")
@@ -753,6 +757,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         if getattr(args, "config", None):
             args = _with_config_file(parser, args, argv)
         args.argv = list(argv) if argv is not None else sys.argv[1:]
+        if getattr(args, "image_size", None) is not None and getattr(args, "dataset", None):
+            from .data import with_image_size
+
+            args.dataset = with_image_size(args.dataset, args.image_size)
         _setup_logging(getattr(args, "quiet", False))
         return args.handler(args)
     except UserError as exc:

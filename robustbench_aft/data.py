@@ -352,13 +352,61 @@ def folder(options: DataOptions) -> DataBundle:
     )
 
 
+class ResizedDataset(Dataset):
+    """Every image of ``dataset`` resized to size × size (bilinear, antialiased), after the split's
+    own transform; items stay (x, y, index)."""
+
+    def __init__(self, dataset: Dataset, size: int) -> None:
+        self.dataset = dataset
+        self.size = size
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int):
+        image, label, position = self.dataset[index]
+        resized = torch.nn.functional.interpolate(image.unsqueeze(0), size=(self.size, self.size), mode="bilinear",
+                                                  align_corners=False, antialias=True)
+        return resized.squeeze(0).clamp(0.0, 1.0), label, position
+
+
+def split_image_size(spec: str) -> Tuple[str, Optional[int]]:
+    """``digits@16px`` → (``digits``, 16); a spec without the suffix → (spec, None)."""
+    base, at, suffix = spec.rpartition("@")
+    if at and suffix.endswith("px") and suffix[:-2].isdigit():
+        size = int(suffix[:-2])
+        if size <= 0:
+            raise ConfigError(f"--dataset {spec}: the image size must be positive")
+        return base, size
+    return spec, None
+
+
+def with_image_size(spec: str, image_size: Optional[int]) -> str:
+    """``spec`` with ``@<size>px`` (``--image-size``): the resized dataset is a dataset of its own,
+    named so everywhere (results, cache keys), and its eps is in pixels of the resized images."""
+    if image_size is None:
+        return spec
+    if image_size <= 0:
+        raise ConfigError(f"--image-size must be positive, got {image_size}")
+    return f"{split_image_size(spec)[0]}@{image_size}px"
+
+
 def load_dataset(spec: str, data_dir: Optional[str] = None, download: bool = False, split_seed: int = 0) -> DataBundle:
-    """Build the dataset named by ``spec`` (``digits``, ``cifar10``, ``folder:PATH``, ...)."""
-    name, _, argument = spec.partition(":")
+    """Build the dataset named by ``spec`` (``digits``, ``cifar10``, ``folder:PATH``, ...); a
+    ``@<N>px`` suffix (``cifar10@224px``) resizes every split to N × N."""
+    import dataclasses
+
+    spec_without_size, image_size = split_image_size(spec)
+    name, _, argument = spec_without_size.partition(":")
     options = DataOptions(download=download, argument=argument or None, split_seed=split_seed)
     if data_dir is not None:
         options.data_dir = data_dir
-    return DATASETS.get(name)(options)
+    data = DATASETS.get(name)(options)
+    if image_size is None or tuple(data.input_shape[1:]) == (image_size, image_size):
+        return data if image_size is None else dataclasses.replace(data, name=spec, key=f"{data.key}-{image_size}px")
+    return dataclasses.replace(data, name=spec, key=f"{data.key}-{image_size}px",
+                               train=ResizedDataset(data.train, image_size), test=ResizedDataset(data.test, image_size),
+                               input_shape=(data.input_shape[0], image_size, image_size))
 
 
 def make_loader(dataset: Dataset, batch_size: int, shuffle: bool, seed: int = 0, num_workers: int = 0,

@@ -204,7 +204,11 @@ def _run_cell(context: _Context, natural: nn.Module, method: str, seed: int, ste
         "fine_tuning": resolve_precision(config.train.precision, context.device),
         "clean_pgd_cw": resolve_precision(context.eval_config.precision, context.device),
         "autoattack": resolve_precision(context.eval_config.aa_precision, context.device)},
-        "processes": dist.world_size}
+        "processes": dist.world_size, "input_shape": list(data.input_shape)}
+    normalize = getattr(natural, "normalize", None)
+    if normalize is not None:
+        extra["normalisation"] = {"mean": [round(float(v), 6) for v in normalize.mean.flatten()],
+                                  "std": [round(float(v), 6) for v in normalize.std.flatten()]}
     record = dict(group_id=context.group_id, method=method, dataset=data.name, arch=config.arch, seed=seed,
                   norm=context.eval_config.norm, provenance=context.origin)
     tuned_info = _Tuned()

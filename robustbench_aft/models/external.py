@@ -8,7 +8,9 @@ the canonical form that is stored with results and keys the natural-model cache:
 * ``torchvision:NAME`` — any ``torchvision.models.get_model`` name, e.g. ``torchvision:resnet18``;
 * ``py:package.module:factory`` — a callable returning an ``nn.Module``.
 
-Every one is adapted to the classifier contract of :mod:`._base` by the model's own API, not by
+Inputs are normalised with the statistics the model declares (timm's ``pretrained_cfg`` mean and
+std, which weights trained with timm expect), else with the dataset's. Every one is adapted to the
+classifier contract of :mod:`._base` by the model's own API, not by
 hooks: timm's ``reset_classifier(0)`` (the network then returns its pooled pre-logits features,
 ``num_features`` wide); for torchvision and ``py:`` models the classifier attribute (``fc``,
 ``classifier``, ``head`` or ``heads``: a ``Linear``, or a ``Sequential`` ending in one) is replaced
@@ -98,6 +100,16 @@ def _timm_network(name: str, kwargs: Dict[str, Any], in_channels: int) -> Tuple[
         raise ConfigError(f"timm:{name} does not take these keyword arguments ({exc})") from None
     network.reset_classifier(0)
     return network, int(network.num_features), "timm's reset_classifier(0)"
+
+
+def declared_normalisation(network: nn.Module, channels: int) -> Optional[Tuple[Tuple[float, ...], Tuple[float, ...]]]:
+    """The (mean, std) a network declares for its inputs (timm's ``pretrained_cfg``), when it has
+    one per input channel; weights trained with timm expect exactly these."""
+    config = getattr(network, "pretrained_cfg", None) or {}
+    mean, std = config.get("mean"), config.get("std")
+    if mean is None or std is None or len(mean) != channels or len(std) != channels:
+        return None
+    return tuple(float(m) for m in mean), tuple(float(s) for s in std)
 
 
 def _torchvision_network(name: str, kwargs: Dict[str, Any], in_channels: int) -> Tuple[nn.Module, Optional[int], str]:
@@ -238,6 +250,11 @@ def build_external(arch: str, num_classes: int, in_channels: int, mean: Sequence
             feature_dim, how = body.classifier.in_features, "its last nn.Linear (hook; verified to be the last operation)"
             if input_shape is not None:
                 _check_last_linear_is_last(arch, body, input_shape)
+    declared = declared_normalisation(network, in_channels)
+    if declared is not None:
+        mean, std = declared
+        log.info("%s: inputs normalised with the mean %s and std %s the model declares", arch,
+                 [round(m, 4) for m in mean], [round(v, 4) for v in std])
     model = ImageClassifier(body, feature_dim, num_classes, mean, std)
     if input_shape is not None:
         _check_features(arch, model, input_shape)

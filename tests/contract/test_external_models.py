@@ -165,3 +165,28 @@ def test_a_trained_module_is_adapted_with_its_own_head_and_fine_tuned(digits):
     tuned = fine_tune("vaft", model, digits, TrainConfig(epochs=1, batch_size=64, train_subset=64, val_size=32),
                       eps=0.15, seed=0, device=torch.device("cpu"), progress=False)
     assert not torch.equal(tuned.model.head.weight, original.weight)
+
+
+def test_timm_models_normalise_with_the_statistics_they_declare():
+    import timm
+
+    declared = timm.create_model("resnet18", pretrained=False).pretrained_cfg
+    model = build("timm:resnet18")
+    torch.testing.assert_close(model.normalize.mean.flatten(), torch.tensor(declared["mean"], dtype=torch.float32))
+    torch.testing.assert_close(model.normalize.std.flatten(), torch.tensor(declared["std"], dtype=torch.float32))
+    # torchvision declares nothing: the dataset's statistics.
+    torch.testing.assert_close(build("torchvision:resnet18").normalize.mean.flatten(), torch.full((3,), 0.5))
+
+
+def test_image_size_makes_a_dataset_of_its_own(digits):
+    from robustbench_aft.data import load_dataset, split_image_size, with_image_size
+
+    assert with_image_size("folder:/x/y", 32) == "folder:/x/y@32px" and split_image_size("digits@16px") == ("digits", 16)
+    resized = load_dataset(with_image_size("digits", 16))
+    assert resized.name == "digits@16px" and resized.input_shape == (1, 16, 16) and resized.key != digits.key
+    image, label, index = resized.test[5]
+    assert image.shape == (1, 16, 16) and label == digits.test[5][1] and index == 5
+    assert 0.0 <= float(image.min()) and float(image.max()) <= 1.0
+    # The same picture with more pixels: downsampled back, it correlates strongly with the original.
+    back = torch.nn.functional.interpolate(image[None], size=(8, 8), mode="bilinear", antialias=True)[0]
+    assert float(torch.corrcoef(torch.stack([back.flatten(), digits.test[5][0].flatten()]))[0, 1]) > 0.9
