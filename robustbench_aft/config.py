@@ -203,14 +203,21 @@ def parse_set_options(items: List[str]) -> Dict[str, Dict[str, Any]]:
 def build_run_config(methods: List[str], *, dataset: str = "digits", arch: Optional[str] = None,
                      preset: Optional[str] = None, train_overrides: Optional[Dict[str, Any]] = None,
                      eval_overrides: Optional[Dict[str, Any]] = None,
-                     method_params: Optional[Dict[str, Dict[str, Any]]] = None, **run_fields: Any) -> RunConfig:
-    """Merge dataclass defaults, the preset and the given values (``None`` = not given) into a RunConfig."""
+                     method_params: Optional[Dict[str, Dict[str, Any]]] = None,
+                     natural_overrides: Optional[Dict[str, Any]] = None, **run_fields: Any) -> RunConfig:
+    """Merge dataclass defaults, the preset and the given values (``None`` = not given) into a RunConfig.
+
+    ``natural_overrides``: the natural pre-training recipe's fields (epochs, batch_size, lr) over the
+    preset's and the dataset's default."""
+    from .data import split_image_size
+
     if not methods:
         raise ConfigError("--methods is empty; choose from " + ", ".join(METHODS.names()))
     if [m.strip().lower() for m in methods] == ["all"]:
         methods = METHODS.names()
     canonical_methods = list(dict.fromkeys(METHODS.canonical(m) for m in methods))
-    preset_name = preset or default_preset(dataset.partition(":")[0])
+    dataset_kind = split_image_size(dataset)[0].partition(":")[0]  # digits@16px is still digits
+    preset_name = preset or default_preset(dataset_kind)
     if preset_name not in PRESETS:
         close = difflib.get_close_matches(preset_name, list(PRESETS), n=1)
         hint = f" Did you mean '{close[0]}'?" if close else ""
@@ -224,7 +231,7 @@ def build_run_config(methods: List[str], *, dataset: str = "digits", arch: Optio
     params: Dict[str, Dict[str, Any]] = {}
     if chosen.get("method_presets"):
         for name in canonical_methods:
-            values = METHODS.get(name).paper_presets.get(dataset.partition(":")[0], {})
+            values = METHODS.get(name).paper_presets.get(dataset_kind, {})
             if values:
                 params[name] = dict(values)
     for name, values in (method_params or {}).items():
@@ -243,7 +250,7 @@ def build_run_config(methods: List[str], *, dataset: str = "digits", arch: Optio
             if problem:
                 raise ConfigError(f"--set {name}.{key}={value!r}: {problem}")
 
-    natural = dict(chosen.get("natural", {}))
+    natural = {**chosen.get("natural", {}), **{k: v for k, v in (natural_overrides or {}).items() if v is not None}}
     config = RunConfig(methods=canonical_methods, dataset=dataset, arch=arch or chosen.get("arch", "smallcnn"),
                        preset=preset_name, train=train, eval=evaluation, method_params=params, natural=natural,
                        **{k: v for k, v in run_fields.items() if v is not None})

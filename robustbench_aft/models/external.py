@@ -24,6 +24,7 @@ built-in architectures.
 """
 from __future__ import annotations
 
+import difflib
 import importlib
 import inspect
 import logging
@@ -84,6 +85,11 @@ def canonical_external(arch: str, kwargs: Optional[Dict[str, Any]] = None) -> st
     return f"{source}:{name}[" + ",".join(f"{k}={merged[k]}" for k in sorted(merged)) + "]"
 
 
+def _suggest(name: str, candidates: Sequence[str]) -> str:
+    close = difflib.get_close_matches(name, list(candidates), n=3, cutoff=0.7)
+    return f" Did you mean {', '.join(close)}?" if close else ""
+
+
 def _timm_network(name: str, kwargs: Dict[str, Any], in_channels: int) -> Tuple[nn.Module, int, str]:
     try:
         import timm
@@ -92,6 +98,9 @@ def _timm_network(name: str, kwargs: Dict[str, Any], in_channels: int) -> Tuple[
     if kwargs.get("pretrained"):
         raise ConfigError(f"timm:{name} with pretrained=True needs the model hub, which is not reachable here; "
                           "pre-train it with --pretrained auto or load your weights with --pretrained PATH")
+    if not timm.is_model(name):
+        raise ConfigError(f"timm:{name} is not a timm model.{_suggest(name, timm.list_models())} "
+                          "(timm.list_models() lists them all)")
     try:
         network = timm.create_model(name, pretrained=False, in_chans=in_channels, **kwargs)
     except RuntimeError as exc:
@@ -115,6 +124,10 @@ def declared_normalisation(network: nn.Module, channels: int) -> Optional[Tuple[
 def _torchvision_network(name: str, kwargs: Dict[str, Any], in_channels: int) -> Tuple[nn.Module, Optional[int], str]:
     from torchvision import models
 
+    available = models.list_models()
+    if name not in available:
+        raise ConfigError(f"torchvision:{name} is not a torchvision model.{_suggest(name, available)} "
+                          "(torchvision.models.list_models() lists them all)")
     if in_channels != 3:
         raise ConfigError(f"torchvision:{name} takes 3-channel images; this dataset has {in_channels}")
     if kwargs.get("weights"):

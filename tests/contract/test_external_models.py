@@ -62,7 +62,8 @@ def test_arch_strings_are_canonical_with_sorted_keyword_arguments():
     (f"{FACTORIES}:scaled_logits", "its last nn.Linear is not the last operation"),
     (f"{FACTORIES}:not_a_module", "returned a str, not an nn.Module"),
     ("py:tests.contract.no_such_module:f", "cannot import it"),
-    ("timm:no_such_model_name", "timm:no_such_model_name"),
+    ("timm:resnet181", "timm:resnet181 is not a timm model. Did you mean resnet18"),
+    ("torchvision:resnet181", "torchvision:resnet181 is not a torchvision model. Did you mean resnet18"),
     ("timm:resnet18[pretrained=True]", "needs the model hub"),
     ("torchvision:resnet18[weights=DEFAULT]", "needs a download"),
 ])
@@ -111,8 +112,8 @@ def test_every_method_takes_one_step_on_a_timm_resnet(name, timm_resnet):
         assert exported(x).shape == (8, 10)
 
 
-def write_image_folder(root, classes=3, train_per_class=12, test_per_class=4):
-    """A miniature ImageFolder tree (train/ and test/) of 32×32 images whose colour encodes the class."""
+def write_image_folder(root, classes=3, train_per_class=12, test_per_class=4, size=32):
+    """A miniature ImageFolder tree (train/ and test/) of size × size images whose colour encodes the class."""
     from PIL import Image
 
     generator = torch.Generator().manual_seed(0)
@@ -121,7 +122,7 @@ def write_image_folder(root, classes=3, train_per_class=12, test_per_class=4):
             folder = root / split / f"class{label}"
             folder.mkdir(parents=True)
             for i in range(count):
-                noise = torch.randint(0, 40, (32, 32, 3), generator=generator)
+                noise = torch.randint(0, 40, (size, size, 3), generator=generator)
                 pixels = (noise + torch.tensor([90 * label, 200 - 90 * label, 60])).clamp(0, 255).to(torch.uint8)
                 Image.fromarray(pixels.numpy()).save(folder / f"{i}.png")
     return root
@@ -129,19 +130,28 @@ def write_image_folder(root, classes=3, train_per_class=12, test_per_class=4):
 
 @pytest.mark.slow
 def test_bench_run_fine_tunes_a_timm_model_end_to_end(tmp_path, capsys):
+    import pandas as pd
+
     from robustbench_aft.cli import main
 
-    tree = write_image_folder(tmp_path / "images")
+    tree = write_image_folder(tmp_path / "images", size=24)
     dataset = f"folder:{tree}"
-    assert main(["pretrain", "--dataset", dataset, "--arch", "timm:resnet18", "--epochs", "2", "--quiet"]) == 0
-    checkpoint = capsys.readouterr().out.split("saved: ")[1].strip()
-    assert main(["run", "--methods", "ours,vaft", "--arch", "timm:resnet18", "--dataset", dataset,
-                 "--pretrained", checkpoint, "--epochs", "1", "--batch-size", "12", "--val-size", "6",
-                 "--attacks", "clean,pgd", "--db", str(tmp_path / "r.db"), "--quiet", "--format", "csv"]) == 0
-    out = capsys.readouterr().out
-    assert "timm:resnet18" in out and out.count("\n") >= 2  # header + natural, afd, vaft
-    for method in ("natural", "afd", "vaft"):
-        assert f",{method}," in out or out.startswith(f"{method},") or f"\n{method}," in out
+    db = tmp_path / "r.db"
+    assert main(["run", "--methods", "ours,vaft", "--arch", "timm:resnet18", "--dataset", dataset, "--image-size", "32",
+                 "--natural-epochs", "2", "--epochs", "1", "--batch-size", "12", "--val-size", "6",
+                 "--attacks", "clean,pgd", "--db", str(db), "--out", str(tmp_path / "out"), "--quiet",
+                 "--format", "csv"]) == 0
+    import io
+
+    table = pd.read_csv(io.StringIO(capsys.readouterr().out))
+    assert list(table["method"]) == ["natural", "afd", "vaft"]
+    assert set(table["arch"]) == {"timm:resnet18"} and set(table["dataset"]) == {f"{dataset}@32px"}
+    # The exported checkpoint, evaluated on its own, gives the stored clean accuracy.
+    assert main(["eval", "--checkpoint", str(tmp_path / "out" / "afd-seed0" / "final.pt"), "--arch", "timm:resnet18",
+                 "--dataset", dataset, "--image-size", "32", "--attacks", "clean", "--format", "csv", "--quiet"]) == 0
+    evaluated = pd.read_csv(io.StringIO(capsys.readouterr().out))
+    clean = float(evaluated.set_index("attack").loc["clean", "accuracy"])
+    assert clean == pytest.approx(float(table.set_index("method").loc["afd", "clean"]), abs=1e-6)
 
 
 def test_a_trained_module_is_adapted_with_its_own_head_and_fine_tuned(digits):
