@@ -535,6 +535,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.format == "md":
         print(f"\n{len(summary.run_ids)} models evaluated in {summary.seconds:.1f} s; stored in {summary.db} "
               f"(run {summary.group_id}); checkpoints in {summary.out}")
+    for cell in summary.diverged:
+        print(f"bench: diverged, not in the leaderboard (stored as failed): {cell}", file=sys.stderr)
     return 0
 
 

@@ -124,6 +124,22 @@ def check_method_fits(method_name: str, model: nn.Module, arch: Optional[str] = 
         raise ConfigError(f"{METHODS.canonical(method_name)} cannot fine-tune {arch or type(model).__name__}: {reason}")
 
 
+@torch.no_grad()
+def _check_finite_outputs(model: nn.Module, x: torch.Tensor, where: str) -> None:
+    """The epoch's last update can leave a model whose logits overflow behind a finite loss (huge,
+    still finite weights); catch it on the epoch's last batch before the model is validated,
+    probed or checkpointed."""
+    was_training = model.training
+    model.eval()
+    try:
+        finite = bool(torch.isfinite(model(x)).all())
+    finally:
+        model.train(was_training)
+    if not finite:
+        raise NumericalError(f"{where}: the model's logits are not finite after the epoch's last update; "
+                             "the last good checkpoint is kept")
+
+
 def _check_finite(terms: Dict[str, torch.Tensor], where: str) -> None:
     for name, value in terms.items():
         if not bool(torch.isfinite(value).all()):
@@ -323,6 +339,7 @@ def fine_tune(method_name: str, model: nn.Module, data: DataBundle, train: Train
             log.info("%s seed %d epoch %d/%d lr %.5g %s (%.0f images/s)", name, seed, epoch, train.epochs, lr,
                      " ".join(f"{k}={v:.4f}" for k, v in epoch_terms.items()), images / max(elapsed, 1e-9))
             counter.enabled = False
+            _check_finite_outputs(method.current_classifier(), batch[0], f"{name} seed {seed} epoch {epoch}")
             if validation is not None:
                 point, weights = _validate(method, ema, validation, epoch)
                 curve.append(point)

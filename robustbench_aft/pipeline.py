@@ -58,6 +58,8 @@ class RunSummary:
     run_ids: List[str]
     seconds: float
     rank: int = 0
+    # Cells whose fine-tuning diverged (a loss became NaN/inf): stored as failed rows, not in the leaderboard.
+    diverged: List[str] = dataclasses.field(default_factory=list)
 
 
 def _read_manifest(out_root: Path) -> Optional[Dict[str, Any]]:
@@ -398,10 +400,18 @@ def _run_in(out_root: Path, config: RunConfig, data: DataBundle, eval_config: Ev
                            out_root=out_root, stored_config=stored_config, origin=provenance(device),
                            source=info["source"], resume=resume, progress=progress, stop=stop,
                            device=device, probe=probe, natural_gap=natural_gap, dist=dist)
-        run_ids = [_run_cell(context, natural, method, seed, step, len(cells))
-                   for step, (method, seed) in enumerate(cells, start=1)]
+        run_ids, diverged = [], []
+        for step, (method, seed) in enumerate(cells, start=1):
+            try:
+                run_ids.append(_run_cell(context, natural, method, seed, step, len(cells)))
+            except NumericalError as exc:
+                # A method that diverges under this setting is a measured outcome, not a broken run:
+                # its row is stored as failed (with the reason) and the other cells go on.
+                log.error("[%d/%d] %s seed %d diverged: %s; going on with the other cells", step, len(cells),
+                          method, seed, exc)
+                diverged.append(f"{method} seed {seed}: {exc}")
     return RunSummary(group_id=group_id, db=config.db, out=str(out_root), run_ids=run_ids,
-                      seconds=time.perf_counter() - start, rank=dist.rank)
+                      seconds=time.perf_counter() - start, rank=dist.rank, diverged=diverged)
 
 
 def prepare_run(config: RunConfig) -> tuple:

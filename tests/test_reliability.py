@@ -262,3 +262,20 @@ def test_an_interrupted_write_leaves_the_previous_file(tmp_path):
         atomic_torch_save({"epoch": 2, "bad": Unpicklable()}, checkpoint)
     assert torch.load(checkpoint)["epoch"] == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt", "table.md"]
+
+
+def test_a_diverging_method_is_stored_as_failed_and_the_run_goes_on(tmp_path, capsys):
+    from robustbench_aft.cli import main
+    from robustbench_aft.results import ResultsStore
+
+    db = tmp_path / "r.db"
+    # β = 1e38 blows TRADES' weights up on its one batch; vAFT is untouched.
+    assert main(["run", "--methods", "trades,vaft", "--set", "trades.beta=1e38", "--epochs", "1",
+                 "--train-subset", "64", "--attacks", "clean", "--n-eval", "20", "--db", str(db), "--quiet"]) == 0
+    captured = capsys.readouterr()
+    assert "bench: diverged, not in the leaderboard (stored as failed): trades seed 0: trades seed 0 epoch 1: " \
+           "the model's logits are not finite after the epoch's last update" in captured.err
+    rows = [line for line in captured.out.splitlines() if line.startswith("| ")]
+    assert [row.split("|")[2].strip() for row in rows[1:]] == ["natural", "vaft"]
+    statuses = {run["method"]: run["status"] for run in ResultsStore(str(db)).runs()}
+    assert statuses == {"natural": "finished", "trades": "failed", "vaft": "finished"}

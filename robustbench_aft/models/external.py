@@ -108,7 +108,9 @@ def _timm_network(name: str, kwargs: Dict[str, Any], in_channels: int) -> Tuple[
     except TypeError as exc:
         raise ConfigError(f"timm:{name} does not take these keyword arguments ({exc})") from None
     network.reset_classifier(0)
-    return network, int(network.num_features), "timm's reset_classifier(0)"
+    # Models with a pre-logits layer (MobileNetV3's conv_head) return head_hidden_size features, not num_features.
+    width = getattr(network, "head_hidden_size", None) or network.num_features
+    return network, int(width), "timm's reset_classifier(0)"
 
 
 def declared_normalisation(network: nn.Module, channels: int) -> Optional[Tuple[Tuple[float, ...], Tuple[float, ...]]]:
@@ -277,18 +279,28 @@ def build_external(arch: str, num_classes: int, in_channels: int, mean: Sequence
 
 
 def _check_features(arch: str, model: nn.Module, input_shape: Sequence[int]) -> None:
-    """The body must map images to (B, feature_dim): anything else means the classifier was not the
-    network's last operation (or the image size does not suit it)."""
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            features = model.forward_features(torch.rand(2, *input_shape))
-    except RuntimeError as exc:
-        raise ConfigError(f"{arch} cannot run on {tuple(input_shape)} images "
-                          f"({' '.join(str(exc).split())[:160]})") from None
-    finally:
-        model.train(was_training)
-    if features.dim() != 2 or features.shape[1] != model.feature_dim:
-        raise ConfigError(f"{arch}: without its classifier it returns {tuple(features.shape)}, not (batch, "
-                          f"{model.feature_dim}) features; its classifier is not its last operation")
+    """The body must map images to (B, feature_dim) in eval *and* train mode: anything else means
+    the classifier was not the network's last operation, the network returns something else while
+    training (GoogLeNet's auxiliary logits), or the image size does not suit it. The train-mode
+    check runs on a copy, so the model's BatchNorm statistics are not touched."""
+    import copy
+
+    for training in (False, True):
+        probe = copy.deepcopy(model) if training else model
+        was_training = probe.training
+        probe.train(training)
+        try:
+            with torch.no_grad():
+                features = probe.forward_features(torch.rand(2, *input_shape))
+        except (RuntimeError, AssertionError, ValueError) as exc:  # timm asserts input sizes; torch raises shape errors
+            raise ConfigError(f"{arch} cannot run on {tuple(input_shape)} images "
+                              f"({' '.join(str(exc).split())[:160]})") from None
+        finally:
+            probe.train(was_training)
+        mode = "in train mode" if training else "in eval mode"
+        if not isinstance(features, torch.Tensor):
+            raise ConfigError(f"{arch}: without its classifier it returns a {type(features).__name__} {mode}, not a "
+                              "tensor of features (auxiliary outputs?); it cannot be fine-tuned as one classifier")
+        if features.dim() != 2 or features.shape[1] != model.feature_dim:
+            raise ConfigError(f"{arch}: without its classifier it returns {tuple(features.shape)} {mode}, not (batch, "
+                              f"{model.feature_dim}) features; its classifier is not its last operation")

@@ -13,7 +13,7 @@ from robustbench_aft.registry import METHODS
 pytest.importorskip("timm")  # the timm extra; part of [dev], so CI always has it
 
 FACTORIES = "py:tests.contract.external_factories"
-EXTERNAL = ["timm:resnet18", "timm:vit_tiny_patch16_224[img_size=32]", "torchvision:resnet18",
+EXTERNAL = ["timm:resnet18", "timm:vit_tiny_patch16_224[img_size=32]", "timm:mobilenetv3_small_100", "torchvision:resnet18",
             "torchvision:mobilenet_v3_small", f"{FACTORIES}:tiny_cnn", f"{FACTORIES}:unnamed_head"]
 SHAPE = (3, 32, 32)
 
@@ -65,6 +65,9 @@ def test_arch_strings_are_canonical_with_sorted_keyword_arguments():
     ("timm:resnet181", "timm:resnet181 is not a timm model. Did you mean resnet18"),
     ("torchvision:resnet181", "torchvision:resnet181 is not a torchvision model. Did you mean resnet18"),
     ("timm:resnet18[pretrained=True]", "needs the model hub"),
+    ("timm:swin_tiny_patch4_window7_224", r"cannot run on \(3, 32, 32\) images"),
+    ("torchvision:googlenet", "returns a GoogLeNetOutputs in train mode"),
+    ("torchvision:squeezenet1_0", "no nn.Linear classifier layer"),
     ("torchvision:resnet18[weights=DEFAULT]", "needs a download"),
 ])
 def test_what_cannot_be_adapted_is_one_line(arch, message):
