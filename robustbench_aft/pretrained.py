@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 
 from .data import DataBundle, make_loader
 from .errors import CheckpointError, ConfigError, not_a_file_reason
-from .models import build_model
+from .models import adapt, build_model
 from .runtime import StopSignal, atomic_torch_save, atomic_write_text, provenance, seed_everything
 
 log = logging.getLogger(__name__)
@@ -260,39 +260,6 @@ def load_checkpoint(path: str, data: DataBundle, arch: str) -> Tuple[nn.Module, 
     return model, {"source": str(path), **({"metadata": metadata} if metadata else {})}
 
 
-class FeatureHookClassifier(nn.Module):
-    """Adapts an external classifier to our contract: its last ``nn.Linear`` becomes ``head``.
-
-    ``forward_features`` returns the input of that layer (the pooled features for the usual
-    ResNet/WRN definitions), so ``head(forward_features(x)) == forward(x)`` whenever the linear
-    layer is the network's last operation, which :func:`_wrap_external` verifies.
-    """
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
-        if not linears:
-            raise CheckpointError("external model has no nn.Linear classifier layer to use as head")
-        self.model = model
-        self.head = linears[-1]
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        captured = {}
-
-        def grab(_module, inputs):
-            captured["features"] = inputs[0]
-
-        handle = self.head.register_forward_pre_hook(grab)
-        try:
-            self.model(x)
-        finally:
-            handle.remove()
-        return captured["features"].flatten(1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(x)
-
-
 def _load_robustbench(name: str, data: DataBundle) -> Tuple[nn.Module, Dict[str, Any]]:
     from ._compat import import_robustbench
 
@@ -306,7 +273,9 @@ def _load_robustbench(name: str, data: DataBundle) -> Tuple[nn.Module, Dict[str,
     except Exception as exc:  # robustbench raises bare exceptions for unknown names and failed downloads
         raise CheckpointError(f"robustbench:{name} could not be loaded from {model_dir} "
                               f"({' '.join(str(exc).split())[:160]})") from None
-    return FeatureHookClassifier(model), {"source": f"robustbench:{name}"}
+    # The same adapter as any external model (models/external.py): the zoo model keeps its own head
+    # and normalises its inputs itself.
+    return adapt(model, data.input_shape), {"source": f"robustbench:{name}"}
 
 
 def resolve(source: str, data: DataBundle, arch: str, seed: int, device: torch.device,
