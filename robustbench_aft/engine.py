@@ -117,6 +117,19 @@ def build_method(name: str, params: Optional[Dict[str, Any]], eps: float, train:
                optim=OptimConfig(lr=train.lr, momentum=train.momentum, weight_decay=train.weight_decay))
 
 
+def default_val_size(dataset_default: int, n_train: int, train_subset: Optional[int]) -> int:
+    """The validation split when ``--val-size`` is not given: the dataset's default where it fits,
+    else a tenth of the images it may come from (a small dataset must not fail on a default)."""
+    available = n_train - train_subset if train_subset is not None and train_subset < n_train else n_train
+    fits = dataset_default < available if train_subset is None or train_subset >= n_train else dataset_default <= available
+    if fits:
+        return dataset_default
+    fallback = available // 10
+    log.warning("the default validation split of %d images does not fit the %d available; using %d (a tenth)",
+                dataset_default, available, fallback)
+    return fallback
+
+
 def check_method_fits(method_name: str, model: nn.Module, arch: Optional[str] = None) -> None:
     """A one-line ConfigError when the method cannot fine-tune this network (Method.unsupported_reason)."""
     reason = METHODS.get(method_name).unsupported_reason(model)
@@ -223,7 +236,8 @@ def fine_tune(method_name: str, model: nn.Module, data: DataBundle, train: Train
     use_ema = method.uses_ema if train.ema is None else train.ema
     ema = EMA(method.trainable_state()) if use_ema else None
 
-    val_size = data.default_val_size if train.val_size is None else train.val_size
+    val_size = train.val_size if train.val_size is not None else default_val_size(
+        data.default_val_size, len(data.train), train.train_subset)
     train_indices, val_indices = split_training_set(len(data.train), train.train_subset, val_size, seed)
     dataset = data.train if train_indices is None else Subset(data.train, train_indices)
     # Every method fine-tunes against an L∞ budget, so validation attacks in L∞ too.

@@ -170,3 +170,14 @@ def test_rows_stored_before_selection_existed_count_as_last_with_empty_costs(tmp
     frame = leaderboard_frame(rows)
     assert frame.loc[0, "clean"] == 90.0 and frame["eval_s"].isna().all()
     assert store.runs()[0]["run_id"] == run_id
+
+
+def test_the_default_split_shrinks_to_a_tenth_on_small_datasets_but_an_explicit_one_does_not():
+    from robustbench_aft.engine import default_val_size
+
+    assert default_val_size(500, 50000, 5000) == 500
+    assert default_val_size(200, 1437, None) == 200
+    assert default_val_size(500, 64, None) == 6
+    assert default_val_size(500, 1000, 900) == 10  # a tenth of the 100 images outside the subset
+    with pytest.raises(ConfigError, match="leaves no training image"):
+        split_training_set(64, None, 500, seed=0)  # what an explicit --val-size 500 meets
