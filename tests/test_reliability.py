@@ -137,6 +137,7 @@ def test_interruption_saves_state_records_it_and_resumes(reference, tmp_path, si
     assert rows == [("afd", "finished")]
 
 
+@pytest.mark.slow  # two bench run processes side by side: ~50 s
 def test_two_concurrent_runs_share_one_store(tmp_path):
     db = str(tmp_path / "results.db")
     argv = ["run", "--methods", "vaft", "--preset", "ci", "--epochs", "1", "--attacks", "clean,pgd",
