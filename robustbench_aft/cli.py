@@ -226,7 +226,7 @@ def build_parser() -> argparse.ArgumentParser:
     load.set_defaults(handler=cmd_load)
 
     compare = commands.add_parser("compare", help="paired difference of two methods on the same points: "
-                                                   "delta, 95 % interval, exact McNemar p")
+                                                   "delta, 95 %% interval, exact McNemar p")
     compare.add_argument("first", help="a method (or natural)")
     compare.add_argument("second", help="the method to compare it with")
     compare.add_argument("--db", default="runs/results.db", help="results store (default: runs/results.db)")
@@ -277,7 +277,7 @@ def build_parser() -> argparse.ArgumentParser:
     curve.add_argument("--quiet", action="store_true", help="no progress bars or log lines")
     curve.set_defaults(handler=cmd_analyze_eps_curve)
 
-    tradeoff = analyses.add_parser("tradeoff", help="CSV + PNG of clean against robust accuracy with 95 % intervals")
+    tradeoff = analyses.add_parser("tradeoff", help="CSV + PNG of clean against robust accuracy with 95 %% intervals")
     tradeoff.add_argument("--db", default="runs/results.db", help="results store (default: runs/results.db)")
     tradeoff.add_argument("--metric", default=None, help="the robust metric (default: worst, else aa, else pgd)")
     tradeoff.add_argument("--output", default="runs/analysis", help="output folder (default: runs/analysis)")

@@ -28,6 +28,29 @@ def test_list_shows_every_registry(capsys):
     assert code == 0 and "## datasets" not in out and "CW-∞" in out
 
 
+def _subcommand_paths(parser, prefix=()):
+    import argparse
+
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield prefix + (name,)
+                yield from _subcommand_paths(sub, prefix + (name,))
+
+
+def test_every_subcommand_prints_its_help(capsys):
+    """argparse formats help lazily: a stray '%' in a help text only fails when --help is asked for."""
+    from robustbench_aft.cli import build_parser
+
+    paths = [()] + list(_subcommand_paths(build_parser()))
+    assert ("analyze", "tradeoff") in paths and ("compare",) in paths
+    for path in paths:
+        with pytest.raises(SystemExit) as exit_info:
+            main([*path, "--help"])
+        assert exit_info.value.code == 0, path
+        assert "usage: bench" in capsys.readouterr().out
+
+
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory, digits_model, digits):
     from robustbench_aft.pretrained import save_checkpoint
