@@ -73,6 +73,8 @@ def _add_data_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--image-size", type=_positive_int, default=None,
                         help="resize every split to N×N (e.g. 224 for an ImageNet model on CIFAR); the dataset is "
                              "then named DATASET@Npx and eps is in pixels of the resized images")
+    parser.add_argument("--mean", default=None, metavar="M1,M2,M3", help=MEAN_HELP)
+    parser.add_argument("--std", default=None, metavar="S1,S2,S3", help=STD_HELP)
     parser.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:1, ...")
     parser.add_argument("--quiet", action="store_true", help="no progress bars or log lines")
 
@@ -90,6 +92,11 @@ SELECT_HELP = ("which weights of each fine-tuned model: last (default) or best-v
                "stored by runs with --select best-val)")
 COLUMNS_HELP = ("cost columns to show in Markdown, comma-separated: cost (all), fine_tune_s, eval_s, forward_per_image, "
                 "backward_per_image, epoch (CSV and JSON always carry them)")
+
+
+MEAN_HELP = ("per-channel mean of the model's Normalize layer, overriding the dataset's and any the model "
+             "declares (one value for every channel, or one per channel); the dataset is then named DATASET@mean=…")
+STD_HELP = "per-channel std of the model's Normalize layer (as --mean); the dataset is then named DATASET@std=…"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -264,6 +271,8 @@ def build_parser() -> argparse.ArgumentParser:
     curve.add_argument("--methods", default=None, help="with --db: comma-separated methods (default: all)")
     curve.add_argument("--dataset", default="digits", help="with --checkpoint: the dataset (default: digits)")
     curve.add_argument("--image-size", type=_positive_int, default=None, help="with --checkpoint: resize to N×N")
+    curve.add_argument("--mean", default=None, metavar="M1,M2,M3", help="with --checkpoint: " + MEAN_HELP)
+    curve.add_argument("--std", default=None, metavar="S1,S2,S3", help="with --checkpoint: " + STD_HELP)
     curve.add_argument("--arch", default="smallcnn", help="with --checkpoint: the architecture (default: smallcnn)")
     curve.add_argument("--arch-kwargs", default=None, metavar="K=V,...", help=ARCH_KWARGS_HELP)
     curve.add_argument("--data-dir", default=None, help="root folder of downloadable datasets")
@@ -763,10 +772,11 @@ def main(argv: Optional[List[str]] = None) -> int:
         if getattr(args, "config", None):
             args = _with_config_file(parser, args, argv)
         args.argv = list(argv) if argv is not None else sys.argv[1:]
-        if getattr(args, "image_size", None) is not None and getattr(args, "dataset", None):
-            from .data import with_image_size
+        input_options = [getattr(args, name, None) for name in ("image_size", "mean", "std")]
+        if any(v is not None for v in input_options) and getattr(args, "dataset", None):
+            from .data import with_input_options
 
-            args.dataset = with_image_size(args.dataset, args.image_size)
+            args.dataset = with_input_options(args.dataset, *input_options)
         _setup_logging(getattr(args, "quiet", False))
         return args.handler(args)
     except UserError as exc:

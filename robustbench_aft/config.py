@@ -209,14 +209,14 @@ def build_run_config(methods: List[str], *, dataset: str = "digits", arch: Optio
 
     ``natural_overrides``: the natural pre-training recipe's fields (epochs, batch_size, lr) over the
     preset's and the dataset's default."""
-    from .data import split_image_size
+    from .data import split_input_options
 
     if not methods:
         raise ConfigError("--methods is empty; choose from " + ", ".join(METHODS.names()))
     if [m.strip().lower() for m in methods] == ["all"]:
         methods = METHODS.names()
     canonical_methods = list(dict.fromkeys(METHODS.canonical(m) for m in methods))
-    dataset_kind = split_image_size(dataset)[0].partition(":")[0]  # digits@16px is still digits
+    dataset_kind = split_input_options(dataset)[0].partition(":")[0]  # digits@16px is still digits
     preset_name = preset or default_preset(dataset_kind)
     if preset_name not in PRESETS:
         close = difflib.get_close_matches(preset_name, list(PRESETS), n=1)

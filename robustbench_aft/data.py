@@ -14,10 +14,12 @@ Add a dataset with one decorated builder::
 """
 from __future__ import annotations
 
+import hashlib
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -64,6 +66,8 @@ class DataBundle:
         class_names: in label order.
         default_val_size: training images held out for validation unless ``--val-size`` says
             otherwise (validation.py).
+        user_normalisation: ``mean``/``std`` were given by the user (``--mean``/``--std``); they
+            then win over the statistics an external model declares.
     """
 
     name: str
@@ -77,6 +81,7 @@ class DataBundle:
     default_eps: float
     class_names: List[str]
     default_val_size: int = 500
+    user_normalisation: bool = False
 
 
 class IndexedDataset(Dataset):
@@ -370,43 +375,114 @@ class ResizedDataset(Dataset):
         return resized.squeeze(0).clamp(0.0, 1.0), label, position
 
 
-def split_image_size(spec: str) -> Tuple[str, Optional[int]]:
-    """``digits@16px`` → (``digits``, 16); a spec without the suffix → (spec, None)."""
-    base, at, suffix = spec.rpartition("@")
-    if at and suffix.endswith("px") and suffix[:-2].isdigit():
-        size = int(suffix[:-2])
-        if size <= 0:
-            raise ConfigError(f"--dataset {spec}: the image size must be positive")
-        return base, size
-    return spec, None
+@dataclass(frozen=True)
+class InputOptions:
+    """How the model sees a dataset's images, carried in the dataset spec as ``@`` suffixes so that
+    a resized or re-normalised dataset is a dataset of its own everywhere (results, cache keys,
+    reports): ``cifar10@224px`` (``--image-size``), ``cifar10@mean=0.5,0.5,0.5@std=0.5,0.5,0.5``
+    (``--mean``/``--std``)."""
+
+    image_size: Optional[int] = None
+    mean: Optional[Tuple[float, ...]] = None
+    std: Optional[Tuple[float, ...]] = None
+
+    def suffix(self) -> str:
+        parts = []
+        if self.image_size is not None:
+            parts.append(f"@{self.image_size}px")
+        if self.mean is not None:
+            parts.append("@mean=" + ",".join(f"{v:g}" for v in self.mean))
+        if self.std is not None:
+            parts.append("@std=" + ",".join(f"{v:g}" for v in self.std))
+        return "".join(parts)
 
 
-def with_image_size(spec: str, image_size: Optional[int]) -> str:
-    """``spec`` with ``@<size>px`` (``--image-size``): the resized dataset is a dataset of its own,
-    named so everywhere (results, cache keys), and its eps is in pixels of the resized images."""
-    if image_size is None:
-        return spec
-    if image_size <= 0:
+def parse_channel_values(text: str, what: str) -> Tuple[float, ...]:
+    """``0.5,0.5,0.5`` → (0.5, 0.5, 0.5); ``what`` names the option in the one-line error."""
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise ConfigError(f"{what} {text}: give one number per channel, comma-separated (e.g. 0.5,0.5,0.5)") from None
+    if not all(math.isfinite(v) for v in values):
+        raise ConfigError(f"{what} {text}: every value must be finite")
+    if what == "--std" and not all(v > 0 for v in values):
+        raise ConfigError(f"--std {text}: every value must be positive")
+    return values
+
+
+def split_input_options(spec: str) -> Tuple[str, InputOptions]:
+    """``digits@16px@mean=0.5`` → (``digits``, InputOptions(16, (0.5,), None)); the suffixes are read
+    from the right and stop at the first ``@`` part that is not one (a folder name may hold ``@``)."""
+    image_size = mean = std = None
+    base = spec
+    while True:
+        head, at, part = base.rpartition("@")
+        if not at:
+            break
+        if part.endswith("px") and part[:-2].isdigit() and image_size is None:
+            image_size = int(part[:-2])
+            if image_size <= 0:
+                raise ConfigError(f"--dataset {spec}: the image size must be positive")
+        elif part.startswith("mean=") and mean is None:
+            mean = parse_channel_values(part[len("mean="):], "--mean")
+        elif part.startswith("std=") and std is None:
+            std = parse_channel_values(part[len("std="):], "--std")
+        else:
+            break
+        base = head
+    return base, InputOptions(image_size, mean, std)
+
+
+def with_input_options(spec: str, image_size: Optional[int] = None, mean: Optional[str] = None,
+                       std: Optional[str] = None) -> str:
+    """``spec`` with the command line's ``--image-size``/``--mean``/``--std`` folded in (each
+    replaces the same suffix already in ``spec``)."""
+    base, options = split_input_options(spec)
+    if image_size is not None and image_size <= 0:
         raise ConfigError(f"--image-size must be positive, got {image_size}")
-    return f"{split_image_size(spec)[0]}@{image_size}px"
+    merged = InputOptions(image_size if image_size is not None else options.image_size,
+                          parse_channel_values(mean, "--mean") if mean is not None else options.mean,
+                          parse_channel_values(std, "--std") if std is not None else options.std)
+    return base + merged.suffix()
+
+
+def _per_channel(values: Tuple[float, ...], channels: int, what: str, spec: str) -> Tuple[float, ...]:
+    if len(values) == 1:
+        return values * channels
+    if len(values) != channels:
+        raise ConfigError(f"{what} for {spec}: {len(values)} values for {channels} channel(s); give {channels} or one")
+    return values
 
 
 def load_dataset(spec: str, data_dir: Optional[str] = None, download: bool = False, split_seed: int = 0) -> DataBundle:
-    """Build the dataset named by ``spec`` (``digits``, ``cifar10``, ``folder:PATH``, ...); a
-    ``@<N>px`` suffix (``cifar10@224px``) resizes every split to N × N."""
+    """Build the dataset named by ``spec`` (``digits``, ``cifar10``, ``folder:PATH``, ...) with its
+    :class:`InputOptions` suffixes: ``@<N>px`` resizes every split to N × N, ``@mean=…``/``@std=…``
+    replace the statistics of the model's Normalize layer (``user_normalisation`` is then set)."""
     import dataclasses
 
-    spec_without_size, image_size = split_image_size(spec)
-    name, _, argument = spec_without_size.partition(":")
-    options = DataOptions(download=download, argument=argument or None, split_seed=split_seed)
+    base, options = split_input_options(spec)
+    name, _, argument = base.partition(":")
+    data_options = DataOptions(download=download, argument=argument or None, split_seed=split_seed)
     if data_dir is not None:
-        options.data_dir = data_dir
-    data = DATASETS.get(name)(options)
-    if image_size is None or tuple(data.input_shape[1:]) == (image_size, image_size):
-        return data if image_size is None else dataclasses.replace(data, name=spec, key=f"{data.key}-{image_size}px")
-    return dataclasses.replace(data, name=spec, key=f"{data.key}-{image_size}px",
-                               train=ResizedDataset(data.train, image_size), test=ResizedDataset(data.test, image_size),
-                               input_shape=(data.input_shape[0], image_size, image_size))
+        data_options.data_dir = data_dir
+    data = DATASETS.get(name)(data_options)
+    if options == InputOptions():
+        return data
+    changes: Dict[str, Any] = {"name": spec, "key": data.key}
+    size = options.image_size
+    if size is not None:
+        changes["key"] += f"-{size}px"
+        if tuple(data.input_shape[1:]) != (size, size):
+            changes.update(train=ResizedDataset(data.train, size), test=ResizedDataset(data.test, size),
+                           input_shape=(data.input_shape[0], size, size))
+    if options.mean is not None or options.std is not None:
+        channels = data.input_shape[0]
+        changes["mean"] = _per_channel(options.mean, channels, "--mean", spec) if options.mean else data.mean
+        changes["std"] = _per_channel(options.std, channels, "--std", spec) if options.std else data.std
+        changes["user_normalisation"] = True
+        fingerprint = hashlib.sha1(repr((changes["mean"], changes["std"])).encode()).hexdigest()[:8]
+        changes["key"] += f"-norm{fingerprint}"
+    return dataclasses.replace(data, **changes)
 
 
 def make_loader(dataset: Dataset, batch_size: int, shuffle: bool, seed: int = 0, num_workers: int = 0,

@@ -94,7 +94,8 @@ def pretrain(data: DataBundle, arch: str, recipe: NaturalRecipe, seed: int, devi
     is cached then, and the next run pre-trains again from the start.
     """
     seed_everything(seed)
-    model = build_model(arch, data.num_classes, data.input_shape[0], data.mean, data.std, data.input_shape).to(device)
+    model = build_model(arch, data.num_classes, data.input_shape[0], data.mean, data.std, data.input_shape,
+                        data.user_normalisation).to(device)
     loader = make_loader(data.train, recipe.batch_size, shuffle=True, seed=seed, num_workers=num_workers)
     optimizer = torch.optim.SGD(model.parameters(), lr=recipe.lr, momentum=recipe.momentum,
                                 weight_decay=recipe.weight_decay)
@@ -233,7 +234,8 @@ def load_checkpoint(path: str, data: DataBundle, arch: str) -> Tuple[nn.Module, 
         raise CheckpointError(f"checkpoint {path} was saved for arch {payload.get('arch')!r}, not {arch!r}: "
                               f"pass --arch {payload.get('arch')}")
     state = _state_dict_of(payload, path_obj)
-    model = build_model(arch, data.num_classes, data.input_shape[0], data.mean, data.std, data.input_shape)
+    model = build_model(arch, data.num_classes, data.input_shape[0], data.mean, data.std, data.input_shape,
+                        data.user_normalisation)
     expected = model.state_dict()
     head_key = "head.weight"
     if head_key in state and head_key in expected and state[head_key].shape[0] != expected[head_key].shape[0]:

@@ -53,14 +53,17 @@ class ImageClassifier(nn.Module):
 
 def build_model(arch: str, num_classes: int, in_channels: int,
                 mean: Sequence[float], std: Sequence[float],
-                input_shape: Optional[Sequence[int]] = None) -> ImageClassifier:
+                input_shape: Optional[Sequence[int]] = None,
+                user_normalisation: bool = False) -> ImageClassifier:
     """Instantiate a registered architecture, or an external one (``timm:``, ``torchvision:``,
     ``py:``; see :mod:`.external`), for a dataset's shape and statistics. ``input_shape`` (C, H, W)
-    lets an external network be checked on images of that size once, at build time."""
+    lets an external network be checked on images of that size once, at build time.
+    ``user_normalisation``: ``mean``/``std`` come from ``--mean``/``--std`` and win over the
+    statistics an external model declares."""
     from .external import build_external, is_external
 
     if is_external(arch):
-        return build_external(arch, num_classes, in_channels, mean, std, input_shape)
+        return build_external(arch, num_classes, in_channels, mean, std, input_shape, user_normalisation)
     builder = MODELS.get(arch)
     return builder(num_classes=num_classes, in_channels=in_channels, mean=mean, std=std)
 

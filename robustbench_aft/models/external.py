@@ -8,8 +8,9 @@ the canonical form that is stored with results and keys the natural-model cache:
 * ``torchvision:NAME`` — any ``torchvision.models.get_model`` name, e.g. ``torchvision:resnet18``;
 * ``py:package.module:factory`` — a callable returning an ``nn.Module``.
 
-Inputs are normalised with the statistics the model declares (timm's ``pretrained_cfg`` mean and
-std, which weights trained with timm expect), else with the dataset's. Every one is adapted to the
+Inputs are normalised with ``--mean``/``--std`` when given (the user knows what their weights
+expect), else with the statistics the model declares (timm's ``pretrained_cfg`` mean and std, which
+weights trained with timm expect), else with the dataset's. Every one is adapted to the
 classifier contract of :mod:`._base` by the model's own API, not by
 hooks: timm's ``reset_classifier(0)`` (the network then returns its pooled pre-logits features,
 ``num_features`` wide); for torchvision and ``py:`` models the classifier attribute (``fc``,
@@ -244,8 +245,10 @@ def _check_last_linear_is_last(arch: str, body: LastLinearFeatures, input_shape:
 
 
 def build_external(arch: str, num_classes: int, in_channels: int, mean: Sequence[float], std: Sequence[float],
-                   input_shape: Optional[Sequence[int]] = None):
-    """An :class:`ImageClassifier` around the external network named by ``arch`` (see the module doc)."""
+                   input_shape: Optional[Sequence[int]] = None, user_normalisation: bool = False):
+    """An :class:`ImageClassifier` around the external network named by ``arch`` (see the module doc).
+    ``user_normalisation``: ``mean``/``std`` were given with ``--mean``/``--std`` and are kept even
+    when the model declares its own."""
     from ._base import ImageClassifier
 
     source, name, kwargs = split_arch(arch)
@@ -266,7 +269,10 @@ def build_external(arch: str, num_classes: int, in_channels: int, mean: Sequence
             if input_shape is not None:
                 _check_last_linear_is_last(arch, body, input_shape)
     declared = declared_normalisation(network, in_channels)
-    if declared is not None:
+    if declared is not None and user_normalisation:
+        log.info("%s: inputs normalised with the given --mean %s and --std %s (the model declares %s and %s)",
+                 arch, list(mean), list(std), [round(m, 4) for m in declared[0]], [round(v, 4) for v in declared[1]])
+    elif declared is not None:
         mean, std = declared
         log.info("%s: inputs normalised with the mean %s and std %s the model declares", arch,
                  [round(m, 4) for m in mean], [round(v, 4) for v in std])

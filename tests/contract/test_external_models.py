@@ -189,13 +189,39 @@ def test_timm_models_normalise_with_the_statistics_they_declare():
     torch.testing.assert_close(model.normalize.std.flatten(), torch.tensor(declared["std"], dtype=torch.float32))
     # torchvision declares nothing: the dataset's statistics.
     torch.testing.assert_close(build("torchvision:resnet18").normalize.mean.flatten(), torch.full((3,), 0.5))
+    # --mean/--std win over what the model declares: the user knows what their weights expect.
+    given = build_model("timm:resnet18", 10, 3, (0.1, 0.2, 0.3), (0.4, 0.5, 0.6), (3, 32, 32), user_normalisation=True)
+    torch.testing.assert_close(given.normalize.mean.flatten(), torch.tensor([0.1, 0.2, 0.3]))
+    torch.testing.assert_close(given.normalize.std.flatten(), torch.tensor([0.4, 0.5, 0.6]))
+
+
+def test_mean_and_std_make_a_dataset_of_its_own(digits, capsys, tmp_path, monkeypatch):
+    from robustbench_aft.cli import main
+    from robustbench_aft.data import load_dataset, with_input_options
+
+    spec = with_input_options("digits@16px", None, "0.5", "0.25")
+    assert spec == "digits@16px@mean=0.5@std=0.25"
+    renormalised = load_dataset(spec)
+    assert renormalised.mean == (0.5,) and renormalised.std == (0.25,) and renormalised.user_normalisation
+    assert renormalised.input_shape == (1, 16, 16) and renormalised.key != load_dataset("digits@16px").key
+    assert with_input_options(spec, None, "0.3") == "digits@16px@mean=0.3@std=0.25"  # a flag replaces its suffix
+    # The stored statistics are the ones the model uses: a checkpoint carries them.
+    monkeypatch.setenv("ROBUSTBENCH_AFT_CACHE", str(tmp_path))
+    assert main(["pretrain", "--dataset", "digits", "--arch", "smallcnn", "--epochs", "1", "--mean", "0.5",
+                 "--std", "0.25", "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "digits@mean=0.5@std=0.25" in out
+    state = torch.load(out.split("saved: ")[1].strip(), weights_only=False)["state_dict"]
+    assert float(state["normalize.mean"].flatten()[0]) == 0.5 and float(state["normalize.std"].flatten()[0]) == 0.25
 
 
 def test_image_size_makes_a_dataset_of_its_own(digits):
-    from robustbench_aft.data import load_dataset, split_image_size, with_image_size
+    from robustbench_aft.data import InputOptions, load_dataset, split_input_options, with_input_options
 
-    assert with_image_size("folder:/x/y", 32) == "folder:/x/y@32px" and split_image_size("digits@16px") == ("digits", 16)
-    resized = load_dataset(with_image_size("digits", 16))
+    assert with_input_options("folder:/x/y", 32) == "folder:/x/y@32px"
+    assert split_input_options("digits@16px") == ("digits", InputOptions(image_size=16))
+    assert split_input_options("folder:/me@home/data") == ("folder:/me@home/data", InputOptions())
+    resized = load_dataset(with_input_options("digits", 16))
     assert resized.name == "digits@16px" and resized.input_shape == (1, 16, 16) and resized.key != digits.key
     image, label, index = resized.test[5]
     assert image.shape == (1, 16, 16) and label == digits.test[5][1] and index == 5
