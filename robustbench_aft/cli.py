@@ -665,7 +665,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from .leaderboard import check_regression, read_leaderboard_csv, render_check
+    from .check import check_regression, read_leaderboard_csv, render_check
     from .pipeline import leaderboard
 
     baseline = read_leaderboard_csv(args.baseline, "--baseline")

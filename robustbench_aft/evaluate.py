@@ -24,12 +24,12 @@ from tqdm.auto import tqdm
 
 from .data import DataBundle, make_loader
 from .errors import ConfigError
+from .attacks import is_autoattack
 from .registry import ATTACKS
 from .runtime import StopSignal, atomic_torch_save, autocast, resolve_precision
 
 log = logging.getLogger(__name__)
 
-AUTOATTACKS = ("aa", "aa-fast")
 # Above this gap (percentage points) PGD is "far above" AutoAttack: the classic masking symptom.
 PGD_AA_GAP_PP = 10.0
 # An unbounded L∞ attack (eps = 1 covers the whole image cube) must break nearly every point.
@@ -223,7 +223,7 @@ def evaluate(model: nn.Module, data: DataBundle, config: EvalConfig, device: tor
                 bar.set_postfix_str(name)
                 if name not in saved["correct"]:
                     start = time.perf_counter()
-                    precision = config.aa_precision if name in AUTOATTACKS else config.precision
+                    precision = config.aa_precision if is_autoattack(name) else config.precision
                     # A point misclassified clean counts as broken by every attack (AutoAttack's
                     # convention), so attacks that can skip points only work on the correct ones.
                     clean_correct = saved["correct"].get("clean")
@@ -289,8 +289,8 @@ def _accuracy_flags(accuracy: Dict[str, float]) -> List[str]:
         if name not in ("clean", "worst") and value > clean:
             flags.append(f"{name} accuracy {value:.2f}% is above clean accuracy {clean:.2f}%: "
                          "the model may be randomised or the attack broken")
-    for aa_name in ("aa", "aa-fast"):
-        if "pgd" in accuracy and aa_name in accuracy and accuracy["pgd"] - accuracy[aa_name] > PGD_AA_GAP_PP:
+    for aa_name in (name for name in accuracy if is_autoattack(name)):
+        if "pgd" in accuracy and accuracy["pgd"] - accuracy[aa_name] > PGD_AA_GAP_PP:
             flags.append(f"PGD accuracy {accuracy['pgd']:.2f}% is far above {aa_name} {accuracy[aa_name]:.2f}% "
                          f"(> {PGD_AA_GAP_PP:.0f} points): likely gradient masking, trust {aa_name}")
     return flags

@@ -1,7 +1,8 @@
 """Leaderboards from the results store, and plain table rendering.
 
-Rows are method × dataset × arch × eps; columns are clean / pgd / cw / aa / worst / avg as mean
-± std over seeds (sample std, ddof = 1). ``avg`` is AFD's Avg: the mean of clean, pgd and aa
+Rows are method × dataset × arch × eps; columns are every registered attack (clean, pgd, cw, aa, …
+in ``column_position`` order, :func:`.attacks.metric_columns`), worst and avg, as mean ± std over
+seeds (sample std, ddof = 1). ``avg`` is AFD's Avg: the mean of clean, pgd and aa
 (of those present) per run, then over seeds. When the same (method, dataset, arch, eps, norm, seed)
 was run more than once, the latest run counts.
 """
@@ -11,15 +12,13 @@ import csv
 import io
 import json
 import math
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-from .errors import ConfigError, not_a_file_reason
+from .attacks import avg_metrics, metric_columns
+from .errors import ConfigError
 
 FORMATS = ("md", "csv", "json")
-METRIC_ORDER = ("clean", "pgd", "cw", "aa", "aa-fast", "worst", "avg")
-AVG_OF = ("clean", "pgd", "aa")
 KEY = ["method", "dataset", "arch", "eps", "norm"]
 RUN_ATTRIBUTES = ("selection", "selected_epoch", "train_seconds", "eval_seconds", "forward_per_image",
                   "backward_per_image")
@@ -75,10 +74,10 @@ def leaderboard_frame(store_rows: List[Dict[str, Any]]):
     if not store_rows:
         return pd.DataFrame()
     per_run = latest_runs_frame(store_rows)
-    present_avg = [m for m in AVG_OF if m in per_run.columns]
+    present_avg = [m for m in avg_metrics() if m in per_run.columns]
     per_run["avg"] = per_run[present_avg].mean(axis=1)
     per_run["flagged"] = per_run["flags_json"].map(lambda text: bool(json.loads(text)))
-    metrics = [m for m in METRIC_ORDER if m in per_run.columns]
+    metrics = [m for m in metric_columns() if m in per_run.columns]
     first_seen = per_run.groupby(KEY, sort=False)["created_at"].min().rename("first_seen")
     grouped = per_run.groupby(KEY, sort=False)
     table = grouped[metrics].mean()
@@ -217,7 +216,7 @@ def render_leaderboard(frame, fmt: str, columns: Optional[List[str]] = None) -> 
     carries every column."""
     if frame.empty:
         return "(no results yet)"
-    metrics = [m for m in METRIC_ORDER if m in frame.columns]
+    metrics = [m for m in metric_columns() if m in frame.columns]
     if fmt == "csv":
         return frame.to_csv(index=False, float_format="%.4f").rstrip("\n")
     if fmt == "md":
@@ -240,7 +239,7 @@ def render_leaderboard(frame, fmt: str, columns: Optional[List[str]] = None) -> 
 def display_rows(frame, columns: Optional[List[str]] = None) -> List[Dict[str, Any]]:
     """The leaderboard as rows of display strings (mean ± std, labels), for Markdown and HTML, with
     the cost ``columns`` asked for."""
-    metrics = [m for m in METRIC_ORDER if m in frame.columns]
+    metrics = [m for m in metric_columns() if m in frame.columns]
     rows = []
     for record in frame.to_dict("records"):
         label = f"{record['method']} (reconstructed)" if record.get("reconstructed") else record["method"]
@@ -300,114 +299,3 @@ def robustbench_entry(record: Dict[str, Any], metrics: List[str]) -> Dict[str, A
         "reconstructed": bool(record.get("reconstructed", False)),
         "rank": None if _missing(record.get("rank")) else int(record["rank"]),
     }
-
-
-CHECKABLE_METRICS = ("clean", "pgd", "cw", "aa", "aa-fast", "worst", "avg")
-ROW_KEY = ["method", "dataset", "arch", "eps"]
-
-
-def read_leaderboard_csv(path: str, what: str):
-    """A leaderboard CSV written by ``bench leaderboard --format csv``; any problem is a ConfigError."""
-    import pandas as pd
-
-    source = Path(path)
-    reason = not_a_file_reason(source)
-    if reason:
-        raise ConfigError(f"{what} {source} {reason}")
-    try:
-        table = pd.read_csv(source)
-    except Exception as exc:  # pandas has several parser errors; all mean "not a leaderboard CSV"
-        raise ConfigError(f"{what} {source} is not a CSV file ({' '.join(str(exc).split())[:120]})") from None
-    missing = [c for c in ROW_KEY if c not in table.columns]
-    if missing or not any(m in table.columns for m in CHECKABLE_METRICS):
-        raise ConfigError(f"{what} {source} is not a leaderboard CSV: it lacks "
-                          f"{', '.join(missing) if missing else 'every metric column'} "
-                          "(write one with `bench leaderboard --format csv`)")
-    for metric in CHECKABLE_METRICS:
-        if metric in table.columns and table[metric].dtype.kind not in "fi":
-            raise ConfigError(f"{what} {source}: column {metric!r} holds non-numbers")
-    return table
-
-
-@dataclass
-class CheckResult:
-    """The regression report: one row per (method, dataset, arch, eps, metric) of the baseline."""
-
-    rows: List[Dict[str, Any]]
-
-    @property
-    def failures(self) -> List[Dict[str, Any]]:
-        return [row for row in self.rows if row["verdict"] in ("REGRESSED", "MISSING")]
-
-    @property
-    def exit_code(self) -> int:
-        return 1 if self.failures else 0
-
-
-def allowed_drop(tolerance: float, baseline_std: float) -> float:
-    """max(tolerance, 2 × the baseline's seed std); a single-seed baseline has no std (→ tolerance)."""
-    if baseline_std is None or math.isnan(baseline_std):
-        return tolerance
-    return max(tolerance, 2.0 * baseline_std)
-
-
-def check_regression(baseline, current, tolerance: float = 2.0, metrics: Optional[List[str]] = None) -> CheckResult:
-    """Compare ``current`` with ``baseline`` (both leaderboard frames) per row and metric.
-
-    A drop larger than :func:`allowed_drop` is REGRESSED; a rise that large is IMPROVED (the
-    baseline is stale); a baseline row or metric absent from ``current`` is MISSING. No overlap at
-    all is a ConfigError (the two tables describe different things).
-    """
-    chosen = list(metrics) if metrics else [m for m in CHECKABLE_METRICS if m in baseline.columns and m != "avg"]
-    unknown = [m for m in chosen if m not in baseline.columns]
-    if unknown:
-        raise ConfigError(f"--metrics {', '.join(unknown)} not in the baseline (it has "
-                          f"{', '.join(m for m in CHECKABLE_METRICS if m in baseline.columns)})")
-
-    def key(record) -> tuple:
-        return (record["method"], record["dataset"], record["arch"], round(float(record["eps"]), 6))
-
-    current_rows = {key(r): r for r in current.to_dict("records")}
-    if not any(key(r) in current_rows for r in baseline.to_dict("records")):
-        raise ConfigError("no (method, dataset, arch, eps) row of the baseline is in the current table: "
-                          "nothing to compare")
-    rows = []
-    for record in baseline.to_dict("records"):
-        now = current_rows.get(key(record))
-        for metric in chosen:
-            base_value = float(record[metric])
-            if math.isnan(base_value):
-                continue
-            std = float(record.get(f"{metric}_std", float("nan")))
-            allowed = allowed_drop(tolerance, std)
-            value = float("nan") if now is None or metric not in now else float(now[metric])
-            if math.isnan(value):
-                verdict, delta = "MISSING", float("nan")
-            else:
-                delta = value - base_value
-                verdict = "REGRESSED" if delta < -allowed else "IMPROVED" if delta > allowed else "ok"
-            rows.append({"method": record["method"], "dataset": record["dataset"], "arch": record["arch"],
-                         "eps": round(float(record["eps"]), 6), "metric": metric, "baseline": round(base_value, 2),
-                         "current": round(value, 2), "delta": round(delta, 2) + 0.0, "allowed_drop": round(allowed, 2),
-                         "verdict": verdict})
-    return CheckResult(rows)
-
-
-def render_check(result: CheckResult) -> str:
-    """The report table, then one line per failure and improvement, then the verdict."""
-    lines = [format_table(result.rows, "md"), ""]
-    for row in result.rows:
-        where = f"{row['method']} on {row['dataset']}/{row['arch']} eps={row['eps']:g}"
-        if row["verdict"] == "REGRESSED":
-            lines.append(f"REGRESSED: {where} {row['metric']}: {row['baseline']:.2f} -> {row['current']:.2f} "
-                         f"({row['delta']:+.2f} points, allowed drop {row['allowed_drop']:.2f})")
-        elif row["verdict"] == "MISSING":
-            lines.append(f"MISSING: {where} {row['metric']} is in the baseline but not in the current table")
-        elif row["verdict"] == "IMPROVED":
-            lines.append(f"IMPROVED: {where} {row['metric']}: {row['baseline']:.2f} -> {row['current']:.2f} "
-                         f"({row['delta']:+.2f} points): the baseline is stale; rewrite it with "
-                         "`bench leaderboard --format csv --output <baseline>`")
-    failures = len(result.failures)
-    lines.append(f"check: {failures} failure(s) in {len(result.rows)} comparisons" if failures
-                 else f"check: ok ({len(result.rows)} comparisons)")
-    return "\n".join(lines)

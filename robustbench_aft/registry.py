@@ -89,6 +89,12 @@ class Registry:
 
         return decorator
 
+    def unregister(self, name: str) -> None:
+        """Remove ``name`` and its aliases (a component registered for a while, e.g. by a test)."""
+        entry = self._entries.pop(self.canonical(name))
+        for n in (entry.name, *entry.aliases):
+            self._lookup.pop(n, None)
+
     def canonical(self, name: str) -> str:
         """The canonical name for ``name`` or one of its aliases."""
         key = name.strip().lower()

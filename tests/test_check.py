@@ -4,7 +4,7 @@ import pytest
 
 from robustbench_aft.cli import main
 from robustbench_aft.errors import ConfigError
-from robustbench_aft.leaderboard import allowed_drop, check_regression
+from robustbench_aft.check import allowed_drop, check_regression
 
 COLUMNS = ["method", "dataset", "arch", "eps", "norm", "seeds", "version", "clean", "clean_std", "pgd", "pgd_std",
            "aa", "aa_std", "worst", "worst_std", "avg", "avg_std", "flagged_runs", "reconstructed"]

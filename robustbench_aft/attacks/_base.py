@@ -1,4 +1,4 @@
-"""Registered evaluation attacks: clean, pgd, cw, aa, aa-fast.
+"""The evaluation-attack contract and the PGD core the iterative attacks share.
 
 Every attack takes images in [0, 1] and returns adversarial images in [0, 1] within the eps-ball
 (L∞ or L2). The base class puts the model in eval mode for the attack and restores its mode
@@ -6,7 +6,9 @@ afterwards (torchattacks' ``Attack.__call__`` pattern), so no attack runs on Bat
 statistics by accident. Step sizes are fractions of eps, so one setting serves every dataset:
 at eps = 8/255, PGD's step eps/4 is the usual 2/255.
 
-Add an attack with one decorated class::
+Add an attack with one new file in this package holding one decorated class (the package
+imports every module in it, and the leaderboard, ``bench check`` and the evaluator read the class
+attributes, so nothing else is edited)::
 
     @ATTACKS.register("myattack")
     class MyAttack(Attack):
@@ -14,14 +16,11 @@ Add an attack with one decorated class::
 """
 from __future__ import annotations
 
-from typing import List, Optional
+from typing import ClassVar, List, Optional
 
 import torch
 from torch import nn
 from torch.nn import functional as F
-
-from . import _compat
-from .registry import ATTACKS
 
 NORMS = ("Linf", "L2")
 
@@ -44,6 +43,14 @@ class Attack:
     """
 
     attacks_subsets = False
+    # Where its column sits in leaderboards, left to right; an attack without one lands after the
+    # built-in ones (then by name).
+    column_position: ClassVar[int] = 100
+    # Part of AFD's Avg column, the mean of clean, PGD and AutoAttack accuracy (methods.md §1.8).
+    in_avg: ClassVar[bool] = False
+    # An AutoAttack variant: runs at ``EvalConfig.aa_precision``, and PGD accuracy far above its
+    # accuracy is flagged as likely gradient masking.
+    autoattack: ClassVar[bool] = False
 
     def __init__(self, eps: float, norm: str = "Linf", batch_size: int = 256) -> None:
         if norm not in NORMS:
@@ -157,14 +164,6 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm:
     return x_adv.detach()
 
 
-@ATTACKS.register("clean")
-class Clean(Attack):
-    """No attack: the unperturbed test images (clean accuracy)."""
-
-    def perturb(self, model, x, y, generator):
-        return x.clone()
-
-
 class _IterativeAttack(Attack):
     """PGD on ``loss_fn`` with one uniform random start; ``steps`` and the step as a fraction of eps."""
 
@@ -181,57 +180,3 @@ class _IterativeAttack(Attack):
     def perturb(self, model, x, y, generator, active=None):
         return pgd(model, x, y, eps=self.eps, norm=self.norm, steps=self.steps,
                    step_size=self.relative_step * self.eps, loss_fn=self.loss_fn, generator=generator, active=active)
-
-
-@ATTACKS.register("pgd")
-class PGD(_IterativeAttack):
-    """PGD-20 on cross-entropy, one uniform random start, step eps/4 (2/255 at eps 8/255)."""
-
-    loss_fn = staticmethod(cross_entropy_loss)
-    default_steps = 20
-
-
-@ATTACKS.register("cw")
-class CWInf(_IterativeAttack):
-    """CW-∞: PGD-30 on the per-sample CW margin loss, uniform random start, step eps/4.
-
-    This is the "CW" column of adversarial-training papers; torchattacks' ``CW`` is the L2
-    optimisation attack of Carlini & Wagner, a different thing.
-    """
-
-    loss_fn = staticmethod(cw_margin_loss)
-    default_steps = 30
-
-
-class _AutoAttackBase(Attack):
-    version = "standard"
-    attack_names: Optional[List[str]] = None
-
-    def perturb(self, model, x, y, generator):
-        if self.eps == 0:
-            return x.clone()
-        seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator, device=x.device).item())
-        with torch.no_grad():
-            num_classes = model(x[:1]).shape[1]
-        with _compat.captured_autoattack_flags() as records:
-            x_adv = _compat.run_autoattack(
-                model, x, y, eps=self.eps, norm=self.norm, version=self.version, attacks=self.attack_names,
-                seed=seed, device=x.device, batch_size=self.batch_size, num_classes=num_classes,
-            )
-        self.flags = [f"AutoAttack: {message}" for message in records]
-        return x_adv.to(x.device)
-
-
-@ATTACKS.register("aa")
-class AutoAttack(_AutoAttackBase):
-    """AutoAttack standard (APGD-CE, APGD-T, FAB-T, Square 5000 queries), Croce & Hein, ICML 2020."""
-
-    version = "standard"
-
-
-@ATTACKS.register("aa-fast")
-class AutoAttackFast(_AutoAttackBase):
-    """APGD-CE + APGD-T only, for quick looks; never reported as an ``aa`` number."""
-
-    version = "custom"
-    attack_names = ["apgd-ce", "apgd-t"]

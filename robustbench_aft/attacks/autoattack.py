@@ -1,0 +1,48 @@
+"""AutoAttack (Croce & Hein, ICML 2020) through pyautoattack: ``aa`` and ``aa-fast``."""
+from __future__ import annotations
+
+from typing import List, Optional
+
+import torch
+
+from .. import _compat
+from ..registry import ATTACKS
+from ._base import Attack
+
+
+class _AutoAttackBase(Attack):
+    autoattack = True
+    version = "standard"
+    attack_names: Optional[List[str]] = None
+
+    def perturb(self, model, x, y, generator):
+        if self.eps == 0:
+            return x.clone()
+        seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator, device=x.device).item())
+        with torch.no_grad():
+            num_classes = model(x[:1]).shape[1]
+        with _compat.captured_autoattack_flags() as records:
+            x_adv = _compat.run_autoattack(
+                model, x, y, eps=self.eps, norm=self.norm, version=self.version, attacks=self.attack_names,
+                seed=seed, device=x.device, batch_size=self.batch_size, num_classes=num_classes,
+            )
+        self.flags = [f"AutoAttack: {message}" for message in records]
+        return x_adv.to(x.device)
+
+
+@ATTACKS.register("aa")
+class AutoAttack(_AutoAttackBase):
+    """AutoAttack standard (APGD-CE, APGD-T, FAB-T, Square 5000 queries), Croce & Hein, ICML 2020."""
+
+    version = "standard"
+    column_position = 30
+    in_avg = True
+
+
+@ATTACKS.register("aa-fast")
+class AutoAttackFast(_AutoAttackBase):
+    """APGD-CE + APGD-T only, for quick looks; never reported as an ``aa`` number."""
+
+    version = "custom"
+    attack_names = ["apgd-ce", "apgd-t"]
+    column_position = 40

@@ -1,0 +1,16 @@
+"""Clean accuracy: the unperturbed test images."""
+from __future__ import annotations
+
+from ..registry import ATTACKS
+from ._base import Attack
+
+
+@ATTACKS.register("clean")
+class Clean(Attack):
+    """No attack: the unperturbed test images (clean accuracy)."""
+
+    column_position = 0
+    in_avg = True
+
+    def perturb(self, model, x, y, generator):
+        return x.clone()

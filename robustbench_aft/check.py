@@ -1,0 +1,149 @@
+"""``bench check``: the robust-accuracy regression check of a leaderboard against a committed baseline.
+
+The metric columns come from the attack registry (:func:`..attacks.metric_columns`), so a new
+attack's column is checked, and a new method's row is reported, without editing this module.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+from .attacks import metric_columns
+from .errors import ConfigError, not_a_file_reason
+from .leaderboard import format_table
+
+
+ROW_KEY = ["method", "dataset", "arch", "eps"]
+
+
+def read_leaderboard_csv(path: str, what: str):
+    """A leaderboard CSV written by ``bench leaderboard --format csv``; any problem is a ConfigError."""
+    import pandas as pd
+
+    source = Path(path)
+    reason = not_a_file_reason(source)
+    if reason:
+        raise ConfigError(f"{what} {source} {reason}")
+    try:
+        table = pd.read_csv(source)
+    except Exception as exc:  # pandas has several parser errors; all mean "not a leaderboard CSV"
+        raise ConfigError(f"{what} {source} is not a CSV file ({' '.join(str(exc).split())[:120]})") from None
+    missing = [c for c in ROW_KEY if c not in table.columns]
+    if missing or not any(m in table.columns for m in metric_columns()):
+        raise ConfigError(f"{what} {source} is not a leaderboard CSV: it lacks "
+                          f"{', '.join(missing) if missing else 'every metric column'} "
+                          "(write one with `bench leaderboard --format csv`)")
+    for metric in metric_columns():
+        if metric in table.columns and table[metric].dtype.kind not in "fi":
+            raise ConfigError(f"{what} {source}: column {metric!r} holds non-numbers")
+    return table
+
+
+@dataclass
+class CheckResult:
+    """The regression report: one row per (method, dataset, arch, eps, metric) of the baseline."""
+
+    rows: List[Dict[str, Any]]
+
+    @property
+    def failures(self) -> List[Dict[str, Any]]:
+        return [row for row in self.rows if row["verdict"] in ("REGRESSED", "MISSING")]
+
+    @property
+    def compared(self) -> List[Dict[str, Any]]:
+        return [row for row in self.rows if row["verdict"] != "NEW"]
+
+    @property
+    def exit_code(self) -> int:
+        return 1 if self.failures else 0
+
+
+def allowed_drop(tolerance: float, baseline_std: float) -> float:
+    """max(tolerance, 2 × the baseline's seed std); a single-seed baseline has no std (→ tolerance)."""
+    if baseline_std is None or math.isnan(baseline_std):
+        return tolerance
+    return max(tolerance, 2.0 * baseline_std)
+
+
+def check_regression(baseline, current, tolerance: float = 2.0, metrics: Optional[List[str]] = None) -> CheckResult:
+    """Compare ``current`` with ``baseline`` (both leaderboard frames) per row and metric.
+
+    A drop larger than :func:`allowed_drop` is REGRESSED; a rise that large is IMPROVED (the
+    baseline is stale); a baseline row or metric absent from ``current`` is MISSING. A current row
+    (a method registered since) or metric (a new attack) the baseline lacks is NEW: guarded by nothing
+    yet, which the report says, but not a failure. No overlap at all is a ConfigError (the two tables
+    describe different things).
+    """
+    chosen = list(metrics) if metrics else [m for m in metric_columns() if m in baseline.columns and m != "avg"]
+    unknown = [m for m in chosen if m not in baseline.columns]
+    if unknown:
+        raise ConfigError(f"--metrics {', '.join(unknown)} not in the baseline (it has "
+                          f"{', '.join(m for m in metric_columns() if m in baseline.columns)})")
+
+    def key(record) -> tuple:
+        return (record["method"], record["dataset"], record["arch"], round(float(record["eps"]), 6))
+
+    current_rows = {key(r): r for r in current.to_dict("records")}
+    if not any(key(r) in current_rows for r in baseline.to_dict("records")):
+        raise ConfigError("no (method, dataset, arch, eps) row of the baseline is in the current table: "
+                          "nothing to compare")
+    rows = []
+    for record in baseline.to_dict("records"):
+        now = current_rows.get(key(record))
+        for metric in chosen:
+            base_value = float(record[metric])
+            if math.isnan(base_value):
+                continue
+            std = float(record.get(f"{metric}_std", float("nan")))
+            allowed = allowed_drop(tolerance, std)
+            value = float("nan") if now is None or metric not in now else float(now[metric])
+            if math.isnan(value):
+                verdict, delta = "MISSING", float("nan")
+            else:
+                delta = value - base_value
+                verdict = "REGRESSED" if delta < -allowed else "IMPROVED" if delta > allowed else "ok"
+            rows.append({"method": record["method"], "dataset": record["dataset"], "arch": record["arch"],
+                         "eps": round(float(record["eps"]), 6), "metric": metric, "baseline": round(base_value, 2),
+                         "current": round(value, 2), "delta": round(delta, 2) + 0.0, "allowed_drop": round(allowed, 2),
+                         "verdict": verdict})
+    baseline_keys = {key(r) for r in baseline.to_dict("records")}
+    for record in current.to_dict("records"):
+        known_row = key(record) in baseline_keys
+        for metric in (m for m in metric_columns() if m != "avg" and m in current.columns):
+            value = float(record[metric])
+            if math.isnan(value) or (known_row and metric in baseline.columns) or (metrics and metric not in metrics):
+                continue
+            rows.append({"method": record["method"], "dataset": record["dataset"], "arch": record["arch"],
+                         "eps": round(float(record["eps"]), 6), "metric": metric, "baseline": float("nan"),
+                         "current": round(value, 2), "delta": float("nan"), "allowed_drop": float("nan"),
+                         "verdict": "NEW"})
+    return CheckResult(rows)
+
+
+def render_check(result: CheckResult) -> str:
+    """The report table, then one line per failure and improvement, then the verdict."""
+    lines = [format_table(result.rows, "md"), ""]
+    for row in result.rows:
+        where = f"{row['method']} on {row['dataset']}/{row['arch']} eps={row['eps']:g}"
+        if row["verdict"] == "REGRESSED":
+            lines.append(f"REGRESSED: {where} {row['metric']}: {row['baseline']:.2f} -> {row['current']:.2f} "
+                         f"({row['delta']:+.2f} points, allowed drop {row['allowed_drop']:.2f})")
+        elif row["verdict"] == "MISSING":
+            lines.append(f"MISSING: {where} {row['metric']} is in the baseline but not in the current table")
+        elif row["verdict"] == "IMPROVED":
+            lines.append(f"IMPROVED: {where} {row['metric']}: {row['baseline']:.2f} -> {row['current']:.2f} "
+                         f"({row['delta']:+.2f} points): the baseline is stale; rewrite it with "
+                         "`bench leaderboard --format csv --output <baseline>`")
+    new = [row for row in result.rows if row["verdict"] == "NEW"]
+    for where in dict.fromkeys(f"{row['method']} on {row['dataset']}/{row['arch']} eps={row['eps']:g}" for row in new):
+        metrics = ", ".join(row["metric"] for row in new
+                            if f"{row['method']} on {row['dataset']}/{row['arch']} eps={row['eps']:g}" == where)
+        lines.append(f"NEW: {where} {metrics}: not in the baseline, so not guarded; add it by rewriting the "
+                     "baseline with `bench leaderboard --format csv --output <baseline>`")
+    failures = len(result.failures)
+    compared = len(result.compared)
+    lines.append(f"check: {failures} failure(s) in {compared} comparisons" if failures
+                 else f"check: ok ({compared} comparisons)")
+    return "\n".join(lines)
