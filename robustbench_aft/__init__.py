@@ -11,8 +11,8 @@ Importing the package registers every built-in model, dataset, attack and method
 """
 __version__ = "0.1.0"
 
-from .registry import ATTACKS, DATASETS, METHODS, MODELS  # noqa: E402
-from . import afd, attacks, data, models  # noqa: E402,F401  (imported so that their components register)
+from .registry import ATTACKS, DATASETS, FORMATS, METHODS, MODELS  # noqa: E402
+from . import afd, attacks, data, datasets, formats, models  # noqa: E402,F401  (imported so that their components register)
 from .data import DataBundle, load_dataset  # noqa: E402
 from .evaluate import EvalConfig, EvalResult, evaluate  # noqa: E402
 from .pretrained import NaturalRecipe, pretrain, resolve  # noqa: E402
@@ -22,7 +22,7 @@ from .engine import FineTuneResult, fine_tune  # noqa: E402
 from .pipeline import RunSummary, leaderboard, run  # noqa: E402
 
 __all__ = [
-    "ATTACKS", "DATASETS", "METHODS", "MODELS", "DataBundle", "EvalConfig", "EvalResult", "FineTuneResult",
+    "ATTACKS", "DATASETS", "FORMATS", "METHODS", "MODELS", "DataBundle", "EvalConfig", "EvalResult", "FineTuneResult",
     "NaturalRecipe", "RunConfig", "RunSummary", "TrainConfig", "build_run_config", "evaluate", "fine_tune",
     "leaderboard", "load_dataset", "pretrain", "resolve", "run", "__version__",
 ]

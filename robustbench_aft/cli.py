@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import List, Optional
 
 from .errors import ConfigError, UserError, not_a_file_reason
+from .registry import FORMATS
 
 log = logging.getLogger("robustbench_aft")
 
@@ -99,6 +100,13 @@ MEAN_HELP = ("per-channel mean of the model's Normalize layer, overriding the da
 STD_HELP = "per-channel std of the model's Normalize layer (as --mean); the dataset is then named DATASET@std=…"
 
 
+def _human(fmt: str) -> bool:
+    """Whether ``--format fmt`` is for people (headers and legends around the table) or for parsing."""
+    from .leaderboard import output_format
+
+    return output_format(fmt).human
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _ArgumentParser(prog="bench", description="Benchmark adversarial fine-tuning of pre-trained classifiers.")
     from . import __version__
@@ -139,7 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--seed", type=_non_negative_int, default=0, help="subset and attack seed (default: 0)")
     evaluate.add_argument("--no-sanity", action="store_true", help="skip the extra eps checks on the first batch")
     _add_precision_arguments(evaluate, "clean, PGD and CW")
-    evaluate.add_argument("--format", default="md", choices=("md", "csv", "json"), help="output format")
+    evaluate.add_argument("--format", default="md", choices=FORMATS.names(), help="output format")
     evaluate.add_argument("--output", default=None, help="also write the table to this file")
     evaluate.set_defaults(handler=cmd_eval)
 
@@ -199,7 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="under torchrun: BatchNorm statistics of the global batch (default: per process, like "
                           "the AFD official code's DataParallel)")
     _add_precision_arguments(run, "fine-tuning, clean, PGD and CW")
-    run.add_argument("--format", default="md", choices=("md", "csv", "json"), help="format of the printed leaderboard")
+    run.add_argument("--format", default="md", choices=FORMATS.names(), help="format of the printed leaderboard")
     run.add_argument("--rank-by", default=None, help="metric of the rank column (default: worst, else aa, else pgd)")
     run.add_argument("--columns", default=None, help=COLUMNS_HELP)
     run.set_defaults(handler=cmd_run)
@@ -207,12 +215,12 @@ def build_parser() -> argparse.ArgumentParser:
     collect = commands.add_parser("collect", help="ingest the result records of a grid's jobs into the store")
     collect.add_argument("--out", required=True, help="the --out folder of a bench run submitted with --launcher")
     collect.add_argument("--db", default="runs/results.db", help="results store (default: runs/results.db)")
-    collect.add_argument("--format", default="md", choices=("md", "csv", "json"), help="format of the leaderboard")
+    collect.add_argument("--format", default="md", choices=FORMATS.names(), help="format of the leaderboard")
     collect.set_defaults(handler=cmd_collect)
 
     board = commands.add_parser("leaderboard", help="the leaderboard of a results store")
     board.add_argument("--db", default="runs/results.db", help="results store (default: runs/results.db)")
-    board.add_argument("--format", default="md", choices=("md", "csv", "json"), help="output format")
+    board.add_argument("--format", default="md", choices=FORMATS.names(), help="output format")
     board.add_argument("--output", default=None, help="also write the table to this file (atomically)")
     board.add_argument("--with-published", action="store_true",
                        help="add the published numbers where method, dataset, arch and eps match")
@@ -242,7 +250,7 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--arch", default=None, help="the architecture, when the store holds several")
     compare.add_argument("--eps", default=None, help="the budget, when the store holds several (e.g. 8/255)")
     compare.add_argument("--select", default="last", help=SELECT_HELP)
-    compare.add_argument("--format", default="md", choices=("md", "csv", "json"), help="output format")
+    compare.add_argument("--format", default="md", choices=FORMATS.names(), help="output format")
     compare.set_defaults(handler=cmd_compare)
 
     check = commands.add_parser("check", help="fail (exit 1) when robust accuracy regressed against a baseline CSV")
@@ -541,7 +549,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 0
     print(render_leaderboard(leaderboard(config.db, summary.group_id, rank_by=args.rank_by,
                                          selection=config.train.select), args.format, parse_columns(args.columns)))
-    if args.format == "md":
+    if _human(args.format):
         print(f"\n{len(summary.run_ids)} models evaluated in {summary.seconds:.1f} s; stored in {summary.db} "
               f"(run {summary.group_id}); checkpoints in {summary.out}")
     for cell in summary.diverged:
@@ -649,14 +657,12 @@ def cmd_compare(args: argparse.Namespace) -> int:
         print(format_table(comparison.table(), "json", extra={"comparison": header, "test": result.test,
                                                                "per_seed_delta": result.per_seed_delta}))
         return 0
-    if args.format == "md":
-        from tabulate import tabulate
-
+    if _human(args.format):
         # p-values as written (3.5e-09), not rounded to 0.00 by the table's number format.
-        print(tabulate(comparison.table(), headers="keys", tablefmt="github", disable_numparse=True))
+        print(format_table(comparison.table(), args.format, as_written=True))
     else:
         print(format_table(comparison.table(), args.format))
-    if args.format == "md":
+    if _human(args.format):
         per_seed = ", ".join(f"{d:+.2f}" for d in result.per_seed_delta)
         print(f"\n{header}\nΔ = {result.delta:+.2f} points, 95 % interval [{result.ci_low:+.2f}, "
               f"{result.ci_high:+.2f}], p = {result.p_value:.4g} ({result.test}); per-seed Δ: {per_seed}; "
@@ -738,7 +744,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     seconds = time.perf_counter() - start
     table = format_table(result.rows(), args.format,
                          extra={"source": info["source"], "dataset": data.name, "arch": arch, **result.to_dict()})
-    if args.format == "md":
+    if _human(args.format):
         table = (f"{arch} on {data.name} ({info['source']}), {result.norm} eps={result.eps:.4g}, "
                  f"n={result.n}, {seconds:.1f} s\n\n{table}")
         if result.flags:

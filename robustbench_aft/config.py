@@ -114,11 +114,6 @@ PRESETS: Dict[str, Dict[str, Any]] = {
 }
 
 
-def default_preset(dataset: str) -> str:
-    """``quick`` on the embedded digits, ``paper`` everywhere else."""
-    return "quick" if dataset == "digits" else "paper"
-
-
 @dataclass
 class RunConfig:
     """Everything ``bench run`` needs; built by :func:`build_run_config`."""
@@ -209,7 +204,7 @@ def build_run_config(methods: List[str], *, dataset: str = "digits", arch: Optio
 
     ``natural_overrides``: the natural pre-training recipe's fields (epochs, batch_size, lr) over the
     preset's and the dataset's default."""
-    from .data import split_input_options
+    from .data import default_preset, split_input_options
 
     if not methods:
         raise ConfigError("--methods is empty; choose from " + ", ".join(METHODS.names()))
@@ -217,7 +212,7 @@ def build_run_config(methods: List[str], *, dataset: str = "digits", arch: Optio
         methods = METHODS.names()
     canonical_methods = list(dict.fromkeys(METHODS.canonical(m) for m in methods))
     dataset_kind = split_input_options(dataset)[0].partition(":")[0]  # digits@16px is still digits
-    preset_name = preset or default_preset(dataset_kind)
+    preset_name = preset or default_preset(dataset)
     if preset_name not in PRESETS:
         close = difflib.get_close_matches(preset_name, list(PRESETS), n=1)
         hint = f" Did you mean '{close[0]}'?" if close else ""

@@ -1,16 +1,17 @@
-"""Registered datasets: images as float tensors in [0, 1] (NCHW), labels, and the example index.
+"""Datasets: the DataBundle contract, loaders and input options; the builders are in ``datasets/``.
 
-Every dataset builder returns a :class:`DataBundle`; its ``train`` and ``test`` datasets yield
+Images are float tensors in [0, 1] (NCHW), with labels and the example index. Every dataset
+builder returns a :class:`DataBundle`; its ``train`` and ``test`` datasets yield
 ``(image, label, index)`` so that a method can keep per-example state (ATAS). Normalisation is not
 done here: it is the first layer of every model (RobustBench convention), so attacks and eps live
 in pixel space.
 
-Add a dataset with one decorated builder::
+Add a dataset with one new file in ``robustbench_aft/datasets/`` holding one decorated builder::
 
-    @DATASETS.register("mydata")
-    def mydata(options: DataOptions) -> DataBundle: ...
+    @DATASETS.register("mydata", preset="quick")   # the run preset when none is given (default: paper)
+    def mydata(options: DataOptions) -> DataBundle: ...   # its natural recipe: DataBundle.natural_recipe
 
-``folder:PATH`` shows how a builder takes an argument (the text after the colon).
+``folder:PATH`` (``datasets/folder.py``) shows how a builder takes an argument (the text after the colon).
 """
 from __future__ import annotations
 
@@ -18,14 +19,12 @@ import hashlib
 import math
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence, Tuple
 
-import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from .errors import ConfigError, DataNotFoundError
+from .errors import ConfigError
 from .registry import DATASETS
 
 if TYPE_CHECKING:
@@ -68,6 +67,8 @@ class DataBundle:
             otherwise (validation.py).
         user_normalisation: ``mean``/``std`` were given by the user (``--mean``/``--std``); they
             then win over the statistics an external model declares.
+        natural_recipe: fields of ``pretrained.NaturalRecipe`` that differ from its defaults (the
+            100-epoch "Standard" recipe) for this dataset's natural model.
     """
 
     name: str
@@ -82,6 +83,7 @@ class DataBundle:
     class_names: List[str]
     default_val_size: int = 500
     user_normalisation: bool = False
+    natural_recipe: Dict[str, Any] = field(default_factory=dict)
 
 
 class IndexedDataset(Dataset):
@@ -146,7 +148,7 @@ def random_shift(max_shift: int) -> Callable[[torch.Tensor], torch.Tensor]:
     return shift
 
 
-def _crop_flip_transform(size: Tuple[int, int], padding: int):
+def crop_flip_transform(size: Tuple[int, int], padding: int):
     from torchvision import transforms
 
     return transforms.Compose([
@@ -157,204 +159,23 @@ def _crop_flip_transform(size: Tuple[int, int], padding: int):
     ])
 
 
-def _plain_transform(size: Tuple[int, int]):
+def plain_transform(size: Tuple[int, int]):
     from torchvision import transforms
 
     return transforms.Compose([transforms.Resize(size), transforms.ToTensor()])
 
 
-def _no_argument(options: DataOptions, name: str) -> None:
+def no_argument(options: DataOptions, name: str) -> None:
     if options.argument is not None:
         raise ConfigError(f"dataset {name!r} takes no argument (got {name}:{options.argument})")
 
 
-@DATASETS.register("digits")
-def digits(options: DataOptions) -> DataBundle:
-    """scikit-learn's bundled 8x8 digits (1,797 images, 10 classes), no download; eps 0.15.
-
-    A stratified 80/20 train/test split seeded by ``split_seed``. Pixel values 0..16 are scaled to
-    [0, 1]. Training augmentation: a random shift of up to one pixel (no flips: a flipped digit is
-    another digit). Default eps 0.15, measured with ``smallcnn``: the natural model keeps 0.8 %
-    PGD-20 accuracy there (31.9 % at 0.1), 10 epochs of fine-tuning raise it to 52-72 % with every
-    method, while at 0.2 TRADES and MART (β = 6) collapse to near-constant predictions.
-    """
-    _no_argument(options, "digits")
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
-
-    raw = load_digits()
-    images = torch.tensor(raw.images / 16.0, dtype=torch.float32).unsqueeze(1)
-    labels = torch.tensor(raw.target, dtype=torch.long)
-    train_idx, test_idx = train_test_split(
-        np.arange(len(labels)), test_size=0.2, stratify=raw.target, random_state=options.split_seed
-    )
-    train_idx, test_idx = np.sort(train_idx), np.sort(test_idx)
-    train_images = images[train_idx]
-    return DataBundle(
-        name="digits",
-        key=f"digits-split{options.split_seed}",
-        train=TensorImageDataset(train_images, labels[train_idx], transform=random_shift(1)),
-        test=TensorImageDataset(images[test_idx], labels[test_idx]),
-        num_classes=10,
-        input_shape=(1, 8, 8),
-        mean=(float(train_images.mean()),),
-        std=(float(train_images.std()),),
-        default_eps=0.15,
-        class_names=[str(d) for d in range(10)],
-        default_val_size=200,
-    )
-
-
-def _torchvision_cifar(options: DataOptions, name: str, cls_name: str, folder: str,
-                       mean: Tuple[float, ...], std: Tuple[float, ...]) -> DataBundle:
-    _no_argument(options, name)
-    import torchvision
-
-    root = Path(options.data_dir).expanduser()
-    if not options.download and not (root / folder).is_dir():
-        raise DataNotFoundError(
-            f"{name} not found: looked for {root / folder}; fetch it with "
-            f"`bench pretrain --dataset {name} --data-dir {root} --download` (or pass the folder that holds it with --data-dir)"
-        )
-    cls = getattr(torchvision.datasets, cls_name)
-    try:
-        train = cls(str(root), train=True, download=options.download, transform=_crop_flip_transform((32, 32), 4))
-        test = cls(str(root), train=False, download=options.download, transform=_plain_transform((32, 32)))
-    except RuntimeError as exc:
-        raise DataNotFoundError(f"{name} in {root} could not be read ({exc}); re-fetch it with --download") from None
-    return DataBundle(
-        name=name, key=name, train=IndexedDataset(train), test=IndexedDataset(test),
-        num_classes=len(train.classes), input_shape=(3, 32, 32), mean=mean, std=std,
-        default_eps=8 / 255, class_names=list(train.classes),
-    )
-
-
-@DATASETS.register("cifar10")
-def cifar10(options: DataOptions) -> DataBundle:
-    """CIFAR-10 through torchvision (--data-dir, --download); crop 4 + flip; eps 8/255."""
-    return _torchvision_cifar(options, "cifar10", "CIFAR10", "cifar-10-batches-py",
-                              (0.4914, 0.4822, 0.4465), (0.2471, 0.2435, 0.2616))
-
-
-@DATASETS.register("cifar100")
-def cifar100(options: DataOptions) -> DataBundle:
-    """CIFAR-100 through torchvision (--data-dir, --download); crop 4 + flip; eps 8/255."""
-    return _torchvision_cifar(options, "cifar100", "CIFAR100", "cifar-100-python",
-                              (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762))
-
-
-def _find_tinyimagenet_root(data_dir: Path) -> Path:
-    for candidate in (data_dir / "tiny-imagenet-200", data_dir):
-        if (candidate / "wnids.txt").is_file() and (candidate / "train").is_dir():
-            return candidate
-    raise DataNotFoundError(
-        f"tinyimagenet not found: looked for {data_dir / 'tiny-imagenet-200'}/wnids.txt; download "
-        "tiny-imagenet-200.zip from the Stanford CS231n site, unzip it into that folder and pass --data-dir "
-        f"{data_dir}"
-    )
-
-
-@DATASETS.register("tinyimagenet")
-def tinyimagenet(options: DataOptions) -> DataBundle:
-    """Tiny-ImageNet (64x64, 200 classes) from the standard extracted tiny-imagenet-200/ layout; eps 8/255.
-
-    Train: train/<wnid>/images/*.JPEG; test: val/images/* labelled by val/val_annotations.txt;
-    class order: wnids.txt. Augmentation: crop 8 + flip.
-    """
-    _no_argument(options, "tinyimagenet")
-    root = _find_tinyimagenet_root(Path(options.data_dir).expanduser())
-    wnids = [line.strip() for line in (root / "wnids.txt").read_text().splitlines() if line.strip()]
-    label_of = {wnid: i for i, wnid in enumerate(wnids)}
-    train_samples = []
-    for wnid in wnids:
-        image_dir = root / "train" / wnid / "images"
-        if not image_dir.is_dir():
-            raise DataNotFoundError(f"tinyimagenet: missing {image_dir} (class listed in {root / 'wnids.txt'})")
-        train_samples += [(str(p), label_of[wnid]) for p in sorted(image_dir.iterdir())
-                          if p.suffix.lower() in IMAGE_EXTENSIONS]
-    annotations = root / "val" / "val_annotations.txt"
-    if not annotations.is_file():
-        raise DataNotFoundError(f"tinyimagenet: missing {annotations}")
-    test_samples = []
-    for line_number, line in enumerate(annotations.read_text().splitlines(), start=1):
-        if not line.strip():
-            continue
-        parts = line.split("\t")
-        if len(parts) < 2 or parts[1] not in label_of:
-            raise DataNotFoundError(f"tinyimagenet: {annotations}:{line_number} is not '<file>\\t<wnid>\\t...' with a known wnid")
-        test_samples.append((str(root / "val" / "images" / parts[0]), label_of[parts[1]]))
-    return DataBundle(
-        name="tinyimagenet", key="tinyimagenet",
-        train=IndexedDataset(FileListDataset(train_samples, _crop_flip_transform((64, 64), 8))),
-        test=IndexedDataset(FileListDataset(test_samples, _plain_transform((64, 64)))),
-        num_classes=len(wnids), input_shape=(3, 64, 64),
-        mean=(0.4802, 0.4481, 0.3975), std=(0.2770, 0.2691, 0.2821),
-        default_eps=8 / 255, class_names=wnids,
-    )
-
-
-def _channel_stats(dataset: Dataset, n: int, seed: int) -> Tuple[Tuple[float, ...], Tuple[float, ...]]:
+def channel_stats(dataset: Dataset, n: int, seed: int) -> Tuple[Tuple[float, ...], Tuple[float, ...]]:
+    """Per-channel mean and std of a seeded sample of ``n`` images (for Normalize)."""
     generator = torch.Generator().manual_seed(seed)
     order = torch.randperm(len(dataset), generator=generator)[:n].tolist()  # type: ignore[arg-type]
     pixels = torch.stack([dataset[i][0] for i in order])
     return tuple(pixels.mean(dim=(0, 2, 3)).tolist()), tuple(pixels.std(dim=(0, 2, 3)).tolist())
-
-
-def _image_classes(split_dir: Path) -> List[str]:
-    """The class sub-folders of ``split_dir``; a split or a class without any image is an error."""
-    classes = sorted(entry.name for entry in os.scandir(str(split_dir)) if entry.is_dir())
-    if not classes:
-        raise DataNotFoundError(f"folder dataset: no class folders with images under {split_dir} "
-                                "(expected PATH/train/<class>/*.jpg)")
-    for name in classes:
-        has_image = any(f.lower().endswith(IMAGE_EXTENSIONS)
-                        for _, _, files in os.walk(split_dir / name, followlinks=True) for f in files)
-        if not has_image:
-            raise DataNotFoundError(f"folder dataset: no images in class folder {split_dir / name} "
-                                    f"(extensions: {', '.join(IMAGE_EXTENSIONS)})")
-    return classes
-
-
-@DATASETS.register("folder")
-def folder(options: DataOptions) -> DataBundle:
-    """Any ImageFolder tree given as folder:PATH, with PATH/train and PATH/test (or PATH/val); eps 8/255.
-
-    Classes are the sorted sub-folder names of train/ (test/ must have the same ones). Images are
-    RGB, resized to the size of the first training image; augmentation crop size/8 + flip.
-    Normalisation statistics come from a seeded sample of 1,000 training images.
-    """
-    from PIL import Image
-    from torchvision import datasets
-
-    if not options.argument:
-        raise ConfigError("dataset 'folder' needs a path: --dataset folder:PATH (PATH holds train/ and test/)")
-    root = Path(options.argument).expanduser()
-    if not (root / "train").is_dir():
-        raise DataNotFoundError(f"folder dataset: {root / 'train'} does not exist (expected PATH/train/<class>/*.jpg)")
-    test_dir = next((root / s for s in ("test", "val") if (root / s).is_dir()), None)
-    if test_dir is None:
-        raise DataNotFoundError(f"folder dataset: neither {root / 'test'} nor {root / 'val'} exists")
-    train_classes, test_classes = _image_classes(root / "train"), _image_classes(test_dir)
-    if test_classes != train_classes:
-        only_train = sorted(set(train_classes) - set(test_classes))
-        only_test = sorted(set(test_classes) - set(train_classes))
-        raise DataNotFoundError(f"folder dataset: the class folders of {root / 'train'} and {test_dir} differ "
-                                f"(only in train: {', '.join(only_train) or '-'}; only in {test_dir.name}: "
-                                f"{', '.join(only_test) or '-'})")
-    probe = datasets.ImageFolder(str(root / "train"))
-    with Image.open(probe.samples[0][0]) as first:
-        size = (first.height, first.width)
-    train = datasets.ImageFolder(str(root / "train"), transform=_crop_flip_transform(size, max(1, size[0] // 8)))
-    test = datasets.ImageFolder(str(test_dir), transform=_plain_transform(size))
-    plain_train = datasets.ImageFolder(str(root / "train"), transform=_plain_transform(size))
-    mean, std = _channel_stats(plain_train, 1000, options.split_seed)
-    safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in str(root.resolve()))[-60:]
-    return DataBundle(
-        name=f"folder:{options.argument}", key=f"folder-{safe}",
-        train=IndexedDataset(train), test=IndexedDataset(test),
-        num_classes=len(train.classes), input_shape=(3, *size), mean=mean, std=std,
-        default_eps=8 / 255, class_names=list(train.classes),
-    )
 
 
 class ResizedDataset(Dataset):
@@ -452,6 +273,13 @@ def _per_channel(values: Tuple[float, ...], channels: int, what: str, spec: str)
     if len(values) != channels:
         raise ConfigError(f"{what} for {spec}: {len(values)} values for {channels} channel(s); give {channels} or one")
     return values
+
+
+def default_preset(spec: str) -> str:
+    """The run preset of a dataset spec when none is given: its registration's ``preset`` (digits:
+    ``quick``), else ``paper``."""
+    kind = split_input_options(spec)[0].partition(":")[0]
+    return DATASETS.entry(kind).metadata.get("preset", "paper") if kind in DATASETS else "paper"
 
 
 def load_dataset(spec: str, data_dir: Optional[str] = None, download: bool = False, split_seed: int = 0) -> DataBundle:

@@ -8,8 +8,6 @@ was run more than once, the latest run counts.
 """
 from __future__ import annotations
 
-import csv
-import io
 import json
 import math
 from pathlib import Path
@@ -17,8 +15,8 @@ from typing import Any, Dict, List, Optional
 
 from .attacks import avg_metrics, metric_columns
 from .errors import ConfigError
+from .registry import FORMATS
 
-FORMATS = ("md", "csv", "json")
 KEY = ["method", "dataset", "arch", "eps", "norm"]
 RUN_ATTRIBUTES = ("selection", "selected_epoch", "train_seconds", "eval_seconds", "forward_per_image",
                   "backward_per_image")
@@ -28,26 +26,19 @@ COST_COLUMNS = {"fine_tune_s": "train_seconds", "eval_s": "eval_seconds", "forwa
                 "backward_per_image": "backward_per_image", "epoch": "selected_epoch"}
 
 
-def format_table(rows: List[Dict[str, Any]], fmt: str, extra: Optional[Dict[str, Any]] = None) -> str:
-    """Render ``rows`` (all with the same keys) as ``md``, ``csv`` or ``json``.
+def output_format(fmt: str):
+    """The registered :class:`.formats.OutputFormat` named ``fmt``; unknown names are a ConfigError."""
+    if fmt not in FORMATS:
+        raise ConfigError(f"unknown format {fmt!r}; choose from {', '.join(FORMATS.names())}")
+    return FORMATS.get(fmt)()
 
-    ``extra`` is added to the JSON document as top-level keys (e.g. flags, eps); Markdown and CSV
-    carry only the rows.
-    """
-    if fmt == "md":
-        from tabulate import tabulate
 
-        return tabulate(rows, headers="keys", tablefmt="github", floatfmt=".2f")
-    if fmt == "csv":
-        buffer = io.StringIO()
-        if rows:
-            writer = csv.DictWriter(buffer, fieldnames=list(rows[0]), lineterminator="\n")
-            writer.writeheader()
-            writer.writerows(rows)
-        return buffer.getvalue().rstrip("\n")
-    if fmt == "json":
-        return json.dumps({**(extra or {}), "rows": rows}, indent=2, default=str)
-    raise ConfigError(f"unknown format {fmt!r}; choose from {', '.join(FORMATS)}")
+def format_table(rows: List[Dict[str, Any]], fmt: str, extra: Optional[Dict[str, Any]] = None,
+                 as_written: bool = False) -> str:
+    """Render ``rows`` (all with the same keys) in the output format ``fmt`` (``md``, ``csv``, ``json``,
+    or any registered one). ``extra`` goes into formats that carry document-level facts (JSON);
+    ``as_written``: numbers are shown as given (p-values), not rounded by the table."""
+    return output_format(fmt).table(rows, extra, as_written)
 
 
 def latest_runs_frame(store_rows: List[Dict[str, Any]]):
@@ -210,30 +201,15 @@ def parse_columns(text: Optional[str]) -> List[str]:
 
 
 def render_leaderboard(frame, fmt: str, columns: Optional[List[str]] = None) -> str:
-    """Markdown (mean ± std strings), CSV (numbers, ``_std`` columns) or RobustBench-style JSON.
+    """The leaderboard in output format ``fmt``: Markdown (mean ± std strings and a legend), CSV
+    (numbers, ``_std`` columns) or RobustBench-style JSON (:mod:`.formats`).
 
     ``columns``: cost columns (:data:`COST_COLUMNS`) that Markdown shows after the metrics; CSV always
     carries every column."""
+    renderer = output_format(fmt)
     if frame.empty:
         return "(no results yet)"
-    metrics = [m for m in metric_columns() if m in frame.columns]
-    if fmt == "csv":
-        return frame.to_csv(index=False, float_format="%.4f").rstrip("\n")
-    if fmt == "md":
-        legend = INTERVAL_LEGEND
-        if "rank" in frame.columns:
-            from .compare import default_rank_metric
-
-            rank_by = frame.attrs.get("rank_by") or default_rank_metric(list(frame.columns))
-            legend += (f"; rank by {rank_by}: methods not significantly below the best "
-                       "(exact McNemar on the per-sample outcomes, Holm-corrected, α = 0.05) share a rank")
-        if columns:
-            legend += ("; fine_tune_s and eval_s are seconds per model, forward/backward_per_image the counted "
-                       "passes per training image, epoch the evaluated epoch (means over seeds)")
-        return format_table(display_rows(frame, columns), "md") + "\n\n" + legend
-    if fmt == "json":
-        return json.dumps([robustbench_entry(record, metrics) for record in frame.to_dict("records")], indent=2)
-    raise ConfigError(f"unknown format {fmt!r}; choose from {', '.join(FORMATS)}")
+    return renderer.leaderboard(frame, columns)
 
 
 def display_rows(frame, columns: Optional[List[str]] = None) -> List[Dict[str, Any]]:

@@ -60,10 +60,9 @@ class NaturalRecipe:
 
 
 def default_recipe(data: DataBundle) -> NaturalRecipe:
-    """Digits: 30 epochs at batch 64 (a few seconds on a CPU); images: 100 epochs (the "Standard" recipe)."""
-    if data.name == "digits":
-        return NaturalRecipe(epochs=30, batch_size=64, lr=0.05)
-    return NaturalRecipe()
+    """The dataset's natural recipe (``DataBundle.natural_recipe`` over the 100-epoch "Standard" one;
+    digits: 30 epochs at batch 64, a few seconds on a CPU)."""
+    return NaturalRecipe(**data.natural_recipe)
 
 
 def cache_path(data: DataBundle, arch: str, seed: int, recipe: NaturalRecipe) -> Path:

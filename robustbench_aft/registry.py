@@ -1,4 +1,4 @@
-"""One small registry class and its four instances.
+"""One small registry class and its five instances.
 
 Registering a component is one decorator line next to its definition::
 
@@ -16,7 +16,7 @@ import difflib
 import importlib
 import inspect
 import pkgutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Iterator, List, Optional, TypeVar
 
 from .errors import UnknownNameError
@@ -33,6 +33,7 @@ class Entry:
     obj: Any
     description: str
     origin: str
+    metadata: Dict[str, Any] = field(default_factory=dict)
 
 
 def _origin(obj: Any) -> str:
@@ -61,8 +62,10 @@ class Registry:
         self._entries: Dict[str, Entry] = {}
         self._lookup: Dict[str, str] = {}
 
-    def register(self, name: str, *aliases: str, description: Optional[str] = None) -> Callable[[T], T]:
-        """Decorator that files the decorated object under ``name`` and ``aliases``.
+    def register(self, name: str, *aliases: str, description: Optional[str] = None,
+                 **metadata: Any) -> Callable[[T], T]:
+        """Decorator that files the decorated object under ``name`` and ``aliases``; ``metadata``
+        are facts about the component others read without building it (a dataset's ``preset``).
 
         Raises:
             ValueError: a name or alias is already taken; the message names both definitions.
@@ -81,7 +84,7 @@ class Registry:
                         f"duplicate {self.kind} name {n!r}: defined at {origin} "
                         f"and already registered by {previous.origin}"
                     )
-            entry = Entry(name, tuple(aliases), obj, description or _first_docstring_line(obj), origin)
+            entry = Entry(name, tuple(aliases), obj, description or _first_docstring_line(obj), origin, dict(metadata))
             self._entries[name] = entry
             for n in names:
                 self._lookup[n] = name
@@ -148,3 +151,4 @@ METHODS = Registry("method")
 MODELS = Registry("arch")
 DATASETS = Registry("dataset")
 ATTACKS = Registry("attack")
+FORMATS = Registry("output format")
