@@ -31,10 +31,12 @@ def boosted_cross_entropy(logits_adversarial: torch.Tensor, labels: torch.Tensor
 def misclassification_aware_kl(logits_natural: torch.Tensor, logits_adversarial: torch.Tensor,
                                labels: torch.Tensor) -> torch.Tensor:
     """R = (1/B) Σ_i KL(p_i ‖ q_i) · (1.0000001 − p_{i,y_i}); nothing detached (MART Eq. 6, ``mart.py``)."""
-    p = F.softmax(logits_natural, dim=1)
-    q = F.softmax(logits_adversarial, dim=1)
-    kl = (p * (torch.log(p) - torch.log(q + 1e-12))).sum(dim=1)
-    return (kl * (1.0000001 - p.gather(1, labels[:, None]).squeeze(1))).mean()
+    natural_probabilities = F.softmax(logits_natural, dim=1)
+    adversarial_probabilities = F.softmax(logits_adversarial, dim=1)
+    kl = (natural_probabilities * (torch.log(natural_probabilities)
+                                   - torch.log(adversarial_probabilities + 1e-12))).sum(dim=1)
+    true_class_probability = natural_probabilities.gather(1, labels[:, None]).squeeze(1)
+    return (kl * (1.0000001 - true_class_probability)).mean()
 
 
 @METHODS.register("mart")
@@ -64,12 +66,12 @@ class MART(Method):
 
     def training_step(self, batch: Tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> Dict[str, torch.Tensor]:
         x, y, _ = batch
-        p = self.params
+        params = self.params
         x_adv = pgd_attack(self.student, self.student, x, y, loss_fn=F.cross_entropy,
-                           eps=p.attack_eps_ratio * self.eps, step_size=p.attack_step_ratio * self.eps,
-                           steps=p.attack_steps, start="gaussian", bn_mode="eval")
+                           eps=params.attack_eps_ratio * self.eps, step_size=params.attack_step_ratio * self.eps,
+                           steps=params.attack_steps, start="gaussian", bn_mode="eval")
         logits_natural = self.student(x)
         logits_adversarial = self.student(x_adv)
         bce = boosted_cross_entropy(logits_adversarial, y)
         kl = misclassification_aware_kl(logits_natural, logits_adversarial, y)
-        return {"loss": bce + p.beta * kl, "bce_adversarial": bce, "kl_weighted": kl}
+        return {"loss": bce + params.beta * kl, "bce_adversarial": bce, "kl_weighted": kl}

@@ -153,16 +153,18 @@ class AFD(Method):
         out = self.student.branches(x_adv)
         with torch.no_grad():
             teacher_features = self.teacher.forward_features(x)
-        neg = p.alpha * confusion_loss(out["logits_confused"], confused_label(out["logits_intrinsic"], y))
-        cos = p.beta * separation_loss(out["intrinsic_features"], out["confused_features"])
+        confusion = p.alpha * confusion_loss(out["logits_confused"], confused_label(out["logits_intrinsic"], y))
+        separation = p.beta * separation_loss(out["intrinsic_features"], out["confused_features"])
         ce = F.cross_entropy(out["logits_intrinsic"], y)
-        align = p.gamma * alignment_loss(out["intrinsic_features"], teacher_features)
-        return {"loss": neg + cos + ce + align, "neg": neg, "cos": cos, "ce": ce, "align": align,
-                "rob": ce + align}
+        alignment = p.gamma * alignment_loss(out["intrinsic_features"], teacher_features)
+        # ``robust`` is the official L_rob = CE + γ·alignment, the third optimiser's loss.
+        return {"loss": confusion + separation + ce + alignment, "confusion": confusion, "separation": separation,
+                "ce": ce, "alignment": alignment, "robust": ce + alignment}
 
     def snapshot_gradients(self, terms: Dict[str, torch.Tensor]) -> Dict[str, List[torch.Tensor]]:
-        """The gradients of L_neg (on D2 and the shared parameters), L_cos and L_rob (on the shared
-        ones), all three from the one graph of :meth:`training_step`, at the current weights.
+        """The gradients of the confusion loss L_neg (on D2 and the shared parameters), the separation
+        loss L_cos and L_rob (on the shared ones), all three from the one graph of
+        :meth:`training_step`, at the current weights.
 
         The official step runs three ``backward`` calls with ``retain_graph=True`` (methods.md §1.4);
         reusing one forward for the three costs one backward each and no extra forward.
@@ -174,9 +176,10 @@ class AFD(Method):
             grads = torch.autograd.grad(loss, params, retain_graph=retain, allow_unused=True)
             return [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads)]
 
-        g_neg = gradients(terms["neg"], confused + shared, retain=True)
-        return {"neg_confused": g_neg[:len(confused)], "neg_shared": g_neg[len(confused):],
-                "cos": gradients(terms["cos"], shared, retain=True), "rob": gradients(terms["rob"], shared, retain=False)}
+        g_confusion = gradients(terms["confusion"], confused + shared, retain=True)
+        return {"confusion_confused": g_confusion[:len(confused)], "confusion_shared": g_confusion[len(confused):],
+                "separation": gradients(terms["separation"], shared, retain=True),
+                "robust": gradients(terms["robust"], shared, retain=False)}
 
     def update(self, batch: Tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> Dict[str, torch.Tensor]:
         """Three gradients at the same weights, applied in the official order (see the class note)."""
@@ -185,7 +188,8 @@ class AFD(Method):
         confused = list(self.student.confused.parameters())
         shared = self._shared_parameters()
         grads = self.snapshot_gradients(terms)
-        g_neg_confused, g_neg_shared, g_cos, g_rob = grads["neg_confused"], grads["neg_shared"], grads["cos"], grads["rob"]
+        g_neg_confused, g_neg_shared = grads["confusion_confused"], grads["confusion_shared"]
+        g_cos, g_rob = grads["separation"], grads["robust"]
 
         for p, g in zip(confused, g_neg_confused):
             p.grad = g

@@ -20,6 +20,7 @@ import torch
 from .errors import ConfigError
 from .results import ResultsStore
 from .runtime import atomic_write, atomic_write_text
+from .registry import NATURAL
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +45,7 @@ def method_color(method: str):
 
     from .registry import METHODS
 
-    if method == "natural":
+    if method == NATURAL:
         return "black"
     names = METHODS.names()
     position = names.index(method) if method in names else len(names)
@@ -88,7 +89,7 @@ def feature_gap_frame(db: str, methods: Optional[Sequence[str]] = None) -> pd.Da
         if missing:
             raise ConfigError(f"no feature-gap rows for {', '.join(missing)} in {db}; "
                               f"available: {', '.join(sorted(set(rows['method'])))}")
-        rows = rows[rows["method"].isin(list(methods) + ["natural"])]
+        rows = rows[rows["method"].isin(list(methods) + [NATURAL])]
     if "head_l2" not in rows.columns:
         rows["head_l2"] = rows["head_cosine"] = float("nan")
     return rows[CELL + ["epoch", "l2", "cosine", "head_l2", "head_cosine", "seconds"]].reset_index(drop=True)
@@ -123,8 +124,8 @@ def plot_feature_gap(summary: pd.DataFrame, path: Path, title: str) -> Tuple[Pat
         label = GAP_LABELS[column]
         for method, rows in summary.groupby("method", sort=False):
             rows = rows.sort_values("epoch")
-            if method == "natural":
-                line = axis.axhline(rows[column].iloc[0], color="black", linestyle="--", linewidth=1, label="natural")
+            if method == NATURAL:
+                line = axis.axhline(rows[column].iloc[0], color="black", linestyle="--", linewidth=1, label=NATURAL)
                 drawn[(method, column)] = [(0, float(line.get_ydata()[0]))]
                 continue
             line, = axis.plot(rows["epoch"], rows[column], marker="o", markersize=3, label=method,
@@ -163,7 +164,7 @@ def training_curves_frame(db: str) -> pd.DataFrame:
     (``loss/<term>``) and the validation accuracies (``validation/clean``, ``validation/pgd``)."""
     store = ResultsStore(db)
     runs = pd.DataFrame([r for r in store.runs(selection="last") if r["status"] == "finished"
-                         and r["method"] != "natural"])
+                         and r["method"] != NATURAL])
     if runs.empty:
         raise ConfigError(f"--db {db} has no finished fine-tuned runs")
     runs = _latest_runs(runs)

@@ -17,6 +17,7 @@ import numpy as np
 from .errors import ConfigError
 from .results import PerSample, ResultsStore
 from .stats import CONFIDENCE, PairedComparison, holm, paired_comparison
+from .registry import NATURAL
 
 ALPHA = 0.05
 SETTING = ("dataset", "arch", "eps", "norm")
@@ -109,7 +110,7 @@ def compare_methods(db: str, first: str, second: str, metric: str = "aa", datase
     on the ``last`` or the ``best-val`` weights of each model."""
     from .registry import METHODS
 
-    names = tuple(name if name == "natural" else METHODS.canonical(name) for name in (first, second))
+    names = tuple(name if name == NATURAL else METHODS.canonical(name) for name in (first, second))
     if names[0] == names[1]:
         raise ConfigError(f"compare two different methods, got {names[0]} twice")
     store = ResultsStore(db)

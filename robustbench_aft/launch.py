@@ -30,6 +30,7 @@ from .pipeline import MANIFEST, cell_name, open_run_folder, prepare_run, run_one
 from .pretrained import cache_path, default_recipe, recipe_with
 from .results import ResultsStore, RunRecord
 from .runtime import StopSignal, atomic_write_text, check_writable
+from .registry import NATURAL
 
 log = logging.getLogger(__name__)
 
@@ -126,7 +127,7 @@ def _job_threads(launcher: str, concurrent_jobs: int) -> Optional[int]:
 
 
 def _cells(config: RunConfig) -> List[tuple]:
-    return [("natural", config.pretrained_seed)] + [(m, s) for m in config.methods for s in config.seeds]
+    return [(NATURAL, config.pretrained_seed)] + [(m, s) for m in config.methods for s in config.seeds]
 
 
 def _job_entry(job: Any) -> Dict[str, str]:
@@ -188,16 +189,16 @@ def submit_grid(config: RunConfig, launcher: str, options: SlurmOptions, resume:
     recipe = recipe_with(default_recipe(data), **config.natural)
     natural_cached = config.pretrained != "auto" or cache_path(data, config.arch, config.pretrained_seed,
                                                                    recipe).is_file()
-    if ("natural", config.pretrained_seed) in todo and not natural_cached:
+    if (NATURAL, config.pretrained_seed) in todo and not natural_cached:
         # Every cell fine-tunes the same natural model: pre-train it once, before the grid.
-        todo.remove(("natural", config.pretrained_seed))
-        job = executor.submit(run_cell_job, config, str(out_root), "natural", config.pretrained_seed,
+        todo.remove((NATURAL, config.pretrained_seed))
+        job = executor.submit(run_cell_job, config, str(out_root), NATURAL, config.pretrained_seed,
                               _job_threads(launcher, 1))
-        remember("natural", job)
+        remember(NATURAL, job)
         log.info("submitted the natural cell (job %s), which pre-trains the natural model; the grid follows it",
                  job.job_id)
-        _wait({"natural": job})
-        if not (out_root / "natural" / RECORD).is_file():
+        _wait({NATURAL: job})
+        if not (out_root / NATURAL / RECORD).is_file():
             summary.collected = collect(out_root, config.db)
             return summary
     if todo:
@@ -250,7 +251,7 @@ def collect(out_root: Path, db: str) -> CollectReport:
     except (OSError, ValueError, KeyError) as exc:
         raise ConfigError(f"{manifest_path} is unreadable ({exc})") from None
     jobs = json.loads((out_root / JOBS).read_text()) if (out_root / JOBS).is_file() else {}
-    cells = [("natural", settings["pretrained_seed"])] + [(m, s) for m in settings["methods"] for s in settings["seeds"]]
+    cells = [(NATURAL, settings["pretrained_seed"])] + [(m, s) for m in settings["methods"] for s in settings["seeds"]]
     store = ResultsStore(db)
     report: List[CellStatus] = []
     for method, seed in cells:

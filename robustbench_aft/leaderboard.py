@@ -15,7 +15,7 @@ from typing import Any, Dict, List, Optional
 
 from .attacks import avg_metrics, metric_columns
 from .errors import ConfigError
-from .registry import FORMATS
+from .registry import FORMATS, NATURAL
 
 KEY = ["method", "dataset", "arch", "eps", "norm"]
 RUN_ATTRIBUTES = ("selection", "selected_epoch", "train_seconds", "eval_seconds", "forward_per_image",
@@ -84,7 +84,7 @@ def leaderboard_frame(store_rows: List[Dict[str, Any]]):
     table = table.join(first_seen).reset_index()
     table["reconstructed"] = table["method"].map(_is_reconstructed)
     # The natural model first, then methods in the order they were first run.
-    table["natural_last"] = table["method"] != "natural"
+    table["natural_last"] = table["method"] != NATURAL
     table = table.sort_values(["natural_last", "first_seen"]).drop(columns=["natural_last", "first_seen"])
     ordered = [*KEY, "seeds", "version"]
     for metric in metrics:
@@ -222,7 +222,7 @@ def display_rows(frame, columns: Optional[List[str]] = None) -> List[Dict[str, A
         row = {"rank": "-" if _missing(record.get("rank")) else int(record["rank"])} if "rank" in record else {}
         row.update({"method": label, "dataset": record["dataset"], "arch": record["arch"],
                "eps": f"{record['eps']:.4g}", "seeds": int(record["seeds"]),
-               "version": "-" if record["method"] == "natural" else int(record["version"])})
+               "version": "-" if record["method"] == NATURAL else int(record["version"])})
         for metric in metrics:
             row[metric] = ("" if isinstance(record[metric], float) and math.isnan(record[metric])
                            else _cell(record[metric], record[f"{metric}_std"], record.get(f"{metric}_ci_low"),

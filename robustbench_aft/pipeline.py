@@ -36,6 +36,7 @@ from .featuregap import FeatureGapProbe
 from .pretrained import default_recipe, load_checkpoint, recipe_with, resolve, save_checkpoint
 from .results import ResultsStore, RunRecord, new_group_id, outcome_bits
 from .validation import catastrophic_overfitting
+from .registry import NATURAL
 from .runtime import (RunLock, StopSignal, atomic_write_text, check_writable, provenance, resolve_device,
                       resolve_precision)
 
@@ -179,7 +180,7 @@ class _Tuned:
 
 def cell_name(method: str, seed: int) -> str:
     """The folder of a cell inside ``--out``."""
-    return "natural" if method == "natural" else f"{method}-seed{seed}"
+    return NATURAL if method == NATURAL else f"{method}-seed{seed}"
 
 
 def _run_cell(context: _Context, natural: nn.Module, method: str, seed: int, step: int, total: int) -> str:
@@ -217,7 +218,7 @@ def _run_cell(context: _Context, natural: nn.Module, method: str, seed: int, ste
     feature_gap = list(context.natural_gap)
     best_model: Optional[nn.Module] = None  # with --select best-val: the best validated epoch's weights
     try:
-        if method == "natural":
+        if method == NATURAL:
             model = natural
             extra["checkpoint"] = context.source
             log.info("[%d/%d] evaluating the natural model (%s)", step, total, context.source)
@@ -261,7 +262,7 @@ def _run_cell(context: _Context, natural: nn.Module, method: str, seed: int, ste
                 best_model = model
             log.info("[%d/%d] %s seed %d: %.1f s, %.0f images/s; evaluating", step, total, method, seed,
                      tuned.seconds, tuned.images_per_second)
-        if method != "natural":
+        if method != NATURAL:
             extra["checkpoint"] = str((cell_dir / "final.pt").resolve())  # usable from any working directory
         model = model.to(context.device)
         evaluation_start = time.perf_counter()
@@ -294,7 +295,7 @@ def _run_cell(context: _Context, natural: nn.Module, method: str, seed: int, ste
                   feature_gap=feature_gap, validation=tuned_info.validation,
                   passes_per_image=tuned_info.passes_per_image)
     done_payload: Dict[str, Any] = {"run_id": run_id, "accuracy": result.accuracy}
-    last_epoch = None if method == "natural" else config.train.epochs
+    last_epoch = None if method == NATURAL else config.train.epochs
     for selection, evaluated, seconds, epoch, row_id in (
             ("last", result, eval_seconds, last_epoch, run_id),
             ("best-val", best_result, best_seconds, tuned_info.best_val_epoch,
@@ -383,7 +384,7 @@ def _run_in(out_root: Path, config: RunConfig, data: DataBundle, eval_config: Ev
             atomic_write_text(dump_run_config(config, f"run {group_id}: load with bench run --config"),
                               out_root / CONFIG_FILE)
         store = ResultsStore(config.db) if dist.is_main else None
-        cells = [("natural", config.pretrained_seed)] + [(m, s) for m in config.methods for s in config.seeds]
+        cells = [(NATURAL, config.pretrained_seed)] + [(m, s) for m in config.methods for s in config.seeds]
         if dist.enabled:
             log.info("torchrun: %d processes, global batch %d (%d per process)%s", dist.world_size,
                      config.train.batch_size, config.train.batch_size // dist.world_size,

@@ -148,6 +148,8 @@ def import_submodules(package_name: str) -> None:
 
 
 METHODS = Registry("method")
+# The method name of the natural pre-trained model's row in every table (a name no method may take).
+NATURAL = "natural"
 MODELS = Registry("arch")
 DATASETS = Registry("dataset")
 ATTACKS = Registry("attack")

@@ -11,7 +11,6 @@ PGD accuracy; both results are kept in the store.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch

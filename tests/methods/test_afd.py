@@ -75,11 +75,11 @@ def test_gradient_routing(afd, batch):
     def is_zero(loss, group):
         return all(bool((g == 0).all()) for g in grads(loss, group))
 
-    assert is_zero(terms["neg"], "backbone") and is_zero(terms["neg"], "d1")
-    assert not is_zero(terms["neg"], "d2") and not is_zero(terms["neg"], "head")
-    assert is_zero(terms["cos"], "head")
-    assert is_zero(terms["rob"], "d2")
-    assert not is_zero(terms["rob"], "backbone") and not is_zero(terms["rob"], "d1")
+    assert is_zero(terms["confusion"], "backbone") and is_zero(terms["confusion"], "d1")
+    assert not is_zero(terms["confusion"], "d2") and not is_zero(terms["confusion"], "head")
+    assert is_zero(terms["separation"], "head")
+    assert is_zero(terms["robust"], "d2")
+    assert not is_zero(terms["robust"], "backbone") and not is_zero(terms["robust"], "d1")
 
 
 def test_d2_moves_only_by_its_loss_weight_decay_applies_with_alpha_zero(digits_model, batch):
@@ -114,8 +114,8 @@ def test_update_is_the_official_order_with_snapshot_gradients(afd, batch):
     reference.train()
     terms = reference.training_step(batch)
     head = reference.student.classifier.head.weight
-    g_neg, = torch.autograd.grad(terms["neg"], head, retain_graph=True)
-    g_rob, = torch.autograd.grad(terms["rob"], head)
+    g_neg, = torch.autograd.grad(terms["confusion"], head, retain_graph=True)
+    g_rob, = torch.autograd.grad(terms["robust"], head)
     theta0 = head.detach()
     theta1 = theta0 - LR * (g_neg + WD * theta0)
     theta2 = theta1 - LR * (g_neg + g_rob + WD * theta1)
@@ -133,15 +133,15 @@ def test_one_forward_gradients_equal_three_separate_forward_backward_passes(afd,
     afd.train()
     fast = afd.snapshot_gradients(afd.training_step(batch))
     separate = {}
-    for method, term in zip(copies, ("neg", "cos", "rob")):
+    for method, term in zip(copies, ("confusion", "separation", "robust")):
         torch.manual_seed(7)
         method.train()
         method.training_step(batch)[term].backward()
         shared = method._shared_parameters()
         separate[term] = [torch.zeros_like(p) if p.grad is None else p.grad for p in shared]
-        if term == "neg":
-            separate["neg_confused"] = [p.grad for p in method.student.confused.parameters()]
-    separate["neg_shared"] = separate.pop("neg")
+        if term == "confusion":
+            separate["confusion_confused"] = [p.grad for p in method.student.confused.parameters()]
+    separate["confusion_shared"] = separate.pop("confusion")
     assert set(fast) == set(separate)
     for key, grads in fast.items():
         assert len(grads) == len(separate[key])
