@@ -9,13 +9,13 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from robustbench_aft.method import CIFAR_EPS, COUNT, NONNEGATIVE, POSITIVE, Method, arrest_lr, param, pgd_attack
+from robustbench_aft.method import NONNEGATIVE, POSITIVE, Method, arrest_lr, param, summed_kl, training_attack_params
 from robustbench_aft.registry import METHODS
 
 def distillation_kl(logits_teacher: torch.Tensor, logits_student: torch.Tensor, temperature: float) -> torch.Tensor:
     """τ²·KL(softmax(g(x)/τ) ‖ softmax(f(x_adv)/τ)), batch mean (Hinton et al. 2015, arXiv 1503.02531, Eq. 2 form)."""
-    return temperature ** 2 * F.kl_div(F.log_softmax(logits_student / temperature, dim=1),
-                                       F.softmax(logits_teacher / temperature, dim=1), reduction="batchmean")
+    target = F.softmax(logits_teacher / temperature, dim=1)
+    return temperature ** 2 * (summed_kl(target, logits_student / temperature) / logits_student.shape[0])
 
 
 @METHODS.register("afkd")
@@ -31,17 +31,12 @@ class AFKD(Method):
 
     reference = "RECONSTRUCTION: no definition found (methods.md §8)"
 
-    version = 1
     reconstructed = True
 
     @dataclass
-    class Params:
+    class Params(training_attack_params(steps=10, step="2/255", eps="8/255", source="vAFT (AFD ARREST.py)")):
         lambda_kd: float = param(1.0, "weight of the distillation term", "reconstruction (methods.md §8)", NONNEGATIVE)
         temperature: float = param(1.0, "distillation temperature τ", "reconstruction (methods.md §8)", POSITIVE)
-        attack_steps: int = param(10, "PGD steps of the training attack", "vAFT (AFD ARREST.py)", COUNT)
-        attack_step_ratio: float = param((2 / 255) / CIFAR_EPS, "training attack step / eps (2/255 at 8/255)",
-                                         "vAFT (AFD ARREST.py)", POSITIVE)
-        attack_eps_ratio: float = param(1.0, "training attack eps / the run's eps", "vAFT (AFD ARREST.py)", POSITIVE)
 
     def prepare(self, model: nn.Module) -> None:
         self.student = copy.deepcopy(model)
@@ -50,9 +45,7 @@ class AFKD(Method):
     def training_step(self, batch: Tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> Dict[str, torch.Tensor]:
         x, y, _ = batch
         p = self.params
-        x_adv = pgd_attack(self.student, self.student, x, y, loss_fn=F.cross_entropy,
-                           eps=p.attack_eps_ratio * self.eps, step_size=p.attack_step_ratio * self.eps,
-                           steps=p.attack_steps, start="uniform", bn_mode="eval")
+        x_adv = self.training_attack(x, y)
         with torch.no_grad():
             logits_teacher = self.teacher(x)
         logits_adversarial = self.student(x_adv)

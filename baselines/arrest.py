@@ -10,8 +10,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from robustbench_aft.method import (
-    CIFAR_EPS, COUNT, COUNT_OR_ZERO, FLAG, NONNEGATIVE, POSITIVE, Method, Range, param, pgd_attack)
+from robustbench_aft.method import COUNT_OR_ZERO, FLAG, NONNEGATIVE, Method, Range, param, training_attack_params
+from robustbench_aft.modes import eval_mode
 from robustbench_aft.registry import METHODS
 
 
@@ -41,10 +41,9 @@ class ARREST(Method):
 
     reference = "arXiv 2308.16454; AFD re-implementation ARREST.py (--NR --RGKD)"
 
-    version = 1
-
     @dataclass
-    class Params:
+    class Params(training_attack_params(steps=10, step="2/255", eps="8/255", source="AFD ARREST.py default",
+                                        eps_source="AFD ARREST.py (8/255)")):
         beta_r: float = param(50.0, "weight of the RGKD feature-distance penalty", "AFD ARREST.py default", NONNEGATIVE)
         angle: float = param(30.0, "noisy-replay angle θ in degrees (threshold 1 − cos θ)", "AFD ARREST.py default",
                              Range(0.0, 180.0, low_open=True))
@@ -52,10 +51,6 @@ class ARREST(Method):
                                COUNT_OR_ZERO)
         nr: bool = param(True, "enable noisy replay", "AFD ARREST.py --NR", FLAG)
         rgkd: bool = param(True, "enable the representation penalty", "AFD ARREST.py --RGKD", FLAG)
-        attack_steps: int = param(10, "PGD steps of the training attack", "AFD ARREST.py default", COUNT)
-        attack_step_ratio: float = param((2 / 255) / CIFAR_EPS, "training attack step / eps (2/255 at 8/255)",
-                                         "AFD ARREST.py default", POSITIVE)
-        attack_eps_ratio: float = param(1.0, "training attack eps / the run's eps", "AFD ARREST.py (8/255)", POSITIVE)
 
     def prepare(self, model: nn.Module) -> None:
         self.student = copy.deepcopy(model)
@@ -65,11 +60,8 @@ class ARREST(Method):
         p = self.params
         if not p.nr or self.official_epoch() > p.nr_epochs:
             return False
-        was_training = self.student.training
-        self.student.eval()
-        with torch.no_grad():
+        with eval_mode(self.student), torch.no_grad():
             distance = representation_distance(teacher_features, self.student.forward_features(x))
-        self.student.train(was_training)
         return bool(distance >= noisy_replay_threshold(p.angle))
 
     def training_step(self, batch: Tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> Dict[str, torch.Tensor]:
@@ -82,9 +74,7 @@ class ARREST(Method):
         if noisy:
             x_train = (x + torch.empty_like(x).uniform_(-eps, eps)).clamp(0, 1)
         else:
-            x_train = pgd_attack(self.student, self.student, x, y, loss_fn=F.cross_entropy, eps=eps,
-                                 step_size=p.attack_step_ratio * self.eps, steps=p.attack_steps,
-                                 start="uniform", bn_mode="eval")
+            x_train = self.training_attack(x, y)
         features = self.student.forward_features(x_train)
         ce = F.cross_entropy(self.student.head(features), y)
         distance = representation_distance(teacher_features, features)

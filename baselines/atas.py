@@ -9,6 +9,7 @@ from torch.nn import functional as F
 from torch.utils.data import Dataset
 
 from robustbench_aft.method import CIFAR_EPS, COUNT, COUNT_OR_ZERO, POSITIVE, PROBABILITY, Method, param
+from robustbench_aft.modes import eval_mode
 from robustbench_aft.registry import METHODS
 
 
@@ -43,8 +44,6 @@ class ATAS(Method):
     """
 
     reference = "arXiv 2206.02417; HuangZhiChao95/ATAS ATAS.py"
-
-    version = 1
 
     @dataclass
     class Params:
@@ -96,10 +95,8 @@ class ATAS(Method):
         x, y, index = batch
         p, eps = self.params, self.eps
         x_start = (x + self._stored(x, index)).clamp(0, 1).requires_grad_(True)
-        was_training = self.student.training
-        self.student.eval()
-        gradient, = torch.autograd.grad(F.cross_entropy(self.student(x_start), y), x_start)
-        self.student.train(was_training)
+        with eval_mode(self.student):
+            gradient, = torch.autograd.grad(F.cross_entropy(self.student(x_start), y), x_start)
         with torch.no_grad():
             if self.official_epoch() <= p.warmup_epochs:
                 step = torch.full((len(x),), eps, device=x.device)

@@ -39,7 +39,6 @@ class FGSMGA(Method):
 
     reference = "arXiv 2007.02617; tml-epfl/understanding-fast-adv-training train.py"
 
-    version = 1
     compile_unsupported = ("GradAlign differentiates an input gradient (double backward), which torch.compile "
                            "does not support")
 

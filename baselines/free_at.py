@@ -36,8 +36,6 @@ class FreeAT(Method):
 
     reference = "arXiv 1904.12843; ashafahi/free_adv_train"
 
-    version = 1
-
     @dataclass
     class Params:
         replays: int = param(8, "replays m of each minibatch", "free_adv_train config.py (CIFAR)", COUNT)

@@ -7,7 +7,7 @@ from typing import Dict, Tuple
 import torch
 from torch.nn import functional as F
 
-from robustbench_aft.method import CIFAR_EPS, COUNT, NONNEGATIVE, POSITIVE, Method, param, pgd_attack
+from robustbench_aft.method import NONNEGATIVE, Method, param, training_attack_params
 from robustbench_aft.registry import METHODS
 
 
@@ -52,26 +52,17 @@ class MART(Method):
     """
 
     reference = "OpenReview rklOg6EFwS; YisenWang/MART mart.py"
-
-    version = 1
+    attack_start = "gaussian"
 
     @dataclass
-    class Params:
+    class Params(training_attack_params(steps=10, step="0.007", eps="0.031", source="train_resnet.py default")):
         beta: float = param(6.0, "weight of the misclassification-aware KL", "mart.py mart_loss default", NONNEGATIVE)
-        attack_steps: int = param(10, "PGD steps of the training attack", "train_resnet.py default", COUNT)
-        attack_step_ratio: float = param(0.007 / CIFAR_EPS, "training attack step / eps (0.007 at 8/255)",
-                                         "train_resnet.py default", POSITIVE)
-        attack_eps_ratio: float = param(0.031 / CIFAR_EPS, "training attack eps / the run's eps (0.031 at 8/255)",
-                                        "train_resnet.py default", POSITIVE)
 
     def training_step(self, batch: Tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> Dict[str, torch.Tensor]:
         x, y, _ = batch
-        params = self.params
-        x_adv = pgd_attack(self.student, self.student, x, y, loss_fn=F.cross_entropy,
-                           eps=params.attack_eps_ratio * self.eps, step_size=params.attack_step_ratio * self.eps,
-                           steps=params.attack_steps, start="gaussian", bn_mode="eval")
-        logits_natural = self.student(x)
-        logits_adversarial = self.student(x_adv)
+        x_adv = self.training_attack(x, y)
+        # Both forwards in train mode, natural first: BN statistics move in the official order.
+        logits_natural, logits_adversarial = self.student(x), self.student(x_adv)
         bce = boosted_cross_entropy(logits_adversarial, y)
         kl = misclassification_aware_kl(logits_natural, logits_adversarial, y)
-        return {"loss": bce + params.beta * kl, "bce_adversarial": bce, "kl_weighted": kl}
+        return {"loss": bce + self.params.beta * kl, "bce_adversarial": bce, "kl_weighted": kl}

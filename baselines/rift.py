@@ -13,7 +13,7 @@ from torch.nn import functional as F
 from torch.utils.data import Dataset
 
 from robustbench_aft.method import (
-    CIFAR_EPS, COUNT, NONNEGATIVE, POSITIVE, PROBABILITY, Method, afd_lr, param, pgd_attack)
+    COUNT, NONNEGATIVE, POSITIVE, PROBABILITY, Method, afd_lr, param, training_attack_params)
 from robustbench_aft.registry import METHODS
 
 log = logging.getLogger(__name__)
@@ -74,10 +74,10 @@ class RiFT(Method):
 
     reference = "arXiv 2308.02533; microsoft/robustlearn RiFT/"
 
-    version = 1
-
     @dataclass
-    class Params:
+    class Params(training_attack_params(steps=10, step="2/255", source="RiFT/utils.py",
+                                        step_source="vAFT; RiFT uses 2/225, a typo for 2/255",
+                                        steps_help="PGD steps (upstream vAFT, MRC set, α selection)")):
         rift_fraction: float = param(0.5, "share of the run's epochs spent in RiFT's stage 2 (rest: vAFT)",
                                      "INFERRED (methods.md §6.4)", PROBABILITY)
         rift_lr: float = param(1e-3, "stage-2 learning rate (×0.1 half-way)", "RiFT/main.py default", POSITIVE)
@@ -87,9 +87,6 @@ class RiFT(Method):
                                 "RiFT/utils.py (batch 512)", COUNT)
         alpha_tolerance: float = param(0.1, "allowed PGD drop (points) when choosing α", "our rule (methods.md §6.3)",
                                        NONNEGATIVE)
-        attack_steps: int = param(10, "PGD steps (upstream vAFT, MRC set, α selection)", "RiFT/utils.py", COUNT)
-        attack_step_ratio: float = param((2 / 255) / CIFAR_EPS, "attack step / eps (2/255 at 8/255)",
-                                         "vAFT; RiFT uses 2/225, a typo for 2/255", POSITIVE)
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
@@ -129,11 +126,6 @@ class RiFT(Method):
         return (torch.stack([item[0] for item in items]).to(device),
                 torch.tensor([item[1] for item in items], device=device))
 
-    def _attack(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return pgd_attack(model, model, x, y, loss_fn=F.cross_entropy, eps=self.eps,
-                          step_size=self.params.attack_step_ratio * self.eps, steps=self.params.attack_steps,
-                          start="uniform", bn_mode="eval")
-
     def module_robust_criticality(self, x_adv: torch.Tensor, y: torch.Tensor) -> Dict[str, float]:
         """MRC of every Conv2d/Linear weight of the student on the fixed adversarial set (x_adv, y)."""
         p = self.params
@@ -164,7 +156,7 @@ class RiFT(Method):
     def _start_rift_stage(self) -> None:
         self.adversarial_state = {k: v.detach().clone() for k, v in self.student.state_dict().items()}
         x, y = self._probe(offset=0)
-        x_adv = self._attack(self.student, x, y)
+        x_adv = self.training_attack(x, y)
         scores = self.module_robust_criticality(x_adv, y)
         self.critical_module = min(scores, key=scores.get)
         log.info("RiFT: least robust-critical module %s (MRC %.4f)", self.critical_module, scores[self.critical_module])
@@ -198,7 +190,7 @@ class RiFT(Method):
         if self._in_rift_stage():
             ce = F.cross_entropy(self.student(x), y)
             return {"loss": ce, "ce": ce}
-        ce = F.cross_entropy(self.student(self._attack(self.student, x, y)), y)
+        ce = F.cross_entropy(self.student(self.training_attack(x, y)), y)
         return {"loss": ce, "ce": ce}
 
     def current_classifier(self) -> nn.Module:
@@ -217,7 +209,7 @@ class RiFT(Method):
         for step in range(11):
             alpha = step / 10
             model.load_state_dict(interpolate_states(self.adversarial_state, finetuned, alpha))
-            x_adv = self._attack(model, x, y)
+            x_adv = self.training_attack(x, y, model=model)
             with torch.no_grad():
                 clean = 100.0 * (model(x).argmax(1) == y).float().mean().item()
                 robust = 100.0 * (model(x_adv).argmax(1) == y).float().mean().item()

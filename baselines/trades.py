@@ -7,7 +7,8 @@ from typing import Dict, Tuple
 import torch
 from torch.nn import functional as F
 
-from robustbench_aft.method import CIFAR_EPS, COUNT, NONNEGATIVE, POSITIVE, Method, param, pgd_attack
+from robustbench_aft.method import NONNEGATIVE, Method, param, summed_kl, training_attack_params
+from robustbench_aft.modes import eval_mode
 from robustbench_aft.registry import METHODS
 
 
@@ -19,15 +20,14 @@ def trades_kl(logits_natural: torch.Tensor, logits_adversarial: torch.Tensor) ->
     log_softmax(adversarial) against softmax(natural), divided by the batch size; the natural
     softmax is not detached.
     """
-    return F.kl_div(F.log_softmax(logits_adversarial, dim=1), F.softmax(logits_natural, dim=1),
-                    reduction="sum") / logits_natural.shape[0]
+    return summed_kl(F.softmax(logits_natural, dim=1), logits_adversarial) / logits_natural.shape[0]
 
 
 def trades_attack_loss(probabilities_natural: torch.Tensor):
     """The attack objective Σ KL(p(x) ‖ p(x_k)) over batch and classes, for a fixed natural p(x)."""
 
     def loss(logits_adversarial: torch.Tensor, _labels: torch.Tensor) -> torch.Tensor:
-        return F.kl_div(F.log_softmax(logits_adversarial, dim=1), probabilities_natural, reduction="sum")
+        return summed_kl(probabilities_natural, logits_adversarial)
 
     return loss
 
@@ -49,29 +49,18 @@ class TRADES(Method):
     """
 
     reference = "arXiv 1901.08573; yaodongyu/TRADES trades.py"
-
-    version = 1
+    attack_start = "gaussian"
 
     @dataclass
-    class Params:
+    class Params(training_attack_params(steps=10, step="0.007", eps="0.031", source="train_trades_cifar10.py default")):
         beta: float = param(6.0, "weight of the KL regulariser", "train_trades_cifar10.py default", NONNEGATIVE)
-        attack_steps: int = param(10, "PGD steps of the training attack", "train_trades_cifar10.py default", COUNT)
-        attack_step_ratio: float = param(0.007 / CIFAR_EPS, "training attack step / eps (0.007 at 8/255)",
-                                         "train_trades_cifar10.py default", POSITIVE)
-        attack_eps_ratio: float = param(0.031 / CIFAR_EPS, "training attack eps / the run's eps (0.031 at 8/255)",
-                                        "train_trades_cifar10.py default", POSITIVE)
 
     def training_step(self, batch: Tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> Dict[str, torch.Tensor]:
         x, y, _ = batch
         p = self.params
-        was_training = self.student.training
-        self.student.eval()
-        with torch.no_grad():
+        with eval_mode(self.student), torch.no_grad():
             probabilities_natural = F.softmax(self.student(x), dim=1)
-        self.student.train(was_training)
-        x_adv = pgd_attack(self.student, self.student, x, y, loss_fn=trades_attack_loss(probabilities_natural),
-                           eps=p.attack_eps_ratio * self.eps, step_size=p.attack_step_ratio * self.eps,
-                           steps=p.attack_steps, start="gaussian", bn_mode="eval")
+        x_adv = self.training_attack(x, y, loss_fn=trades_attack_loss(probabilities_natural))
         logits_natural = self.student(x)
         logits_adversarial = self.student(x_adv)
         ce = F.cross_entropy(logits_natural, y)

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from robustbench_aft.method import CIFAR_EPS, COUNT, NONNEGATIVE, POSITIVE, Method, afd_lr, param, pgd_attack
+from robustbench_aft.method import NONNEGATIVE, POSITIVE, Method, afd_lr, param, summed_kl, training_attack_params
 from robustbench_aft.registry import METHODS
 
 
@@ -77,25 +77,20 @@ def twins_at_loss(logits_frozen: torch.Tensor, labels_frozen: torch.Tensor, logi
 
 def twins_kl(logits_natural: torch.Tensor, logits_adversarial: torch.Tensor, batch_size: int) -> torch.Tensor:
     """Σ_i KL(softmax(n_i) ‖ softmax(a_i)) / B over one half (``train-TWINS-TRADES.py`` divides by the full batch)."""
-    return F.kl_div(F.log_softmax(logits_adversarial, dim=1), F.softmax(logits_natural, dim=1),
-                    reduction="sum") / batch_size
+    return summed_kl(F.softmax(logits_natural, dim=1), logits_adversarial) / batch_size
 
 
 class _TWINS(Method):
     """Shared parts of TWINS-AT and TWINS-TRADES: the two-wing BN, the attack, the export."""
 
-    version = 1
     # train.sh: high-resolution datasets use λ = 0.4 and weight decay 1e-3 (methods.md §5.5).
     paper_presets = {"tinyimagenet": {"lambda_twins": 0.4, "weight_decay": 1e-3}}
+    attack_start = "uniform_clipped"
 
     @dataclass
-    class Params:
+    class Params(training_attack_params(steps=10, step="2/255", eps="0.0314", source="src/argument.py default",
+                                        eps_source="TWINS_cifar/train.sh")):
         lambda_twins: float = param(1.0, "weight of the frozen wing's loss (λ)", "TWINS_cifar/train.sh", NONNEGATIVE)
-        attack_steps: int = param(10, "PGD steps of the training attack", "src/argument.py default", COUNT)
-        attack_step_ratio: float = param((2 / 255) / CIFAR_EPS, "training attack step / eps (2/255 at 8/255)",
-                                         "src/argument.py default", POSITIVE)
-        attack_eps_ratio: float = param(0.0314 / CIFAR_EPS, "training attack eps / the run's eps (0.0314 at 8/255)",
-                                        "TWINS_cifar/train.sh", POSITIVE)
         lr: float = param(0.003, "base learning rate (replaces the run's; AFD's schedule shape)",
                           "TWINS_cifar/train.sh", POSITIVE)
         weight_decay: float = param(1e-5, "weight decay (replaces the run's)", "TWINS_cifar/train.sh", NONNEGATIVE)
@@ -119,12 +114,6 @@ class _TWINS(Method):
 
     def lr_at(self, epoch: int, total_epochs: int, base_lr: float) -> float:
         return afd_lr(epoch, total_epochs, self.params.lr)
-
-    def _adversarial(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        p = self.params
-        return pgd_attack(self.student, self.student, x, y, loss_fn=F.cross_entropy,
-                          eps=p.attack_eps_ratio * self.eps, step_size=p.attack_step_ratio * self.eps,
-                          steps=p.attack_steps, start="uniform_clipped", bn_mode="eval")
 
     def export(self) -> nn.Module:
         return _adaptive_only(self.student)
@@ -150,7 +139,7 @@ class TWINSAT(_TWINS):
 
     def training_step(self, batch: Tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> Dict[str, torch.Tensor]:
         x, y, _ = batch
-        x_adv = self._adversarial(x, y)
+        x_adv = self.training_attack(x, y)
         logits = self.student(x_adv)
         half = x.shape[0] // 2
         frozen = F.cross_entropy(logits[:half], y[:half])
@@ -180,7 +169,7 @@ class TWINSTRADES(_TWINS):
     def training_step(self, batch: Tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> Dict[str, torch.Tensor]:
         x, y, _ = batch
         p = self.params
-        x_adv = self._adversarial(x, y)
+        x_adv = self.training_attack(x, y)
         natural = self.student(x)
         adversarial = self.student(x_adv)
         half, size = x.shape[0] // 2, x.shape[0]

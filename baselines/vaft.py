@@ -7,7 +7,7 @@ from typing import Dict, Tuple
 import torch
 from torch.nn import functional as F
 
-from robustbench_aft.method import CIFAR_EPS, COUNT, POSITIVE, Method, arrest_lr, param, pgd_attack
+from robustbench_aft.method import Method, arrest_lr, training_attack_params
 from robustbench_aft.registry import METHODS
 
 
@@ -31,21 +31,14 @@ class VanillaAFT(Method):
 
     reference = "arXiv 1706.06083; AFD re-implementation ARREST.py (flags off)"
 
-    version = 1
-
     @dataclass
-    class Params:
-        attack_steps: int = param(10, "PGD steps of the training attack", "AFD ARREST.py default", COUNT)
-        attack_step_ratio: float = param((2 / 255) / CIFAR_EPS, "training attack step / eps (2/255 at 8/255)",
-                                         "AFD ARREST.py default", POSITIVE)
-        attack_eps_ratio: float = param(1.0, "training attack eps / the run's eps", "AFD ARREST.py (8/255)", POSITIVE)
+    class Params(training_attack_params(steps=10, step="2/255", eps="8/255", source="AFD ARREST.py default",
+                                        eps_source="AFD ARREST.py (8/255)")):
+        pass
 
     def training_step(self, batch: Tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> Dict[str, torch.Tensor]:
         x, y, _ = batch
-        p = self.params
-        x_adv = pgd_attack(self.student, self.student, x, y, loss_fn=F.cross_entropy,
-                           eps=p.attack_eps_ratio * self.eps, step_size=p.attack_step_ratio * self.eps,
-                           steps=p.attack_steps, start="uniform", bn_mode="eval")
+        x_adv = self.training_attack(x, y)
         ce = adversarial_cross_entropy(self.student(x_adv), y)
         return {"loss": ce, "ce_adversarial": ce}
 

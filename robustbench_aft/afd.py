@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .method import CIFAR_EPS, COUNT, NONNEGATIVE, POSITIVE, Method, param, pgd_attack
+from .method import NONNEGATIVE, Method, param, training_attack_params
 from .registry import METHODS
 
 
@@ -109,23 +109,19 @@ class AFD(Method):
 
     reference = "arXiv 2401.14707; changzhang777/AFD tl+sl.py"
 
-    version = 1
     uses_ema = True
     # INFERRED from the result-folder names in AFD's scripts (methods.md §1.6); CIFAR-10 and
     # Tiny-ImageNet use the defaults.
     paper_presets = {"cifar100": {"alpha": 0.1, "beta": 1.0, "gamma": 50.0}}
 
     @dataclass
-    class Params:
+    class Params(training_attack_params(steps=10, step="0.007", eps="8/255", source="tl+sl.py default",
+                                        eps_source="tl+sl.py (8/255)")):
         alpha: float = param(0.05, "weight of the confusion loss L_neg", "tl+sl.py default, README", NONNEGATIVE)
         beta: float = param(0.25, "weight of the separation loss L_cos (--sigma in the code)", "tl+sl.py default",
                             NONNEGATIVE)
         gamma: float = param(25.0, "weight of the alignment with the pre-trained features", "tl+sl.py default",
                              NONNEGATIVE)
-        attack_steps: int = param(10, "PGD steps of the training attack", "tl+sl.py default", COUNT)
-        attack_step_ratio: float = param(0.007 / CIFAR_EPS, "training attack step / eps (0.007 at 8/255)",
-                                         "tl+sl.py default", POSITIVE)
-        attack_eps_ratio: float = param(1.0, "training attack eps / the run's eps", "tl+sl.py (8/255)", POSITIVE)
 
     def prepare(self, model: nn.Module) -> None:
         self.student = DisentangledClassifier(copy.deepcopy(model))
@@ -146,10 +142,7 @@ class AFD(Method):
     def training_step(self, batch: Tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> Dict[str, torch.Tensor]:
         x, y, _ = batch
         p = self.params
-        eps = p.attack_eps_ratio * self.eps
-        x_adv = pgd_attack(self.student, self.student, x, y, loss_fn=F.cross_entropy, eps=eps,
-                           step_size=p.attack_step_ratio * self.eps, steps=p.attack_steps,
-                           start="uniform", bn_mode="eval")
+        x_adv = self.training_attack(x, y)
         out = self.student.branches(x_adv)
         with torch.no_grad():
             teacher_features = self.teacher.forward_features(x)

@@ -26,6 +26,7 @@ from .distributed import (SINGLE, DistContext, GradientAveraging, any_rank, broa
 from .errors import CheckpointError, ConfigError, UserError
 from .featuregap import FeatureGapProbe
 from .method import Method, OptimConfig
+from .modes import eval_mode
 from .passes import PassCounter, method_networks
 from .registry import METHODS
 from .runtime import (StopSignal, atomic_torch_save, autocast, compile_bodies, rng_state, seed_everything,
@@ -142,12 +143,8 @@ def _check_finite_outputs(model: nn.Module, x: torch.Tensor, where: str) -> None
     """The epoch's last update can leave a model whose logits overflow behind a finite loss (huge,
     still finite weights); catch it on the epoch's last batch before the model is validated,
     probed or checkpointed."""
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         finite = bool(torch.isfinite(model(x)).all())
-    finally:
-        model.train(was_training)
     if not finite:
         raise NumericalError(f"{where}: the model's logits are not finite after the epoch's last update; "
                              "the last good checkpoint is kept")

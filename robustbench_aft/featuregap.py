@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
 
-from .attacks import PGD
+from .attacks import PGD, attacked_chunks
 
 PROBE_SEED = 20240123
 CHUNK = 256
@@ -65,19 +65,11 @@ class FeatureGapProbe:
         """
         start = time.perf_counter()
         device = next(model.parameters()).device
-        was_training = model.training
         natural, adversarial = [], []
-        try:
-            for begin in range(0, len(self), CHUNK):
-                x = self.x[begin:begin + CHUNK].to(device)
-                y = self.y[begin:begin + CHUNK].to(device)
-                x_adv = self.attack(model, x, y, seed=self.seed + begin)
-                model.eval()
-                with torch.no_grad():
-                    natural.append(model.forward_features(x).float())
-                    adversarial.append(model.forward_features(x_adv).float())
-        finally:
-            model.train(was_training)
+        for x, _, x_adv in attacked_chunks(self.attack, model, self.x, self.y, self.seed, CHUNK):
+            with torch.no_grad():
+                natural.append(model.forward_features(x).float())
+                adversarial.append(model.forward_features(x_adv).float())
         natural_features, adversarial_features = torch.cat(natural), torch.cat(adversarial)
         natural_input, adversarial_input = natural_features, adversarial_features
         if head_input is not None:

@@ -1,9 +1,12 @@
-"""The Method contract and the shared training-attack helper.
+"""The Method contract, the shared training attack and the shared KL.
 
 A Method is an ``nn.Module`` that owns the maths of one AFT method (style.md §9):
 
 * ``Params``: a dataclass of hyper-parameters; every field has a default, a ``help`` and a
   ``source`` in its metadata (``bench list methods`` and ``--set method.field=value`` read them).
+  A method with a PGD training attack inherits its three fields from
+  :func:`training_attack_params` and attacks with :meth:`Method.training_attack` (start rule:
+  ``attack_start``), so each baseline file keeps only its own maths.
 * ``prepare(model)``: builds what the method trains from the natural pre-trained model. The
   default trains a copy of it; AFD adds its disentangler and a frozen teacher.
 * ``training_step(batch) -> dict``: **the one required hook**; ``loss`` plus every named term.
@@ -28,14 +31,17 @@ from __future__ import annotations
 
 import copy
 import math
-from dataclasses import MISSING, dataclass, field, fields
+from dataclasses import MISSING, dataclass, field, fields, make_dataclass
 from typing import Any, Callable, ClassVar, Dict, List, Optional, Tuple
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 from torch.utils.data import Dataset
 
+from .attacks import pgd_steps
 from .errors import ConfigError
+from .modes import module_mode
 
 # Training attacks are specified relative to the run's eps so that one setting serves every
 # dataset; at the CIFAR eps of 8/255 these ratios give the official absolute values back.
@@ -117,6 +123,34 @@ def param_docs(params_cls: type) -> List[Dict[str, Any]]:
     return rows
 
 
+def _absolute(text: str) -> float:
+    numerator, _, denominator = text.partition("/")
+    return float(numerator) / float(denominator) if denominator else float(numerator)
+
+
+def training_attack_params(*, steps: int, step: str, source: str, eps: Optional[str] = None,
+                           eps_source: Optional[str] = None, step_source: Optional[str] = None,
+                           steps_help: str = "PGD steps of the training attack") -> type:
+    """The ``Params`` base of a method with a PGD training attack: ``attack_steps``,
+    ``attack_step_ratio`` and (unless ``eps`` is None: the run's eps itself) ``attack_eps_ratio``.
+
+    ``step``/``eps`` are the official absolute values at 8/255, as text (``"0.007"``, ``"2/255"``);
+    the fields hold their ratio to 8/255 so that one setting serves every dataset. A method's own
+    ``Params`` inherits from the result and adds its fields; :meth:`Method.training_attack` reads them.
+    """
+    spec = [
+        ("attack_steps", int, param(steps, steps_help, source, COUNT)),
+        ("attack_step_ratio", float, param(_absolute(step) / CIFAR_EPS, f"training attack step / eps ({step} at 8/255)",
+                                           step_source or source, POSITIVE)),
+    ]
+    if eps is not None:
+        scale = f" ({eps} at 8/255)" if _absolute(eps) != CIFAR_EPS else ""
+        spec.append(("attack_eps_ratio", float, param(_absolute(eps) / CIFAR_EPS,
+                                                      f"training attack eps / the run's eps{scale}",
+                                                      eps_source or source, POSITIVE)))
+    return make_dataclass("TrainingAttackParams", spec)
+
+
 @dataclass
 class OptimConfig:
     """What the engine hands a method for building its optimisers."""
@@ -135,6 +169,8 @@ class Method(nn.Module):
         optim: optimiser settings for :meth:`configure_optimizers`.
     """
 
+    # Stored with every result (the leaderboard's version column): a method whose maths change
+    # declares the next number, so old and new rows are never mixed silently.
     version: ClassVar[int] = 1
     # Paper and official code the implementation follows (shown by `bench list methods`).
     reference: ClassVar[str] = ""
@@ -147,6 +183,8 @@ class Method(nn.Module):
     uses_ema: ClassVar[bool] = False
     # Why torch.compile cannot run this method's step (empty: it can); `--compile` then runs it eagerly.
     compile_unsupported: ClassVar[str] = ""
+    # The start rule of :meth:`training_attack` (see :func:`pgd_attack`).
+    attack_start: ClassVar[str] = "uniform"
 
     @dataclass
     class Params:
@@ -202,6 +240,19 @@ class Method(nn.Module):
 
     def training_step(self, batch: Tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> Dict[str, torch.Tensor]:
         raise NotImplementedError
+
+    def training_attack(self, x: torch.Tensor, y: torch.Tensor,
+                        loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = F.cross_entropy,
+                        model: Optional[nn.Module] = None) -> torch.Tensor:
+        """The method's PGD training attack on ``model`` (default: the student) with BN on running
+        statistics: ``attack_steps`` steps of ``attack_step_ratio``·eps in the ball of
+        ``attack_eps_ratio``·eps (the run's eps when the method has no such field), starting by
+        :attr:`attack_start` (``Params`` from :func:`training_attack_params`)."""
+        model = self.student if model is None else model
+        p = self.params
+        eps = p.attack_eps_ratio * self.eps if hasattr(p, "attack_eps_ratio") else self.eps
+        return pgd_attack(model, model, x, y, loss_fn=loss_fn, eps=eps, step_size=p.attack_step_ratio * self.eps,
+                          steps=p.attack_steps, start=self.attack_start, bn_mode="eval")
 
     def configure_optimizers(self) -> List[torch.optim.Optimizer]:
         return [torch.optim.SGD(self.student.parameters(), lr=self.optim.lr, momentum=self.optim.momentum,
@@ -314,16 +365,15 @@ def pgd_attack(forward: Callable[[torch.Tensor], torch.Tensor], module: nn.Modul
             MART) or ``zero``.
         bn_mode: ``eval`` (BN running statistics, untouched) or ``train``.
 
-    Each step: ascend, project onto the ε-ball, clip to [0, 1]; a final clip as the official
-    scripts do. Random starts draw from torch's global generator (seeded by the engine).
+    The steps are :func:`.attacks.pgd_steps` (ascend, project onto the ε-ball, clip to [0, 1]), the
+    loop the evaluation attacks run too; a final clip as the official scripts do. Random starts
+    draw from torch's global generator (seeded by the engine).
     """
     if start not in START_RULES:
         raise ValueError(f"start must be one of {START_RULES}, got {start!r}")
     if bn_mode not in ("eval", "train"):
         raise ValueError(f"bn_mode must be 'eval' or 'train', got {bn_mode!r}")
-    was_training = module.training
-    module.train(bn_mode == "train")
-    try:
+    with module_mode(module, bn_mode == "train"):
         x = x.detach()
         if start == "uniform":
             x_adv = x + torch.empty_like(x).uniform_(-eps, eps)
@@ -333,13 +383,14 @@ def pgd_attack(forward: Callable[[torch.Tensor], torch.Tensor], module: nn.Modul
             x_adv = x + 0.001 * torch.randn_like(x)
         else:
             x_adv = x.clone()
-        for _ in range(steps):
-            x_adv.requires_grad_(True)
-            loss = loss_fn(forward(x_adv), y)
-            grad, = torch.autograd.grad(loss, x_adv)
-            with torch.no_grad():
-                x_adv = x_adv + step_size * grad.sign()
-                x_adv = torch.min(torch.max(x_adv, x - eps), x + eps).clamp(0, 1)
-        return x_adv.detach().clamp(0, 1)
-    finally:
-        module.train(was_training)
+        x_adv = pgd_steps(forward, x, y, x_adv, loss_fn=loss_fn, eps=eps, step_size=step_size, steps=steps)
+        # The official scripts clip once more, which matters only when steps = 0 (an unclipped start).
+        return x_adv.clamp(0, 1)
+
+
+def summed_kl(target_probabilities: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+    """Σ over the batch and the classes of KL(target ‖ softmax(logits)), as PyTorch's
+    ``kl_div(log_softmax(logits), target, reduction="sum")``: the one KL that TRADES (Zhang et al.,
+    ICML 2019, Eq. 5), TWINS-TRADES (Liu et al., CVPR 2023) and knowledge distillation (Hinton et
+    al. 2015, Eq. 2) compute; each divides it by its own batch size."""
+    return F.kl_div(F.log_softmax(logits, dim=1), target_probabilities, reduction="sum")

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from .attacks import PGD
+from .attacks import PGD, attacked_chunks
 from .errors import ConfigError
 
 SELECTIONS = ("last", "best-val")
@@ -76,20 +76,11 @@ class ValidationSet:
     def measure(self, model: nn.Module, epoch: int) -> Dict[str, float]:
         """``{"epoch", "clean", "pgd", "seconds"}``: accuracies in percent; ``model``'s mode is restored."""
         start = time.perf_counter()
-        device = next(model.parameters()).device
-        was_training = model.training
         clean_correct = robust_correct = 0
-        try:
-            for begin in range(0, len(self), CHUNK):
-                x = self.x[begin:begin + CHUNK].to(device)
-                y = self.y[begin:begin + CHUNK].to(device)
-                x_adv = self.attack(model, x, y, seed=self.seed + begin)
-                model.eval()
-                with torch.no_grad():
-                    clean_correct += int((model(x).argmax(1) == y).sum())
-                    robust_correct += int((model(x_adv).argmax(1) == y).sum())
-        finally:
-            model.train(was_training)
+        for x, y, x_adv in attacked_chunks(self.attack, model, self.x, self.y, self.seed, CHUNK):
+            with torch.no_grad():
+                clean_correct += int((model(x).argmax(1) == y).sum())
+                robust_correct += int((model(x_adv).argmax(1) == y).sum())
         return {"epoch": epoch, "clean": 100.0 * clean_correct / len(self),
                 "pgd": 100.0 * robust_correct / len(self), "seconds": time.perf_counter() - start}
 

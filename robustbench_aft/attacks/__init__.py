@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import List
 
 from ..registry import ATTACKS, import_submodules
-from ._base import NORMS, Attack, cross_entropy_loss, cw_margin_loss, pgd, project
+from ._base import NORMS, Attack, attacked_chunks, cross_entropy_loss, cw_margin_loss, pgd, pgd_steps, project
 
 import_submodules(__name__)
 
@@ -39,5 +39,5 @@ def is_autoattack(name: str) -> bool:
 
 
 __all__ = ["ATTACKS", "NORMS", "Attack", "AutoAttack", "AutoAttackFast", "CWInf", "Clean", "DERIVED_METRICS",
-           "PGD", "avg_metrics", "cross_entropy_loss", "cw_margin_loss", "is_autoattack", "metric_columns", "pgd",
+           "PGD", "attacked_chunks", "avg_metrics", "cross_entropy_loss", "cw_margin_loss", "is_autoattack", "metric_columns", "pgd", "pgd_steps",
            "project"]

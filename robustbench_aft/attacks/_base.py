@@ -16,11 +16,13 @@ attributes, so nothing else is edited)::
 """
 from __future__ import annotations
 
-from typing import ClassVar, List, Optional
+from typing import ClassVar, Iterator, List, Optional, Tuple
 
 import torch
 from torch import nn
 from torch.nn import functional as F
+
+from ..modes import eval_mode
 
 NORMS = ("Linf", "L2")
 
@@ -146,21 +148,35 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm:
     if active is not None:
         start = x_adv
         x, y, x_adv = x[active], y[active], x_adv[active]
+    x_adv = pgd_steps(model, x, y, x_adv, loss_fn=loss_fn, eps=eps, step_size=step_size, steps=steps, norm=norm)
+    if active is not None:
+        start = start.clone()
+        start[active] = x_adv
+        return start
+    return x_adv
+
+
+def pgd_steps(forward, x: torch.Tensor, y: torch.Tensor, x_adv: torch.Tensor, *, loss_fn, eps: float,
+              step_size: float, steps: int, norm: str = "Linf") -> torch.Tensor:
+    """The PGD iteration every attack here shares, evaluation (:func:`pgd`) and training
+    (:func:`..method.pgd_attack`) alike: ``steps`` ascent steps on ``loss_fn(forward(x'), y)`` from
+    ``x_adv``, each projected onto the eps-ball around ``x`` and clipped to [0, 1].
+
+    L∞: signed gradient steps, projected by min/max (exact: a coordinate inside the ball keeps its
+    value); L2: steps along the normalised gradient, projected radially. Returns a detached tensor.
+    """
     for _ in range(steps):
         x_adv.requires_grad_(True)
-        loss = loss_fn(model(x_adv), y)
+        loss = loss_fn(forward(x_adv), y)
         grad, = torch.autograd.grad(loss, x_adv)
         with torch.no_grad():
             if norm == "Linf":
                 x_adv = x_adv + step_size * grad.sign()
+                x_adv = torch.min(torch.max(x_adv, x - eps), x + eps).clamp(0, 1)
             else:
                 grad_norm = grad.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, *([1] * (x.dim() - 1)))
                 x_adv = x_adv + step_size * grad / grad_norm
-            x_adv = (x + project(x_adv - x, eps, norm)).clamp(0, 1)
-    if active is not None:
-        start = start.clone()
-        start[active] = x_adv.detach()
-        return start
+                x_adv = (x + project(x_adv - x, eps, norm)).clamp(0, 1)
     return x_adv.detach()
 
 
@@ -180,3 +196,16 @@ class _IterativeAttack(Attack):
     def perturb(self, model, x, y, generator, active=None):
         return pgd(model, x, y, eps=self.eps, norm=self.norm, steps=self.steps,
                    step_size=self.relative_step * self.eps, loss_fn=self.loss_fn, generator=generator, active=active)
+
+
+def attacked_chunks(attack: Attack, model: nn.Module, x: torch.Tensor, y: torch.Tensor, seed: int,
+                    chunk: int) -> Iterator[Tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """``(x, y, x_adv)`` for consecutive chunks of a fixed probe set (validation, feature gap), moved to
+    the model's device, each attacked with the seed ``seed`` + its first position, so a chunk's
+    adversarial examples do not depend on how many chunks came before. The model stays in eval mode
+    while the caller reads each chunk; its own mode is restored at the end."""
+    device = next(model.parameters()).device
+    with eval_mode(model):
+        for begin in range(0, len(y), chunk):
+            x_chunk, y_chunk = x[begin:begin + chunk].to(device), y[begin:begin + chunk].to(device)
+            yield x_chunk, y_chunk, attack(model, x_chunk, y_chunk, seed=seed + begin)
