@@ -1,5 +1,6 @@
-"""Is a refactor exact? One training update of every method, and the evaluation attacks, computed by
-two versions of the code on the same inputs, compared bit for bit.
+"""Is a refactor exact? One training update of every method, short whole fine-tuning runs of three,
+and the evaluation attacks, computed by two versions of the code on the same inputs, compared bit
+for bit.
 
     python benchmarks/step_equality.py --against REV     # e.g. --against HEAD~3
 
@@ -7,7 +8,7 @@ checks out REV into a temporary git worktree, runs this script's ``--dump`` in b
 importing its own ``robustbench_aft``), and prints one row per method and attack: ``equal`` when every
 tensor is bit-identical, else the largest absolute difference. Uses only APIs both versions share:
 the registries, ``Method.prepare``/``configure_optimizers``/``on_fit_start``/``on_epoch_start``/
-``update`` and the attack classes. The natural model is trained once here (digits, smallcnn, 5
+``update``, ``engine.fine_tune`` and the attack classes. The natural model is trained once here (digits, smallcnn, 5
 epochs) and handed to both versions as a file, so they start from the same weights.
 """
 from __future__ import annotations
@@ -22,6 +23,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 ATTACKS = ("pgd", "cw")
+# Whole fine-tuning runs (2 epochs on 96 images, validation on 32, probe off): the engine around the step.
+FINE_TUNED = ("afd", "atas", "trades")
 
 
 def dump(natural_path: str, output: str) -> None:
@@ -50,6 +53,17 @@ def dump(natural_path: str, output: str) -> None:
         terms = method.update((x, y, index))
         state = {k: v.detach().clone() for k, v in method.trainable_state().state_dict().items()}
         results[name] = {"state": state, "terms": {k: v.detach().clone() for k, v in terms.items()}}
+    from robustbench_aft.config import TrainConfig
+    from robustbench_aft.engine import fine_tune
+
+    for name in FINE_TUNED:
+        tuned = fine_tune(name, copy.deepcopy(model), data, TrainConfig(epochs=2, batch_size=32, train_subset=96,
+                                                                        val_size=32),
+                          eps=0.15, seed=0, device=torch.device("cpu"), progress=False)
+        history = {f"{row['epoch']}:{key}": torch.tensor(value) for row in tuned.history for key, value in row.items()}
+        curve = {f"{row['epoch']}:{key}": torch.tensor(value) for row in tuned.validation for key, value in row.items()
+                 if key != "seconds"}
+        results[f"fine_tune:{name}"] = {"exported": tuned.model.state_dict(), "history": history, "validation": curve}
     model.eval()
     for name in ATTACKS:
         attack = ATTACK_REGISTRY.get(name)(0.15)
@@ -117,7 +131,7 @@ def main() -> int:
         finally:
             subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(old_tree)], check=False)
     print(f"old: {args.against} ({old.pop('source')}); new: working tree ({new.pop('source')})\n")
-    print("| step | one update / attack output |\n|---|---|")
+    print("| what | compared |\n|---|---|")
     for key in old:
         print(f"| {key} | {_compare(old[key], new.get(key, {}))} |")
     return 0

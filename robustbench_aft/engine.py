@@ -11,11 +11,11 @@ import logging
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 from torch import nn
-from torch.utils.data import Subset
+from torch.utils.data import Dataset, Subset
 from tqdm.auto import tqdm
 
 from .config import TrainConfig
@@ -187,6 +187,50 @@ def _check_same_cell(state: Dict[str, Any], path: Path, name: str, seed: int, pa
                               "use another --out or delete the file")
 
 
+@dataclass
+class _Progress:
+    """What a fine-tuning run has accumulated: all of it goes into ``last.pt`` and comes back on resume."""
+
+    next_epoch: int = 1
+    next_batch: int = 0
+    images: int = 0
+    seconds_before: float = 0.0
+    running: Dict[str, float] = field(default_factory=dict)
+    feature_gap: List[Dict[str, float]] = field(default_factory=list)
+    history: List[Dict[str, float]] = field(default_factory=list)
+    curve: List[Dict[str, float]] = field(default_factory=list)
+    best: Optional[Dict[str, Any]] = None  # the best validated epoch's point and trainable weights
+    passes: Dict[str, int] = field(default_factory=lambda: {"forward": 0, "backward": 0})
+
+
+@dataclass
+class _FineTuning:
+    """One method fine-tuning one model: what :func:`fine_tune`'s steps share."""
+
+    name: str
+    seed: int
+    method: Method
+    train: TrainConfig
+    device: torch.device
+    dist: DistContext
+    dataset: Dataset
+    batch_size: int
+    memory_format: torch.memory_format
+    compiled: int
+    ema: Optional["EMA"]
+    validation: Optional[ValidationSet]
+    probe: Optional[FeatureGapProbe]
+    checkpoint: Optional[Path]
+    stop: Optional[StopSignal]
+    progress_bars: bool
+    progress: _Progress = field(default_factory=_Progress)
+    counter: Optional[PassCounter] = None
+    start: float = 0.0
+
+    def elapsed(self) -> float:
+        return self.progress.seconds_before + time.perf_counter() - self.start
+
+
 def fine_tune(method_name: str, model: nn.Module, data: DataBundle, train: TrainConfig, *, eps: float, seed: int,
               device: torch.device, params: Optional[Dict[str, Any]] = None, out_dir: Optional[Path] = None,
               progress: bool = True, resume: bool = False, stop: Optional[StopSignal] = None,
@@ -208,17 +252,50 @@ def fine_tune(method_name: str, model: nn.Module, data: DataBundle, train: Train
     """
     check_method_fits(method_name, model)
     seed_everything(seed)
-    batch_size = local_batch_size(train.batch_size, dist)
+    method, compiled = _build(method_name, model, params, eps, train, device, dist)
+    use_ema = method.uses_ema if train.ema is None else train.ema
+    ema = EMA(method.trainable_state()) if use_ema else None
+    val_size = train.val_size if train.val_size is not None else default_val_size(
+        data.default_val_size, len(data.train), train.train_subset)
+    train_indices, val_indices = split_training_set(len(data.train), train.train_subset, val_size, seed)
+    # Every method fine-tunes against an L∞ budget, so validation attacks in L∞ too.
+    validation = ValidationSet(data.train, val_indices, eps, "Linf", seed) if val_indices else None
+    if validation is None and train.select == "best-val":
+        raise ConfigError("--select best-val needs a validation split; --val-size 0 turns it off")
+    method.on_fit_start(data.train)
+    run = _FineTuning(
+        name=METHODS.canonical(method_name), seed=seed, method=method, train=train, device=device, dist=dist,
+        dataset=data.train if train_indices is None else Subset(data.train, train_indices),
+        batch_size=local_batch_size(train.batch_size, dist),
+        memory_format=torch.channels_last if use_channels_last(train.channels_last, device) else torch.preserve_format,
+        compiled=compiled, ema=ema, validation=validation, probe=probe,
+        checkpoint=out_dir / "last.pt" if out_dir is not None else None, stop=stop, progress_bars=progress)
+    if resume and run.checkpoint is not None and run.checkpoint.is_file():
+        _resume(run)
+    run.start = time.perf_counter()
+    method.train()
+    seen = torch.zeros(len(data.train), dtype=torch.bool)
+    # Hooks inside compiled bodies would break their graphs: compiled runs are not counted.
+    run.counter = PassCounter([] if compiled else method_networks(method))
+    with run.counter, GradientAveraging(dist), without_buffer_donation() if compiled else contextlib.nullcontext():
+        for epoch in range(run.progress.next_epoch, train.epochs + 1):
+            last_batch, lr = _train_epoch(run, epoch, seen)
+            _end_epoch(run, epoch, seen, last_batch, lr)
+    return _finish(run)
+
+
+def _build(method_name: str, model: nn.Module, params: Optional[Dict[str, Any]], eps: float, train: TrainConfig,
+           device: torch.device, dist: DistContext) -> Tuple[Method, int]:
+    """The method with its networks on ``device`` (SyncBN, channels-last, compiled as asked), the
+    parameters equal on every rank, its optimisers built; returns it and the number of compiled bodies."""
     method = build_method(method_name, params, eps, train)
     method.prepare(copy.deepcopy(model).to(device))
     if train.sync_bn and dist.enabled:
         replaced = convert_sync_batchnorm(method.trainable_state(), device)
         log.info("--sync-bn: %d BatchNorm layer(s) use the statistics of the global batch", replaced)
-    channels_last = use_channels_last(train.channels_last, device)
     method.to(device)
-    if channels_last:
+    if use_channels_last(train.channels_last, device):
         method.to(memory_format=torch.channels_last)
-    memory_format = torch.channels_last if channels_last else torch.preserve_format
     compiled = 0
     if train.compile:
         if method.compile_unsupported:
@@ -230,157 +307,157 @@ def fine_tune(method_name: str, model: nn.Module, data: DataBundle, train: Train
                      "include the compilation", compiled)
     broadcast_parameters(method.trainable_state(), dist)
     method.optimizers = method.configure_optimizers()
-    use_ema = method.uses_ema if train.ema is None else train.ema
-    ema = EMA(method.trainable_state()) if use_ema else None
+    return method, compiled
 
-    val_size = train.val_size if train.val_size is not None else default_val_size(
-        data.default_val_size, len(data.train), train.train_subset)
-    train_indices, val_indices = split_training_set(len(data.train), train.train_subset, val_size, seed)
-    dataset = data.train if train_indices is None else Subset(data.train, train_indices)
-    # Every method fine-tunes against an L∞ budget, so validation attacks in L∞ too.
-    validation = ValidationSet(data.train, val_indices, eps, "Linf", seed) if val_indices else None
-    if validation is None and train.select == "best-val":
-        raise ConfigError("--select best-val needs a validation split; --val-size 0 turns it off")
-    method.on_fit_start(data.train)
-    name = METHODS.canonical(method_name)
-    checkpoint = out_dir / "last.pt" if out_dir is not None else None
 
-    next_epoch, next_batch, images, seconds_before = 1, 0, 0, 0.0
-    running: Dict[str, float] = {}
-    feature_gap: List[Dict[str, float]] = []
-    history: List[Dict[str, float]] = []
-    curve: List[Dict[str, float]] = []
-    best: Optional[Dict[str, Any]] = None  # the best validated epoch's point and trainable weights
-    passes = {"forward": 0, "backward": 0}
-    if resume and checkpoint is not None and checkpoint.is_file():
-        state = read_training_checkpoint(checkpoint)
-        _check_same_cell(state, checkpoint, name, seed, asdict(method.params), train)
-        saved_world = state.get("world_size", 1)
-        if saved_world != dist.world_size:
-            raise CheckpointError(f"cannot resume from {checkpoint}: it was written by {saved_world} process(es), "
-                                  f"this run has {dist.world_size}; resume with the same number of processes")
-        method_state = dict(state["method_state"])
-        if dist.enabled:
-            method_state["extras"] = state["rank_extras"][dist.rank]
-        try:
-            method.load_resume_state(method_state)
-            for optimizer, optimizer_state in zip(method.optimizers, state["optimizers"], strict=True):
-                optimizer.load_state_dict(optimizer_state)
-            if ema is not None:
-                ema.load_state_dict(state["ema"], device)
-        except (ValueError, RuntimeError, KeyError) as exc:
-            raise CheckpointError(f"cannot resume from {checkpoint}: {' '.join(str(exc).split())[:200]}") from None
-        set_rng_state(state["rng"])
-        next_epoch, next_batch = state["next_epoch"], state["next_batch"]
-        images, seconds_before, running = state["images"], state["seconds"], dict(state["running"])
-        feature_gap = list(state.get("feature_gap", []))
-        history = list(state.get("history", []))
-        curve = list(state.get("validation", []))
-        best = state.get("best_val")
-        passes = dict(state.get("passes", passes))
-        log.info("%s seed %d: resuming from %s at epoch %d, batch %d", name, seed, checkpoint, next_epoch,
-                 next_batch + 1)
+def _resume(run: _FineTuning) -> None:
+    """Load ``last.pt`` into the method, its optimisers, the EMA, the RNGs and ``run.progress``."""
+    state = read_training_checkpoint(run.checkpoint)
+    _check_same_cell(state, run.checkpoint, run.name, run.seed, asdict(run.method.params), run.train)
+    saved_world = state.get("world_size", 1)
+    if saved_world != run.dist.world_size:
+        raise CheckpointError(f"cannot resume from {run.checkpoint}: it was written by {saved_world} process(es), "
+                              f"this run has {run.dist.world_size}; resume with the same number of processes")
+    method_state = dict(state["method_state"])
+    if run.dist.enabled:
+        method_state["extras"] = state["rank_extras"][run.dist.rank]
+    try:
+        run.method.load_resume_state(method_state)
+        for optimizer, optimizer_state in zip(run.method.optimizers, state["optimizers"], strict=True):
+            optimizer.load_state_dict(optimizer_state)
+        if run.ema is not None:
+            run.ema.load_state_dict(state["ema"], run.device)
+    except (ValueError, RuntimeError, KeyError) as exc:
+        raise CheckpointError(f"cannot resume from {run.checkpoint}: {' '.join(str(exc).split())[:200]}") from None
+    set_rng_state(state["rng"])
+    run.progress = _Progress(
+        next_epoch=state["next_epoch"], next_batch=state["next_batch"], images=state["images"],
+        seconds_before=state["seconds"], running=dict(state["running"]),
+        feature_gap=list(state.get("feature_gap", [])), history=list(state.get("history", [])),
+        curve=list(state.get("validation", [])), best=state.get("best_val"),
+        passes=dict(state.get("passes", _Progress().passes)))
+    log.info("%s seed %d: resuming from %s at epoch %d, batch %d", run.name, run.seed, run.checkpoint,
+             run.progress.next_epoch, run.progress.next_batch + 1)
 
-    def save(epoch: int, batch: int) -> None:
-        if checkpoint is None:
-            return
-        method_state = method.resume_state()
-        rank_extras = gather_objects(method_state["extras"], dist)
-        if not dist.is_main:
-            return
-        atomic_torch_save({
-            "format": CHECKPOINT_FORMAT, "next_epoch": epoch, "next_batch": batch, "method": name,
-            "method_version": method.version, "seed": seed, "params": asdict(method.params), "train": asdict(train),
-            "method_state": method_state, "optimizers": [o.state_dict() for o in method.optimizers],
-            "ema": ema.state_dict() if ema is not None else None, "rng": rng_state(), "images": images,
-            "seconds": seconds_before + time.perf_counter() - start, "running": running,
-            "feature_gap": feature_gap, "history": history, "world_size": dist.world_size,
-            "validation": curve, "best_val": best,
-            "passes": {"forward": passes["forward"] + counter.forward, "backward": passes["backward"] + counter.backward},
-            **({"rank_extras": rank_extras} if dist.enabled else {}),
-        }, checkpoint)
 
-    start = time.perf_counter()
-    method.train()
-    seen = torch.zeros(len(data.train), dtype=torch.bool)
-    # Hooks inside compiled bodies would break their graphs: compiled runs are not counted.
-    counter = PassCounter([] if compiled else method_networks(method))
-    with counter, GradientAveraging(dist), without_buffer_donation() if compiled else contextlib.nullcontext():
-        for epoch in range(next_epoch, train.epochs + 1):
-            method.on_epoch_start(epoch, train.epochs)
-            lr = method.lr_at(epoch, train.epochs, train.lr)
-            for optimizer in method.optimizers:
-                for group in optimizer.param_groups:
-                    group["lr"] = lr
-            skip = next_batch if epoch == next_epoch else 0
-            if skip == 0:
-                running = {}
-            seen.zero_()
-            loader = make_epoch_loader(dataset, batch_size, seed, epoch, skip_batches=skip,
-                                       num_workers=train.num_workers, dist=dist,
-                                       pin_memory=device.type == "cuda")
-            bar = tqdm(loader, desc=f"{name} seed {seed} epoch {epoch}/{train.epochs}", unit="batch", leave=False,
-                       disable=None if progress and dist.is_main else True, initial=skip, total=skip + len(loader))
-            for batch_number, (x, y, index) in enumerate(bar, start=skip + 1):
-                batch = (x.to(device, non_blocking=True, memory_format=memory_format) if x.dim() == 4
-                         else x.to(device, non_blocking=True), y.to(device, non_blocking=True), index.to(device))
-                with autocast(device, train.precision):
-                    terms = method.update(batch)
-                _check_finite(terms, f"{name} seed {seed} epoch {epoch} batch {batch_number}")
-                if dist.enabled and not train.sync_bn:
-                    broadcast_buffers(method.trainable_state(), dist)
-                if ema is not None:
-                    ema.update(method.trainable_state())
-                images += len(y) * dist.world_size
-                seen[index] = True
-                for key, value in terms.items():
-                    running[key] = running.get(key, 0.0) + (float(value) - running.get(key, 0.0)) / batch_number
-                bar.set_postfix({k: f"{v:.3f}" for k, v in running.items()}, refresh=False)
-                if stop is not None and any_rank(stop.requested, dist):
-                    bar.close()
-                    stop.request()
-                    save(epoch, batch_number)
-                    stop.check(f"fine-tuning {name} seed {seed} (epoch {epoch}, batch {batch_number})")
+def _save(run: _FineTuning, epoch: int, batch: int) -> None:
+    """Write ``last.pt`` (rank 0) so that the run continues at ``epoch``, ``batch`` + 1."""
+    if run.checkpoint is None:
+        return
+    method, progress = run.method, run.progress
+    method_state = method.resume_state()
+    rank_extras = gather_objects(method_state["extras"], run.dist)
+    if not run.dist.is_main:
+        return
+    atomic_torch_save({
+        "format": CHECKPOINT_FORMAT, "next_epoch": epoch, "next_batch": batch, "method": run.name,
+        "method_version": method.version, "seed": run.seed, "params": asdict(method.params),
+        "train": asdict(run.train), "method_state": method_state,
+        "optimizers": [o.state_dict() for o in method.optimizers],
+        "ema": run.ema.state_dict() if run.ema is not None else None, "rng": rng_state(), "images": progress.images,
+        "seconds": run.elapsed(), "running": progress.running, "feature_gap": progress.feature_gap,
+        "history": progress.history, "world_size": run.dist.world_size, "validation": progress.curve,
+        "best_val": progress.best, "passes": _counted_passes(run),
+        **({"rank_extras": rank_extras} if run.dist.enabled else {}),
+    }, run.checkpoint)
+
+
+def _counted_passes(run: _FineTuning) -> Dict[str, int]:
+    return {"forward": run.progress.passes["forward"] + run.counter.forward,
+            "backward": run.progress.passes["backward"] + run.counter.backward}
+
+
+def _train_epoch(run: _FineTuning, epoch: int, seen: torch.Tensor) -> Tuple[Tuple[torch.Tensor, ...], float]:
+    """One epoch of updates (from the saved batch when resuming into it); returns the last batch and
+    the epoch's learning rate."""
+    method, train, progress, dist = run.method, run.train, run.progress, run.dist
+    method.on_epoch_start(epoch, train.epochs)
+    lr = method.lr_at(epoch, train.epochs, train.lr)
+    for optimizer in method.optimizers:
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+    skip = progress.next_batch if epoch == progress.next_epoch else 0
+    if skip == 0:
+        progress.running = {}
+    seen.zero_()
+    loader = make_epoch_loader(run.dataset, run.batch_size, run.seed, epoch, skip_batches=skip,
+                               num_workers=train.num_workers, dist=dist, pin_memory=run.device.type == "cuda")
+    bar = tqdm(loader, desc=f"{run.name} seed {run.seed} epoch {epoch}/{train.epochs}", unit="batch", leave=False,
+               disable=None if run.progress_bars and dist.is_main else True, initial=skip, total=skip + len(loader))
+    for batch_number, (x, y, index) in enumerate(bar, start=skip + 1):
+        batch = (x.to(run.device, non_blocking=True, memory_format=run.memory_format) if x.dim() == 4
+                 else x.to(run.device, non_blocking=True), y.to(run.device, non_blocking=True), index.to(run.device))
+        with autocast(run.device, train.precision):
+            terms = method.update(batch)
+        _check_finite(terms, f"{run.name} seed {run.seed} epoch {epoch} batch {batch_number}")
+        if dist.enabled and not train.sync_bn:
+            broadcast_buffers(method.trainable_state(), dist)
+        if run.ema is not None:
+            run.ema.update(method.trainable_state())
+        progress.images += len(y) * dist.world_size
+        seen[index] = True
+        running = progress.running
+        for key, value in terms.items():
+            running[key] = running.get(key, 0.0) + (float(value) - running.get(key, 0.0)) / batch_number
+        bar.set_postfix({k: f"{v:.3f}" for k, v in running.items()}, refresh=False)
+        if run.stop is not None and any_rank(run.stop.requested, dist):
             bar.close()
-            for key, tensor in method.per_example_state().items():
-                merge_per_example(tensor, seen, dist)
-            epoch_terms = average_over_ranks(running, dist)
-            history.append({"epoch": epoch, **epoch_terms})
-            elapsed = seconds_before + time.perf_counter() - start
-            log.info("%s seed %d epoch %d/%d lr %.5g %s (%.0f images/s)", name, seed, epoch, train.epochs, lr,
-                     " ".join(f"{k}={v:.4f}" for k, v in epoch_terms.items()), images / max(elapsed, 1e-9))
-            counter.enabled = False
-            _check_finite_outputs(method.current_classifier(), batch[0], f"{name} seed {seed} epoch {epoch}")
-            if validation is not None:
-                point, weights = _validate(method, ema, validation, epoch)
-                curve.append(point)
-                if is_better(point, best and best["point"]):
-                    best = {"point": point, "state": weights}
-                log.info("%s seed %d epoch %d: validation clean %.2f %%, PGD-%d %.2f %% (%.1f s on %d images)", name,
-                         seed, epoch, point["clean"], VALIDATION_PGD_STEPS, point["pgd"], point["seconds"],
-                         len(validation))
-            if probe is not None and dist.is_main:
-                gap = probe.measure(method.current_classifier(), method.head_input())
-                feature_gap.append({"epoch": epoch, **gap})
-                log.info("%s seed %d epoch %d: feature gap L2 %.4f, 1-cos %.4f; at the head's input L2 %.4f, "
-                         "1-cos %.4f (%.1f s on %d probe images)", name, seed, epoch, gap["l2"], gap["cosine"],
-                         gap["head_l2"], gap["head_cosine"], gap["seconds"], len(probe))
-            counter.enabled = True
-            save(epoch + 1, 0)
-            if stop is not None:
-                stop.check(f"fine-tuning {name} seed {seed} (after epoch {epoch})")
-    seconds = seconds_before + time.perf_counter() - start
-    if ema is not None:
-        ema.copy_to(method.trainable_state())
+            run.stop.request()
+            _save(run, epoch, batch_number)
+            run.stop.check(f"fine-tuning {run.name} seed {run.seed} (epoch {epoch}, batch {batch_number})")
+    bar.close()
+    return batch, lr
+
+
+def _end_epoch(run: _FineTuning, epoch: int, seen: torch.Tensor, last_batch: Tuple[torch.Tensor, ...],
+               lr: float) -> None:
+    """After an epoch: merge per-example state, log its terms, check, validate, probe, save."""
+    method, progress, name, seed = run.method, run.progress, run.name, run.seed
+    for tensor in method.per_example_state().values():
+        merge_per_example(tensor, seen, run.dist)
+    epoch_terms = average_over_ranks(progress.running, run.dist)
+    progress.history.append({"epoch": epoch, **epoch_terms})
+    log.info("%s seed %d epoch %d/%d lr %.5g %s (%.0f images/s)", name, seed, epoch, run.train.epochs, lr,
+             " ".join(f"{k}={v:.4f}" for k, v in epoch_terms.items()), progress.images / max(run.elapsed(), 1e-9))
+    run.counter.enabled = False
+    _check_finite_outputs(method.current_classifier(), last_batch[0], f"{name} seed {seed} epoch {epoch}")
+    if run.validation is not None:
+        point, weights = _validate(method, run.ema, run.validation, epoch)
+        progress.curve.append(point)
+        if is_better(point, progress.best and progress.best["point"]):
+            progress.best = {"point": point, "state": weights}
+        log.info("%s seed %d epoch %d: validation clean %.2f %%, PGD-%d %.2f %% (%.1f s on %d images)", name,
+                 seed, epoch, point["clean"], VALIDATION_PGD_STEPS, point["pgd"], point["seconds"],
+                 len(run.validation))
+    if run.probe is not None and run.dist.is_main:
+        gap = run.probe.measure(method.current_classifier(), method.head_input())
+        progress.feature_gap.append({"epoch": epoch, **gap})
+        log.info("%s seed %d epoch %d: feature gap L2 %.4f, 1-cos %.4f; at the head's input L2 %.4f, "
+                 "1-cos %.4f (%.1f s on %d probe images)", name, seed, epoch, gap["l2"], gap["cosine"],
+                 gap["head_l2"], gap["head_cosine"], gap["seconds"], len(run.probe))
+    run.counter.enabled = True
+    _save(run, epoch + 1, 0)
+    if run.stop is not None:
+        run.stop.check(f"fine-tuning {name} seed {seed} (after epoch {epoch})")
+
+
+def _finish(run: _FineTuning) -> FineTuneResult:
+    """Export the last weights (the EMA's when kept) and, with ``--select best-val``, the best
+    validated epoch's; the result with the run's costs and curves."""
+    method, progress, train = run.method, run.progress, run.train
+    seconds = run.elapsed()
+    if run.ema is not None:
+        run.ema.copy_to(method.trainable_state())
     exported = method.export().eval()
-    if compiled:
+    if run.compiled:
         # The evaluator runs many batch sizes and point subsets, each a recompilation: evaluate an eager copy.
         exported = copy.deepcopy(exported)
+    best = progress.best
     chosen_epoch = int(best["point"]["epoch"]) if best is not None else None
     best_val_model = None
     if train.select == "best-val" and best is None:
         log.warning("%s seed %d: --select best-val, but no epoch was validated (the run was fine-tuned by a version "
-                    "without validation): the last weights are the only ones", name, seed)
+                    "without validation): the last weights are the only ones", run.name, run.seed)
     elif train.select == "best-val":
         best_val_model = exported
         if chosen_epoch != train.epochs:
@@ -388,17 +465,18 @@ def fine_tune(method_name: str, model: nn.Module, data: DataBundle, train: Train
             exported = copy.deepcopy(exported)
             method.trainable_state().load_state_dict(best["state"])
             best_val_model = copy.deepcopy(method.export()).eval()
-        log.info("%s seed %d: --select best-val: epoch %d of %d (validation PGD %.2f %%)", name, seed, chosen_epoch,
-                 train.epochs, best["point"]["pgd"])
-    counted = None if compiled else {"forward": passes["forward"] + counter.forward,
-                                     "backward": passes["backward"] + counter.backward}
-    return FineTuneResult(model=exported, seconds=seconds, images_per_second=images / max(seconds, 1e-9),
+        log.info("%s seed %d: --select best-val: epoch %d of %d (validation PGD %.2f %%)", run.name, run.seed,
+                 chosen_epoch, train.epochs, best["point"]["pgd"])
+    counted = None if run.compiled else _counted_passes(run)
+    history = progress.history
+    return FineTuneResult(model=exported, seconds=seconds, images_per_second=progress.images / max(seconds, 1e-9),
                           epochs=train.epochs, method_version=method.version, params=asdict(method.params),
-                          final_terms={k: v for k, v in history[-1].items() if k != "epoch"} if history else running,
-                          checkpoint=str(checkpoint) if checkpoint is not None else None,
-                          feature_gap=feature_gap, history=history, validation=curve, best_val_epoch=chosen_epoch,
-                          best_val_model=best_val_model,
-                          passes_per_image=None if counted is None else {k: v / max(images, 1)
+                          final_terms={k: v for k, v in history[-1].items() if k != "epoch"} if history
+                          else progress.running,
+                          checkpoint=str(run.checkpoint) if run.checkpoint is not None else None,
+                          feature_gap=progress.feature_gap, history=history, validation=progress.curve,
+                          best_val_epoch=chosen_epoch, best_val_model=best_val_model,
+                          passes_per_image=None if counted is None else {k: v / max(progress.images, 1)
                                                                          for k, v in counted.items()})
 
 
