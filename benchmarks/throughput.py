@@ -50,7 +50,7 @@ from robustbench_aft.leaderboard import format_table  # noqa: E402
 from robustbench_aft.method import Method  # noqa: E402
 from robustbench_aft.models import build_model  # noqa: E402
 from robustbench_aft.registry import ATTACKS, METHODS  # noqa: E402
-from robustbench_aft.runtime import (autocast, compile_bodies, resolve_precision, use_channels_last,  # noqa: E402
+from robustbench_aft.devices import (autocast, compile_bodies, resolve_precision, use_channels_last,  # noqa: E402
                                      without_buffer_donation)
 
 EPS = 8 / 255

@@ -19,7 +19,7 @@ import torch
 
 from .errors import ConfigError
 from .results import ResultsStore
-from .runtime import atomic_write, atomic_write_text
+from .files import atomic_write, atomic_write_text
 from .registry import NATURAL
 
 log = logging.getLogger(__name__)

@@ -17,7 +17,7 @@ from typing import List
 
 from .errors import ConfigError
 from .results import ResultsStore, RunRecord
-from .runtime import atomic_write_text
+from .files import atomic_write_text
 
 FORMAT = "robustbench-aft-run/1"
 

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 from typing import List, Optional
 
+from .config import DEFAULT_DB
 from .errors import ConfigError, UserError, not_a_file_reason
 from .registry import FORMATS
 
@@ -184,7 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--n-eval", type=_positive_int, default=None, help="size of the seeded test subset")
     run.add_argument("--set", action="append", default=[], metavar="METHOD.PARAM=VALUE",
                      help="override a method parameter, e.g. --set afd.alpha=0.1 (repeatable)")
-    run.add_argument("--db", default="runs/results.db", help="results store (default: runs/results.db)")
+    run.add_argument("--db", default=DEFAULT_DB, help=f"results store (default: {DEFAULT_DB})")
     run.add_argument("--out", default=None,
                      help="folder for checkpoints and per-sample results (default: next to the store, per run)")
     run.add_argument("--resume", action="store_true",
@@ -207,6 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="under torchrun: BatchNorm statistics of the global batch (default: per process, like "
                           "the AFD official code's DataParallel)")
     _add_precision_arguments(run, "fine-tuning, clean, PGD and CW")
+    _add_train_config_options(run)
     run.add_argument("--format", default="md", choices=FORMATS.names(), help="format of the printed leaderboard")
     run.add_argument("--rank-by", default=None, help="metric of the rank column (default: worst, else aa, else pgd)")
     run.add_argument("--columns", default=None, help=COLUMNS_HELP)
@@ -214,12 +216,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     collect = commands.add_parser("collect", help="ingest the result records of a grid's jobs into the store")
     collect.add_argument("--out", required=True, help="the --out folder of a bench run submitted with --launcher")
-    collect.add_argument("--db", default="runs/results.db", help="results store (default: runs/results.db)")
+    collect.add_argument("--db", default=DEFAULT_DB, help=f"results store (default: {DEFAULT_DB})")
     collect.add_argument("--format", default="md", choices=FORMATS.names(), help="format of the leaderboard")
     collect.set_defaults(handler=cmd_collect)
 
     board = commands.add_parser("leaderboard", help="the leaderboard of a results store")
-    board.add_argument("--db", default="runs/results.db", help="results store (default: runs/results.db)")
+    board.add_argument("--db", default=DEFAULT_DB, help=f"results store (default: {DEFAULT_DB})")
     board.add_argument("--format", default="md", choices=FORMATS.names(), help="output format")
     board.add_argument("--output", default=None, help="also write the table to this file (atomically)")
     board.add_argument("--with-published", action="store_true",
@@ -232,19 +234,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     dump = commands.add_parser("dump", help="write every finished run of a store as one JSON file (metrics, "
                                             "per-sample outcomes, curves, costs, configuration)")
-    dump.add_argument("--db", default="runs/results.db", help="results store (default: runs/results.db)")
+    dump.add_argument("--db", default=DEFAULT_DB, help=f"results store (default: {DEFAULT_DB})")
     dump.add_argument("--output", required=True, help="folder for the run files")
     dump.set_defaults(handler=cmd_dump)
     load = commands.add_parser("load", help="store the run files written by bench dump (idempotent)")
     load.add_argument("folder", help="a folder of run files")
-    load.add_argument("--db", default="runs/results.db", help="results store (default: runs/results.db)")
+    load.add_argument("--db", default=DEFAULT_DB, help=f"results store (default: {DEFAULT_DB})")
     load.set_defaults(handler=cmd_load)
 
     compare = commands.add_parser("compare", help="paired difference of two methods on the same points: "
                                                    "delta, 95 %% interval, exact McNemar p")
     compare.add_argument("first", help="a method (or natural)")
     compare.add_argument("second", help="the method to compare it with")
-    compare.add_argument("--db", default="runs/results.db", help="results store (default: runs/results.db)")
+    compare.add_argument("--db", default=DEFAULT_DB, help=f"results store (default: {DEFAULT_DB})")
     compare.add_argument("--metric", default="aa", help="the metric to compare (default: aa)")
     compare.add_argument("--dataset", default=None, help="the dataset, when the store holds several")
     compare.add_argument("--arch", default=None, help="the architecture, when the store holds several")
@@ -256,7 +258,7 @@ def build_parser() -> argparse.ArgumentParser:
     check = commands.add_parser("check", help="fail (exit 1) when robust accuracy regressed against a baseline CSV")
     check.add_argument("--baseline", required=True, help="committed leaderboard CSV, e.g. leaderboard/ci_baseline.csv")
     source = check.add_mutually_exclusive_group()
-    source.add_argument("--db", default=None, help="results store to compare (default: runs/results.db)")
+    source.add_argument("--db", default=None, help=f"results store to compare (default: {DEFAULT_DB})")
     source.add_argument("--current", default=None, help="a leaderboard CSV to compare instead of a store")
     check.add_argument("--tolerance", type=_non_negative_float, default=2.0,
                        help="allowed drop in points; the rule is max(this, 2 × baseline seed std) (default: 2)")
@@ -268,7 +270,7 @@ def build_parser() -> argparse.ArgumentParser:
     analyses = analyze.add_subparsers(dest="analysis", metavar="ANALYSIS", parser_class=_ArgumentParser)
     analyses.required = True
     gap = analyses.add_parser("feature-gap", help="CSV + PNG of the natural/adversarial feature gap per epoch")
-    gap.add_argument("--db", default="runs/results.db", help="results store (default: runs/results.db)")
+    gap.add_argument("--db", default=DEFAULT_DB, help=f"results store (default: {DEFAULT_DB})")
     gap.add_argument("--methods", default=None, help="comma-separated methods (default: every method in the store)")
     gap.add_argument("--output", default="runs/analysis", help="output folder (default: runs/analysis)")
     gap.set_defaults(handler=cmd_analyze_feature_gap)
@@ -295,19 +297,19 @@ def build_parser() -> argparse.ArgumentParser:
     curve.set_defaults(handler=cmd_analyze_eps_curve)
 
     tradeoff = analyses.add_parser("tradeoff", help="CSV + PNG of clean against robust accuracy with 95 %% intervals")
-    tradeoff.add_argument("--db", default="runs/results.db", help="results store (default: runs/results.db)")
+    tradeoff.add_argument("--db", default=DEFAULT_DB, help=f"results store (default: {DEFAULT_DB})")
     tradeoff.add_argument("--metric", default=None, help="the robust metric (default: worst, else aa, else pgd)")
     tradeoff.add_argument("--output", default="runs/analysis", help="output folder (default: runs/analysis)")
     tradeoff.set_defaults(handler=cmd_analyze_tradeoff)
 
     training = analyses.add_parser("training", help="CSV + PNG of every loss term and the validation accuracy per "
                                                     "fine-tuning epoch")
-    training.add_argument("--db", default="runs/results.db", help="results store (default: runs/results.db)")
+    training.add_argument("--db", default=DEFAULT_DB, help=f"results store (default: {DEFAULT_DB})")
     training.add_argument("--output", default="runs/analysis", help="output folder (default: runs/analysis)")
     training.set_defaults(handler=cmd_analyze_training)
 
     report = commands.add_parser("report", help="one self-contained HTML page: tables, plots, configs, flags")
-    report.add_argument("--db", default="runs/results.db", help="results store (default: runs/results.db)")
+    report.add_argument("--db", default=DEFAULT_DB, help=f"results store (default: {DEFAULT_DB})")
     report.add_argument("--output", default="report.html", help="HTML file to write (default: report.html)")
     report.add_argument("--plots", action="append", default=[], metavar="DIR_OR_PNG",
                         help="also embed these PNGs (or every PNG in a folder), e.g. an eps-curve output; repeatable")
@@ -324,7 +326,7 @@ def _existing_store(db: str, hint: str = "run `bench run --methods ...` first") 
 
 
 def _output_folder(text: str) -> Path:
-    from .runtime import check_writable
+    from .files import check_writable
 
     check_writable(text, "--output", folder=True)
     return Path(text)
@@ -369,7 +371,8 @@ def cmd_analyze_eps_curve(args: argparse.Namespace) -> int:
     from .data import load_dataset
     from .leaderboard import format_table
     from .pretrained import load_checkpoint, resolve
-    from .runtime import atomic_write_text, resolve_device
+    from .devices import resolve_device
+    from .files import atomic_write_text
 
     device = resolve_device(args.device)
     output = _output_folder(args.output)
@@ -402,7 +405,7 @@ def cmd_analyze_eps_curve(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     from .analysis import render_report
-    from .runtime import check_writable
+    from .files import check_writable
 
     output = Path(args.output)
     check_writable(output, "--output", folder=False)
@@ -492,6 +495,35 @@ def _resume_command(argv: List[str], out: str) -> str:
     return launcher + " ".join(shlex.quote(a) for a in arguments)
 
 
+def _train_config_flags():
+    """The TrainConfig fields that are `bench run` options by their ``flag`` metadata."""
+    import dataclasses
+
+    from .config import TrainConfig
+
+    return [f for f in dataclasses.fields(TrainConfig) if "flag" in f.metadata]
+
+
+def _on_off(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered not in ("on", "off"):
+        raise argparse.ArgumentTypeError(f"expected on or off, got {text!r}")
+    return lowered == "on"
+
+
+def _add_train_config_options(parser: argparse.ArgumentParser) -> None:
+    """``--momentum``, ``--weight-decay``, ``--ema``, ... from the TrainConfig fields marked ``flag``:
+    the option's name, type, range and help come from the field."""
+    for spec in _train_config_flags():
+        if "bool" in str(spec.type):
+            kind = _on_off
+        elif "float" in str(spec.type):
+            kind = _non_negative_float if spec.metadata.get("valid") == "non-negative" else float
+        else:
+            kind = _non_negative_int if spec.metadata.get("valid") == "non-negative" else int
+        parser.add_argument("--" + spec.name.replace("_", "-"), type=kind, default=None, help=spec.metadata["flag"])
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from .config import build_run_config, parse_set_options
     from .evaluate import parse_attacks, parse_eps
@@ -505,7 +537,8 @@ def cmd_run(args: argparse.Namespace) -> int:
                    "train_subset": args.train_subset, "val_size": args.val_size, "select": args.select,
                    "precision": args.precision,
                    "sync_bn": True if args.sync_bn else None, "channels_last": args.channels_last,
-                   "compile": True if args.compile else None}
+                   "compile": True if args.compile else None,
+                   **{spec.name: getattr(args, spec.name) for spec in _train_config_flags()}}
     eval_flags = {"attacks": parse_attacks(args.attacks) if args.attacks else None,
                   "eps": parse_eps(args.eps) if args.eps is not None else None, "n_eval": args.n_eval,
                   "batch_size": args.eval_batch_size, "precision": args.precision,
@@ -528,7 +561,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.out is not None and Path(args.out).is_file():
         raise ConfigError(f"--out {args.out} is a file; give a folder")
     from .errors import Interrupted
-    from .runtime import StopSignal
+    from .signals import StopSignal
 
     argv = getattr(args, "argv", None) or sys.argv[1:]
     if args.launcher != "local":
@@ -601,7 +634,7 @@ def cmd_collect(args: argparse.Namespace) -> int:
 def cmd_leaderboard(args: argparse.Namespace) -> int:
     from .leaderboard import parse_columns, render_leaderboard
     from .pipeline import leaderboard
-    from .runtime import atomic_write_text
+    from .files import atomic_write_text
 
     columns = parse_columns(args.columns)
     frame = leaderboard(_existing_store(args.db), rank_by=args.rank_by, selection=_selection(args.select))
@@ -678,7 +711,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     if args.current is not None:
         current = read_leaderboard_csv(args.current, "--current")
     else:
-        current = leaderboard(_existing_store(args.db or "runs/results.db",
+        current = leaderboard(_existing_store(args.db or DEFAULT_DB,
                                               "run `bench run` first or pass --current FILE"))
     metrics = [m.strip() for m in args.metrics.split(",") if m.strip()] if args.metrics else None
     result = check_regression(baseline, current, tolerance=args.tolerance, metrics=metrics)
@@ -700,7 +733,8 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
 
     from .data import load_dataset
     from .pretrained import cache_path, default_recipe, pretrain, recipe_with, save_checkpoint
-    from .runtime import provenance, resolve_device
+    from .devices import resolve_device
+    from .reproducibility import provenance
     from dataclasses import asdict
 
     arch = _canonical_arch(args.arch, args.arch_kwargs)
@@ -725,7 +759,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from .evaluate import EvalConfig, evaluate, parse_attacks, parse_eps
     from .leaderboard import format_table
     from .pretrained import resolve
-    from .runtime import atomic_write_text, resolve_device
+    from .devices import resolve_device
+    from .files import atomic_write_text
 
     arch = _canonical_arch(args.arch, args.arch_kwargs)
     attacks = parse_attacks(args.attacks)

@@ -12,10 +12,39 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Dict, List, Optional
 
 from .errors import ConfigError
-from .evaluate import EvalConfig
 from .method import CIFAR_EPS, params_problem
 from .registry import METHODS
 from .validation import SELECTIONS
+
+
+@dataclass
+class EvalConfig:
+    """What to evaluate and how.
+
+    Attributes:
+        attacks: attack names; ``clean`` is always evaluated (first) even if not listed.
+        eps: budget in pixel units; None → the dataset's default.
+        norm: ``Linf`` or ``L2``.
+        n_eval: size of the seeded test subset; None → the whole test set.
+        seed: seeds the subset and the attacks' random starts.
+        batch_size: evaluation batch size.
+        sanity: run the extra eps checks (PGD at 2×eps and unbounded on the first batch).
+        attack_options: per-attack constructor options, e.g. ``{"pgd": {"relative_step": 0.09}}``
+            (the ``paper`` preset uses it for AFD's PGD-20 step 0.003).
+        precision: clean, PGD and CW under ``auto`` (bf16 autocast on CUDA, fp32 on CPU), ``fp32`` or ``bf16``.
+        aa_precision: AutoAttack's; fp32 unless asked, so that leaderboard AA numbers are full precision.
+    """
+
+    attacks: List[str] = field(default_factory=lambda: ["clean", "pgd", "cw"])
+    eps: Optional[float] = None
+    norm: str = "Linf"
+    n_eval: Optional[int] = None
+    seed: int = 0
+    batch_size: int = 256
+    sanity: bool = True
+    attack_options: Dict[str, Dict[str, float]] = field(default_factory=dict)
+    precision: str = "auto"
+    aa_precision: str = "fp32"
 
 
 @dataclass
@@ -49,12 +78,19 @@ class TrainConfig:
     epochs: int = 20
     batch_size: int = 128
     lr: float = 0.025
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    ema: Optional[bool] = None
+    # Fields with a ``flag`` help are `bench run` options generated from this dataclass (cli.py).
+    momentum: float = field(default=0.9, metadata={"flag": "SGD momentum of the fine-tuning (default: 0.9)",
+                                                   "valid": "non-negative"})
+    weight_decay: float = field(default=5e-4, metadata={"flag": "weight decay of the fine-tuning (default: 5e-4)",
+                                                        "valid": "non-negative"})
+    ema: Optional[bool] = field(default=None, metadata={
+        "flag": "evaluate an EMA of the weights: on or off (default: each method's own choice; AFD: on)"})
     train_subset: Optional[int] = None
-    num_workers: int = 0
-    feature_gap_probe: int = 512
+    num_workers: int = field(default=0, metadata={"flag": "DataLoader worker processes (default: 0)",
+                                                  "valid": "non-negative"})
+    feature_gap_probe: int = field(default=512, metadata={
+        "flag": "training images on which the feature gap is measured after every epoch (default: the preset's; "
+                "0 turns the probe off)", "valid": "non-negative"})
     precision: str = "auto"
     sync_bn: bool = False
     channels_last: str = "auto"
@@ -114,6 +150,10 @@ PRESETS: Dict[str, Dict[str, Any]] = {
 }
 
 
+# Where results are stored unless --db says otherwise (every command that reads or writes a store).
+DEFAULT_DB = "runs/results.db"
+
+
 @dataclass
 class RunConfig:
     """Everything ``bench run`` needs; built by :func:`build_run_config`."""
@@ -129,7 +169,7 @@ class RunConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     method_params: Dict[str, Dict[str, Any]] = field(default_factory=dict)
     natural: Dict[str, Any] = field(default_factory=dict)
-    db: str = "runs/results.db"
+    db: str = DEFAULT_DB
     out: Optional[str] = None
     device: str = "auto"
     data_dir: Optional[str] = None

@@ -19,9 +19,8 @@ import argparse
 import dataclasses
 from typing import Any, Dict, List, Tuple
 
-from .config import RunConfig, TrainConfig, parse_value
+from .config import EvalConfig, RunConfig, TrainConfig, parse_value
 from .errors import ConfigError, not_a_file_reason
-from .evaluate import EvalConfig
 
 # Options that make no sense inside a file (they name the file, or print instead of running).
 NOT_IN_FILE = {"config", "print_config", "help"}

@@ -29,8 +29,10 @@ from .method import Method, OptimConfig
 from .modes import eval_mode
 from .passes import PassCounter, method_networks
 from .registry import METHODS
-from .runtime import (StopSignal, atomic_torch_save, autocast, compile_bodies, rng_state, seed_everything,
-                      set_rng_state, use_channels_last, without_buffer_donation)
+from .devices import autocast, compile_bodies, use_channels_last, without_buffer_donation
+from .files import atomic_torch_save
+from .reproducibility import rng_state, seed_everything, set_rng_state
+from .signals import StopSignal
 from .validation import VALIDATION_PGD_STEPS, ValidationSet, is_better, split_training_set
 
 log = logging.getLogger(__name__)

@@ -13,7 +13,7 @@ import hashlib
 import json
 import logging
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -22,11 +22,14 @@ from torch import nn
 from torch.utils.data import Subset
 from tqdm.auto import tqdm
 
+from .attacks import is_autoattack
+from .config import EvalConfig
 from .data import DataBundle, make_loader
 from .errors import ConfigError
-from .attacks import is_autoattack
 from .registry import ATTACKS
-from .runtime import StopSignal, atomic_torch_save, autocast, resolve_precision
+from .devices import autocast, resolve_precision
+from .files import atomic_torch_save
+from .signals import StopSignal
 
 log = logging.getLogger(__name__)
 
@@ -34,36 +37,6 @@ log = logging.getLogger(__name__)
 PGD_AA_GAP_PP = 10.0
 # An unbounded L∞ attack (eps = 1 covers the whole image cube) must break nearly every point.
 UNBOUNDED_MAX_ACCURACY = 10.0
-
-
-@dataclass
-class EvalConfig:
-    """What to evaluate and how.
-
-    Attributes:
-        attacks: attack names; ``clean`` is always evaluated (first) even if not listed.
-        eps: budget in pixel units; None → the dataset's default.
-        norm: ``Linf`` or ``L2``.
-        n_eval: size of the seeded test subset; None → the whole test set.
-        seed: seeds the subset and the attacks' random starts.
-        batch_size: evaluation batch size.
-        sanity: run the extra eps checks (PGD at 2×eps and unbounded on the first batch).
-        attack_options: per-attack constructor options, e.g. ``{"pgd": {"relative_step": 0.09}}``
-            (the ``paper`` preset uses it for AFD's PGD-20 step 0.003).
-        precision: clean, PGD and CW under ``auto`` (bf16 autocast on CUDA, fp32 on CPU), ``fp32`` or ``bf16``.
-        aa_precision: AutoAttack's; fp32 unless asked, so that leaderboard AA numbers are full precision.
-    """
-
-    attacks: List[str] = field(default_factory=lambda: ["clean", "pgd", "cw"])
-    eps: Optional[float] = None
-    norm: str = "Linf"
-    n_eval: Optional[int] = None
-    seed: int = 0
-    batch_size: int = 256
-    sanity: bool = True
-    attack_options: Dict[str, Dict[str, float]] = field(default_factory=dict)
-    precision: str = "auto"
-    aa_precision: str = "fp32"
 
 
 @dataclass

@@ -29,7 +29,8 @@ from .errors import ConfigError
 from .pipeline import MANIFEST, cell_name, open_run_folder, prepare_run, run_one_cell
 from .pretrained import cache_path, default_recipe, recipe_with
 from .results import ResultsStore, RunRecord
-from .runtime import StopSignal, atomic_write_text, check_writable
+from .files import atomic_write_text, check_writable
+from .signals import StopSignal
 from .registry import NATURAL
 
 log = logging.getLogger(__name__)

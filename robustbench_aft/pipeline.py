@@ -18,7 +18,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 from torch import nn
@@ -37,8 +37,10 @@ from .pretrained import default_recipe, load_checkpoint, recipe_with, resolve, s
 from .results import ResultsStore, RunRecord, new_group_id, outcome_bits
 from .validation import catastrophic_overfitting
 from .registry import NATURAL
-from .runtime import (RunLock, StopSignal, atomic_write_text, check_writable, provenance, resolve_device,
-                      resolve_precision)
+from .devices import resolve_device, resolve_precision
+from .files import RunLock, atomic_write_text, check_writable
+from .reproducibility import provenance
+from .signals import StopSignal
 
 log = logging.getLogger(__name__)
 
@@ -183,130 +185,187 @@ def cell_name(method: str, seed: int) -> str:
     return NATURAL if method == NATURAL else f"{method}-seed{seed}"
 
 
+@dataclass
+class _Cell:
+    """One (method, seed) of a run while it is worked on."""
+
+    method: str
+    seed: int
+    folder: Path
+    run_id: str
+    start: float
+    label: str  # "[3/13] afd seed 0", for the log
+    record: Dict[str, Any]  # the fields every row of the cell shares
+    extra: Dict[str, Any]  # configuration facts stored with the rows
+    feature_gap: List[Dict[str, float]]
+    tuned: _Tuned = dataclasses.field(default_factory=_Tuned)
+
+
 def _run_cell(context: _Context, natural: nn.Module, method: str, seed: int, step: int, total: int) -> str:
-    config, data = context.config, context.data
-    cell_dir = context.out_root / cell_name(method, seed)
-    done = cell_dir / "done.json"
+    """Fine-tune (or load) and evaluate one cell and store its rows; returns its run id. A cell that
+    finished earlier is skipped; one stopped by a signal or a NaN is stored as interrupted/failed."""
+    folder = context.out_root / cell_name(method, seed)
+    label = f"[{step}/{total}] {method} seed {seed}"
+    finished_id = _finished_earlier(context, folder / "done.json", label)
+    if finished_id is not None:
+        return finished_id
     dist = context.dist
-    if done.is_file():
-        finished_id = json.loads(done.read_text())["run_id"]
-        backfill = (not dist.enabled and isinstance(context.store, ResultsStore)
-                    and context.store.samples(finished_id) is None)
-        if not backfill:
-            log.info("[%d/%d] %s seed %d: finished earlier, skipped", step, total, method, seed)
-            return finished_id
-        # Finished by a version that did not store per-sample outcomes: evaluating again reads the
-        # cell's saved per-batch results (no attack runs) and stores them with the row.
-        log.info("[%d/%d] %s seed %d: finished earlier; storing its per-sample results", step, total, method, seed)
     # Under torchrun every rank works on the cell; rank 0 alone writes its files and its row.
-    run_id = _cell_id(cell_dir) if dist.is_main else ""
+    run_id = _cell_id(folder) if dist.is_main else ""
     if not dist.is_main:
-        cell_dir.mkdir(parents=True, exist_ok=True)
-    start = time.perf_counter()
+        folder.mkdir(parents=True, exist_ok=True)
+    cell = _Cell(method=method, seed=seed, folder=folder, run_id=run_id, start=time.perf_counter(), label=label,
+                 record=dict(group_id=context.group_id, method=method, dataset=context.data.name,
+                             arch=context.config.arch, seed=seed, norm=context.eval_config.norm,
+                             provenance=context.origin),
+                 extra=_cell_extra(context, natural), feature_gap=list(context.natural_gap))
+    try:
+        model, best_model = _cell_model(context, cell, natural)
+        if method != NATURAL:
+            cell.extra["checkpoint"] = str((folder / "final.pt").resolve())  # usable from any working directory
+        evaluations = _evaluate_cell(context, cell, model, best_model)
+        if not dist.is_main:
+            return run_id
+    except (Interrupted, NumericalError) as exc:
+        if dist.is_main:
+            _store_stopped_cell(context, cell, exc)
+        raise
+    _store_cell(context, cell, evaluations)
+    return run_id
+
+
+def _finished_earlier(context: _Context, done: Path, label: str) -> Optional[str]:
+    """The run id of a cell whose ``done.json`` exists, unless its row lacks per-sample outcomes
+    (stored by an older version): then None, and evaluating again reads the cell's saved per-batch
+    results (no attack runs) and stores them with the row."""
+    if not done.is_file():
+        return None
+    finished_id = json.loads(done.read_text())["run_id"]
+    backfill = (not context.dist.enabled and isinstance(context.store, ResultsStore)
+                and context.store.samples(finished_id) is None)
+    if not backfill:
+        log.info("%s: finished earlier, skipped", label)
+        return finished_id
+    log.info("%s: finished earlier; storing its per-sample results", label)
+    return None
+
+
+def _cell_extra(context: _Context, natural: nn.Module) -> Dict[str, Any]:
+    """Configuration facts stored with every row of a cell: precisions, processes, input shape and the
+    natural model's normalisation."""
+    device = context.device
     extra: Dict[str, Any] = {"pretrained_source": context.source, "precision": {
-        "fine_tuning": resolve_precision(config.train.precision, context.device),
-        "clean_pgd_cw": resolve_precision(context.eval_config.precision, context.device),
-        "autoattack": resolve_precision(context.eval_config.aa_precision, context.device)},
-        "processes": dist.world_size, "input_shape": list(data.input_shape)}
+        "fine_tuning": resolve_precision(context.config.train.precision, device),
+        "clean_pgd_cw": resolve_precision(context.eval_config.precision, device),
+        "autoattack": resolve_precision(context.eval_config.aa_precision, device)},
+        "processes": context.dist.world_size, "input_shape": list(context.data.input_shape)}
     normalize = getattr(natural, "normalize", None)
     if normalize is not None:
         extra["normalisation"] = {"mean": [round(float(v), 6) for v in normalize.mean.flatten()],
                                   "std": [round(float(v), 6) for v in normalize.std.flatten()]}
-    record = dict(group_id=context.group_id, method=method, dataset=data.name, arch=config.arch, seed=seed,
-                  norm=context.eval_config.norm, provenance=context.origin)
-    tuned_info = _Tuned()
-    feature_gap = list(context.natural_gap)
-    best_model: Optional[nn.Module] = None  # with --select best-val: the best validated epoch's weights
-    try:
-        if method == NATURAL:
-            model = natural
-            extra["checkpoint"] = context.source
-            log.info("[%d/%d] evaluating the natural model (%s)", step, total, context.source)
-        elif (cell_dir / "final.pt").is_file():
-            model, info = load_checkpoint(str(cell_dir / "final.pt"), data, config.arch)
-            metadata = info["metadata"]
-            tuned_info = _Tuned(metadata["method_version"], metadata["train_seconds"], metadata["images_per_second"],
-                                metadata.get("validation", []), metadata.get("best_val_epoch"),
-                                metadata.get("passes_per_image"))
-            extra["method_params_used"] = metadata["params"]
-            extra["training_history"] = metadata.get("history", [])
-            feature_gap += metadata.get("feature_gap", [])
-            if config.train.select == "best-val" and tuned_info.best_val_epoch is not None:
-                best_path = cell_dir / BEST_VAL_CHECKPOINT
-                best_model = load_checkpoint(str(best_path), data, config.arch)[0] if best_path.is_file() else model
-            log.info("[%d/%d] %s seed %d: fine-tuned earlier; evaluating", step, total, method, seed)
-        else:
-            log.info("[%d/%d] fine-tuning %s, seed %d", step, total, method, seed)
-            tuned = fine_tune(method, natural, data, config.train, eps=context.eval_config.eps, seed=seed,
-                              device=context.device, params=config.method_params.get(method),
-                              out_dir=cell_dir, progress=context.progress, resume=context.resume, stop=context.stop,
-                              probe=context.probe, dist=dist)
-            tuned_info = _Tuned(tuned.method_version, tuned.seconds, tuned.images_per_second, tuned.validation,
-                                tuned.best_val_epoch, tuned.passes_per_image)
-            extra["method_params_used"] = tuned.params
-            extra["training_history"] = tuned.history
-            feature_gap += tuned.feature_gap
-            metadata = dict(method=method, seed=seed, method_version=tuned.method_version, params=tuned.params,
-                            train_seconds=tuned.seconds, images_per_second=tuned.images_per_second,
-                            feature_gap=tuned.feature_gap, history=tuned.history, validation=tuned.validation,
-                            best_val_epoch=tuned.best_val_epoch, passes_per_image=tuned.passes_per_image)
-            best_model = tuned.best_val_model
-            if dist.is_main:
-                if best_model is not None and best_model is not tuned.model:
-                    save_checkpoint(best_model, cell_dir / BEST_VAL_CHECKPOINT, config.arch, data,
-                                    **{**metadata, "selected_epoch": tuned.best_val_epoch})
-                # final.pt last: its presence means the cell's fine-tuning is complete.
-                save_checkpoint(tuned.model, cell_dir / "final.pt", config.arch, data, **metadata)
-            model = tuned.model.to(context.device)
-            if best_model is tuned.model:
-                best_model = model
-            log.info("[%d/%d] %s seed %d: %.1f s, %.0f images/s; evaluating", step, total, method, seed,
-                     tuned.seconds, tuned.images_per_second)
-        if method != NATURAL:
-            extra["checkpoint"] = str((cell_dir / "final.pt").resolve())  # usable from any working directory
-        model = model.to(context.device)
+    return extra
+
+
+def _cell_model(context: _Context, cell: _Cell, natural: nn.Module) -> Tuple[nn.Module, Optional[nn.Module]]:
+    """The model to evaluate (the natural one, ``final.pt`` of an earlier run, or a fresh fine-tuning)
+    and, with ``--select best-val``, the best validated epoch's (``None`` without it)."""
+    config, data = context.config, context.data
+    if cell.method == NATURAL:
+        cell.extra["checkpoint"] = context.source
+        log.info("%s: evaluating the natural model (%s)", cell.label, context.source)
+        return natural.to(context.device), None
+    if (cell.folder / "final.pt").is_file():
+        model, info = load_checkpoint(str(cell.folder / "final.pt"), data, config.arch)
+        _record_tuning(cell, info["metadata"])
+        best_model = None
+        if config.train.select == "best-val" and cell.tuned.best_val_epoch is not None:
+            best_path = cell.folder / BEST_VAL_CHECKPOINT
+            best_model = load_checkpoint(str(best_path), data, config.arch)[0] if best_path.is_file() else model
+        log.info("%s: fine-tuned earlier; evaluating", cell.label)
+        return model.to(context.device), best_model  # .to() moves in place: best_model may be model itself
+    log.info("%s: fine-tuning", cell.label)
+    tuned = fine_tune(cell.method, natural, data, config.train, eps=context.eval_config.eps, seed=cell.seed,
+                      device=context.device, params=config.method_params.get(cell.method), out_dir=cell.folder,
+                      progress=context.progress, resume=context.resume, stop=context.stop, probe=context.probe,
+                      dist=context.dist)
+    metadata = dict(method=cell.method, seed=cell.seed, method_version=tuned.method_version, params=tuned.params,
+                    train_seconds=tuned.seconds, images_per_second=tuned.images_per_second,
+                    feature_gap=tuned.feature_gap, history=tuned.history, validation=tuned.validation,
+                    best_val_epoch=tuned.best_val_epoch, passes_per_image=tuned.passes_per_image)
+    _record_tuning(cell, metadata)
+    best_model = tuned.best_val_model
+    if context.dist.is_main:
+        if best_model is not None and best_model is not tuned.model:
+            save_checkpoint(best_model, cell.folder / BEST_VAL_CHECKPOINT, config.arch, data,
+                            **{**metadata, "selected_epoch": tuned.best_val_epoch})
+        # final.pt last: its presence means the cell's fine-tuning is complete.
+        save_checkpoint(tuned.model, cell.folder / "final.pt", config.arch, data, **metadata)
+    model = tuned.model.to(context.device)
+    log.info("%s: %.1f s, %.0f images/s; evaluating", cell.label, tuned.seconds, tuned.images_per_second)
+    return model, (model if best_model is tuned.model else best_model)
+
+
+def _record_tuning(cell: _Cell, metadata: Dict[str, Any]) -> None:
+    """What fine-tuning left (a fresh run's result or final.pt's metadata) into the cell's rows."""
+    cell.tuned = _Tuned(metadata["method_version"], metadata["train_seconds"], metadata["images_per_second"],
+                        metadata.get("validation", []), metadata.get("best_val_epoch"),
+                        metadata.get("passes_per_image"))
+    cell.extra["method_params_used"] = metadata["params"]
+    cell.extra["training_history"] = metadata.get("history", [])
+    cell.feature_gap += metadata.get("feature_gap", [])
+
+
+def _evaluate_cell(context: _Context, cell: _Cell, model: nn.Module,
+                   best_model: Optional[nn.Module]) -> List[Tuple[str, Any, float, Optional[int], str]]:
+    """Evaluate the last weights and, when they differ, the best validated epoch's; one
+    (selection, result, seconds, epoch, row id) per row to store (rank 0; empty on the others)."""
+    evaluation_start = time.perf_counter()
+    result = _evaluate(context, model, cell.folder)
+    eval_seconds = time.perf_counter() - evaluation_start
+    last_epoch = None if cell.method == NATURAL else context.config.train.epochs
+    rows = [("last", result, eval_seconds, last_epoch, cell.run_id)]
+    if best_model is None:
+        return rows
+    if best_model is model:
+        best_result, best_seconds = result, eval_seconds  # the best epoch is the last: the same weights
+    else:
+        log.info("%s: evaluating the best validated epoch (%d)", cell.label, cell.tuned.best_val_epoch)
         evaluation_start = time.perf_counter()
-        result = _evaluate(context, model, cell_dir)
-        eval_seconds = time.perf_counter() - evaluation_start
-        best_result, best_seconds = None, None
-        if best_model is model:
-            best_result, best_seconds = result, eval_seconds  # the best epoch is the last: the same weights
-        elif best_model is not None:
-            log.info("[%d/%d] %s seed %d: evaluating the best validated epoch (%d)", step, total, method, seed,
-                     tuned_info.best_val_epoch)
-            evaluation_start = time.perf_counter()
-            best_result = _evaluate(context, best_model.to(context.device), cell_dir / "best-val")
-            best_seconds = time.perf_counter() - evaluation_start
-        if not dist.is_main:
-            return run_id
-    except (Interrupted, NumericalError) as exc:
-        if not dist.is_main:
-            raise
-        status = "interrupted" if isinstance(exc, Interrupted) else "failed"
-        context.store.add(RunRecord(**record, method_version=tuned_info.version, eps=context.eval_config.eps,
-                                    n_eval=len(select_subset(len(data.test), context.eval_config.n_eval,
-                                                             context.eval_config.seed)),
-                                    metrics={}, config={**context.stored_config, **extra}, flags=[str(exc)],
-                                    wall_seconds=time.perf_counter() - start, status=status), run_id=run_id)
-        raise
-    overfitting = catastrophic_overfitting(tuned_info.validation)
-    common = dict(record, method_version=tuned_info.version, config={**context.stored_config, **extra},
-                  train_seconds=tuned_info.train_seconds, images_per_second=tuned_info.images_per_second,
-                  feature_gap=feature_gap, validation=tuned_info.validation,
-                  passes_per_image=tuned_info.passes_per_image)
-    done_payload: Dict[str, Any] = {"run_id": run_id, "accuracy": result.accuracy}
-    last_epoch = None if method == NATURAL else config.train.epochs
-    for selection, evaluated, seconds, epoch, row_id in (
-            ("last", result, eval_seconds, last_epoch, run_id),
-            ("best-val", best_result, best_seconds, tuned_info.best_val_epoch,
-             _cell_id(cell_dir, "best-val") if best_result is not None else None)):
-        if evaluated is None:
-            continue
-        if selection == "best-val" and best_model is not model:
-            common["config"] = {**common["config"], "checkpoint": str((cell_dir / BEST_VAL_CHECKPOINT).resolve())}
-        context.store.add(RunRecord(**common, eps=evaluated.eps, n_eval=evaluated.n, metrics=evaluated.accuracy,
+        best_result = _evaluate(context, best_model.to(context.device), cell.folder / "best-val")
+        best_seconds = time.perf_counter() - evaluation_start
+        cell.extra["best_val_checkpoint"] = str((cell.folder / BEST_VAL_CHECKPOINT).resolve())
+    if context.dist.is_main:
+        rows.append(("best-val", best_result, best_seconds, cell.tuned.best_val_epoch, _cell_id(cell.folder, "best-val")))
+    return rows
+
+
+def _store_stopped_cell(context: _Context, cell: _Cell, exc: Exception) -> None:
+    """A row with no metrics for a cell stopped by a signal (interrupted) or a NaN (failed)."""
+    status = "interrupted" if isinstance(exc, Interrupted) else "failed"
+    n_eval = len(select_subset(len(context.data.test), context.eval_config.n_eval, context.eval_config.seed))
+    context.store.add(RunRecord(**cell.record, method_version=cell.tuned.version, eps=context.eval_config.eps,
+                                n_eval=n_eval, metrics={}, config={**context.stored_config, **cell.extra},
+                                flags=[str(exc)], wall_seconds=time.perf_counter() - cell.start, status=status),
+                      run_id=cell.run_id)
+
+
+def _store_cell(context: _Context, cell: _Cell, evaluations: List[Tuple[str, Any, float, Optional[int], str]]) -> None:
+    """One row per evaluated selection, the catastrophic-overfitting flag, then ``done.json``."""
+    overfitting = catastrophic_overfitting(cell.tuned.validation)
+    tuned = cell.tuned
+    best_checkpoint = cell.extra.pop("best_val_checkpoint", None)
+    config = {**context.stored_config, **cell.extra}
+    done_payload: Dict[str, Any] = {"run_id": cell.run_id, "accuracy": evaluations[0][1].accuracy}
+    for selection, evaluated, seconds, epoch, row_id in evaluations:
+        if selection == "best-val" and best_checkpoint is not None:
+            config = {**config, "checkpoint": best_checkpoint}
+        context.store.add(RunRecord(**cell.record, method_version=tuned.version, config=config,
+                                    train_seconds=tuned.train_seconds, images_per_second=tuned.images_per_second,
+                                    feature_gap=cell.feature_gap, validation=tuned.validation,
+                                    passes_per_image=tuned.passes_per_image, eps=evaluated.eps, n_eval=evaluated.n,
+                                    metrics=evaluated.accuracy,
                                     flags=evaluated.flags + ([overfitting] if overfitting else []),
-                                    wall_seconds=time.perf_counter() - start, eval_seconds=seconds,
+                                    wall_seconds=time.perf_counter() - cell.start, eval_seconds=seconds,
                                     selection=selection, selected_epoch=epoch,
                                     indices=[int(i) for i in evaluated.indices],
                                     per_sample={name: outcome_bits(values)
@@ -315,9 +374,8 @@ def _run_cell(context: _Context, natural: nn.Module, method: str, seed: int, ste
         if selection != "last":
             done_payload[f"run_id_{selection}"] = row_id
     if overfitting:
-        log.warning("%s seed %d: %s", method, seed, overfitting)
-    atomic_write_text(json.dumps(done_payload) + "\n", done)
-    return run_id
+        log.warning("%s seed %d: %s", cell.method, cell.seed, overfitting)
+    atomic_write_text(json.dumps(done_payload) + "\n", cell.folder / "done.json")
 
 
 def run(config: RunConfig, progress: bool = True, resume: bool = False, stop: Optional[StopSignal] = None,
@@ -334,10 +392,7 @@ def run(config: RunConfig, progress: bool = True, resume: bool = False, stop: Op
     device = resolve_device(config.device)
     dist, device = distributed.initialize(device)
     try:
-        data = load_dataset(config.dataset, data_dir=config.data_dir, download=config.download)
-        eval_config = dataclasses.replace(config.eval,
-                                          eps=data.default_eps if config.eval.eps is None else config.eval.eps)
-        select_subset(len(data.test), eval_config.n_eval, eval_config.seed)
+        data, eval_config = prepare_run(config)
         check_writable(config.db, "--db", folder=False)
         group_id = distributed.gather_objects(new_group_id(), dist)[0]
         out_root = Path(config.out) if config.out else Path(config.db).parent / group_id
@@ -370,15 +425,13 @@ def _run_in(out_root: Path, config: RunConfig, data: DataBundle, eval_config: Ev
             group_id: str, progress: bool, resume: bool, stop: Optional[StopSignal], command: Optional[List[str]],
             start: float, dist: DistContext) -> RunSummary:
     _check_methods_fit(config, data)
-    recipe = recipe_with(default_recipe(data), **config.natural)
     if not dist.is_main:
         barrier(dist)  # rank 0 pre-trains (or loads) the natural model first; the others load its cache
-    natural, info = resolve(config.pretrained, data, config.arch, seed=config.pretrained_seed, device=device,
-                            recipe=recipe, progress=progress and dist.is_main, stop=stop)
+    natural, info = _natural_model(config, data, device, progress and dist.is_main, stop)
     if dist.is_main:
         barrier(dist)
     with RunLock(out_root) if dist.is_main else contextlib.nullcontext():
-        stored_config = {**config.to_dict(), "eval": dataclasses.asdict(eval_config)}
+        stored_config = _stored_config(config, eval_config)
         if dist.is_main:
             group_id = _open_group(out_root, stored_config, resume, command, group_id)
             atomic_write_text(dump_run_config(config, f"run {group_id}: load with bench run --config"),
@@ -391,12 +444,7 @@ def _run_in(out_root: Path, config: RunConfig, data: DataBundle, eval_config: Ev
                      ", synchronised BatchNorm" if config.train.sync_bn else ", BatchNorm statistics per process")
         log.info("run %s: %s on %s/%s, eps %.4g, %d model(s) to evaluate, results in %s, state in %s", group_id,
                  ",".join(config.methods), data.name, config.arch, eval_config.eps, len(cells), config.db, out_root)
-        probe, natural_gap = None, []
-        if config.train.feature_gap_probe > 0 and dist.is_main:
-            probe = FeatureGapProbe(data.train, config.train.feature_gap_probe, eval_config.eps, eval_config.norm)
-            natural_gap = [{"epoch": 0, **probe.measure(natural)}]
-            log.info("feature gap of the natural model on %d probe images: L2 %.4f, 1-cos %.4f (%.1f s)", len(probe),
-                     natural_gap[0]["l2"], natural_gap[0]["cosine"], natural_gap[0]["seconds"])
+        probe, natural_gap = _feature_gap_probe(config, data, eval_config, natural) if dist.is_main else (None, [])
         context = _Context(config=config, data=data, eval_config=eval_config, store=store, group_id=group_id,
                            out_root=out_root, stored_config=stored_config, origin=provenance(device),
                            source=info["source"], resume=resume, progress=progress, stop=stop,
@@ -415,6 +463,32 @@ def _run_in(out_root: Path, config: RunConfig, data: DataBundle, eval_config: Ev
                       seconds=time.perf_counter() - start, rank=dist.rank, diverged=diverged)
 
 
+def _natural_model(config: RunConfig, data: DataBundle, device: torch.device, progress: bool,
+                   stop: Optional[StopSignal]) -> Tuple[nn.Module, Dict[str, Any]]:
+    """The run's starting point: ``--pretrained`` (``auto``: the cached natural model, pre-trained by the
+    dataset's recipe and ``--natural-*`` when missing)."""
+    recipe = recipe_with(default_recipe(data), **config.natural)
+    return resolve(config.pretrained, data, config.arch, seed=config.pretrained_seed, device=device,
+                   recipe=recipe, progress=progress, stop=stop)
+
+
+def _stored_config(config: RunConfig, eval_config: EvalConfig) -> Dict[str, Any]:
+    return {**config.to_dict(), "eval": dataclasses.asdict(eval_config)}
+
+
+def _feature_gap_probe(config: RunConfig, data: DataBundle, eval_config: EvalConfig,
+                       natural: nn.Module) -> Tuple[Optional[FeatureGapProbe], List[Dict[str, float]]]:
+    """The per-epoch feature-gap probe (``--feature-gap-probe N`` training images) and the natural
+    model's gap on it (epoch 0); (None, []) when the probe is off."""
+    if config.train.feature_gap_probe <= 0:
+        return None, []
+    probe = FeatureGapProbe(data.train, config.train.feature_gap_probe, eval_config.eps, eval_config.norm)
+    natural_gap = [{"epoch": 0, **probe.measure(natural)}]
+    log.info("feature gap of the natural model on %d probe images: L2 %.4f, 1-cos %.4f (%.1f s)", len(probe),
+             natural_gap[0]["l2"], natural_gap[0]["cosine"], natural_gap[0]["seconds"])
+    return probe, natural_gap
+
+
 def prepare_run(config: RunConfig) -> tuple:
     """The dataset and the evaluation settings of ``config``, checked (shared by the launchers)."""
     data = load_dataset(config.dataset, data_dir=config.data_dir, download=config.download)
@@ -428,8 +502,7 @@ def open_run_folder(config: RunConfig, out_root: Path, eval_config: EvalConfig, 
     """Create (or, with ``resume``, reopen) the run folder's manifest; returns the run's group id."""
     check_writable(config.db, "--db", folder=False)
     check_writable(out_root, "--out", folder=True)
-    stored_config = {**config.to_dict(), "eval": dataclasses.asdict(eval_config)}
-    return _open_group(out_root, stored_config, resume, command, new_group_id())
+    return _open_group(out_root, _stored_config(config, eval_config), resume, command, new_group_id())
 
 
 def run_one_cell(config: RunConfig, out_root: Path, method: str, seed: int, sink: Any, progress: bool = False,
@@ -441,16 +514,11 @@ def run_one_cell(config: RunConfig, out_root: Path, method: str, seed: int, sink
         raise ConfigError(f"{out_root} holds no {MANIFEST}; it is not the folder of a submitted run")
     device = resolve_device(config.device)
     data, eval_config = prepare_run(config)
-    recipe = recipe_with(default_recipe(data), **config.natural)
-    natural, info = resolve(config.pretrained, data, config.arch, seed=config.pretrained_seed, device=device,
-                            recipe=recipe, progress=progress, stop=stop)
-    stored_config = {**config.to_dict(), "eval": dataclasses.asdict(eval_config)}
-    probe, natural_gap = None, []
-    if config.train.feature_gap_probe > 0:
-        probe = FeatureGapProbe(data.train, config.train.feature_gap_probe, eval_config.eps, eval_config.norm)
-        natural_gap = [{"epoch": 0, **probe.measure(natural)}]
+    natural, info = _natural_model(config, data, device, progress, stop)
+    probe, natural_gap = _feature_gap_probe(config, data, eval_config, natural)
     context = _Context(config=config, data=data, eval_config=eval_config, store=sink, group_id=manifest["group_id"],
-                       out_root=out_root, stored_config=stored_config, origin=provenance(device), source=info["source"],
+                       out_root=out_root, stored_config=_stored_config(config, eval_config), origin=provenance(device),
+                       source=info["source"],
                        resume=True, progress=progress, stop=stop, device=device, probe=probe,
                        natural_gap=natural_gap)
     with RunLock(out_root / cell_name(method, seed)):

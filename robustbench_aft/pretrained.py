@@ -27,7 +27,9 @@ from tqdm.auto import tqdm
 from .data import DataBundle, make_loader
 from .errors import CheckpointError, ConfigError, not_a_file_reason
 from .models import adapt, build_model
-from .runtime import StopSignal, atomic_torch_save, atomic_write_text, provenance, seed_everything
+from .files import atomic_torch_save, atomic_write_text
+from .reproducibility import provenance, seed_everything
+from .signals import StopSignal
 
 log = logging.getLogger(__name__)
 

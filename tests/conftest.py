@@ -9,7 +9,7 @@ import torch
 
 from robustbench_aft import load_dataset
 from robustbench_aft.pretrained import NaturalRecipe, pretrain
-from robustbench_aft.runtime import StopSignal
+from robustbench_aft.signals import StopSignal
 
 CPU = torch.device("cpu")
 SHARED_CIFAR10_JPEG = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cifar10-jpeg"

@@ -141,3 +141,19 @@ def test_config_file_values_are_checked_like_their_options(capsys, tmp_path):
     config_file.write_text("methods: ours\nepochs: 2\ntrain: {epochs: 3}\n")
     code, _, err = run(capsys, "run", "--config", str(config_file), "--print-config")
     assert code == 2 and "train.epochs is also given as a top-level option" in err
+
+
+def test_train_config_fields_marked_flag_are_run_options(capsys):
+    """--momentum, --weight-decay, --ema, --num-workers and --feature-gap-probe come from TrainConfig."""
+    import yaml
+
+    code, out, _ = run(capsys, "run", "--methods", "vaft", "--momentum", "0.5", "--weight-decay", "0",
+                       "--ema", "on", "--feature-gap-probe", "0", "--print-config")
+    assert code == 0
+    train = yaml.safe_load(out)["train"]
+    assert (train["momentum"], train["weight_decay"], train["ema"], train["feature_gap_probe"]) == (0.5, 0.0, True, 0)
+    code, out, _ = run(capsys, "run", "--methods", "vaft", "--print-config")
+    train = yaml.safe_load(out)["train"]
+    assert (train["momentum"], train["weight_decay"], train["ema"]) == (0.9, 5e-4, None)
+    assert main(["run", "--methods", "vaft", "--ema", "maybe"]) == 2
+    assert "--ema: expected on or off, got 'maybe'" in capsys.readouterr().err

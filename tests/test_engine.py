@@ -51,7 +51,7 @@ def test_unknown_method_parameter_is_a_config_error():
 
 def test_channels_last_auto_is_on_for_cuda_and_onednn_cpus_and_explicit_settings_win(monkeypatch):
     from robustbench_aft.errors import ConfigError
-    from robustbench_aft.runtime import use_channels_last
+    from robustbench_aft.devices import use_channels_last
 
     assert use_channels_last("auto", torch.device("cuda")) and not use_channels_last("off", torch.device("cuda"))
     monkeypatch.setattr(torch.backends.mkldnn, "is_available", lambda: True)

@@ -1,5 +1,4 @@
 """Validation-based checkpoint selection, the catastrophic-overfitting flag and the counted passes."""
-import dataclasses
 
 import pytest
 import torch
