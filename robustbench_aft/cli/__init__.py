@@ -1,0 +1,71 @@
+"""The ``bench`` command: thin sub-commands over the Python API, one module each.
+
+Every user error (unknown name, missing file, bad value) ends as one line on stderr and exit
+status 2; Ctrl-C exits 130. No maths and no table logic live here. A sub-command is a module with
+``add_to(commands)`` (its parser, with ``handler=`` its function) listed in :data:`SUBCOMMANDS`,
+which is also the order of ``bench --help``.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import List, Optional
+
+from ..errors import UserError
+from . import analyze, check, collect, compare, dump, evaluate, leaderboard, listing, load, pretrain, report, run
+from ._common import BenchArgumentParser, setup_logging
+
+SUBCOMMANDS = (listing, pretrain, evaluate, run, collect, leaderboard, dump, load, compare, check, analyze, report)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = BenchArgumentParser(prog="bench", description="Benchmark adversarial fine-tuning of pre-trained classifiers.")
+    from .. import __version__
+
+    parser.add_argument("--version", action="version", version=f"robustbench-aft {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=BenchArgumentParser)
+    commands.required = True
+    for command in SUBCOMMANDS:
+        command.add_to(commands)
+    return parser
+
+
+def _with_config_file(parser: argparse.ArgumentParser, args: argparse.Namespace,
+                      argv: Optional[List[str]]) -> argparse.Namespace:
+    """Parse again with the --config file's values as the defaults of `bench run`'s options."""
+    from ..config_file import file_defaults, load_config_file
+
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    run_parser = commands.choices["run"]
+    defaults, sections = file_defaults(run_parser, load_config_file(args.config), args.config)
+    run_parser.set_defaults(**defaults)
+    reparsed = parser.parse_args(argv)
+    reparsed.config_sections = sections
+    return reparsed
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+        if getattr(args, "config", None):
+            args = _with_config_file(parser, args, argv)
+        args.argv = list(argv) if argv is not None else sys.argv[1:]
+        input_options = [getattr(args, name, None) for name in ("image_size", "mean", "std")]
+        if any(v is not None for v in input_options) and getattr(args, "dataset", None):
+            from ..data import with_input_options
+
+            args.dataset = with_input_options(args.dataset, *input_options)
+        setup_logging(getattr(args, "quiet", False))
+        return args.handler(args)
+    except UserError as exc:
+        print(f"bench: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("bench: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        # The reader went away (`bench leaderboard | head`): what it wanted is printed; stay quiet.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0

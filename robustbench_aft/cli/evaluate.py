@@ -1,0 +1,71 @@
+"""`bench eval`: evaluate one checkpoint under the uniform protocol."""
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from ..errors import ConfigError
+from ..registry import FORMATS
+from ._common import (ARCH_KWARGS_HELP, add_data_arguments, add_precision_arguments, canonical_arch, human, non_negative_int,
+                     positive_int)
+
+
+def add_to(commands: argparse._SubParsersAction) -> None:
+    evaluate = commands.add_parser("eval", help="evaluate a checkpoint under the uniform protocol")
+    add_data_arguments(evaluate)
+    evaluate.add_argument("--checkpoint", required=True,
+                          help="checkpoint path, 'auto' (the cached natural model) or robustbench:NAME")
+    evaluate.add_argument("--arch", default="smallcnn", help="architecture of the checkpoint")
+    evaluate.add_argument("--arch-kwargs", default=None, metavar="K=V,...", help=ARCH_KWARGS_HELP)
+    evaluate.add_argument("--attacks", default="clean,pgd,cw",
+                          help="comma-separated attacks (default: clean,pgd,cw; see `bench list attacks`)")
+    evaluate.add_argument("--eps", default=None, help="budget, e.g. 8/255 or 0.2 (default: the dataset's)")
+    evaluate.add_argument("--norm", default="Linf", choices=("Linf", "L2"), help="threat model (default: Linf)")
+    evaluate.add_argument("--n-eval", type=positive_int, default=None,
+                          help="size of the seeded test subset (default: the whole test set)")
+    evaluate.add_argument("--batch-size", type=positive_int, default=256, help="evaluation batch size")
+    evaluate.add_argument("--seed", type=non_negative_int, default=0, help="subset and attack seed (default: 0)")
+    evaluate.add_argument("--no-sanity", action="store_true", help="skip the extra eps checks on the first batch")
+    add_precision_arguments(evaluate, "clean, PGD and CW")
+    evaluate.add_argument("--format", default="md", choices=FORMATS.names(), help="output format")
+    evaluate.add_argument("--output", default=None, help="also write the table to this file")
+    evaluate.set_defaults(handler=cmd_eval)
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from ..data import load_dataset
+    from ..evaluate import EvalConfig, evaluate, parse_attacks, parse_eps
+    from ..leaderboard import format_table
+    from ..pretrained import resolve
+    from ..devices import resolve_device
+    from ..files import atomic_write_text
+
+    arch = canonical_arch(args.arch, args.arch_kwargs)
+    attacks = parse_attacks(args.attacks)
+    eps = parse_eps(args.eps, args.norm) if args.eps is not None else None
+    output = Path(args.output) if args.output else None
+    if output is not None and output.is_dir():
+        raise ConfigError(f"--output {output} is a directory; give a file name")
+    device = resolve_device(args.device)
+    data = load_dataset(args.dataset, data_dir=args.data_dir, download=args.download)
+    model, info = resolve(args.checkpoint, data, arch, seed=args.seed, device=device, progress=not args.quiet)
+    config = EvalConfig(attacks=attacks, eps=eps, norm=args.norm, n_eval=args.n_eval, seed=args.seed,
+                        batch_size=args.batch_size, sanity=not args.no_sanity, precision=args.precision or "auto",
+                        aa_precision=args.aa_precision or "fp32")
+    start = time.perf_counter()
+    result = evaluate(model, data, config, device, progress=not args.quiet)
+    seconds = time.perf_counter() - start
+    table = format_table(result.rows(), args.format,
+                         extra={"source": info["source"], "dataset": data.name, "arch": arch, **result.to_dict()})
+    if human(args.format):
+        table = (f"{arch} on {data.name} ({info['source']}), {result.norm} eps={result.eps:.4g}, "
+                 f"n={result.n}, {seconds:.1f} s\n\n{table}")
+        if result.flags:
+            table += "\n\nsanity flags:\n" + "\n".join(f"- {flag}" for flag in result.flags)
+        else:
+            table += "\n\nsanity flags: none"
+    print(table)
+    if output is not None:
+        atomic_write_text(table + "\n", output)
+    return 0

@@ -1,0 +1,45 @@
+"""`bench pretrain`: train a natural model and store it in the cache."""
+from __future__ import annotations
+
+import argparse
+
+from ._common import (ARCH_KWARGS_HELP, add_data_arguments, canonical_arch, non_negative_int, positive_float, positive_int)
+
+
+def add_to(commands: argparse._SubParsersAction) -> None:
+    pretrain = commands.add_parser("pretrain", help="train a natural model and store it in the cache")
+    add_data_arguments(pretrain)
+    pretrain.add_argument("--arch", default="smallcnn", help="architecture (see `bench list archs`)")
+    pretrain.add_argument("--arch-kwargs", default=None, metavar="K=V,...", help=ARCH_KWARGS_HELP)
+    pretrain.add_argument("--epochs", type=positive_int, default=None, help="epochs (default: the dataset's recipe)")
+    pretrain.add_argument("--batch-size", type=positive_int, default=None, help="batch size (default: the recipe's)")
+    pretrain.add_argument("--lr", type=positive_float, default=None, help="peak learning rate (default: the recipe's)")
+    pretrain.add_argument("--seed", type=non_negative_int, default=0, help="seed (default: 0)")
+    pretrain.add_argument("--force", action="store_true", help="retrain even if the cache has this model")
+    pretrain.set_defaults(handler=cmd_pretrain)
+
+
+def cmd_pretrain(args: argparse.Namespace) -> int:
+    import torch  # noqa: F401
+
+    from ..data import load_dataset
+    from ..pretrained import cache_path, default_recipe, pretrain, recipe_with, save_checkpoint
+    from ..devices import resolve_device
+    from ..reproducibility import provenance
+    from dataclasses import asdict
+
+    arch = canonical_arch(args.arch, args.arch_kwargs)
+    device = resolve_device(args.device)
+    data = load_dataset(args.dataset, data_dir=args.data_dir, download=args.download)
+    recipe = recipe_with(default_recipe(data), epochs=args.epochs, batch_size=args.batch_size, lr=args.lr)
+    path = cache_path(data, arch, args.seed, recipe)
+    if path.is_file() and not args.force:
+        print(f"cached: {path} (use --force to retrain)")
+        return 0
+    model, info = pretrain(data, arch, recipe, args.seed, device, progress=not args.quiet)
+    save_checkpoint(model, path, arch, data, recipe=asdict(recipe), seed=args.seed,
+                    provenance=provenance(device), **info)
+    print(f"natural {arch} on {data.name}: test accuracy {info['test_accuracy']:.2f}% "
+          f"({info['seconds']:.1f} s, {info['images_per_second']:.0f} images/s)")
+    print(f"saved: {path}")
+    return 0
