@@ -7,8 +7,8 @@ from pathlib import Path
 
 from ..errors import ConfigError
 from ..registry import FORMATS
-from ._common import (ARCH_KWARGS_HELP, add_data_arguments, add_precision_arguments, canonical_arch, human, non_negative_int,
-                     positive_int)
+from ._common import (ARCH_KWARGS_HELP, add_data_arguments, add_precision_arguments, canonical_arch, human,
+                      non_negative_int, positive_int)
 
 
 def add_to(commands: argparse._SubParsersAction) -> None:

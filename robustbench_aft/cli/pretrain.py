@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import argparse
 
-from ._common import (ARCH_KWARGS_HELP, add_data_arguments, canonical_arch, non_negative_int, positive_float, positive_int)
+from ._common import (ARCH_KWARGS_HELP, add_data_arguments, canonical_arch, non_negative_int, positive_float,
+                      positive_int)
 
 
 def add_to(commands: argparse._SubParsersAction) -> None:
