@@ -1,5 +1,6 @@
 """`bench dump` / `bench load`: finished runs as JSON files and back, with nothing lost."""
 import dataclasses
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -62,3 +63,17 @@ def test_cli_dump_and_load_and_a_bad_file_is_one_line(store_path, tmp_path, caps
     assert error.startswith("bench: error: ") and "broken.json is not a run file" in error and "\n" not in error
     with pytest.raises(ConfigError, match="holds no run files"):
         load_runs(tmp_path / "empty", str(tmp_path / "other.db"))
+
+
+def test_run_files_written_before_the_refactor_still_load_and_rank(tmp_path, capsys):
+    """leaderboard/cifar10-jpeg-cpu-runs/ was dumped by the code before issue 16's refactor (AFD's
+    terms were then named neg/cos/rob): it loads into a new store, and seed 0 gives the committed numbers."""
+    runs = Path(__file__).resolve().parents[1] / "leaderboard" / "cifar10-jpeg-cpu-runs"
+    db = tmp_path / "old.db"
+    assert main(["load", str(runs), "--db", str(db)]) == 0
+    capsys.readouterr()
+    assert main(["leaderboard", "--db", str(db)]) == 0
+    assert "| afd " in capsys.readouterr().out
+    seed0 = {(row["method"], row["metric"]): row["value"] for row in ResultsStore(str(db)).rows() if row["seed"] == 0}
+    assert seed0[("afd", "clean")] == pytest.approx(49.10) and seed0[("afd", "aa")] == pytest.approx(12.90)
+    assert seed0[("natural", "clean")] == pytest.approx(78.30)
