@@ -53,7 +53,8 @@ class TRADES(Method):
 
     @dataclass
     class Params(training_attack_params(steps=10, step="0.007", eps="0.031", source="train_trades_cifar10.py default")):
-        beta: float = param(6.0, "weight of the KL regulariser", "train_trades_cifar10.py default", NONNEGATIVE)
+        beta: float = param(6.0, "weight β of the KL regulariser (1/λ in the paper's Eq. 5; larger: more robust, "
+                                 "less accurate)", "train_trades_cifar10.py default", NONNEGATIVE)
 
     def training_step(self, batch: Tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> Dict[str, torch.Tensor]:
         x, y, _ = batch
