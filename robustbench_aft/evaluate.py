@@ -230,6 +230,8 @@ def evaluate(model: nn.Module, data: DataBundle, config: EvalConfig, device: tor
                     if path is not None:
                         atomic_torch_save(saved, path)
                 flags.extend(f for f in saved["sanity"] if f not in flags)
+            if batch_number == 0 and config.sanity:
+                flags.extend(f for f in _randomness_flags(model, x, attack_names) if f not in flags)
     finally:
         bar.close()
         model.train(was_training)
@@ -253,6 +255,23 @@ def _build_attack(name: str, eps: float, config: EvalConfig):
         return ATTACKS.get(name)(eps, config.norm, config.batch_size, **options)
     except TypeError as exc:
         raise ConfigError(f"invalid options {options} for attack {name!r}: {exc}") from None
+
+
+def _randomness_flags(model: nn.Module, x: torch.Tensor, attack_names: List[str]) -> List[str]:
+    """A flag when the model's outputs are random (the same images, twice, in eval mode, give different
+    logits: dropout left on, noise injection) and a deterministic AutoAttack ran without ``aa-rand``,
+    whose expectation over transformations such a model needs (Croce & Hein's own check)."""
+    deterministic = [name for name in attack_names
+                     if is_autoattack(name) and getattr(ATTACKS.get(name), "version", "") != "rand"]
+    if not deterministic or "aa-rand" in attack_names:
+        return []
+    with torch.no_grad():
+        first, second = model(x).float(), model(x).float()
+    if torch.allclose(first, second, rtol=1e-4, atol=1e-5):
+        return []
+    return [f"the model's outputs are random (the same images gave different logits twice): "
+            f"{', '.join(deterministic)} assume a deterministic model; evaluate with aa-rand "
+            "(AutoAttack's rand version, with expectation over 20 draws)"]
 
 
 def _accuracy_flags(accuracy: Dict[str, float]) -> List[str]:

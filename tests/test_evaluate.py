@@ -172,3 +172,33 @@ def test_pgd_on_a_subset_spends_steps_only_there_and_matches_the_full_batch(digi
     torch.testing.assert_close(subset[active], full[active], rtol=0, atol=1e-6)
     start_noise = (subset[~active] - x[~active]).abs()
     assert 0 < start_noise.max() <= 0.1 + 1e-6  # inactive points stay at their random start
+
+
+class _DropoutAtTestTime(nn.Module):
+    """A randomised model: dropout on the features even in eval mode (a common randomised defence)."""
+
+    def __init__(self, classifier: nn.Module) -> None:
+        super().__init__()
+        self.classifier = classifier
+
+    def forward(self, x):
+        features = nn.functional.dropout(self.classifier.forward_features(x), p=0.5, training=True)
+        return self.classifier.head(features)
+
+
+def test_random_outputs_are_flagged_when_a_deterministic_autoattack_ran(digits_model, digits):
+    config = EvalConfig(attacks=["clean", "aa-fast"], n_eval=24, sanity=True)
+    torch.manual_seed(0)
+    random_result = evaluate(_DropoutAtTestTime(digits_model), digits, config, torch.device("cpu"), progress=False)
+    assert any("outputs are random" in flag and "aa-rand" in flag for flag in random_result.flags)
+    deterministic = evaluate(digits_model, digits, config, torch.device("cpu"), progress=False)
+    assert not any("outputs are random" in flag for flag in deterministic.flags)
+
+
+@pytest.mark.slow
+def test_aa_rand_runs_on_a_randomised_model_without_the_flag(digits_model, digits):
+    torch.manual_seed(0)
+    result = evaluate(_DropoutAtTestTime(digits_model), digits,
+                      EvalConfig(attacks=["clean", "aa-rand"], n_eval=16, eps=0.1), torch.device("cpu"), progress=False)
+    assert not any("outputs are random" in flag for flag in result.flags)
+    assert result.accuracy["aa-rand"] <= result.accuracy["clean"] + 1e-9

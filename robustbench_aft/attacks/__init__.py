@@ -1,4 +1,5 @@
-"""Registered evaluation attacks, one file each: clean, pgd, cw, aa and aa-fast (``bench list attacks``).
+"""Registered evaluation attacks, one file each: clean, pgd, cw, aa and aa-fast, aa-rand, aa-plus
+(``bench list attacks``).
 
 The contract and the shared PGD core are in :mod:`._base`; every public module of this package is
 imported here, so a new attack is one new file with one ``@ATTACKS.register`` line.
@@ -12,7 +13,9 @@ from ._base import NORMS, Attack, attacked_chunks, cross_entropy_loss, cw_margin
 
 import_submodules(__name__)
 
-from .autoattack import AutoAttack, AutoAttackFast  # noqa: E402
+from .aa_plus import AutoAttackPlus  # noqa: E402
+from .aa_rand import AutoAttackRand  # noqa: E402
+from .autoattack import AutoAttack, AutoAttackFast, AutoAttackVersion  # noqa: E402
 from .clean import Clean  # noqa: E402
 from .cw import CWInf  # noqa: E402
 from .pgd import PGD  # noqa: E402
@@ -38,6 +41,7 @@ def is_autoattack(name: str) -> bool:
     return name in ATTACKS and bool(ATTACKS.get(name).autoattack)
 
 
-__all__ = ["ATTACKS", "NORMS", "Attack", "AutoAttack", "AutoAttackFast", "CWInf", "Clean", "DERIVED_METRICS",
+__all__ = ["ATTACKS", "NORMS", "Attack", "AutoAttack", "AutoAttackFast", "AutoAttackPlus", "AutoAttackRand",
+           "AutoAttackVersion", "CWInf", "Clean", "DERIVED_METRICS",
            "PGD", "attacked_chunks", "avg_metrics", "cross_entropy_loss", "cw_margin_loss", "is_autoattack", "metric_columns", "pgd", "pgd_steps",
            "project"]

@@ -53,6 +53,8 @@ class Attack:
     # An AutoAttack variant: runs at ``EvalConfig.aa_precision``, and PGD accuracy far above its
     # accuracy is flagged as likely gradient masking.
     autoattack: ClassVar[bool] = False
+    # Minutes rather than seconds on a few dozen digits points: its contract tests run in the slow tier.
+    expensive: ClassVar[bool] = False
 
     def __init__(self, eps: float, norm: str = "Linf", batch_size: int = 256) -> None:
         if norm not in NORMS:

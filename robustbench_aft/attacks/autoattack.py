@@ -1,4 +1,5 @@
-"""AutoAttack (Croce & Hein, ICML 2020) through pyautoattack: ``aa`` and ``aa-fast``."""
+"""AutoAttack (Croce & Hein, ICML 2020) through pyautoattack: ``aa`` and ``aa-fast``, and the base of
+every AutoAttack version (``aa_rand.py``, ``aa_plus.py``)."""
 from __future__ import annotations
 
 from typing import List, Optional
@@ -10,8 +11,12 @@ from ..registry import ATTACKS
 from ._base import Attack
 
 
-class _AutoAttackBase(Attack):
+class AutoAttackVersion(Attack):
+    """One of pyautoattack's versions (``standard``, ``plus``, ``rand``, or ``custom`` with
+    ``attack_names``), run as that package runs it; its own sanity warnings become flags."""
+
     autoattack = True
+    expensive = True
     version = "standard"
     attack_names: Optional[List[str]] = None
 
@@ -31,7 +36,7 @@ class _AutoAttackBase(Attack):
 
 
 @ATTACKS.register("aa")
-class AutoAttack(_AutoAttackBase):
+class AutoAttack(AutoAttackVersion):
     """AutoAttack standard (APGD-CE, APGD-T, FAB-T, Square 5000 queries), Croce & Hein, ICML 2020."""
 
     version = "standard"
@@ -40,9 +45,10 @@ class AutoAttack(_AutoAttackBase):
 
 
 @ATTACKS.register("aa-fast")
-class AutoAttackFast(_AutoAttackBase):
+class AutoAttackFast(AutoAttackVersion):
     """APGD-CE + APGD-T only, for quick looks; never reported as an ``aa`` number."""
 
+    expensive = False
     version = "custom"
     attack_names = ["apgd-ce", "apgd-t"]
     column_position = 40

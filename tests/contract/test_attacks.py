@@ -6,9 +6,10 @@ from robustbench_aft.data import collect
 from robustbench_aft.registry import ATTACKS
 
 EPS = 0.1
-# AutoAttack standard (Square's 5,000 queries on every point it cannot break) runs in the slow tier;
-# aa-fast checks the same properties of the same code path in the fast one.
-ATTACK_NAMES = [pytest.param(name, marks=pytest.mark.slow) if name == "aa" else name for name in ATTACKS.names()]
+# The expensive attacks (AutoAttack standard, rand and plus: Square's 5,000 queries, EOT, restarts)
+# run in the slow tier; aa-fast checks the same properties of the same code path in the fast one.
+ATTACK_NAMES = [pytest.param(name, marks=pytest.mark.slow) if ATTACKS.get(name).expensive else name
+                for name in ATTACKS.names()]
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +42,7 @@ def test_zero_budget_changes_nothing(digits_model, batch, name):
     torch.testing.assert_close(x_adv, x, rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("name", ATTACKS.names())
+@pytest.mark.parametrize("name", ATTACK_NAMES)
 def test_attack_runs_in_eval_mode_and_restores_the_mode(digits_model, batch, name):
     x, y = batch
     seen_modes = []
