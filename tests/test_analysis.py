@@ -22,7 +22,7 @@ def store(tmp_path_factory):
     folder = tmp_path_factory.mktemp("analysis")
     db = folder / "results.db"
     assert main(["run", "--methods", ",".join(METHODS), "--seeds", "0,1", "--preset", "ci", "--epochs", str(EPOCHS),
-                 "--attacks", "clean,pgd", "--n-eval", "60", "--val-size", "0", "--db", str(db), "--quiet"]) == 0
+                 "--attacks", "clean,pgd", "--n-eval", "60", "--val-size", "0", "--feature-gap-probe", "64", "--db", str(db), "--quiet"]) == 0
     return db
 
 
