@@ -200,6 +200,6 @@ def test_random_outputs_are_flagged_when_a_deterministic_autoattack_ran(digits_m
 def test_aa_rand_runs_on_a_randomised_model_without_the_flag(digits_model, digits):
     torch.manual_seed(0)
     result = evaluate(_DropoutAtTestTime(digits_model), digits,
-                      EvalConfig(attacks=["clean", "aa-rand"], n_eval=16, eps=0.1), torch.device("cpu"), progress=False)
+                      EvalConfig(attacks=["clean", "aa-rand"], n_eval=8, eps=0.1), torch.device("cpu"), progress=False)
     assert not any("outputs are random" in flag for flag in result.flags)
     assert result.accuracy["aa-rand"] <= result.accuracy["clean"] + 1e-9
