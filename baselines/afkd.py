@@ -27,6 +27,8 @@ class AFKD(Method):
     λ_KD·τ²·KL(softmax(g(x)/τ) ‖ softmax(f(x_adv)/τ)), with g the frozen pre-trained model in eval
     mode on the natural input, τ = 1, λ_KD = 1, and vAFT's attack and schedule. The AFD paper's
     AFKD numbers are never attached to it.
+
+    L2 (no official code; our choice): the shared L2 PGD training attack.
     """
 
     reference = "RECONSTRUCTION: no definition found (methods.md §8)"

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from robustbench_aft.attacks import random_in_ball
 from robustbench_aft.method import COUNT_OR_ZERO, FLAG, NONNEGATIVE, Method, Range, param, training_attack_params
 from robustbench_aft.modes import eval_mode
 from robustbench_aft.registry import METHODS
@@ -36,7 +37,8 @@ class ARREST(Method):
     attack is skipped and clip01(x + U(−ε, ε)) is trained on; otherwise PGD-10 (2/255, eval mode).
     Loss CE + β_R·(1 − cos(φ_pre(x), φ(x_train))). Correction: the teacher runs in eval mode
     (the script leaves it in train mode, so its features used batch statistics and its BN
-    statistics drifted); ``nr=False, rgkd=False`` is exactly vAFT's step.
+    statistics drifted); ``nr=False, rgkd=False`` is exactly vAFT's step. L2 (no official form; our
+    choice): the shared L2 PGD training attack, and noisy replay draws uniformly in the L2 ball.
     """
 
     reference = "arXiv 2308.16454; AFD re-implementation ARREST.py (--NR --RGKD)"
@@ -72,7 +74,7 @@ class ARREST(Method):
             teacher_features = self.teacher.forward_features(x)
         noisy = self._noisy_replay_due(x, teacher_features)
         if noisy:
-            x_train = (x + torch.empty_like(x).uniform_(-eps, eps)).clamp(0, 1)
+            x_train = (x + random_in_ball(x, eps, self.norm)).clamp(0, 1)
         else:
             x_train = self.training_attack(x, y)
         features = self.student.forward_features(x_train)

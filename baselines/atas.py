@@ -8,6 +8,7 @@ import torch
 from torch.nn import functional as F
 from torch.utils.data import Dataset
 
+from robustbench_aft.attacks import ascent_direction, into_ball_and_box, random_in_ball
 from robustbench_aft.method import CIFAR_EPS, COUNT, COUNT_OR_ZERO, POSITIVE, PROBABILITY, Method, param
 from robustbench_aft.modes import eval_mode
 from robustbench_aft.registry import METHODS
@@ -29,7 +30,9 @@ class ATAS(Method):
 
     Huang et al., "Fast Adversarial Training with Adaptive Step Size",
     https://arxiv.org/abs/2206.02417; official code HuangZhiChao95/ATAS ``ATAS.py``,
-    ``adv_attack.py``. Threat model L∞. Every training example keeps a perturbation δ_i
+    ``adv_attack.py``. Threat model L∞ (official; in L2, our generalisation: δ_i starts uniform in
+    the L2 ball, the step runs along the normalised gradient and is projected onto the L2 ball, the
+    step bounds stay the same ratios of eps). Every training example keeps a perturbation δ_i
     (initialised U(−ε, ε), re-initialised every 10 epochs except the last) and a running squared
     input-gradient norm v_i (β_h = 0.5). One eval-mode step from clip01(x + δ_i): size ε in the
     5 warm-up epochs, then clip_[4/255, 14/255](2·8/255 / (1 + √v_i / c)) with c = 0.01 (the
@@ -88,7 +91,7 @@ class ATAS(Method):
     def _stored(self, x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
         if self.perturbations.numel() == 0 or self.perturbations.shape[1:] != x.shape[1:]:
             shape = (self.num_examples, *x.shape[1:])
-            self.perturbations = torch.empty(shape, device=x.device).uniform_(-self.eps, self.eps)
+            self.perturbations = random_in_ball(torch.empty(shape, device=x.device), self.eps, self.norm)
         return self.perturbations[index]
 
     def training_step(self, batch: Tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> Dict[str, torch.Tensor]:
@@ -105,8 +108,8 @@ class ATAS(Method):
                 self.gradient_norm_ema[index] = p.beta_h * self.gradient_norm_ema[index] + (1 - p.beta_h) * squared_norm
                 step = adaptive_step_size(self.gradient_norm_ema[index], p.c, p.numerator_ratio * eps,
                                           p.min_step_ratio * eps, p.max_step_ratio * eps)
-            x_adv = x_start + step.view(-1, *([1] * (x.dim() - 1))) * gradient.sign()
-            x_adv = torch.min(torch.max(x_adv, x - eps), x + eps).clamp(0, 1)
+            x_adv = x_start + step.view(-1, *([1] * (x.dim() - 1))) * ascent_direction(gradient, self.norm)
+            x_adv = into_ball_and_box(x_adv, x, eps, self.norm)
             self.perturbations[index] = x_adv - x
         ce = F.cross_entropy(self.student(x_adv), y)
         return {"loss": ce, "ce_adversarial": ce, "step_mean": step.mean()}

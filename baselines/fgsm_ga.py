@@ -7,6 +7,7 @@ from typing import Dict, Tuple
 import torch
 from torch.nn import functional as F
 
+from robustbench_aft.attacks import ascent_direction, project, random_in_ball
 from robustbench_aft.method import NONNEGATIVE, POSITIVE, Method, param
 from robustbench_aft.registry import METHODS
 
@@ -30,7 +31,9 @@ class FGSMGA(Method):
 
     Andriushchenko & Flammarion, "Understanding and Improving Fast Adversarial Training",
     https://arxiv.org/abs/2007.02617; official code tml-epfl/understanding-fast-adv-training
-    ``train.py`` (README command for ε = 8/255). Threat model L∞. Per batch: FGSM from zero,
+    ``train.py`` (README command for ε = 8/255). Threat model L∞ (official); in L2 (our
+    generalisation) the FGSM step is 1.25ε along the normalised gradient projected onto the L2 ball
+    (so exactly ε along it) and GradAlign's noise is uniform in the L2 ball. Per batch: FGSM from zero,
     δ = clip_[−ε, ε](1.25ε·sign(g1)) then clipped to valid pixels; GradAlign between g1 and the
     input gradient at x + U(−ε, ε) (not clipped), with double backpropagation through the second
     gradient only; loss CE(f(x + δ)) + λ·(1 − cos). Three train-mode forwards per batch. Applied
@@ -53,10 +56,10 @@ class FGSMGA(Method):
         eps = self.eps
         x_start = x.clone().requires_grad_(True)
         first_gradient, = torch.autograd.grad(F.cross_entropy(self.student(x_start), y), x_start)
-        delta = (self.params.fgsm_alpha * eps * first_gradient.sign()).clamp(-eps, eps)
+        delta = project(self.params.fgsm_alpha * eps * ascent_direction(first_gradient, self.norm), eps, self.norm)
         x_adv = (x + delta).clamp(0, 1).detach()
 
-        x_noisy = (x + torch.empty_like(x).uniform_(-eps, eps)).requires_grad_(True)
+        x_noisy = (x + random_in_ball(x, eps, self.norm)).requires_grad_(True)
         second_gradient, = torch.autograd.grad(F.cross_entropy(self.student(x_noisy), y), x_noisy, create_graph=True)
         alignment = gradient_alignment(first_gradient.detach(), second_gradient)
 

@@ -7,16 +7,19 @@ from typing import Any, Dict, Optional, Tuple
 import torch
 from torch.nn import functional as F
 
+from robustbench_aft.attacks import ascent_direction, project
 from robustbench_aft.method import COUNT, POSITIVE, Method, param
 from robustbench_aft.registry import METHODS
 
 
-def free_perturbation_step(delta: torch.Tensor, input_gradient: torch.Tensor, step: float, eps: float) -> torch.Tensor:
+def free_perturbation_step(delta: torch.Tensor, input_gradient: torch.Tensor, step: float, eps: float,
+                           norm: str = "Linf") -> torch.Tensor:
     """δ ← clip_[−ε, ε](δ + step·sign(∇_δ CE)): the stored δ is clipped to the ε-box only, not to [0, 1].
 
     Shafahi et al., "Adversarial Training for Free!", NeurIPS 2019 (arXiv 1904.12843), Algorithm 1.
+    In L2 (the official code has none; our generalisation): δ + step·∇/‖∇‖₂, projected onto the L2 ball.
     """
-    return (delta + step * input_gradient.sign()).clamp(-eps, eps)
+    return project(delta + step * ascent_direction(input_gradient, norm), eps, norm)
 
 
 @METHODS.register("free-at")
@@ -25,7 +28,8 @@ class FreeAT(Method):
 
     Shafahi et al., "Adversarial Training for Free!", https://arxiv.org/abs/1904.12843; official
     code ashafahi/free_adv_train (TF, CIFAR) and mahyarnajibi/FreeAdversarialTraining (PyTorch).
-    Threat model L∞. A persistent perturbation with the shape of one minibatch (indexed by position
+    Threat model L∞ (the official one); in L2 the step is ε along the normalised gradient and δ is
+    projected onto the L2 ball (:func:`free_perturbation_step`). A persistent perturbation with the shape of one minibatch (indexed by position
     in the batch) starts at zero and carries over minibatches and epochs; every replay trains on
     clip01(x + δ) in train mode, updates δ with step ε, then steps the weights with the gradient
     taken at the old δ. Applied as fine-tuning from the natural model (INFERRED toolkit setting,
@@ -76,7 +80,7 @@ class FreeAT(Method):
             terms["loss"].backward()
             with torch.no_grad():
                 self.delta[:x.shape[0]] = free_perturbation_step(self.delta[:x.shape[0]], x_perturbed.grad,
-                                                                 self.params.step_ratio * eps, eps)
+                                                                 self.params.step_ratio * eps, eps, self.norm)
             optimizer.step()
             total = total + terms["loss"].detach()
         mean = total / self.params.replays

@@ -49,6 +49,8 @@ class MART(Method):
     0.007 on CE, eps 0.031. Applied as fine-tuning with the run's budget and β = 6, the
     ``mart_loss`` default (methods.md §4.3, INFERRED toolkit setting). Ties of the best wrong
     class are broken by argmax.
+
+    L2 (the official code has none; our choice): the shared L2 PGD on CE with the Gaussian start.
     """
 
     reference = "OpenReview rklOg6EFwS; YisenWang/MART mart.py"

@@ -70,6 +70,8 @@ class RiFT(Method):
     ``alpha_tolerance`` points of α = 0's, measured on seeded training images (never the test set).
     Corrections: the MRC set is built from training images, not the test split; the α rule is
     explicit; the epoch selection on test accuracy is dropped (the final epoch is used).
+
+    L2 (the official code has none; our choice): the shared L2 PGD training attack in every stage.
     """
 
     reference = "arXiv 2308.02533; microsoft/robustlearn RiFT/"

@@ -46,6 +46,10 @@ class TRADES(Method):
     in train mode and used for both the CE and the KL target (the official code runs the model on
     x twice, which gives identical outputs but one more BN running-statistics update), and the
     attack's natural distribution is computed once instead of at every step (identical values).
+
+    L2: the shared L2 PGD on the same KL objective with the same Gaussian start, instead of the
+    official ``distance='l_2'`` branch (SGD on δ with lr 2ε/K, renormalised gradients); both ascend the
+    KL along the normalised gradient inside the L2 ball.
     """
 
     reference = "arXiv 1901.08573; yaodongyu/TRADES trades.py"

@@ -81,7 +81,11 @@ def twins_kl(logits_natural: torch.Tensor, logits_adversarial: torch.Tensor, bat
 
 
 class _TWINS(Method):
-    """Shared parts of TWINS-AT and TWINS-TRADES: the two-wing BN, the attack, the export."""
+    """Shared parts of TWINS-AT and TWINS-TRADES: the two-wing BN, the attack, the export.
+
+    L2 (the official code has none; our choice): the shared L2 PGD, its clipped uniform start
+    drawn uniformly in the L2 ball.
+    """
 
     # train.sh: high-resolution datasets use λ = 0.4 and weight decay 1e-3 (methods.md §5.5).
     paper_presets = {"tinyimagenet": {"lambda_twins": 0.4, "weight_decay": 1e-3}}

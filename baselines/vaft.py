@@ -27,6 +27,9 @@ class VanillaAFT(Method):
     uniform unclipped start, eval-mode attack; one train-mode forward on x_adv; one SGD step;
     the lr set to 0.02 at epoch 11 and halved at every odd epoch from 13; the final raw model is
     evaluated. Unlike that script, no unused teacher forward is run (methods.md §15).
+
+    L2 (the official ARREST.py has none; our choice): the shared training attack in L2, i.e. steps of
+    the same ratio of eps along the normalised gradient, a uniform start in the L2 ball, radial projection.
     """
 
     reference = "arXiv 1706.06083; AFD re-implementation ARREST.py (flags off)"

@@ -105,6 +105,8 @@ class AFD(Method):
     the second optimiser. Here all three gradients are taken at the pre-step weights from the
     one forward, then applied in the official order; the difference is O(lr·grad) in g_rob.
     EMA integer buffers (BN's ``num_batches_tracked``) are copied, not blended.
+
+    L2 (the official code has none; our choice): the shared L2 PGD training attack.
     """
 
     reference = "arXiv 2401.14707; changzhang777/AFD tl+sl.py"

@@ -15,7 +15,7 @@ from .errors import ConfigError, not_a_file_reason
 from .leaderboard import format_table
 
 
-ROW_KEY = ["method", "dataset", "arch", "eps"]
+ROW_KEY = ["method", "dataset", "arch", "eps", "norm"]
 
 
 def read_leaderboard_csv(path: str, what: str):
@@ -30,6 +30,8 @@ def read_leaderboard_csv(path: str, what: str):
         table = pd.read_csv(source)
     except Exception as exc:  # pandas has several parser errors; all mean "not a leaderboard CSV"
         raise ConfigError(f"{what} {source} is not a CSV file ({' '.join(str(exc).split())[:120]})") from None
+    if "norm" not in table.columns and "eps" in table.columns:  # leaderboards from before the L2 track
+        table["norm"] = "Linf"
     missing = [c for c in ROW_KEY if c not in table.columns]
     if missing or not any(m in table.columns for m in metric_columns()):
         raise ConfigError(f"{what} {source} is not a leaderboard CSV: it lacks "
@@ -39,6 +41,14 @@ def read_leaderboard_csv(path: str, what: str):
         if metric in table.columns and table[metric].dtype.kind not in "fi":
             raise ConfigError(f"{what} {source}: column {metric!r} holds non-numbers")
     return table
+
+
+def _row_key(record) -> tuple:
+    return (record["method"], record["dataset"], record["arch"], round(float(record["eps"]), 6), record["norm"])
+
+
+def _where(row) -> str:
+    return f"{row['method']} on {row['dataset']}/{row['arch']} {row['norm']} eps={row['eps']:g}"
 
 
 @dataclass
@@ -82,16 +92,13 @@ def check_regression(baseline, current, tolerance: float = 2.0, metrics: Optiona
         raise ConfigError(f"--metrics {', '.join(unknown)} not in the baseline (it has "
                           f"{', '.join(m for m in metric_columns() if m in baseline.columns)})")
 
-    def key(record) -> tuple:
-        return (record["method"], record["dataset"], record["arch"], round(float(record["eps"]), 6))
-
-    current_rows = {key(r): r for r in current.to_dict("records")}
-    if not any(key(r) in current_rows for r in baseline.to_dict("records")):
-        raise ConfigError("no (method, dataset, arch, eps) row of the baseline is in the current table: "
+    current_rows = {_row_key(r): r for r in current.to_dict("records")}
+    if not any(_row_key(r) in current_rows for r in baseline.to_dict("records")):
+        raise ConfigError("no (method, dataset, arch, eps, norm) row of the baseline is in the current table: "
                           "nothing to compare")
     rows = []
     for record in baseline.to_dict("records"):
-        now = current_rows.get(key(record))
+        now = current_rows.get(_row_key(record))
         for metric in chosen:
             base_value = float(record[metric])
             if math.isnan(base_value):
@@ -105,18 +112,18 @@ def check_regression(baseline, current, tolerance: float = 2.0, metrics: Optiona
                 delta = value - base_value
                 verdict = "REGRESSED" if delta < -allowed else "IMPROVED" if delta > allowed else "ok"
             rows.append({"method": record["method"], "dataset": record["dataset"], "arch": record["arch"],
-                         "eps": round(float(record["eps"]), 6), "metric": metric, "baseline": round(base_value, 2),
+                         "eps": round(float(record["eps"]), 6), "norm": record["norm"], "metric": metric, "baseline": round(base_value, 2),
                          "current": round(value, 2), "delta": round(delta, 2) + 0.0, "allowed_drop": round(allowed, 2),
                          "verdict": verdict})
-    baseline_keys = {key(r) for r in baseline.to_dict("records")}
+    baseline_keys = {_row_key(r) for r in baseline.to_dict("records")}
     for record in current.to_dict("records"):
-        known_row = key(record) in baseline_keys
+        known_row = _row_key(record) in baseline_keys
         for metric in (m for m in metric_columns() if m != "avg" and m in current.columns):
             value = float(record[metric])
             if math.isnan(value) or (known_row and metric in baseline.columns) or (metrics and metric not in metrics):
                 continue
             rows.append({"method": record["method"], "dataset": record["dataset"], "arch": record["arch"],
-                         "eps": round(float(record["eps"]), 6), "metric": metric, "baseline": float("nan"),
+                         "eps": round(float(record["eps"]), 6), "norm": record["norm"], "metric": metric, "baseline": float("nan"),
                          "current": round(value, 2), "delta": float("nan"), "allowed_drop": float("nan"),
                          "verdict": "NEW"})
     return CheckResult(rows)
@@ -126,7 +133,7 @@ def render_check(result: CheckResult) -> str:
     """The report table, then one line per failure and improvement, then the verdict."""
     lines = [format_table(result.rows, "md"), ""]
     for row in result.rows:
-        where = f"{row['method']} on {row['dataset']}/{row['arch']} eps={row['eps']:g}"
+        where = _where(row)
         if row["verdict"] == "REGRESSED":
             lines.append(f"REGRESSED: {where} {row['metric']}: {row['baseline']:.2f} -> {row['current']:.2f} "
                          f"({row['delta']:+.2f} points, allowed drop {row['allowed_drop']:.2f})")
@@ -137,9 +144,8 @@ def render_check(result: CheckResult) -> str:
                          f"({row['delta']:+.2f} points): the baseline is stale; rewrite it with "
                          "`bench leaderboard --format csv --output <baseline>`")
     new = [row for row in result.rows if row["verdict"] == "NEW"]
-    for where in dict.fromkeys(f"{row['method']} on {row['dataset']}/{row['arch']} eps={row['eps']:g}" for row in new):
-        metrics = ", ".join(row["metric"] for row in new
-                            if f"{row['method']} on {row['dataset']}/{row['arch']} eps={row['eps']:g}" == where)
+    for where in dict.fromkeys(_where(row) for row in new):
+        metrics = ", ".join(row["metric"] for row in new if _where(row) == where)
         lines.append(f"NEW: {where} {metrics}: not in the baseline, so not guarded; add it by rewriting the "
                      "baseline with `bench leaderboard --format csv --output <baseline>`")
     failures = len(result.failures)

@@ -62,6 +62,8 @@ class DataBundle:
         num_classes, input_shape: (C, H, W) of one image.
         mean, std: per-channel statistics for the model's Normalize layer.
         default_eps: the L∞ budget this dataset is evaluated at unless the user sets one.
+        default_eps_l2: the L2 budget (``--norm L2``) likewise; 0.5 is CIFAR-10's usual one
+            (RobustBench's L2 track), datasets of another resolution measure and set their own.
         class_names: in label order.
         default_val_size: training images held out for validation unless ``--val-size`` says
             otherwise (validation.py).
@@ -82,8 +84,14 @@ class DataBundle:
     default_eps: float
     class_names: List[str]
     default_val_size: int = 500
+    default_eps_l2: float = 0.5
     user_normalisation: bool = False
     natural_recipe: Dict[str, Any] = field(default_factory=dict)
+
+
+def default_eps(data: DataBundle, norm: str) -> float:
+    """The budget ``data`` is evaluated at in ``norm`` unless the user gives ``--eps``."""
+    return data.default_eps_l2 if norm == "L2" else data.default_eps
 
 
 class IndexedDataset(Dataset):

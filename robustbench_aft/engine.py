@@ -106,8 +106,9 @@ class FineTuneResult:
     passes_per_image: Optional[Dict[str, float]] = None
 
 
-def build_method(name: str, params: Optional[Dict[str, Any]], eps: float, train: TrainConfig) -> Method:
-    """Instantiate a registered method with its Params overridden by ``params``."""
+def build_method(name: str, params: Optional[Dict[str, Any]], eps: float, train: TrainConfig,
+                 norm: str = "Linf") -> Method:
+    """Instantiate a registered method with its Params overridden by ``params``, attacking in ``norm``."""
     cls = METHODS.get(name)
     values = dict(params or {})
     known = {f.name for f in dataclasses.fields(cls.Params)}
@@ -116,7 +117,7 @@ def build_method(name: str, params: Optional[Dict[str, Any]], eps: float, train:
         raise ConfigError(f"{METHODS.canonical(name)} has no parameter(s) {', '.join(unknown)}; "
                           f"parameters: {', '.join(sorted(known))}")
     method_params = cls.Params(**values)
-    return cls(method_params, eps=eps,
+    return cls(method_params, eps=eps, norm=norm,
                optim=OptimConfig(lr=train.lr, momentum=train.momentum, weight_decay=train.weight_decay))
 
 
@@ -234,10 +235,11 @@ class _FineTuning:
 
 
 def fine_tune(method_name: str, model: nn.Module, data: DataBundle, train: TrainConfig, *, eps: float, seed: int,
-              device: torch.device, params: Optional[Dict[str, Any]] = None, out_dir: Optional[Path] = None,
+              device: torch.device, norm: str = "Linf", params: Optional[Dict[str, Any]] = None, out_dir: Optional[Path] = None,
               progress: bool = True, resume: bool = False, stop: Optional[StopSignal] = None,
               probe: Optional[FeatureGapProbe] = None, dist: DistContext = SINGLE) -> FineTuneResult:
-    """Fine-tune the natural ``model`` with a registered method; returns the exported classifier.
+    """Fine-tune the natural ``model`` with a registered method against the ``norm`` ball of radius
+    ``eps`` (its training attacks and the validation PGD); returns the exported classifier.
 
     ``model`` is not modified. With ``out_dir``, ``last.pt`` (method state, optimisers, EMA, RNG
     states, position in the data order) is written atomically after every epoch and, when
@@ -254,14 +256,13 @@ def fine_tune(method_name: str, model: nn.Module, data: DataBundle, train: Train
     """
     check_method_fits(method_name, model)
     seed_everything(seed)
-    method, compiled = _build(method_name, model, params, eps, train, device, dist)
+    method, compiled = _build(method_name, model, params, eps, norm, train, device, dist)
     use_ema = method.uses_ema if train.ema is None else train.ema
     ema = EMA(method.trainable_state()) if use_ema else None
     val_size = train.val_size if train.val_size is not None else default_val_size(
         data.default_val_size, len(data.train), train.train_subset)
     train_indices, val_indices = split_training_set(len(data.train), train.train_subset, val_size, seed)
-    # Every method fine-tunes against an L∞ budget, so validation attacks in L∞ too.
-    validation = ValidationSet(data.train, val_indices, eps, "Linf", seed) if val_indices else None
+    validation = ValidationSet(data.train, val_indices, eps, norm, seed) if val_indices else None
     if validation is None and train.select == "best-val":
         raise ConfigError("--select best-val needs a validation split; --val-size 0 turns it off")
     method.on_fit_start(data.train)
@@ -286,11 +287,11 @@ def fine_tune(method_name: str, model: nn.Module, data: DataBundle, train: Train
     return _finish(run)
 
 
-def _build(method_name: str, model: nn.Module, params: Optional[Dict[str, Any]], eps: float, train: TrainConfig,
-           device: torch.device, dist: DistContext) -> Tuple[Method, int]:
+def _build(method_name: str, model: nn.Module, params: Optional[Dict[str, Any]], eps: float, norm: str,
+           train: TrainConfig, device: torch.device, dist: DistContext) -> Tuple[Method, int]:
     """The method with its networks on ``device`` (SyncBN, channels-last, compiled as asked), the
     parameters equal on every rank, its optimisers built; returns it and the number of compiled bodies."""
-    method = build_method(method_name, params, eps, train)
+    method = build_method(method_name, params, eps, train, norm)
     method.prepare(copy.deepcopy(model).to(device))
     if train.sync_bn and dist.enabled:
         replaced = convert_sync_batchnorm(method.trainable_state(), device)

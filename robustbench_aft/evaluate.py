@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 
 from .attacks import is_autoattack
 from .config import EvalConfig
-from .data import DataBundle, make_loader
+from .data import DataBundle, default_eps, make_loader
 from .errors import ConfigError
 from .registry import ATTACKS
 from .devices import autocast, resolve_precision
@@ -167,7 +167,7 @@ def evaluate(model: nn.Module, data: DataBundle, config: EvalConfig, device: tor
     if "clean" not in attack_names:
         attack_names.insert(0, "clean")
     attack_names = list(dict.fromkeys(attack_names))
-    eps = data.default_eps if config.eps is None else float(config.eps)
+    eps = default_eps(data, config.norm) if config.eps is None else float(config.eps)
     if eps < 0:
         raise ConfigError(f"--eps must be >= 0, got {eps}")
     attacks = {name: _build_attack(name, eps, config) for name in attack_names}

@@ -139,11 +139,13 @@ def load_published(path: Optional[str] = None):
     required = {"method", "dataset", "arch", "eps", "metric", "value", "setting", "source"}
     if not required <= set(table.columns):
         raise ConfigError(f"{source} lacks columns {', '.join(sorted(required - set(table.columns)))}")
+    if "norm" not in table.columns:  # files written before the L2 track held L∞ numbers only
+        table["norm"] = "Linf"
     return table
 
 
 def with_published(frame, published):
-    """Add ``published_<metric>`` and ``published_source`` where method, dataset, arch and eps match.
+    """Add ``published_<metric>`` and ``published_source`` where method, dataset, arch, eps and norm match.
 
     Reconstructed methods (AFKD) never get the paper's numbers. Where a method has several
     published settings, the fine-tuning one is preferred.
@@ -159,7 +161,7 @@ def with_published(frame, published):
         if method not in METHODS or getattr(METHODS.get(method), "reconstructed", False):
             continue
         candidates = published[(published["method"] == method) & (published["dataset"] == record["dataset"])
-                               & (published["arch"] == record["arch"])
+                               & (published["arch"] == record["arch"]) & (published["norm"] == record["norm"])
                                & ((published["eps"] - record["eps"]).abs() < EPS_MATCH)]
         if candidates.empty:
             continue

@@ -39,7 +39,7 @@ from torch import nn
 from torch.nn import functional as F
 from torch.utils.data import Dataset
 
-from .attacks import pgd_steps
+from .attacks import NORMS, pgd_steps, random_in_ball
 from .errors import ConfigError
 from .modes import module_mode
 
@@ -165,8 +165,11 @@ class Method(nn.Module):
 
     Args:
         params: the method's hyper-parameters (``Params()`` when omitted).
-        eps: the run's L∞ budget; training attacks scale their eps and step from it.
+        eps: the run's budget; training attacks scale their eps and step from it.
         optim: optimiser settings for :meth:`configure_optimizers`.
+        norm: the run's threat model, ``Linf`` or ``L2``: every training attack runs in it (steps
+            along :func:`.attacks.ascent_direction`, projection onto that ball, starts drawn by
+            :func:`.attacks.random_in_ball`), with the same step and eps ratios in both norms.
     """
 
     # Stored with every result (the leaderboard's version column): a method whose maths change
@@ -191,11 +194,14 @@ class Method(nn.Module):
         pass
 
     def __init__(self, params: Optional[Any] = None, eps: float = CIFAR_EPS,
-                 optim: Optional[OptimConfig] = None) -> None:
+                 optim: Optional[OptimConfig] = None, norm: str = "Linf") -> None:
         super().__init__()
         self.params = params if params is not None else self.Params()
         check_params(type(self).__name__, self.params)
+        if norm not in NORMS:
+            raise ConfigError(f"norm must be one of {', '.join(NORMS)}, got {norm!r}")
         self.eps = eps
+        self.norm = norm
         self.optim = optim or OptimConfig()
         self.optimizers: List[torch.optim.Optimizer] = []
         self.student: nn.Module = nn.Identity()
@@ -252,7 +258,7 @@ class Method(nn.Module):
         p = self.params
         eps = p.attack_eps_ratio * self.eps if hasattr(p, "attack_eps_ratio") else self.eps
         return pgd_attack(model, model, x, y, loss_fn=loss_fn, eps=eps, step_size=p.attack_step_ratio * self.eps,
-                          steps=p.attack_steps, start=self.attack_start, bn_mode="eval")
+                          steps=p.attack_steps, start=self.attack_start, bn_mode="eval", norm=self.norm)
 
     def configure_optimizers(self) -> List[torch.optim.Optimizer]:
         return [torch.optim.SGD(self.student.parameters(), lr=self.optim.lr, momentum=self.optim.momentum,
@@ -353,17 +359,20 @@ START_RULES = ("uniform", "uniform_clipped", "gaussian", "zero")
 
 def pgd_attack(forward: Callable[[torch.Tensor], torch.Tensor], module: nn.Module, x: torch.Tensor,
                y: torch.Tensor, *, loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], eps: float,
-               step_size: float, steps: int, start: str, bn_mode: str) -> torch.Tensor:
-    """The training-time L∞ PGD attack, with the start rule and BN mode named explicitly.
+               step_size: float, steps: int, start: str, bn_mode: str, norm: str = "Linf") -> torch.Tensor:
+    """The training-time PGD attack, with the start rule, BN mode and norm named explicitly.
 
     Args:
         forward: maps images to logits (e.g. AFD's C∘D1∘φ); gradients flow through it to the input.
         module: the module whose train/eval mode is set to ``bn_mode`` for the attack and restored.
-        loss_fn: ``loss_fn(logits, y)`` to ascend; only the sign of its input gradient is used.
-        start: ``uniform`` (x + U(−ε, ε), not clipped before the first step: AFD, vAFT),
-            ``uniform_clipped`` (clip01 of that: TWINS), ``gaussian`` (x + 0.001·N(0, I): TRADES,
-            MART) or ``zero``.
+        loss_fn: ``loss_fn(logits, y)`` to ascend; only the direction of its input gradient is used
+            (its sign in L∞, the normalised gradient in L2).
+        start: ``uniform`` (x + U(−ε, ε), not clipped before the first step: AFD, vAFT; in L2 a
+            uniform random point of the L2 ball), ``uniform_clipped`` (clip01 of that: TWINS),
+            ``gaussian`` (x + 0.001·N(0, I): TRADES, MART; the same in both norms, as TRADES'
+            official ``l_2`` branch starts) or ``zero``.
         bn_mode: ``eval`` (BN running statistics, untouched) or ``train``.
+        norm: ``Linf`` or ``L2`` (normalised-gradient steps, radial projection).
 
     The steps are :func:`.attacks.pgd_steps` (ascend, project onto the ε-ball, clip to [0, 1]), the
     loop the evaluation attacks run too; a final clip as the official scripts do. Random starts
@@ -376,14 +385,14 @@ def pgd_attack(forward: Callable[[torch.Tensor], torch.Tensor], module: nn.Modul
     with module_mode(module, bn_mode == "train"):
         x = x.detach()
         if start == "uniform":
-            x_adv = x + torch.empty_like(x).uniform_(-eps, eps)
+            x_adv = x + random_in_ball(x, eps, norm)
         elif start == "uniform_clipped":
-            x_adv = (x + torch.empty_like(x).uniform_(-eps, eps)).clamp(0, 1)
+            x_adv = (x + random_in_ball(x, eps, norm)).clamp(0, 1)
         elif start == "gaussian":
             x_adv = x + 0.001 * torch.randn_like(x)
         else:
             x_adv = x.clone()
-        x_adv = pgd_steps(forward, x, y, x_adv, loss_fn=loss_fn, eps=eps, step_size=step_size, steps=steps)
+        x_adv = pgd_steps(forward, x, y, x_adv, loss_fn=loss_fn, eps=eps, step_size=step_size, steps=steps, norm=norm)
         # The official scripts clip once more, which matters only when steps = 0 (an unclipped start).
         return x_adv.clamp(0, 1)
 

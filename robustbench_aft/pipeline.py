@@ -25,7 +25,7 @@ from torch import nn
 
 from .config import RunConfig
 from .config_file import dump_run_config
-from .data import DataBundle, load_dataset
+from .data import DataBundle, default_eps, load_dataset
 from . import distributed
 from .distributed import SINGLE, DistContext, barrier
 from .engine import NumericalError, check_method_fits, fine_tune
@@ -284,8 +284,8 @@ def _cell_model(context: _Context, cell: _Cell, natural: nn.Module) -> Tuple[nn.
         log.info("%s: fine-tuned earlier; evaluating", cell.label)
         return model.to(context.device), best_model  # .to() moves in place: best_model may be model itself
     log.info("%s: fine-tuning", cell.label)
-    tuned = fine_tune(cell.method, natural, data, config.train, eps=context.eval_config.eps, seed=cell.seed,
-                      device=context.device, params=config.method_params.get(cell.method), out_dir=cell.folder,
+    tuned = fine_tune(cell.method, natural, data, config.train, eps=context.eval_config.eps,
+                      norm=context.eval_config.norm, seed=cell.seed, device=context.device, params=config.method_params.get(cell.method), out_dir=cell.folder,
                       progress=context.progress, resume=context.resume, stop=context.stop, probe=context.probe,
                       dist=context.dist)
     metadata = dict(method=cell.method, seed=cell.seed, method_version=tuned.method_version, params=tuned.params,
@@ -492,7 +492,8 @@ def _feature_gap_probe(config: RunConfig, data: DataBundle, eval_config: EvalCon
 def prepare_run(config: RunConfig) -> tuple:
     """The dataset and the evaluation settings of ``config``, checked (shared by the launchers)."""
     data = load_dataset(config.dataset, data_dir=config.data_dir, download=config.download)
-    eval_config = dataclasses.replace(config.eval, eps=data.default_eps if config.eval.eps is None else config.eval.eps)
+    eval_config = dataclasses.replace(config.eval, eps=default_eps(data, config.eval.norm)
+                                      if config.eval.eps is None else config.eval.eps)
     select_subset(len(data.test), eval_config.n_eval, eval_config.seed)
     return data, eval_config
 

@@ -43,6 +43,26 @@ def test_hand_made_pair_of_tables():
     assert improved.exit_code == 0 and any(r["verdict"] == "IMPROVED" for r in improved.rows)
 
 
+def test_norms_are_kept_apart_and_old_baselines_read_as_linf():
+    """An L2 row never stands in for the L∞ row of the same method and eps: a baseline holding both
+    compares each with its own, and one without a norm column (written before L2) is L∞."""
+    l2 = table(pgd_afd=40.0)
+    l2["norm"] = "L2"
+    baseline = pd.concat([table(pgd_afd=70.0), l2], ignore_index=True)
+    current = pd.concat([table(pgd_afd=70.0), table(pgd_afd=30.0).assign(norm="L2")], ignore_index=True)
+    result = check_regression(baseline, current, metrics=["pgd"])
+    verdicts = {(row["method"], row["norm"]): row["verdict"] for row in result.rows}
+    assert verdicts[("afd", "Linf")] == "ok" and verdicts[("afd", "L2")] == "REGRESSED"
+    with pytest.raises(ConfigError, match="nothing to compare"):
+        check_regression(l2, table())
+
+
+def test_a_baseline_without_a_norm_column_is_linf(files, capsys):
+    old = files("b.csv", table().drop(columns="norm"))
+    assert main(["check", "--baseline", old, "--current", files("c.csv", table())]) == 0
+    assert "check: ok" in capsys.readouterr().out
+
+
 def test_no_overlap_and_unknown_metric_are_input_errors():
     other = table()
     other["dataset"] = "cifar10"
@@ -72,13 +92,13 @@ def test_baseline_pgd_raised_by_5_points_fails_naming_method_and_metric(files, c
     code = main(["check", "--baseline", files("b.csv", baseline), "--current", files("c.csv", table())])
     out = capsys.readouterr().out
     assert code == 1
-    assert "REGRESSED: afd on digits/smallcnn eps=0.15 pgd: 75.00 -> 70.00 (-5.00 points, allowed drop 2.00)" in out
+    assert "REGRESSED: afd on digits/smallcnn Linf eps=0.15 pgd: 75.00 -> 70.00 (-5.00 points, allowed drop 2.00)" in out
 
 
 def test_missing_method_fails(files, capsys):
     code = main(["check", "--baseline", files("b.csv", table()), "--current", files("c.csv", table(with_trades=False))])
     out = capsys.readouterr().out
-    assert code == 1 and "MISSING: trades on digits/smallcnn eps=0.15 pgd" in out
+    assert code == 1 and "MISSING: trades on digits/smallcnn Linf eps=0.15 pgd" in out
 
 
 @pytest.mark.parametrize("content", ["method,dataset\n\"unclosed,quote\n", "a,b\n1,2\n", ""])

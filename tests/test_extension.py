@@ -104,8 +104,8 @@ def test_a_new_attack_dataset_method_and_format_reach_the_leaderboard_and_the_ch
     capsys.readouterr()
     assert main(["check", "--baseline", str(tmp_path / "old.csv"), "--db", str(db)]) == 0
     out = capsys.readouterr().out
-    assert "NEW: clean-finetune on digits-five/smallcnn eps=0.15 clean, pgd, uniform-noise, worst" in out
-    assert "NEW: natural on digits-five/smallcnn eps=0.15 uniform-noise" in out
+    assert "NEW: clean-finetune on digits-five/smallcnn Linf eps=0.15 clean, pgd, uniform-noise, worst" in out
+    assert "NEW: natural on digits-five/smallcnn Linf eps=0.15 uniform-noise" in out
     assert "check: ok (3 comparisons)" in out  # natural: clean, pgd, worst
 
     # Once in the baseline, the new attack's column is guarded like any other.
@@ -114,7 +114,7 @@ def test_a_new_attack_dataset_method_and_format_reach_the_leaderboard_and_the_ch
     raised.to_csv(tmp_path / "raised.csv", index=False)
     capsys.readouterr()
     assert main(["check", "--baseline", str(tmp_path / "raised.csv"), "--db", str(db)]) == 1
-    assert "REGRESSED: clean-finetune on digits-five/smallcnn eps=0.15 uniform-noise" in capsys.readouterr().out
+    assert "REGRESSED: clean-finetune on digits-five/smallcnn Linf eps=0.15 uniform-noise" in capsys.readouterr().out
 
 
 def test_unregister_forgets_the_name_and_its_aliases():

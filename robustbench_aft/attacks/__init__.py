@@ -9,7 +9,8 @@ from __future__ import annotations
 from typing import List
 
 from ..registry import ATTACKS, import_submodules
-from ._base import NORMS, Attack, attacked_chunks, cross_entropy_loss, cw_margin_loss, pgd, pgd_steps, project
+from ._base import (NORMS, Attack, ascent_direction, attacked_chunks, cross_entropy_loss, cw_margin_loss, into_ball_and_box,
+                    pgd, pgd_steps, project, random_in_ball)
 
 import_submodules(__name__)
 

@@ -116,8 +116,41 @@ def project(delta: torch.Tensor, eps: float, norm: str) -> torch.Tensor:
     if norm == "Linf":
         return delta.clamp(-eps, eps)
     norms = delta.flatten(1).norm(dim=1).clamp_min(1e-12)
-    factor = (eps / norms).clamp(max=1.0)
-    return delta * factor.view(-1, *([1] * (delta.dim() - 1)))
+    return delta * _per_sample((eps / norms).clamp(max=1.0), delta)
+
+
+def into_ball_and_box(x_adv: torch.Tensor, x: torch.Tensor, eps: float, norm: str) -> torch.Tensor:
+    """``x_adv`` projected onto the eps-ball around ``x`` and clipped to [0, 1]. L∞ by min/max (exact:
+    a coordinate inside the ball keeps its value), L2 radially (:func:`project`)."""
+    if norm == "Linf":
+        return torch.min(torch.max(x_adv, x - eps), x + eps).clamp(0, 1)
+    return (x + project(x_adv - x, eps, norm)).clamp(0, 1)
+
+
+def _per_sample(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    return values.view(-1, *([1] * (like.dim() - 1)))
+
+
+def random_in_ball(x: torch.Tensor, eps: float, norm: str,
+                   generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """A random perturbation in the eps-ball, one per sample: uniform per coordinate in L∞ (the
+    usual PGD start); in L2 a uniformly random direction scaled by a uniform radius in [0, eps]
+    (the L2 start of Madry's ``robustness`` library and of our L2 training attacks). ``generator``
+    None draws from torch's global generator (training attacks, seeded by the engine)."""
+    if norm == "Linf":
+        return torch.empty_like(x).uniform_(-eps, eps, generator=generator)
+    direction = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+    unit = direction / _per_sample(direction.flatten(1).norm(dim=1).clamp_min(1e-12), x)
+    radius = torch.rand(x.shape[0], generator=generator, device=x.device, dtype=x.dtype) * eps
+    return unit * _per_sample(radius, x)
+
+
+def ascent_direction(gradient: torch.Tensor, norm: str) -> torch.Tensor:
+    """The steepest-ascent step of unit size in the norm: the gradient's sign in L∞ (FGSM/PGD), the
+    gradient divided by its per-sample L2 norm in L2. A step of size a is ``a · ascent_direction``."""
+    if norm == "Linf":
+        return gradient.sign()
+    return gradient / _per_sample(gradient.flatten(1).norm(dim=1).clamp_min(1e-12), gradient)
 
 
 def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm: str, steps: int,
@@ -137,13 +170,7 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm:
     if eps == 0:
         return x.clone()
     if random_start:
-        if norm == "Linf":
-            noise = torch.empty_like(x).uniform_(-eps, eps, generator=generator)
-        else:
-            direction = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-            unit = direction / direction.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, *([1] * (x.dim() - 1)))
-            radius = torch.rand(x.shape[0], generator=generator, device=x.device, dtype=x.dtype) * eps
-            noise = unit * radius.view(-1, *([1] * (x.dim() - 1)))
+        noise = random_in_ball(x, eps, norm, generator)
         x_adv = (x + noise).clamp(0, 1)
     else:
         x_adv = x.clone()
@@ -164,21 +191,15 @@ def pgd_steps(forward, x: torch.Tensor, y: torch.Tensor, x_adv: torch.Tensor, *,
     (:func:`..method.pgd_attack`) alike: ``steps`` ascent steps on ``loss_fn(forward(x'), y)`` from
     ``x_adv``, each projected onto the eps-ball around ``x`` and clipped to [0, 1].
 
-    L∞: signed gradient steps, projected by min/max (exact: a coordinate inside the ball keeps its
-    value); L2: steps along the normalised gradient, projected radially. Returns a detached tensor.
+    Steps along :func:`ascent_direction` (L∞: the sign; L2: the normalised gradient), then
+    :func:`into_ball_and_box`. Returns a detached tensor.
     """
     for _ in range(steps):
         x_adv.requires_grad_(True)
         loss = loss_fn(forward(x_adv), y)
         grad, = torch.autograd.grad(loss, x_adv)
         with torch.no_grad():
-            if norm == "Linf":
-                x_adv = x_adv + step_size * grad.sign()
-                x_adv = torch.min(torch.max(x_adv, x - eps), x + eps).clamp(0, 1)
-            else:
-                grad_norm = grad.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, *([1] * (x.dim() - 1)))
-                x_adv = x_adv + step_size * grad / grad_norm
-                x_adv = (x + project(x_adv - x, eps, norm)).clamp(0, 1)
+            x_adv = into_ball_and_box(x_adv + step_size * ascent_direction(grad, norm), x, eps, norm)
     return x_adv.detach()
 
 

@@ -5,6 +5,7 @@ import argparse
 import time
 from pathlib import Path
 
+from ..attacks import NORMS
 from ..errors import ConfigError
 from ..registry import FORMATS
 from ._common import (ARCH_KWARGS_HELP, add_data_arguments, add_precision_arguments, canonical_arch, human,
@@ -21,7 +22,7 @@ def add_to(commands: argparse._SubParsersAction) -> None:
     evaluate.add_argument("--attacks", default="clean,pgd,cw",
                           help="comma-separated attacks (default: clean,pgd,cw; see `bench list attacks`)")
     evaluate.add_argument("--eps", default=None, help="budget, e.g. 8/255 or 0.2 (default: the dataset's)")
-    evaluate.add_argument("--norm", default="Linf", choices=("Linf", "L2"), help="threat model (default: Linf)")
+    evaluate.add_argument("--norm", default="Linf", choices=NORMS, help="threat model (default: Linf)")
     evaluate.add_argument("--n-eval", type=positive_int, default=None,
                           help="size of the seeded test subset (default: the whole test set)")
     evaluate.add_argument("--batch-size", type=positive_int, default=256, help="evaluation batch size")

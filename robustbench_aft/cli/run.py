@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 from typing import List
 
+from ..attacks import NORMS
 from ..config import DEFAULT_DB
 from ..errors import ConfigError
 from ..registry import FORMATS
@@ -45,7 +46,9 @@ def add_to(commands: argparse._SubParsersAction) -> None:
                      help="weights to evaluate: last (default, what the papers report) or best-val (the epoch with "
                           "the highest validation PGD accuracy; the last weights are evaluated and stored too)")
     run.add_argument("--attacks", default=None, help="evaluation attacks (default: the preset's)")
-    run.add_argument("--eps", default=None, help="budget, e.g. 8/255 (default: the dataset's)")
+    run.add_argument("--eps", default=None, help="budget, e.g. 8/255 or 0.5 in L2 (default: the dataset's for the norm)")
+    run.add_argument("--norm", default=None, choices=NORMS,
+                     help="threat model of the training attacks and the evaluation (default: Linf)")
     run.add_argument("--n-eval", type=positive_int, default=None, help="size of the seeded test subset")
     run.add_argument("--set", action="append", default=[], metavar="METHOD.PARAM=VALUE",
                      help="override a method parameter, e.g. --set afd.alpha=0.1 (repeatable)")
@@ -130,7 +133,8 @@ def _run_config(args: argparse.Namespace):
                    "compile": True if args.compile else None,
                    **{spec.name: getattr(args, spec.name) for spec in _train_config_flags()}}
     eval_flags = {"attacks": parse_attacks(args.attacks) if args.attacks else None,
-                  "eps": parse_eps(args.eps) if args.eps is not None else None, "n_eval": args.n_eval,
+                  "eps": parse_eps(args.eps, args.norm or "Linf") if args.eps is not None else None,
+                  "norm": args.norm, "n_eval": args.n_eval,
                   "batch_size": args.eval_batch_size, "precision": args.precision,
                   "aa_precision": args.aa_precision}
     config = build_run_config(
