@@ -22,6 +22,15 @@ Why this module exists (ecosystem.md §1):
 * torchattacks 3.5.1 (our ``dev`` extra) installs an old vendored ``robustbench`` package with no
   distribution metadata; :func:`import_robustbench` tells it apart from the real one.
 
+* imagecorruptions 1.1.2 (the ``corruptions`` extra; Hendrycks & Dietterich's code packaged by
+  Michaelis et al.), its latest release, predates numpy 2 and scikit-image 0.19: ``fog`` uses
+  ``np.float_`` (removed in numpy 2.0) and ``glass_blur``/``gaussian_blur`` pass ``multichannel=``
+  to ``skimage.filters.gaussian`` (removed in 0.19, now ``channel_axis=``); ``impulse_noise`` calls
+  ``skimage.util.random_noise``, which since scikit-image 0.21 draws from a fresh generator instead
+  of numpy's global one, so seeding could not make it reproducible; it also imports
+  ``pkg_resources``. :func:`import_imagecorruptions` rebinds those names inside that module only
+  (numpy and scikit-image themselves are untouched), so all 15 corruptions run, reproducibly.
+
 RobustBench is imported lazily (it costs seconds and pulls timm), only by :func:`import_robustbench`.
 """
 from __future__ import annotations
@@ -178,3 +187,79 @@ def import_submitit():
         raise DependencyError("submitit's jobs import pkg_resources, which setuptools 82 removed: "
                               "pip install 'setuptools<82' (or the 'robustbench-aft[slurm]' extra)")
     return submitit
+
+
+class _NumpyWithFloatAlias:
+    """numpy as imagecorruptions' ``corruptions`` module sees it: numpy plus the ``float_`` alias."""
+
+    def __init__(self, numpy_module) -> None:
+        self._numpy = numpy_module
+        self.float_ = numpy_module.float64
+
+    def __getattr__(self, name: str):
+        return getattr(self._numpy, name)
+
+
+class _SkimageWithSeededNoise:
+    """scikit-image as imagecorruptions sees it: ``util.random_noise`` seeded from numpy's global
+    generator (which the caller seeds), as it was before scikit-image 0.21."""
+
+    def __init__(self, skimage_module) -> None:
+        import inspect
+
+        self._skimage = skimage_module
+        random_noise = skimage_module.util.random_noise
+        keyword = "rng" if "rng" in inspect.signature(random_noise).parameters else "seed"
+
+        class _Util:
+            def __getattr__(self, name: str):
+                return getattr(skimage_module.util, name)
+
+            @staticmethod
+            def random_noise(image, **kwargs):
+                import numpy
+
+                kwargs.setdefault(keyword, int(numpy.random.randint(0, 2**31 - 1)))
+                return random_noise(image, **kwargs)
+
+        self.util = _Util()
+
+    def __getattr__(self, name: str):
+        return getattr(self._skimage, name)
+
+
+def _gaussian_with_channel_axis(gaussian):
+    def call(image, *args, multichannel: Optional[bool] = None, **kwargs):
+        if multichannel is not None and "channel_axis" not in kwargs:
+            kwargs["channel_axis"] = -1 if multichannel else None
+        return gaussian(image, *args, **kwargs)
+    return call
+
+
+def import_imagecorruptions():
+    """The imagecorruptions package (its ``corrupt`` function), patched for numpy 2 and scikit-image
+    ≥ 0.19 (see above); a DependencyError naming the extra when it is not installed."""
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*pkg_resources.*", category=UserWarning)
+            import imagecorruptions
+            from imagecorruptions import corruptions
+    except ImportError as exc:
+        raise DependencyError(f"the corruptions attack needs imagecorruptions ({exc}); "
+                              "install it with: pip install -e \".[corruptions]\"") from None
+    if not isinstance(corruptions.np, _NumpyWithFloatAlias) and not hasattr(corruptions.np, "float_"):
+        corruptions.np = _NumpyWithFloatAlias(corruptions.np)
+    if not isinstance(corruptions.sk, _SkimageWithSeededNoise):
+        corruptions.sk = _SkimageWithSeededNoise(corruptions.sk)
+    if not getattr(corruptions.gaussian, "_channel_axis_shim", False):
+        corruptions.gaussian = _gaussian_with_channel_axis(corruptions.gaussian)
+        corruptions.gaussian._channel_axis_shim = True
+    return imagecorruptions
+
+
+def package_version(distribution: str) -> str:
+    """The installed version of ``distribution`` ("not installed" when absent): recorded in budgets."""
+    try:
+        return importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return "not installed"

@@ -351,7 +351,7 @@ def tradeoff_frame(db: str, robust: Optional[str] = None) -> Tuple[pd.DataFrame,
     from .compare import default_rank_metric
     from .leaderboard import leaderboard_frame
 
-    frame = leaderboard_frame(ResultsStore(db).rows())
+    frame = leaderboard_frame(ResultsStore(db).rows(), mix_budgets=True)
     if frame.empty:
         raise ConfigError(f"--db {db} has no finished runs")
     metric = robust or default_rank_metric(list(frame.columns))
@@ -405,7 +405,7 @@ def render_report(db: str, output: Path, extra_plots: Sequence[Path] = (), title
 
     store = ResultsStore(db)
     rows = store.rows()
-    frame = leaderboard_frame(rows)
+    frame = leaderboard_frame(rows, mix_budgets=True)  # a report shows every run; mixed cells are marked †
     if frame.empty:
         raise ConfigError(f"--db {db} has no finished runs to report")
     frame = add_rank_column(frame, store, latest_runs_frame(rows), None)

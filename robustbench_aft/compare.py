@@ -111,6 +111,7 @@ def compare_methods(db: str, first: str, second: str, metric: str = "aa", datase
     from .registry import METHODS
 
     names = tuple(name if name == NATURAL else METHODS.canonical(name) for name in (first, second))
+    refuse_unpaired_metric(metric)
     if names[0] == names[1]:
         raise ConfigError(f"compare two different methods, got {names[0]} twice")
     store = ResultsStore(db)
@@ -188,8 +189,20 @@ def rank_groups(methods: List[str], means: List[float], outcomes_of: Callable[[s
     return ranks
 
 
+def refuse_unpaired_metric(metric: str) -> None:
+    """Paired tests need one outcome per test point; a corruption metric has one per (variant, point),
+    75 correlated outcomes per image, which McNemar would treat as independent."""
+    from .registry import ATTACKS
+
+    if metric in ATTACKS and ATTACKS.get(metric).kind == "corruption":
+        raise ConfigError(f"{metric} has one outcome per corrupted variant of each point, not one per point, so "
+                          "paired tests and ranks do not apply; compare or rank by clean, pgd, aa or worst")
+
+
 def add_rank_column(frame, store: ResultsStore, per_run, rank_by: Optional[str]) -> Any:
     """``frame`` with a ``rank`` column per (dataset, arch, eps, norm) group (see :func:`rank_groups`)."""
+    if rank_by:
+        refuse_unpaired_metric(rank_by)
     metric = rank_by or default_rank_metric([c for c in frame.columns])
     if metric is None or metric not in frame.columns:
         if rank_by:

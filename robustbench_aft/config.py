@@ -33,6 +33,9 @@ class EvalConfig:
             (the ``paper`` preset uses it for AFD's PGD-20 step 0.003).
         precision: clean, PGD and CW under ``auto`` (bf16 autocast on CUDA, fp32 on CPU), ``fp32`` or ``bf16``.
         aa_precision: AutoAttack's; fp32 unless asked, so that leaderboard AA numbers are full precision.
+        eps_text: eps as the user wrote it (``8/255``), kept in every metric's budget; None: the default.
+        transfer_from: the ``transfer`` attack's source model: ``natural`` (the run's natural model)
+            or a checkpoint path; None when no transfer attack runs.
     """
 
     attacks: List[str] = field(default_factory=lambda: ["clean", "pgd", "cw"])
@@ -45,6 +48,8 @@ class EvalConfig:
     attack_options: Dict[str, Dict[str, float]] = field(default_factory=dict)
     precision: str = "auto"
     aa_precision: str = "fp32"
+    eps_text: Optional[str] = None
+    transfer_from: Optional[str] = None
 
 
 @dataclass

@@ -69,6 +69,9 @@ class DataBundle:
             otherwise (validation.py).
         user_normalisation: ``mean``/``std`` were given by the user (``--mean``/``--std``); they
             then win over the statistics an external model declares.
+        released_corruptions: a folder holding the released corrupted copies of this test set in
+            the CIFAR-10-C layout (``<corruption>.npy``: severities 1-5 of every test image in
+            order; ``labels.npy``), which the ``corruptions`` attack then reads instead of generating.
         natural_recipe: fields of ``pretrained.NaturalRecipe`` that differ from its defaults (the
             100-epoch "Standard" recipe) for this dataset's natural model.
     """
@@ -86,6 +89,7 @@ class DataBundle:
     default_val_size: int = 500
     default_eps_l2: float = 0.5
     user_normalisation: bool = False
+    released_corruptions: Optional[str] = None
     natural_recipe: Dict[str, Any] = field(default_factory=dict)
 
 

@@ -13,7 +13,7 @@ import hashlib
 import json
 import logging
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -23,6 +23,7 @@ from torch.utils.data import Subset
 from tqdm.auto import tqdm
 
 from .attacks import is_autoattack
+from .attacks.corruptions import breakdown as corruption_breakdown
 from .config import EvalConfig
 from .data import DataBundle, default_eps, make_loader
 from .errors import ConfigError
@@ -51,6 +52,10 @@ class EvalResult:
     seconds: Dict[str, float]
     flags: List[str]
     config: dict
+    # Per attack with parts (corruptions): accuracy in % per corruption and per corruption@severity.
+    breakdown: Dict[str, Dict[str, float]] = field(default_factory=dict)
+    # Per attack: its full budget as run (see :func:`_budget`), stored with every metric.
+    budgets: Dict[str, Dict[str, Any]] = field(default_factory=dict)
 
     @property
     def n(self) -> int:
@@ -64,7 +69,7 @@ class EvalResult:
                 "attack": name,
                 "accuracy": round(accuracy, 2),
                 "correct": int(self.correct[name].sum()),
-                "n": self.n,
+                "n": len(self.correct[name]) if name in self.correct else self.n,
                 "seconds": round(self.seconds.get(name, 0.0), 2),
             })
         return rows
@@ -73,6 +78,7 @@ class EvalResult:
         return {
             "eps": self.eps, "norm": self.norm, "n": self.n, "accuracy": self.accuracy,
             "seconds": self.seconds, "flags": self.flags, "config": self.config,
+            "breakdown": self.breakdown, "budgets": self.budgets,
         }
 
 
@@ -132,6 +138,8 @@ def _state_folder(state_dir: Path, indices: List[int], attack_names: List[str], 
     protocol: Dict[str, Any] = {"indices": indices, "attacks": attack_names, "eps": eps, "norm": config.norm,
                                 "seed": config.seed, "batch_size": config.batch_size, "sanity": config.sanity,
                                 "attack_options": config.attack_options}
+    if config.transfer_from is not None:  # added with the transfer attack: older protocols keep their fingerprint
+        protocol["transfer_from"] = config.transfer_from
     precisions = (resolve_precision(config.precision, device), resolve_precision(config.aa_precision, device))
     if precisions != ("fp32", "fp32"):
         protocol["precision"] = precisions  # fp32, the original protocol, keeps its original fingerprint
@@ -152,7 +160,8 @@ def _load_batch_state(path: Optional[Path]) -> Dict[str, Any]:
 
 def evaluate(model: nn.Module, data: DataBundle, config: EvalConfig, device: torch.device,
              progress: bool = True, state_dir: Optional[Path] = None,
-             stop: Optional[StopSignal] = None, shard: Optional[Tuple[int, int]] = None) -> EvalResult:
+             stop: Optional[StopSignal] = None, shard: Optional[Tuple[int, int]] = None,
+             source_model: Optional[nn.Module] = None) -> EvalResult:
     """Evaluate ``model`` on a seeded subset of ``data.test`` with every attack in ``config``.
 
     The model is put in eval mode for every attack and its original mode restored at the end.
@@ -161,7 +170,8 @@ def evaluate(model: nn.Module, data: DataBundle, config: EvalConfig, device: tor
     computes what is missing; every attack is seeded per batch, so the result is the same.
     ``shard=(rank, world_size)`` evaluates only the batches b with b % world_size == rank (the
     result then covers those points only); torchrun jobs let every rank write its shard into the
-    same ``state_dir`` and rank 0 then gathers the whole result from the files.
+    same ``state_dir`` and rank 0 then gathers the whole result from the files. ``source_model``:
+    the model the ``transfer`` attack crafts on (``config.transfer_from`` names it in the results).
     """
     attack_names = [ATTACKS.canonical(a) for a in config.attacks]
     if "clean" not in attack_names:
@@ -170,7 +180,7 @@ def evaluate(model: nn.Module, data: DataBundle, config: EvalConfig, device: tor
     eps = default_eps(data, config.norm) if config.eps is None else float(config.eps)
     if eps < 0:
         raise ConfigError(f"--eps must be >= 0, got {eps}")
-    attacks = {name: _build_attack(name, eps, config) for name in attack_names}
+    attacks = {name: _build_attack(name, eps, config, data, source_model) for name in attack_names}
     indices = select_subset(len(data.test), config.n_eval, config.seed)
     loader = make_loader(Subset(data.test, indices), batch_size=config.batch_size, shuffle=False)
     folder = _state_folder(state_dir, indices, attack_names, eps, config, device) if state_dir is not None else None
@@ -184,7 +194,7 @@ def evaluate(model: nn.Module, data: DataBundle, config: EvalConfig, device: tor
     bar = tqdm(total=len(loader) * len(attack_names), desc="evaluate", unit="attack-batch",
                disable=None if progress else True, leave=False)
     try:
-        for batch_number, (x, y, _) in enumerate(loader):
+        for batch_number, (x, y, positions) in enumerate(loader):
             if shard is not None and batch_number % shard[1] != shard[0]:
                 bar.update(len(attack_names))
                 continue
@@ -201,7 +211,10 @@ def evaluate(model: nn.Module, data: DataBundle, config: EvalConfig, device: tor
                     # convention), so attacks that can skip points only work on the correct ones.
                     clean_correct = saved["correct"].get("clean")
                     attack_flags: List[str] = []
-                    if clean_correct is not None and not bool(clean_correct.any()):
+                    if attack.kind == "corruption":  # not an attack on the clean-correct points: every point
+                        saved["correct"][name] = attack.outcomes(model, x, y, config.seed * 100003 + batch_number,
+                                                                 positions.tolist()).cpu()
+                    elif clean_correct is not None and not bool(clean_correct.any()):
                         saved["correct"][name] = clean_correct.clone()
                     else:
                         active = clean_correct.to(device) if clean_correct is not None else None
@@ -236,6 +249,8 @@ def evaluate(model: nn.Module, data: DataBundle, config: EvalConfig, device: tor
         bar.close()
         model.train(was_training)
 
+    corrupted = {name: torch.cat(correct.pop(name), dim=1) for name in list(correct)
+                 if attacks[name].kind == "corruption" and correct[name]}
     per_sample = {name: torch.cat(values) if values else torch.zeros(0, dtype=torch.bool)
                   for name, values in correct.items()}
     # Per-batch files written before attacks skipped misclassified points may hold a point that is
@@ -244,17 +259,89 @@ def evaluate(model: nn.Module, data: DataBundle, config: EvalConfig, device: tor
     per_sample["worst"] = torch.stack(list(per_sample.values())).all(dim=0)
     n = max(1, len(evaluated))
     accuracy = {name: 100.0 * float(values.sum()) / n for name, values in per_sample.items()}
+    breakdown = {}
+    for name, outcomes in corrupted.items():  # (variants, points): one bit per corrupted image
+        accuracy[name] = 100.0 * float(outcomes.sum()) / max(1, outcomes.numel())
+        breakdown[name] = corruption_breakdown(attacks[name].variants(), outcomes)
+        per_sample[name] = outcomes.flatten()
     flags.extend(_accuracy_flags(accuracy))
+    flags.extend(_transfer_flags(accuracy, attacks))
     return EvalResult(eps=eps, norm=config.norm, indices=evaluated, accuracy=accuracy, correct=per_sample,
-                      seconds=seconds, flags=flags, config={**asdict(config), "eps": eps, "attacks": attack_names})
+                      seconds=seconds, flags=flags, config={**asdict(config), "eps": eps, "attacks": attack_names},
+                      breakdown=breakdown, budgets={name: _budget(attack, config, device) for name, attack in attacks.items()})
 
 
-def _build_attack(name: str, eps: float, config: EvalConfig):
-    options = {ATTACKS.canonical(k): v for k, v in config.attack_options.items()}.get(name, {})
+def worst_case_examples(model: nn.Module, data: DataBundle, config: EvalConfig, device: torch.device,
+                        source_model: Optional[nn.Module] = None, progress: bool = True
+                        ) -> Tuple[torch.Tensor, torch.Tensor, List[int], List[str]]:
+    """The adversarial images behind the ``worst`` column, recomputed as :func:`evaluate` computed
+    them (same subset, batches, per-batch seeds, masks and precisions): per evaluated point, the
+    output of the first attack (in ``config.attacks`` order) under which the model is wrong, else
+    the last attack's output. Returns (images, labels, test indices, the attack each image came from);
+    corruptions are not an eps-ball attack and do not take part."""
+    attack_names = [name for name in dict.fromkeys(ATTACKS.canonical(a) for a in config.attacks)
+                    if ATTACKS.get(name).kind != "corruption"]
+    eps = default_eps(data, config.norm) if config.eps is None else float(config.eps)
+    attacks = {name: _build_attack(name, eps, config, data, source_model) for name in attack_names}
+    indices = select_subset(len(data.test), config.n_eval, config.seed)
+    loader = make_loader(Subset(data.test, indices), batch_size=config.batch_size, shuffle=False)
+    images, labels, origins = [], [], []
+    was_training = model.training
+    model.eval()
     try:
-        return ATTACKS.get(name)(eps, config.norm, config.batch_size, **options)
+        for batch_number, (x, y, _) in enumerate(tqdm(loader, desc="export", disable=None if progress else True)):
+            x, y = x.to(device), y.to(device)
+            chosen, origin = x.clone(), ["clean"] * len(y)
+            settled = torch.zeros(len(y), dtype=torch.bool, device=device)
+            clean_correct = _predict(model, x) == y
+            settled |= ~clean_correct
+            for name, attack in attacks.items():
+                if name == "clean":
+                    continue
+                precision = config.aa_precision if is_autoattack(name) else config.precision
+                with autocast(device, precision):
+                    x_adv = attack(model, x, y, seed=config.seed * 100003 + batch_number, active=clean_correct).float()
+                    wrong = _predict(model, x_adv) != y
+                take = ~settled & (wrong | torch.full_like(wrong, name == attack_names[-1]))
+                chosen[take] = x_adv[take]
+                for i in take.nonzero().flatten().tolist():
+                    origin[i] = name
+                settled |= take
+            images.append(chosen.cpu())
+            labels.append(y.cpu())
+            origins += origin
+    finally:
+        model.train(was_training)
+    return torch.cat(images), torch.cat(labels), indices, origins
+
+
+def _build_attack(name: str, eps: float, config: EvalConfig, data: DataBundle,
+                  source_model: Optional[nn.Module]):
+    options = dict({ATTACKS.canonical(k): v for k, v in config.attack_options.items()}.get(name, {}))
+    attack_class = ATTACKS.get(name)
+    if attack_class.needs_source:
+        if source_model is None:
+            raise ConfigError(f"attack {name} crafts on a source model: give --transfer-from natural|PATH")
+        options["source"] = source_model
+    if attack_class.kind == "corruption" and data.released_corruptions:
+        options.setdefault("released", data.released_corruptions)
+    try:
+        return attack_class(eps, config.norm, config.batch_size, **options)
     except TypeError as exc:
         raise ConfigError(f"invalid options {options} for attack {name!r}: {exc}") from None
+
+
+def _budget(attack, config: EvalConfig, device: torch.device) -> Dict[str, Any]:
+    """The full budget an attack ran with (what makes two numbers of one column comparable): its
+    class, eps as given and as a float, norm, precision, and every setting the attack declares."""
+    precision = resolve_precision(config.aa_precision if attack.autoattack else config.precision, device)
+    budget: Dict[str, Any] = {"attack": type(attack).__name__, "precision": precision, **attack.budget()}
+    if attack.kind in ("white-box", "transfer"):
+        given = config.eps_text or (f"{config.eps:g}" if config.eps is not None else "dataset default")
+        budget.update(eps=attack.eps, eps_given=given, norm=attack.norm)
+    if attack.needs_source:
+        budget["source"] = config.transfer_from
+    return budget
 
 
 def _randomness_flags(model: nn.Module, x: torch.Tensor, attack_names: List[str]) -> List[str]:
@@ -272,6 +359,18 @@ def _randomness_flags(model: nn.Module, x: torch.Tensor, attack_names: List[str]
     return [f"the model's outputs are random (the same images gave different logits twice): "
             f"{', '.join(deterministic)} assume a deterministic model; evaluate with aa-rand "
             "(AutoAttack's rand version, with expectation over 20 draws)"]
+
+
+def _transfer_flags(accuracy: Dict[str, float], attacks: Dict[str, Any]) -> List[str]:
+    """A flag when examples crafted on another model fool the evaluated one more often than its own
+    white-box attacks do: those attacks miss adversarial examples that exist (gradient masking)."""
+    white_box = {name: accuracy[name] for name, attack in attacks.items() if attack.kind == "white-box"}
+    if not white_box:
+        return []
+    strongest = min(white_box, key=white_box.get)
+    return [f"{name} accuracy {accuracy[name]:.2f}% is below white-box {strongest} {white_box[strongest]:.2f}%: "
+            "examples crafted on another model fool it more than its own gradients do, likely gradient masking"
+            for name, attack in attacks.items() if attack.kind == "transfer" and accuracy[name] < white_box[strongest]]
 
 
 def _accuracy_flags(accuracy: Dict[str, float]) -> List[str]:

@@ -57,14 +57,63 @@ def latest_runs_frame(store_rows: List[Dict[str, Any]]):
     return per_run.sort_values("created_at").drop_duplicates([*KEY, "seed"], keep="last")
 
 
-def leaderboard_frame(store_rows: List[Dict[str, Any]]):
+# Budget fields that identify a row (its eps and norm columns), not the column's attack.
+ROW_BUDGET_FIELDS = ("eps", "eps_given", "norm")
+MIXED_MARK = "†"
+
+
+def column_budgets(store_rows: List[Dict[str, Any]], counted_runs: set) -> Dict[str, Dict[str, set]]:
+    """Per metric, each distinct attack budget (as sorted JSON, without eps and norm) of the counted runs
+    and the (method, dataset, arch, eps, norm) rows that used it. Runs stored before budgets were
+    recorded have none and are not compared."""
+    budgets: Dict[str, Dict[str, set]] = {}
+    for row in store_rows:
+        text = row.get("budget_json")
+        if row["run_id"] not in counted_runs or not isinstance(text, str):
+            continue
+        budget = {k: v for k, v in json.loads(text).items() if k not in ROW_BUDGET_FIELDS}
+        key = tuple(row[k] for k in KEY)
+        budgets.setdefault(row["metric"], {}).setdefault(json.dumps(budget, sort_keys=True), set()).add(key)
+    return budgets
+
+
+def _budget_difference(first: str, second: str) -> tuple:
+    a, b = json.loads(first), json.loads(second)
+    keys = [k for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+    return (", ".join(f"{k}={a.get(k)}" for k in keys), ", ".join(f"{k}={b.get(k)}" for k in keys))
+
+
+def _mixed_budget_cells(store_rows: List[Dict[str, Any]], per_run, mix_budgets: bool) -> Dict[tuple, List[str]]:
+    """The metrics of each leaderboard row whose budget differs from its column's most common one;
+    without ``mix_budgets`` any such difference is a one-line ConfigError naming both budgets."""
+    marked: Dict[tuple, List[str]] = {}
+    for metric, budgets in column_budgets(store_rows, set(per_run["run_id"])).items():
+        if len(budgets) < 2:
+            continue
+        ranked = sorted(budgets, key=lambda text: -len(budgets[text]))
+        common, other = ranked[0], ranked[1]
+        if not mix_budgets:
+            mine, theirs = _budget_difference(common, other)
+            methods = {text: ", ".join(sorted({key[0] for key in budgets[text]})) for text in (common, other)}
+            raise ConfigError(f"column {metric} would mix attack budgets: {mine} ({methods[common]}) vs {theirs} "
+                              f"({methods[other]}); evaluate them alike, or pass --mix-budgets to show them marked")
+        for text in ranked[1:]:
+            for key in budgets[text]:
+                marked.setdefault(key, []).append(metric)
+    return marked
+
+
+def leaderboard_frame(store_rows: List[Dict[str, Any]], mix_budgets: bool = False):
     """The aggregated leaderboard as a pandas DataFrame with ``<metric>``, ``<metric>_std`` and
-    ``<metric>_ci_low``/``_ci_high`` columns."""
+    ``<metric>_ci_low``/``_ci_high`` columns. A column whose cells were measured with different
+    attack budgets (steps, AutoAttack version, precision...) is refused unless ``mix_budgets``; then
+    ``mixed_budgets`` lists, per row, the metrics that differ from the column's usual budget."""
     import pandas as pd
 
     if not store_rows:
         return pd.DataFrame()
     per_run = latest_runs_frame(store_rows)
+    marked = _mixed_budget_cells(store_rows, per_run, mix_budgets)
     present_avg = [m for m in avg_metrics() if m in per_run.columns]
     per_run["avg"] = per_run[present_avg].mean(axis=1)
     per_run["flagged"] = per_run["flags_json"].map(lambda text: bool(json.loads(text)))
@@ -89,7 +138,9 @@ def leaderboard_frame(store_rows: List[Dict[str, Any]]):
     ordered = [*KEY, "seeds", "version"]
     for metric in metrics:
         ordered += [metric, f"{metric}_std", f"{metric}_ci_low", f"{metric}_ci_high"]
-    return table[ordered + ["flagged_runs", "reconstructed", *costs]].reset_index(drop=True)
+    table["mixed_budgets"] = [",".join(marked.get(tuple(record[k] for k in KEY), []))
+                              for record in table.to_dict("records")]
+    return table[ordered + ["flagged_runs", "reconstructed", *costs, "mixed_budgets"]].reset_index(drop=True)
 
 
 def _intervals(grouped, metrics: List[str]):
@@ -222,13 +273,15 @@ def display_rows(frame, columns: Optional[List[str]] = None) -> List[Dict[str, A
     for record in frame.to_dict("records"):
         label = f"{record['method']} (reconstructed)" if record.get("reconstructed") else record["method"]
         row = {"rank": "-" if _missing(record.get("rank")) else int(record["rank"])} if "rank" in record else {}
+        mixed = str(record.get("mixed_budgets") or "").split(",")
         row.update({"method": label, "dataset": record["dataset"], "arch": record["arch"],
-               "eps": f"{record['eps']:.4g}", "seeds": int(record["seeds"]),
+               "norm": record.get("norm", "Linf"), "eps": f"{record['eps']:.4g}", "seeds": int(record["seeds"]),
                "version": "-" if record["method"] == NATURAL else int(record["version"])})
         for metric in metrics:
             row[metric] = ("" if isinstance(record[metric], float) and math.isnan(record[metric])
                            else _cell(record[metric], record[f"{metric}_std"], record.get(f"{metric}_ci_low"),
-                                      record.get(f"{metric}_ci_high"), int(record["seeds"])))
+                                      record.get(f"{metric}_ci_high"), int(record["seeds"]))
+                           + (f" {MIXED_MARK}" if metric in mixed else ""))
         for name in columns or []:
             value = record.get(name)
             row[name] = "" if _missing(value) else f"{value:.0f}" if name.endswith("_s") or name == "epoch" \

@@ -33,10 +33,10 @@ from .models import build_model
 from .errors import ConfigError, Interrupted
 from .evaluate import EvalConfig, evaluate, select_subset
 from .featuregap import FeatureGapProbe
-from .pretrained import default_recipe, load_checkpoint, recipe_with, resolve, save_checkpoint
+from .pretrained import default_recipe, load_checkpoint, recipe_with, resolve, save_checkpoint, transfer_source
 from .results import ResultsStore, RunRecord, new_group_id, outcome_bits
 from .validation import catastrophic_overfitting
-from .registry import NATURAL
+from .registry import ATTACKS, NATURAL
 from .devices import resolve_device, resolve_precision
 from .files import RunLock, atomic_write_text, check_writable
 from .reproducibility import provenance
@@ -139,6 +139,8 @@ class _Context:
     probe: Optional[FeatureGapProbe]
     natural_gap: List[Dict[str, float]]
     dist: DistContext = SINGLE
+    # The model the transfer attack crafts on (``--transfer-from``); None when it does not run.
+    transfer_source: Optional[nn.Module] = None
 
 
 def _cell_id(cell_dir: Path, selection: str = "last") -> str:
@@ -160,12 +162,13 @@ def _evaluate(context: _Context, model: nn.Module, state_dir: Path):
     dist = context.dist
     if dist.enabled:
         evaluate(model, context.data, context.eval_config, context.device, progress=context.progress and dist.is_main,
-                 state_dir=state_dir, stop=context.stop, shard=(dist.rank, dist.world_size))
+                 state_dir=state_dir, stop=context.stop, shard=(dist.rank, dist.world_size),
+                 source_model=context.transfer_source)
         barrier(dist)
         if not dist.is_main:
             return None
     return evaluate(model, context.data, context.eval_config, context.device, progress=context.progress,
-                    state_dir=state_dir, stop=context.stop)
+                    state_dir=state_dir, stop=context.stop, source_model=context.transfer_source)
 
 
 @dataclass
@@ -369,7 +372,8 @@ def _store_cell(context: _Context, cell: _Cell, evaluations: List[Tuple[str, Any
                                     selection=selection, selected_epoch=epoch,
                                     indices=[int(i) for i in evaluated.indices],
                                     per_sample={name: outcome_bits(values)
-                                                for name, values in evaluated.correct.items()}),
+                                                for name, values in evaluated.correct.items()},
+                                    budgets=evaluated.budgets, breakdown=evaluated.breakdown),
                           run_id=row_id)
         if selection != "last":
             done_payload[f"run_id_{selection}"] = row_id
@@ -448,7 +452,8 @@ def _run_in(out_root: Path, config: RunConfig, data: DataBundle, eval_config: Ev
         context = _Context(config=config, data=data, eval_config=eval_config, store=store, group_id=group_id,
                            out_root=out_root, stored_config=stored_config, origin=provenance(device),
                            source=info["source"], resume=resume, progress=progress, stop=stop,
-                           device=device, probe=probe, natural_gap=natural_gap, dist=dist)
+                           device=device, probe=probe, natural_gap=natural_gap, dist=dist,
+                           transfer_source=_transfer_source(config, eval_config, data, natural, device))
         run_ids, diverged = [], []
         for step, (method, seed) in enumerate(cells, start=1):
             try:
@@ -489,11 +494,20 @@ def _feature_gap_probe(config: RunConfig, data: DataBundle, eval_config: EvalCon
     return probe, natural_gap
 
 
+def _transfer_source(config: RunConfig, eval_config: EvalConfig, data: DataBundle, natural: nn.Module,
+                     device: torch.device) -> Optional[nn.Module]:
+    if not any(ATTACKS.get(name).needs_source for name in eval_config.attacks):
+        return None
+    return transfer_source(eval_config.transfer_from, data, config.arch, device, natural=natural)
+
+
 def prepare_run(config: RunConfig) -> tuple:
     """The dataset and the evaluation settings of ``config``, checked (shared by the launchers)."""
     data = load_dataset(config.dataset, data_dir=config.data_dir, download=config.download)
     eval_config = dataclasses.replace(config.eval, eps=default_eps(data, config.eval.norm)
                                       if config.eval.eps is None else config.eval.eps)
+    if any(ATTACKS.get(name).needs_source for name in eval_config.attacks) and eval_config.transfer_from is None:
+        eval_config = dataclasses.replace(eval_config, transfer_from="natural")
     select_subset(len(data.test), eval_config.n_eval, eval_config.seed)
     return data, eval_config
 
@@ -521,12 +535,14 @@ def run_one_cell(config: RunConfig, out_root: Path, method: str, seed: int, sink
                        out_root=out_root, stored_config=_stored_config(config, eval_config), origin=provenance(device),
                        source=info["source"],
                        resume=True, progress=progress, stop=stop, device=device, probe=probe,
-                       natural_gap=natural_gap)
+                       natural_gap=natural_gap, transfer_source=_transfer_source(config, eval_config, data, natural,
+                                                                                 device))
     with RunLock(out_root / cell_name(method, seed)):
         return _run_cell(context, natural, method, seed, 1, 1)
 
 
-def leaderboard(db: str, group_id: Optional[str] = None, rank_by: Optional[str] = None, selection: str = "last"):
+def leaderboard(db: str, group_id: Optional[str] = None, rank_by: Optional[str] = None, selection: str = "last",
+                mix_budgets: bool = False):
     """The aggregated leaderboard of a results store as a pandas DataFrame (see leaderboard.py),
     with the noise-aware ``rank`` column of compare.py; ``selection`` picks the ``last`` or the
     ``best-val`` weights of each fine-tuned model (validation.py)."""
@@ -535,7 +551,7 @@ def leaderboard(db: str, group_id: Optional[str] = None, rank_by: Optional[str] 
 
     store = ResultsStore(db)
     rows = store.rows(group_id, selection=selection)
-    frame = leaderboard_frame(rows)
+    frame = leaderboard_frame(rows, mix_budgets=mix_budgets)
     if frame.empty:
         return frame
     return add_rank_column(frame, store, latest_runs_frame(rows), rank_by)

@@ -305,6 +305,22 @@ def resolve(source: str, data: DataBundle, arch: str, seed: int, device: torch.d
     return model.to(device), info
 
 
+def transfer_source(spec: Optional[str], data: DataBundle, arch: str, device: torch.device,
+                    natural: Optional[nn.Module] = None, seed: int = 0, progress: bool = True) -> nn.Module:
+    """The model the ``transfer`` attack crafts on: ``natural`` (or None) is the run's natural model
+    (``natural`` when given, else the cached one of ``arch``, pre-trained if missing), anything else
+    a checkpoint path or ``robustbench:NAME``; a checkpoint of ours is built with its own arch."""
+    if spec in (None, "natural"):
+        return natural.to(device) if natural is not None else resolve("auto", data, arch, seed, device,
+                                                                      progress=progress)[0]
+    source_arch = arch
+    if not spec.startswith("robustbench:"):
+        payload = _read_checkpoint(Path(spec).expanduser())
+        if isinstance(payload, dict) and payload.get("format") == CHECKPOINT_FORMAT and payload.get("arch"):
+            source_arch = payload["arch"]
+    return resolve(spec, data, source_arch, seed, device, progress=progress)[0].eval()
+
+
 def recipe_with(recipe: NaturalRecipe, **overrides: Any) -> NaturalRecipe:
     """``recipe`` with the non-None overrides applied (None means "not given")."""
     return replace(recipe, **{k: v for k, v in overrides.items() if v is not None})

@@ -83,6 +83,19 @@ CREATE TABLE IF NOT EXISTS costs (
     forward_per_image REAL,
     backward_per_image REAL
 );
+CREATE TABLE IF NOT EXISTS budgets (
+    run_id TEXT NOT NULL REFERENCES runs(run_id),
+    metric TEXT NOT NULL,
+    budget_json TEXT NOT NULL,
+    PRIMARY KEY (run_id, metric)
+);
+CREATE TABLE IF NOT EXISTS breakdown (
+    run_id TEXT NOT NULL REFERENCES runs(run_id),
+    metric TEXT NOT NULL,
+    part TEXT NOT NULL,
+    value REAL NOT NULL,
+    PRIMARY KEY (run_id, metric, part)
+);
 CREATE TABLE IF NOT EXISTS feature_gap (
     run_id TEXT NOT NULL REFERENCES runs(run_id),
     epoch INTEGER NOT NULL,
@@ -134,6 +147,10 @@ class RunRecord:
     passes_per_image: Optional[Dict[str, float]] = None
     # When the row was first stored (None: now); kept when a record is moved between stores.
     created_at: Optional[float] = None
+    # Per metric, the full budget its attack ran with (evaluate._budget); empty for older rows.
+    budgets: Dict[str, Dict[str, Any]] = field(default_factory=dict)
+    # Per metric with parts (corruptions): accuracy in % per part (corruption, corruption@severity).
+    breakdown: Dict[str, Dict[str, float]] = field(default_factory=dict)
 
 
 def outcome_bits(correct: Any) -> str:
@@ -202,7 +219,7 @@ class ResultsStore:
             connection.execute("DELETE FROM feature_gap WHERE run_id = ?", (run_id,))
             connection.execute("DELETE FROM samples WHERE run_id = ?", (run_id,))
             connection.execute("DELETE FROM eval_points WHERE run_id = ?", (run_id,))
-            for table in ("validation", "selection", "costs", "head_gap"):
+            for table in ("validation", "selection", "costs", "head_gap", "budgets", "breakdown"):
                 connection.execute(f"DELETE FROM {table} WHERE run_id = ?", (run_id,))
             connection.execute(
                 "INSERT OR REPLACE INTO runs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -229,6 +246,12 @@ class ResultsStore:
             passes = record.passes_per_image or {}
             connection.execute("INSERT INTO costs VALUES (?, ?, ?, ?)",
                                (run_id, record.eval_seconds, passes.get("forward"), passes.get("backward")))
+            connection.executemany("INSERT INTO budgets VALUES (?, ?, ?)",
+                                   [(run_id, metric, json.dumps(budget, sort_keys=True, default=str))
+                                    for metric, budget in record.budgets.items()])
+            connection.executemany("INSERT INTO breakdown VALUES (?, ?, ?, ?)",
+                                   [(run_id, metric, part, float(value)) for metric, parts in record.breakdown.items()
+                                    for part, value in parts.items()])
             if record.indices:
                 connection.execute("INSERT INTO eval_points VALUES (?, ?)", (run_id, json.dumps(record.indices)))
                 connection.executemany("INSERT INTO samples VALUES (?, ?, ?)",
@@ -247,8 +270,9 @@ class ResultsStore:
         query = ("SELECT r.run_id, r.group_id, r.created_at, r.method, r.method_version, r.dataset, r.arch, r.seed, "
                  "r.eps, r.norm, r.n_eval, r.flags_json, m.metric, m.value, "
                  "COALESCE(s.selection, 'last') AS selection, s.epoch AS selected_epoch, "
-                 "r.train_seconds, c.eval_seconds, c.forward_per_image, c.backward_per_image "
+                 "r.train_seconds, c.eval_seconds, c.forward_per_image, c.backward_per_image, b.budget_json "
                  "FROM runs r JOIN metrics m ON r.run_id = m.run_id "
+                 "LEFT JOIN budgets b ON r.run_id = b.run_id AND m.metric = b.metric "
                  "LEFT JOIN selection s ON r.run_id = s.run_id LEFT JOIN costs c ON r.run_id = c.run_id "
                  "WHERE r.status = 'finished' AND (COALESCE(s.selection, 'last') = ? OR r.method = 'natural')")
         arguments: tuple = (selection,)
@@ -320,6 +344,12 @@ class ResultsStore:
             cost = connection.execute("SELECT * FROM costs WHERE run_id = ?", (run_id,)).fetchone()
             points = connection.execute("SELECT indices FROM eval_points WHERE run_id = ?", (run_id,)).fetchone()
             bits = dict(connection.execute("SELECT metric, correct FROM samples WHERE run_id = ?", (run_id,)))
+            budgets = {metric: json.loads(text) for metric, text in connection.execute(
+                "SELECT metric, budget_json FROM budgets WHERE run_id = ?", (run_id,))}
+            breakdown: Dict[str, Dict[str, float]] = {}
+            for metric, part, value in connection.execute(
+                    "SELECT metric, part, value FROM breakdown WHERE run_id = ? ORDER BY rowid", (run_id,)):
+                breakdown.setdefault(metric, {})[part] = value
         passes = (None if cost is None or cost["forward_per_image"] is None
                   else {"forward": cost["forward_per_image"], "backward": cost["backward_per_image"]})
         return RunRecord(
@@ -333,7 +363,7 @@ class ResultsStore:
             indices=json.loads(points[0]) if points else [], per_sample=bits,
             selection=selection[0] if selection else "last", selected_epoch=selection[1] if selection else None,
             validation=validation, eval_seconds=cost["eval_seconds"] if cost else None, passes_per_image=passes,
-            created_at=run["created_at"])
+            created_at=run["created_at"], budgets=budgets, breakdown=breakdown)
 
     def runs(self, selection: Optional[str] = None) -> List[Dict[str, Any]]:
         """Every run with its stored configuration, provenance and ``selection`` (``last`` or

@@ -1,7 +1,9 @@
 """End to end on digits: `bench run --methods ours,trades --seeds 0`, then `bench leaderboard`."""
 import io
+import json
 
 import pandas as pd
+import torch
 
 from robustbench_aft.cli import main
 
@@ -39,3 +41,18 @@ def test_bench_run_ours_trades(capsys, tmp_path):
     for method in ("afd", "trades"):
         assert table.loc[method, "pgd"] >= table.loc["natural", "pgd"] + MARGIN_PP, table
         assert table.loc[method, "clean"] > MIN_CLEAN
+
+    # The worst-case images for external evaluation reproduce the stored worst accuracy exactly.
+    adversarial = tmp_path / "afd-adversarial.pt"
+    assert main(["export", "--db", str(db), "--method", "afd", "--adversarial", str(adversarial), "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    worst = f"{table.loc['afd', 'worst']:.2f} %"
+    assert f"accuracy on them {worst} (stored worst: {worst})" in printed
+    images = torch.load(adversarial)
+    info = json.loads(adversarial.with_suffix(".json").read_text())
+    assert images.shape == (200, 1, 8, 8) and info["model_info"]["name"] == "afd"
+    from robustbench_aft.data import collect, load_dataset
+
+    clean, labels = collect(load_dataset("digits").test, info["indices"])
+    assert labels.tolist() == info["labels"]
+    assert (images - clean).abs().max() <= 0.15 + 1e-6 and images.min() >= 0 and images.max() <= 1

@@ -16,7 +16,7 @@ attributes, so nothing else is edited)::
 """
 from __future__ import annotations
 
-from typing import ClassVar, Iterator, List, Optional, Tuple
+from typing import Any, ClassVar, Dict, Iterator, List, Optional, Tuple
 
 import torch
 from torch import nn
@@ -55,6 +55,12 @@ class Attack:
     autoattack: ClassVar[bool] = False
     # Minutes rather than seconds on a few dozen digits points: its contract tests run in the slow tier.
     expensive: ClassVar[bool] = False
+    # What its accuracy measures: "white-box" (attacks the evaluated model's gradients), "transfer"
+    # (examples crafted on another model: a black-box check), "corruption" (common corruptions, not
+    # an eps-ball attack: left out of the worst-case column) or "none" (clean).
+    kind: ClassVar[str] = "white-box"
+    # Crafts on a second model, which the evaluator passes to the constructor as ``source``.
+    needs_source: ClassVar[bool] = False
 
     def __init__(self, eps: float, norm: str = "Linf", batch_size: int = 256) -> None:
         if norm not in NORMS:
@@ -90,6 +96,11 @@ class Attack:
     def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
                 generator: torch.Generator) -> torch.Tensor:
         raise NotImplementedError
+
+    def budget(self) -> Dict[str, Any]:
+        """The attack's own settings beyond eps, norm and precision (steps, restarts, step size, loss,
+        version...): stored with every metric, so that a column never mixes budgets silently."""
+        return {}
 
 
 def cross_entropy_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -219,6 +230,10 @@ class _IterativeAttack(Attack):
     def perturb(self, model, x, y, generator, active=None):
         return pgd(model, x, y, eps=self.eps, norm=self.norm, steps=self.steps,
                    step_size=self.relative_step * self.eps, loss_fn=self.loss_fn, generator=generator, active=active)
+
+    def budget(self) -> Dict[str, Any]:
+        return {"steps": self.steps, "restarts": 1, "step": f"{self.relative_step:g}·eps",
+                "loss": self.loss_fn.__name__, "start": "random"}
 
 
 def attacked_chunks(attack: Attack, model: nn.Module, x: torch.Tensor, y: torch.Tensor, seed: int,

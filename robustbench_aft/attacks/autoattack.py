@@ -20,6 +20,10 @@ class AutoAttackVersion(Attack):
     version = "standard"
     attack_names: Optional[List[str]] = None
 
+    def budget(self):
+        return {"version": self.version, "attacks": self.attack_names or "the version's own",
+                "library": f"pyautoattack {_compat.package_version('pyautoattack')}"}
+
     def perturb(self, model, x, y, generator):
         if self.eps == 0:
             return x.clone()

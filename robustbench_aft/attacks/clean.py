@@ -10,6 +10,7 @@ class Clean(Attack):
     """No attack: the unperturbed test images (clean accuracy)."""
 
     column_position = 0
+    kind = "none"
     in_avg = True
 
     def perturb(self, model, x, y, generator):

@@ -13,10 +13,11 @@ import sys
 from typing import List, Optional
 
 from ..errors import UserError
-from . import analyze, check, collect, compare, dump, evaluate, leaderboard, listing, load, pretrain, report, run
+from . import analyze, check, collect, compare, dump, evaluate, export, leaderboard, listing, load, pretrain, report, run
 from ._common import BenchArgumentParser, setup_logging
 
-SUBCOMMANDS = (listing, pretrain, evaluate, run, collect, leaderboard, dump, load, compare, check, analyze, report)
+SUBCOMMANDS = (listing, pretrain, evaluate, run, collect, leaderboard, dump, load, compare, check, analyze, report,
+               export)
 
 
 def build_parser() -> argparse.ArgumentParser:

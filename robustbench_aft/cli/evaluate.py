@@ -23,6 +23,9 @@ def add_to(commands: argparse._SubParsersAction) -> None:
                           help="comma-separated attacks (default: clean,pgd,cw; see `bench list attacks`)")
     evaluate.add_argument("--eps", default=None, help="budget, e.g. 8/255 or 0.2 (default: the dataset's)")
     evaluate.add_argument("--norm", default="Linf", choices=NORMS, help="threat model (default: Linf)")
+    evaluate.add_argument("--transfer-from", default="natural", metavar="natural|PATH",
+                          help="source model of the transfer attack: the cached natural model of --arch "
+                               "(default) or a checkpoint")
     evaluate.add_argument("--n-eval", type=positive_int, default=None,
                           help="size of the seeded test subset (default: the whole test set)")
     evaluate.add_argument("--batch-size", type=positive_int, default=256, help="evaluation batch size")
@@ -38,7 +41,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from ..data import load_dataset
     from ..evaluate import EvalConfig, evaluate, parse_attacks, parse_eps
     from ..leaderboard import format_table
-    from ..pretrained import resolve
+    from ..pretrained import resolve, transfer_source
+    from ..registry import ATTACKS
     from ..devices import resolve_device
     from ..files import atomic_write_text
 
@@ -51,17 +55,27 @@ def cmd_eval(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     data = load_dataset(args.dataset, data_dir=args.data_dir, download=args.download)
     model, info = resolve(args.checkpoint, data, arch, seed=args.seed, device=device, progress=not args.quiet)
+    transfer = any(ATTACKS.get(name).needs_source for name in attacks)
+    source = (transfer_source(args.transfer_from, data, arch, device, progress=not args.quiet)
+              if transfer else None)
     config = EvalConfig(attacks=attacks, eps=eps, norm=args.norm, n_eval=args.n_eval, seed=args.seed,
                         batch_size=args.batch_size, sanity=not args.no_sanity, precision=args.precision or "auto",
-                        aa_precision=args.aa_precision or "fp32")
+                        aa_precision=args.aa_precision or "fp32", eps_text=args.eps,
+                        transfer_from=args.transfer_from if transfer else None)
     start = time.perf_counter()
-    result = evaluate(model, data, config, device, progress=not args.quiet)
+    result = evaluate(model, data, config, device, progress=not args.quiet, source_model=source)
     seconds = time.perf_counter() - start
     table = format_table(result.rows(), args.format,
                          extra={"source": info["source"], "dataset": data.name, "arch": arch, **result.to_dict()})
     if human(args.format):
         table = (f"{arch} on {data.name} ({info['source']}), {result.norm} eps={result.eps:.4g}, "
                  f"n={result.n}, {seconds:.1f} s\n\n{table}")
+        for name, parts in result.breakdown.items():
+            source = result.budgets.get(name, {}).get("source", "")
+            rows = [{"corruption": part, "accuracy": round(value, 2),
+                     **{f"s{s}": round(parts.get(f"{part}@{s}", float("nan")), 2) for s in range(1, 6)}}
+                    for part, value in parts.items() if "@" not in part]
+            table += f"\n\n{name}: {source}, accuracy per corruption and severity\n\n{format_table(rows, args.format)}"
         if result.flags:
             table += "\n\nsanity flags:\n" + "\n".join(f"- {flag}" for flag in result.flags)
         else:

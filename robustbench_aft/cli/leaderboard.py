@@ -14,11 +14,13 @@ def add_to(commands: argparse._SubParsersAction) -> None:
     board.add_argument("--format", default="md", choices=FORMATS.names(), help="output format")
     board.add_argument("--output", default=None, help="also write the table to this file (atomically)")
     board.add_argument("--with-published", action="store_true",
-                       help="add the published numbers where method, dataset, arch and eps match")
+                       help="add the published numbers where method, dataset, arch, eps and norm match")
     board.add_argument("--published", default=None, help="published numbers CSV (default: leaderboard/published.csv)")
     board.add_argument("--rank-by", default=None, help="metric of the rank column (default: worst, else aa, else pgd)")
     board.add_argument("--select", default="last", help=SELECT_HELP)
     board.add_argument("--columns", default=None, help=COLUMNS_HELP)
+    board.add_argument("--mix-budgets", action="store_true",
+                       help="allow a column to hold numbers measured with different attack budgets (marked †)")
     board.set_defaults(handler=cmd_leaderboard)
 
 
@@ -28,7 +30,8 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
     from ..files import atomic_write_text
 
     columns = parse_columns(args.columns)
-    frame = leaderboard(existing_store(args.db), rank_by=args.rank_by, selection=selection(args.select))
+    frame = leaderboard(existing_store(args.db), rank_by=args.rank_by, selection=selection(args.select),
+                        mix_budgets=args.mix_budgets)
     if args.with_published and not frame.empty:
         from ..leaderboard import load_published, with_published
 

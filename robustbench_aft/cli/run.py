@@ -49,6 +49,8 @@ def add_to(commands: argparse._SubParsersAction) -> None:
     run.add_argument("--eps", default=None, help="budget, e.g. 8/255 or 0.5 in L2 (default: the dataset's for the norm)")
     run.add_argument("--norm", default=None, choices=NORMS,
                      help="threat model of the training attacks and the evaluation (default: Linf)")
+    run.add_argument("--transfer-from", default=None, metavar="natural|PATH",
+                     help="source model of the transfer attack (default: the run's natural model)")
     run.add_argument("--n-eval", type=positive_int, default=None, help="size of the seeded test subset")
     run.add_argument("--set", action="append", default=[], metavar="METHOD.PARAM=VALUE",
                      help="override a method parameter, e.g. --set afd.alpha=0.1 (repeatable)")
@@ -134,7 +136,8 @@ def _run_config(args: argparse.Namespace):
                    **{spec.name: getattr(args, spec.name) for spec in _train_config_flags()}}
     eval_flags = {"attacks": parse_attacks(args.attacks) if args.attacks else None,
                   "eps": parse_eps(args.eps, args.norm or "Linf") if args.eps is not None else None,
-                  "norm": args.norm, "n_eval": args.n_eval,
+                  "norm": args.norm, "n_eval": args.n_eval, "eps_text": args.eps,
+                  "transfer_from": args.transfer_from,
                   "batch_size": args.eval_batch_size, "precision": args.precision,
                   "aa_precision": args.aa_precision}
     config = build_run_config(

@@ -10,7 +10,7 @@ from ..registry import DATASETS
 
 
 def _torchvision_cifar(options: DataOptions, name: str, cls_name: str, folder: str,
-                       mean: Tuple[float, ...], std: Tuple[float, ...]) -> DataBundle:
+                       mean: Tuple[float, ...], std: Tuple[float, ...], corrupted: str) -> DataBundle:
     no_argument(options, name)
     import torchvision
 
@@ -30,18 +30,20 @@ def _torchvision_cifar(options: DataOptions, name: str, cls_name: str, folder: s
         name=name, key=name, train=IndexedDataset(train), test=IndexedDataset(test),
         num_classes=len(train.classes), input_shape=(3, 32, 32), mean=mean, std=std,
         default_eps=8 / 255, class_names=list(train.classes),
+        released_corruptions=str(root / corrupted) if (root / corrupted / "labels.npy").is_file() else None,
     )
 
 
 @DATASETS.register("cifar10")
 def cifar10(options: DataOptions) -> DataBundle:
-    """CIFAR-10 through torchvision (--data-dir, --download); crop 4 + flip; eps 8/255."""
+    """CIFAR-10 through torchvision (--data-dir, --download); crop 4 + flip; eps 8/255. The
+    ``corruptions`` attack reads the released CIFAR-10-C when ``--data-dir`` holds ``CIFAR-10-C/``."""
     return _torchvision_cifar(options, "cifar10", "CIFAR10", "cifar-10-batches-py",
-                              (0.4914, 0.4822, 0.4465), (0.2471, 0.2435, 0.2616))
+                              (0.4914, 0.4822, 0.4465), (0.2471, 0.2435, 0.2616), "CIFAR-10-C")
 
 
 @DATASETS.register("cifar100")
 def cifar100(options: DataOptions) -> DataBundle:
     """CIFAR-100 through torchvision (--data-dir, --download); crop 4 + flip; eps 8/255."""
     return _torchvision_cifar(options, "cifar100", "CIFAR100", "cifar-100-python",
-                              (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762))
+                              (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762), "CIFAR-100-C")

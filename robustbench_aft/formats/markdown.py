@@ -34,4 +34,7 @@ class Markdown(OutputFormat):
         if columns:
             legend += ("; fine_tune_s and eval_s are seconds per model, forward/backward_per_image the counted "
                        "passes per training image, epoch the evaluated epoch (means over seeds)")
+        if "mixed_budgets" in frame.columns and frame["mixed_budgets"].astype(bool).any():
+            legend += ("; † measured with another attack budget than the rest of its column (--mix-budgets; "
+                       "the budgets are in the store)")
         return self.table(display_rows(frame, columns)) + "\n\n" + legend
