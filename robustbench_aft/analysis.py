@@ -397,6 +397,38 @@ def analyze_tradeoff(db: str, output: Path, robust: Optional[str] = None) -> Tup
     return frame, plots
 
 
+def breakdown_tables(store: ResultsStore, counted_runs: set) -> List[Tuple[str, "pd.DataFrame"]]:
+    """Per (metric, dataset, arch, norm): a table of each method's accuracy per part (each
+    corruption, over its severities; the mean over seeds of the counted runs), with a caption naming
+    the metric's source (e.g. "CIFAR-10-C-like (generated)")."""
+    rows = [row for row in store.breakdowns() if row["run_id"] in counted_runs and "@" not in row["part"]]
+    if not rows:
+        return []
+    frame = pd.DataFrame(rows)
+    tables = []
+    for (metric, dataset, arch, norm), group in frame.groupby(["metric", "dataset", "arch", "norm"], sort=False):
+        budget = next((json.loads(text) for text in group["budget_json"] if isinstance(text, str)), {})
+        table = group.pivot_table(index="method", columns="part", values="value", aggfunc="mean", sort=False)
+        table.insert(0, "mean", table.mean(axis=1))
+        seeds = group.groupby("method")["seed"].nunique()
+        table.insert(0, "seeds", seeds.reindex(table.index))
+        caption = (f"{metric} on {dataset}/{arch}: {budget.get('source', '')}"
+                   f"{', ' + budget['library'] if budget.get('library') else ''}; accuracy in % per corruption "
+                   f"(mean over its severities and the seeds)")
+        tables.append((caption, table.round(2).reset_index()))
+    return tables
+
+
+def _breakdown_section(store: ResultsStore, counted_runs: set) -> List[str]:
+    tables = breakdown_tables(store, counted_runs)
+    if not tables:
+        return []
+    parts = ["<h2>Common corruptions</h2>"]
+    for caption, table in tables:
+        parts += [f"<p>{html.escape(caption)}</p>", table.to_html(index=False, escape=True)]
+    return parts
+
+
 def render_report(db: str, output: Path, extra_plots: Sequence[Path] = (), title: str = "robustbench-aft report") -> Path:
     """One self-contained HTML page: leaderboard, feature-gap plots, extra plots, every run's config."""
     from . import __version__
@@ -452,6 +484,7 @@ def render_report(db: str, output: Path, extra_plots: Sequence[Path] = (), title
         parts.append("<h2>More plots</h2>")
         parts.extend(_image_tag(p) for p in extra)
 
+    parts.extend(_breakdown_section(store, set(latest_runs_frame(rows)["run_id"])))
     runs = [r for r in store.runs() if r["status"] == "finished"]
     flagged = [(r, json.loads(r["flags_json"])) for r in runs if json.loads(r["flags_json"])]
     parts.append("<h2>Sanity flags</h2>")

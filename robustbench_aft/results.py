@@ -308,6 +308,18 @@ class ResultsStore:
             connection.row_factory = sqlite3.Row
             return [dict(row) for row in connection.execute(query, (selection,))]
 
+    def breakdowns(self) -> List[Dict[str, Any]]:
+        """One dict per (run, metric, part) of the per-part accuracies (corruptions: per corruption and
+        corruption@severity), with the run's method, seed and setting and the metric's budget JSON."""
+        query = ("SELECT r.run_id, r.created_at, r.method, r.seed, r.dataset, r.arch, r.eps, r.norm, k.metric, k.part, "
+                 "k.value, b.budget_json FROM runs r JOIN breakdown k ON r.run_id = k.run_id "
+                 "LEFT JOIN budgets b ON k.run_id = b.run_id AND k.metric = b.metric "
+                 "LEFT JOIN selection s ON r.run_id = s.run_id "
+                 "WHERE r.status = 'finished' AND COALESCE(s.selection, 'last') = 'last' ORDER BY r.created_at, k.rowid")
+        with self._connect() as connection:
+            connection.row_factory = sqlite3.Row
+            return [dict(row) for row in connection.execute(query)]
+
     def samples(self, run_id: str) -> Optional["PerSample"]:
         """The evaluated points and per-sample outcomes of one run (None for runs stored before they
         were kept, or without an evaluation)."""

@@ -95,7 +95,8 @@ def test_budgets_and_breakdown_round_trip_through_the_store_and_corruptions_refu
     from robustbench_aft.results import ResultsStore, RunRecord
 
     store = ResultsStore(str(tmp_path / "r.db"))
-    budgets = {"pgd": {"attack": "PGD", "steps": 20, "eps": 0.15, "norm": "Linf", "precision": "fp32"}}
+    budgets = {"pgd": {"attack": "PGD", "steps": 20, "eps": 0.15, "norm": "Linf", "precision": "fp32"},
+               "corruptions": {"attack": "Corruptions", "source": "CIFAR-10-C-like (generated)"}}
     breakdown = {"corruptions": {"fog": 40.0, "fog@1": 60.0, "fog@5": 20.0}}
     record = RunRecord(group_id="g", method="vaft", method_version=1, dataset="digits", arch="smallcnn", seed=0,
                        eps=0.15, norm="Linf", n_eval=2, metrics={"clean": 100.0, "pgd": 50.0, "corruptions": 40.0},
@@ -107,3 +108,10 @@ def test_budgets_and_breakdown_round_trip_through_the_store_and_corruptions_refu
     assert again.budgets == budgets and again.breakdown == breakdown
     with pytest.raises(ConfigError, match="one outcome per corrupted variant"):
         compare_methods(str(tmp_path / "r.db"), "vaft", "natural", metric="corruptions")
+
+    from robustbench_aft.analysis import render_report
+
+    page = render_report(str(tmp_path / "r.db"), tmp_path / "report.html").read_text()
+    section = page[page.index("<h2>Common corruptions</h2>"):]
+    assert "corruptions on digits/smallcnn: CIFAR-10-C-like (generated)" in section
+    assert "<th>fog</th>" in section and "<td>40.0</td>" in section and "fog@1" not in section
