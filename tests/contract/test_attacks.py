@@ -45,7 +45,7 @@ def test_adversarial_images_stay_in_the_ball_and_in_the_box(digits_model, batch,
     x, y = batch
     attack_class = ATTACKS.get(name)
     if attack_class.autoattack:  # the same properties on fewer points: AutoAttack costs the most
-        points = 8 if attack_class.expensive else 24
+        points = 8 if attack_class.expensive else 16
         x, y = x[:points], y[:points]
     x_adv = _attack(name, digits_model, eps, norm)(digits_model, x, y, seed=1)
     assert x_adv.shape == x.shape

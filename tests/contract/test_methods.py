@@ -89,7 +89,15 @@ def test_prepare_leaves_the_pretrained_model_untouched(name, digits_model, digit
         assert torch.equal(value, before[key]), key
 
 
-@pytest.mark.parametrize("name", METHODS.names())
+# Methods whose resume restores state beyond weights and optimisers (AFD's EMA and three optimisers,
+# Free-AT's replayed δ, ATAS' per-example δ and statistics, RiFT's stage) stay in the fast tier; the
+# others, whose resume is the shared engine path, run in the slow one.
+FAST_RESUME = {"afd", "free-at", "atas", "rift"}
+RESUME_CASES = [name if name in FAST_RESUME else pytest.param(name, marks=pytest.mark.slow)
+                for name in METHODS.names()]
+
+
+@pytest.mark.parametrize("name", RESUME_CASES)
 def test_resume_inside_an_epoch_is_bit_identical(name, digits_model, digits, tmp_path):
     # 3 batches per epoch, 4 epochs; the stop comes in epoch 3, batch 2 (after RiFT's stage switch).
     from ..conftest import StopAfter
