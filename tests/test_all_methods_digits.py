@@ -26,28 +26,37 @@ DEFAULT_MARGIN_PP = 10  # a method registered after this test was written
 MAY_DIVERGE = {"twins-trades"}
 
 
-@pytest.fixture(scope="module")
-def table(tmp_path_factory):
+def _run_every_method(tmp_path_factory, *options):
     db = tmp_path_factory.mktemp("all") / "results.db"
-    code = main(["run", "--methods", ",".join(METHODS.names()), "--seeds", "0", "--epochs", "5",
+    code = main(["run", "--methods", ",".join(METHODS.names()), "--seeds", "0", "--epochs", "5", *options,
                  "--attacks", "clean,pgd", "--n-eval", "200", "--db", str(db), "--quiet"])
     assert code == 0
     return db
 
 
-@pytest.mark.parametrize("method", METHODS.names())
-def test_method_raises_pgd_accuracy_above_natural(table, method, capsys):
+def _check_method(db, method, capsys, margins, min_clean, norm):
     capsys.readouterr()
-    assert main(["leaderboard", "--db", str(table), "--format", "csv"]) == 0
+    assert main(["leaderboard", "--db", str(db), "--format", "csv"]) == 0
     frame = pd.read_csv(io.StringIO(capsys.readouterr().out)).set_index("method")
-    diverged = {run["method"]: run["flags_json"] for run in ResultsStore(str(table)).runs() if run["status"] == "failed"}
+    assert set(frame["norm"]) == {norm}
+    diverged = {run["method"]: run["flags_json"] for run in ResultsStore(str(db)).runs() if run["status"] == "failed"}
     assert set(frame.index) | set(diverged) == set(METHODS.names()) | {"natural"}
     if method in diverged:
         assert method in MAY_DIVERGE and ("is nan" in diverged[method] or "not finite" in diverged[method])
         return
-    margin = MARGIN_PP.get(method, DEFAULT_MARGIN_PP)
+    margin = margins.get(method, DEFAULT_MARGIN_PP)
     assert frame.loc[method, "pgd"] >= frame.loc["natural", "pgd"] + margin, frame[["clean", "pgd"]]
-    assert frame.loc[method, "clean"] >= MIN_CLEAN.get(method, 75.0)
+    assert frame.loc[method, "clean"] >= min_clean.get(method, 75.0)
+
+
+@pytest.fixture(scope="module")
+def table(tmp_path_factory):
+    return _run_every_method(tmp_path_factory)
+
+
+@pytest.mark.parametrize("method", METHODS.names())
+def test_method_raises_pgd_accuracy_above_natural(table, method, capsys):
+    _check_method(table, method, capsys, MARGIN_PP, MIN_CLEAN, "Linf")
 
 
 # The same command with --norm L2 (digits' L2 eps 0.75), measured at one thread: PGD-20 % natural 0.5;
@@ -61,24 +70,9 @@ L2_MIN_CLEAN = {"trades": 45.0, "mart": 60.0, "twins-trades": 75.0, "rift": 80.0
 
 @pytest.fixture(scope="module")
 def l2_table(tmp_path_factory):
-    db = tmp_path_factory.mktemp("all-l2") / "results.db"
-    code = main(["run", "--methods", ",".join(METHODS.names()), "--seeds", "0", "--epochs", "5", "--norm", "L2",
-                 "--attacks", "clean,pgd", "--n-eval", "200", "--db", str(db), "--quiet"])
-    assert code == 0
-    return db
+    return _run_every_method(tmp_path_factory, "--norm", "L2")
 
 
 @pytest.mark.parametrize("method", METHODS.names())
 def test_method_raises_l2_pgd_accuracy_above_natural(l2_table, method, capsys):
-    capsys.readouterr()
-    assert main(["leaderboard", "--db", str(l2_table), "--format", "csv"]) == 0
-    frame = pd.read_csv(io.StringIO(capsys.readouterr().out)).set_index("method")
-    assert set(frame["norm"]) == {"L2"} and set(frame["eps"].round(4)) == {0.75}
-    diverged = {run["method"]: run["flags_json"] for run in ResultsStore(str(l2_table)).runs()
-                if run["status"] == "failed"}
-    if method in diverged:
-        assert method in MAY_DIVERGE and ("is nan" in diverged[method] or "not finite" in diverged[method])
-        return
-    margin = L2_MARGIN_PP.get(method, DEFAULT_MARGIN_PP)
-    assert frame.loc[method, "pgd"] >= frame.loc["natural", "pgd"] + margin, frame[["clean", "pgd"]]
-    assert frame.loc[method, "clean"] >= L2_MIN_CLEAN.get(method, 75.0)
+    _check_method(l2_table, method, capsys, L2_MARGIN_PP, L2_MIN_CLEAN, "L2")
