@@ -242,6 +242,8 @@ def import_imagecorruptions():
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*pkg_resources.*", category=UserWarning)
+            # Its corruptions module imports map_coordinates from the deprecated scipy.ndimage.interpolation.
+            warnings.filterwarnings("ignore", message=".*scipy.ndimage.interpolation.*", category=DeprecationWarning)
             import imagecorruptions
             from imagecorruptions import corruptions
     except ImportError as exc:
