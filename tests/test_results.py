@@ -100,7 +100,11 @@ def test_published_columns_only_where_everything_matches_and_never_for_afkd(tmp_
         rec = record(method, 0, 80.0, 50.0, 45.0)
         rec.dataset, rec.arch, rec.eps = dataset, "resnet18", 8 / 255
         db.add(rec)
+    l2 = record("vaft", 0, 80.0, 50.0, 45.0)
+    l2.dataset, l2.arch, l2.eps, l2.norm = "cifar10", "resnet18", 8 / 255, "L2"  # an L∞ budget's number never fits L2
+    db.add(l2)
     frame = with_published(leaderboard_frame(db.rows()), load_published()).set_index("method")
+    assert pd.isna(frame.loc["vaft", "published_aa"]) and frame.loc["vaft", "norm"] == "L2"
     assert frame.loc["afd", "published_aa"] == 47.40 and "Table 1" in frame.loc["afd", "published_source"]
     assert pd.isna(frame.loc["afkd", "published_aa"]) and frame.loc["afkd", "reconstructed"]
     assert pd.isna(frame.loc["trades", "published_clean"])
