@@ -76,15 +76,9 @@ def _autoattack_module():
         ) from None
 
 
-def run_autoattack(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm: str,
-                   version: str, attacks: Optional[Sequence[str]], seed: int, device: torch.device,
-                   batch_size: int, num_classes: int) -> torch.Tensor:
-    """Run AutoAttack on (x, y) and return the adversarial images.
-
-    Args:
-        version: ``standard`` (APGD-CE, APGD-T, FAB-T, Square) or ``custom`` with ``attacks``.
-        num_classes: caps the targeted attacks' number of target classes at ``num_classes - 1``.
-    """
+def _adversary(model: torch.nn.Module, *, eps: float, norm: str, version: str, attacks: Optional[Sequence[str]],
+               seed: Optional[int], device: torch.device, num_classes: int):
+    """AutoAttack set up as we run it: the version's own settings, targets capped at ``num_classes - 1``."""
     module, keyword_api = _autoattack_module()
     if keyword_api:
         adversary = module.AutoAttack(model, attacks=list(attacks) if attacks else None, device=device,
@@ -97,6 +91,33 @@ def run_autoattack(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, 
     n_targets = max(1, min(9, num_classes - 1))
     adversary.apgd_targeted.n_target_classes = n_targets
     adversary.fab.n_target_classes = n_targets
+    return adversary, keyword_api
+
+
+def autoattack_budget(*, eps: float, norm: str, version: str, attacks: Optional[Sequence[str]],
+                      num_classes: int) -> dict:
+    """The budget AutoAttack runs with, read from the library's own objects after its version set
+    them (so a changed default in pyautoattack shows up in the stored budget)."""
+    adversary, _ = _adversary(torch.nn.Identity(), eps=eps, norm=norm, version=version, attacks=attacks, seed=None,
+                              device=torch.device("cpu"), num_classes=num_classes)
+    apgd, targeted = adversary.apgd, adversary.apgd_targeted
+    return {"attacks": list(adversary.attacks_to_run), "apgd_steps": apgd.n_iter, "apgd_restarts": apgd.n_restarts,
+            "apgd_eot": getattr(apgd, "eot_iter", 1), "apgd_t_target_classes": targeted.n_target_classes,
+            "fab_restarts": adversary.fab.n_restarts, "fab_t_target_classes": adversary.fab.n_target_classes,
+            "square_queries": adversary.square.n_queries}
+
+
+def run_autoattack(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm: str,
+                   version: str, attacks: Optional[Sequence[str]], seed: int, device: torch.device,
+                   batch_size: int, num_classes: int) -> torch.Tensor:
+    """Run AutoAttack on (x, y) and return the adversarial images.
+
+    Args:
+        version: ``standard`` (APGD-CE, APGD-T, FAB-T, Square) or ``custom`` with ``attacks``.
+        num_classes: caps the targeted attacks' number of target classes at ``num_classes - 1``.
+    """
+    adversary, keyword_api = _adversary(model, eps=eps, norm=norm, version=version, attacks=attacks, seed=seed,
+                                        device=device, num_classes=num_classes)
     if keyword_api:
         x_adv, _ = adversary.run_standard_evaluation(x, y, batch_size=batch_size)
     else:

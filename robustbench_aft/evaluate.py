@@ -268,7 +268,8 @@ def evaluate(model: nn.Module, data: DataBundle, config: EvalConfig, device: tor
     flags.extend(_transfer_flags(accuracy, attacks))
     return EvalResult(eps=eps, norm=config.norm, indices=evaluated, accuracy=accuracy, correct=per_sample,
                       seconds=seconds, flags=flags, config={**asdict(config), "eps": eps, "attacks": attack_names},
-                      breakdown=breakdown, budgets={name: _budget(attack, config, device) for name, attack in attacks.items()})
+                      breakdown=breakdown, budgets={name: _budget(attack, config, device, data.num_classes)
+                               for name, attack in attacks.items()})
 
 
 def worst_case_examples(model: nn.Module, data: DataBundle, config: EvalConfig, device: torch.device,
@@ -331,11 +332,11 @@ def _build_attack(name: str, eps: float, config: EvalConfig, data: DataBundle,
         raise ConfigError(f"invalid options {options} for attack {name!r}: {exc}") from None
 
 
-def _budget(attack, config: EvalConfig, device: torch.device) -> Dict[str, Any]:
+def _budget(attack, config: EvalConfig, device: torch.device, num_classes: int) -> Dict[str, Any]:
     """The full budget an attack ran with (what makes two numbers of one column comparable): its
     class, eps as given and as a float, norm, precision, and every setting the attack declares."""
     precision = resolve_precision(config.aa_precision if attack.autoattack else config.precision, device)
-    budget: Dict[str, Any] = {"attack": type(attack).__name__, "precision": precision, **attack.budget()}
+    budget: Dict[str, Any] = {"attack": type(attack).__name__, "precision": precision, **attack.budget(num_classes)}
     if attack.kind in ("white-box", "transfer"):
         given = config.eps_text or (f"{config.eps:g}" if config.eps is not None else "dataset default")
         budget.update(eps=attack.eps, eps_given=given, norm=attack.norm)

@@ -175,7 +175,9 @@ def test_pgd_on_a_subset_spends_steps_only_there_and_matches_the_full_batch(digi
 
 
 class _DropoutAtTestTime(nn.Module):
-    """A randomised model: dropout on the features even in eval mode (a common randomised defence)."""
+    """A randomised model: dropout on the features even in eval mode (a common randomised defence).
+    Built in eval mode: evaluate() restores the wrapper's mode, which would otherwise leave the shared
+    digits model in train mode for the tests after it."""
 
     def __init__(self, classifier: nn.Module) -> None:
         super().__init__()
@@ -190,7 +192,7 @@ def test_random_outputs_are_flagged_when_a_deterministic_autoattack_ran(digits_m
     # eps 0: AutoAttack returns at once, and the check of the outputs runs all the same.
     config = EvalConfig(attacks=["clean", "aa-fast"], n_eval=16, eps=0.0, sanity=True)
     torch.manual_seed(0)
-    random_result = evaluate(_DropoutAtTestTime(digits_model), digits, config, torch.device("cpu"), progress=False)
+    random_result = evaluate(_DropoutAtTestTime(digits_model).eval(), digits, config, torch.device("cpu"), progress=False)
     assert any("outputs are random" in flag and "aa-rand" in flag for flag in random_result.flags)
     deterministic = evaluate(digits_model, digits, config, torch.device("cpu"), progress=False)
     assert not any("outputs are random" in flag for flag in deterministic.flags)
@@ -199,7 +201,7 @@ def test_random_outputs_are_flagged_when_a_deterministic_autoattack_ran(digits_m
 @pytest.mark.slow
 def test_aa_rand_runs_on_a_randomised_model_without_the_flag(digits_model, digits):
     torch.manual_seed(0)
-    result = evaluate(_DropoutAtTestTime(digits_model), digits,
+    result = evaluate(_DropoutAtTestTime(digits_model).eval(), digits,
                       EvalConfig(attacks=["clean", "aa-rand"], n_eval=8, eps=0.1), torch.device("cpu"), progress=False)
     assert not any("outputs are random" in flag for flag in result.flags)
     assert result.accuracy["aa-rand"] <= result.accuracy["clean"] + 1e-9

@@ -27,7 +27,7 @@ class _Quantised(nn.Module):
 
 
 def test_transfer_beats_white_box_pgd_on_a_masked_model_and_is_flagged(digits_model, digits):
-    masked = _Quantised(digits_model)
+    masked = _Quantised(digits_model).eval()  # evaluate() restores this mode, and digits_model is shared
     config = EvalConfig(attacks=["clean", "pgd", "transfer"], eps=0.15, n_eval=60, transfer_from="natural")
     result = evaluate(masked, digits, config, CPU, progress=False, source_model=digits_model)
     # measured: clean 100.0, white-box PGD 100.0 (zero gradients), transfer from the smooth model 11.7

@@ -97,9 +97,10 @@ class Attack:
                 generator: torch.Generator) -> torch.Tensor:
         raise NotImplementedError
 
-    def budget(self) -> Dict[str, Any]:
+    def budget(self, num_classes: int = 10) -> Dict[str, Any]:
         """The attack's own settings beyond eps, norm and precision (steps, restarts, step size, loss,
-        version...): stored with every metric, so that a column never mixes budgets silently."""
+        version...) for a task of ``num_classes`` classes: stored with every metric, so that a column
+        never mixes budgets silently."""
         return {}
 
 
@@ -231,7 +232,7 @@ class _IterativeAttack(Attack):
         return pgd(model, x, y, eps=self.eps, norm=self.norm, steps=self.steps,
                    step_size=self.relative_step * self.eps, loss_fn=self.loss_fn, generator=generator, active=active)
 
-    def budget(self) -> Dict[str, Any]:
+    def budget(self, num_classes: int = 10) -> Dict[str, Any]:
         return {"steps": self.steps, "restarts": 1, "step": f"{self.relative_step:g}·eps",
                 "loss": self.loss_fn.__name__, "start": "random"}
 

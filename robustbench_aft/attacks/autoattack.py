@@ -20,8 +20,10 @@ class AutoAttackVersion(Attack):
     version = "standard"
     attack_names: Optional[List[str]] = None
 
-    def budget(self):
-        return {"version": self.version, "attacks": self.attack_names or "the version's own",
+    def budget(self, num_classes=10):
+        settings = _compat.autoattack_budget(eps=self.eps, norm=self.norm, version=self.version,
+                                             attacks=self.attack_names, num_classes=num_classes)
+        return {"version": self.version, **settings,
                 "library": f"pyautoattack {_compat.package_version('pyautoattack')}"}
 
     def perturb(self, model, x, y, generator):

@@ -98,7 +98,7 @@ class Corruptions(Attack):
     def source(self) -> str:
         return f"released files in {self.released}" if self.released else GENERATED
 
-    def budget(self):
+    def budget(self, num_classes: int = 10):
         library = "released files" if self.released else f"imagecorruptions {_compat.package_version('imagecorruptions')}"
         return {"corruptions": len(self.corruptions), "severities": list(self.severities), "source": self.source,
                 "library": library}

@@ -34,7 +34,7 @@ class Transfer(Attack):
         self.steps = steps
         self.relative_step = relative_step
 
-    def budget(self):
+    def budget(self, num_classes: int = 10):
         return {"steps": self.steps, "restarts": 1, "step": f"{self.relative_step:g}·eps", "loss": "cross_entropy_loss",
                 "start": "random"}
 
