@@ -212,14 +212,14 @@ def evaluate(model: nn.Module, data: DataBundle, config: EvalConfig, device: tor
                     clean_correct = saved["correct"].get("clean")
                     attack_flags: List[str] = []
                     if attack.kind == "corruption":  # not an attack on the clean-correct points: every point
-                        saved["correct"][name] = attack.outcomes(model, x, y, config.seed * 100003 + batch_number,
+                        saved["correct"][name] = attack.outcomes(model, x, y, _attack_seed(config, batch_number),
                                                                  positions.tolist()).cpu()
                     elif clean_correct is not None and not bool(clean_correct.any()):
                         saved["correct"][name] = clean_correct.clone()
                     else:
                         active = clean_correct.to(device) if clean_correct is not None else None
                         with autocast(device, precision):
-                            x_adv = attack(model, x, y, seed=config.seed * 100003 + batch_number, active=active)
+                            x_adv = attack(model, x, y, seed=_attack_seed(config, batch_number), active=active)
                             _check_perturbation(name, x, x_adv.float(), eps, config.norm)
                             still_correct = _predict(model, x_adv) == y
                         if active is not None:
@@ -301,9 +301,9 @@ def worst_case_examples(model: nn.Module, data: DataBundle, config: EvalConfig, 
                     continue
                 precision = config.aa_precision if is_autoattack(name) else config.precision
                 with autocast(device, precision):
-                    x_adv = attack(model, x, y, seed=config.seed * 100003 + batch_number, active=clean_correct).float()
+                    x_adv = attack(model, x, y, seed=_attack_seed(config, batch_number), active=clean_correct).float()
                     wrong = _predict(model, x_adv) != y
-                take = ~settled & (wrong | torch.full_like(wrong, name == attack_names[-1]))
+                take = ~settled if name == attack_names[-1] else ~settled & wrong
                 chosen[take] = x_adv[take]
                 for i in take.nonzero().flatten().tolist():
                     origin[i] = name
@@ -330,6 +330,12 @@ def _build_attack(name: str, eps: float, config: EvalConfig, data: DataBundle,
         return attack_class(eps, config.norm, config.batch_size, **options)
     except TypeError as exc:
         raise ConfigError(f"invalid options {options} for attack {name!r}: {exc}") from None
+
+
+def _attack_seed(config: EvalConfig, batch_number: int) -> int:
+    """The seed of every attack on one batch: fixed by the evaluation seed and the batch, so a resumed
+    evaluation and ``worst_case_examples`` redraw exactly the same random starts."""
+    return config.seed * 100003 + batch_number
 
 
 def _budget(attack, config: EvalConfig, device: torch.device, num_classes: int) -> Dict[str, Any]:
