@@ -58,7 +58,20 @@ class MethodComparison:
 
     @property
     def significant(self) -> bool:
+        """The exact McNemar verdict on the (pooled) points, which the leaderboard's ranks use too."""
         return self.result.p_value < ALPHA
+
+    def verdict(self) -> str:
+        """One phrase for the human output; with several seeds it says whether the difference also
+        outlasts seed-to-seed variation, which a pooled McNemar test alone does not measure."""
+        r = self.result
+        points = "significant" if self.significant else "not significant"
+        if r.seeds < 2:
+            return f"{points} at α = {ALPHA}"
+        if r.seed_interval_excludes_zero:
+            return f"{points} at α = {ALPHA} on the pooled points; the seed interval excludes 0 (p seeds = {r.seed_p_value:.3g})"
+        return (f"{points} at α = {ALPHA} on the pooled points; the seed interval includes 0 (p seeds = "
+                f"{r.seed_p_value:.3g}): not distinguishable from seed-to-seed variation with {r.seeds} seeds")
 
     def table(self) -> List[Dict[str, Any]]:
         r = self.result
@@ -66,6 +79,7 @@ class MethodComparison:
                  self.second: round(self.second_accuracy, 2), "delta": round(r.delta, 2),
                  "ci95 low": round(r.ci_low, 2), "ci95 high": round(r.ci_high, 2), "p": f"{r.p_value:.3g}",
                  f"significant (p < {ALPHA})": "yes" if self.significant else "no",
+                 "p seeds": "" if r.seed_p_value is None else f"{r.seed_p_value:.3g}",
                  "seeds": r.seeds, "points": r.points, f"only {self.first}": r.only_first,
                  f"only {self.second}": r.only_second}]
 

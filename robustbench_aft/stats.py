@@ -84,6 +84,16 @@ class PairedComparison:
     only_second: int
     per_seed_delta: List[float]
     test: str
+    # Several seeds: the one-sample t-test of the per-seed Δ against 0 (the test behind the
+    # t-interval: it excludes 0 exactly when this p < 1 − confidence). None for one seed.
+    seed_p_value: Optional[float] = None
+
+    @property
+    def seed_interval_excludes_zero(self) -> Optional[bool]:
+        """Several seeds: whether the difference holds beyond seed-to-seed variation; None for one seed."""
+        if self.seeds < 2:
+            return None
+        return bool(self.ci_low > 0.0 or self.ci_high < 0.0)
 
 
 def paired_comparison(first: Sequence[np.ndarray], second: Sequence[np.ndarray],
@@ -92,10 +102,13 @@ def paired_comparison(first: Sequence[np.ndarray], second: Sequence[np.ndarray],
     ``second[s]``, boolean vectors of equal length).
 
     One seed: Δ with a t-interval on the per-point differences, exact McNemar p. Several seeds: the
-    mean of the per-seed Δ with a t-interval over seeds, and the exact McNemar test on the pooled
-    per-point outcomes of every seed.
+    mean of the per-seed Δ with a t-interval over seeds, the exact McNemar test on the pooled
+    per-point outcomes of every seed, and the t-test of the per-seed Δ (``seed_p_value``). The two
+    tests answer different questions: McNemar whether the two sets of trained models differ on these
+    points (evaluation noise only), the seed test whether the difference outlasts retraining with
+    another seed (training noise too), which with 2–3 seeds needs a large, steady Δ.
     """
-    from scipy.stats import t
+    from scipy.stats import t, ttest_1samp
 
     if len(first) != len(second) or not first:
         raise ValueError("paired_comparison needs the same number (≥ 1) of seeds on both sides")
@@ -119,13 +132,18 @@ def paired_comparison(first: Sequence[np.ndarray], second: Sequence[np.ndarray],
         else:
             low = high = delta
         test = "exact McNemar, one seed"
+        seed_p_value: Optional[float] = None
     else:
         delta = float(np.mean(deltas))
         low, high = t_interval(deltas, confidence)
         test = f"t-interval over {len(deltas)} seeds; exact McNemar on the pooled points"
+        # Identical per-seed Δ leave the t statistic undefined: no seed-to-seed variation to test against.
+        seed_p_value = (float(ttest_1samp(deltas, 0.0).pvalue) if np.std(deltas) > 0
+                        else (0.0 if delta != 0 else 1.0))
     return PairedComparison(delta=delta, ci_low=float(low), ci_high=float(high), p_value=p_value,
                             seeds=len(deltas), points=len(first[0]), only_first=int(np.sum(a & ~b)),
-                            only_second=int(np.sum(~a & b)), per_seed_delta=[float(d) for d in deltas], test=test)
+                            only_second=int(np.sum(~a & b)), per_seed_delta=[float(d) for d in deltas], test=test,
+                            seed_p_value=seed_p_value)
 
 
 def interval_for(values: Sequence[float], n_points: Optional[int]) -> Tuple[float, float]:

@@ -60,6 +60,15 @@ def test_paired_comparison_one_seed_and_several():
     several = paired_comparison([first, first], [second, first])
     assert several.per_seed_delta == [pytest.approx(-40.0), 0.0]
     assert several.delta == pytest.approx(-20.0) and several.seeds == 2
+    assert one.seed_p_value is None and one.seed_interval_excludes_zero is None
+    # Per-seed Δ −40 and 0: mean −20, sample std 20√2, standard error 20, t = −1 on 1 degree of
+    # freedom, whose two-sided p is exactly 1/2 (the t distribution with 1 df is the Cauchy).
+    assert several.seed_p_value == pytest.approx(0.5) and several.seed_interval_excludes_zero is False
+    # McNemar on the pooled points still sees the 1-vs-9 split of the first seed (the second adds no
+    # discordant point): the two tests disagree, which `bench compare` says in words.
+    assert several.p_value == pytest.approx(22 / 1024)
+    steady = paired_comparison([first, first, first], [second, second, second])
+    assert steady.seed_p_value == 0.0 and steady.delta == pytest.approx(-40.0)
 
 
 def test_holm_by_hand():
@@ -115,6 +124,23 @@ def test_bench_compare_prints_delta_interval_and_p(store_db, capsys):
     row, = document["rows"]
     assert row["delta"] > 20 and row["ci95 low"] > 0 and float(row["p"]) < 1e-6
     assert row["significant (p < 0.05)"] == "yes" and row["points"] == 300
+
+
+def test_bench_compare_says_when_seeds_disagree_with_the_pooled_test(tmp_path, capsys):
+    # Seed 0: afd right on 40 more of 100 points than vaft; seed 1: the two models agree everywhere.
+    # Pooled McNemar (40 vs 0 discordant) is far below 0.05; the per-seed Δ 40 and 0 give t = 1 on
+    # 1 df, p = 0.5: the verdict must say the difference does not outlast a change of seed.
+    db = tmp_path / "results.db"
+    store = ResultsStore(str(db))
+    store.add(_record("afd", 0, "1" * 60 + "0" * 40))
+    store.add(_record("vaft", 0, "1" * 20 + "0" * 80))
+    store.add(_record("afd", 1, "1" * 50 + "0" * 50))
+    store.add(_record("vaft", 1, "1" * 50 + "0" * 50))
+    assert main(["compare", "--db", str(db), "afd", "vaft", "--metric", "aa"]) == 0
+    out = capsys.readouterr().out
+    assert "p seeds" in out and "Δ = +20.00 points" in out
+    assert "significant at α = 0.05 on the pooled points; the seed interval includes 0 (p seeds = 0.5)" in out
+    assert "not distinguishable from seed-to-seed variation with 2 seeds" in out
 
 
 def test_bench_compare_refuses_different_points(tmp_path, capsys):

@@ -38,7 +38,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
               f"{result.points} points")
     if args.format == "json":
         print(format_table(comparison.table(), "json", extra={"comparison": header, "test": result.test,
-                                                               "per_seed_delta": result.per_seed_delta}))
+                                                               "per_seed_delta": result.per_seed_delta,
+                                                               "seed_p_value": result.seed_p_value}))
         return 0
     if human(args.format):
         # p-values as written (3.5e-09), not rounded to 0.00 by the table's number format.
@@ -49,5 +50,5 @@ def cmd_compare(args: argparse.Namespace) -> int:
         per_seed = ", ".join(f"{d:+.2f}" for d in result.per_seed_delta)
         print(f"\n{header}\nΔ = {result.delta:+.2f} points, 95 % interval [{result.ci_low:+.2f}, "
               f"{result.ci_high:+.2f}], p = {result.p_value:.4g} ({result.test}); per-seed Δ: {per_seed}; "
-              f"{'significant' if comparison.significant else 'not significant'} at α = 0.05")
+              f"{comparison.verdict()}")
     return 0
