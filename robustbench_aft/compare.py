@@ -84,13 +84,30 @@ class MethodComparison:
                  f"only {self.second}": r.only_second}]
 
 
+def pair_seeds(first: Optional[Sequence[int]], second: Optional[Sequence[int]]) -> List[Tuple[Optional[int], Optional[int]]]:
+    """Which seed of ``first`` pairs with which of ``second``: seed with the same seed, in order. A side
+    given as None is the natural model, one run without a seed of its own (every fine-tuned seed
+    starts from it), and pairs with every seed of the other side. Two methods that both have seeds
+    are never paired across different seeds: that would count one side's run twice and call the
+    difference between two seeds a difference between two methods."""
+    if first is None and second is None:
+        return [(None, None)]
+    if first is None:
+        return [(None, seed) for seed in sorted(second or [])]
+    if second is None:
+        return [(seed, None) for seed in sorted(first)]
+    return [(seed, seed) for seed in sorted(set(first) & set(second))]
+
+
 def _pairs(first_runs: List[Dict[str, Any]], second_runs: List[Dict[str, Any]]) -> List[Tuple[dict, dict]]:
-    by_seed = {run["seed"]: run for run in second_runs}
-    if len(second_runs) == 1 and len(first_runs) > 1:
-        return [(run, second_runs[0]) for run in sorted(first_runs, key=lambda r: r["seed"])]
-    if len(first_runs) == 1 and len(second_runs) > 1:
-        return [(first_runs[0], run) for run in sorted(second_runs, key=lambda r: r["seed"])]
-    return [(run, by_seed[run["seed"]]) for run in sorted(first_runs, key=lambda r: r["seed"]) if run["seed"] in by_seed]
+    def by_seed(runs: List[Dict[str, Any]]) -> Dict[Optional[int], dict]:
+        if runs[0]["method"] == NATURAL:
+            return {None: runs[-1]}
+        return {run["seed"]: run for run in runs}
+
+    first, second = by_seed(first_runs), by_seed(second_runs)
+    return [(first[a], second[b]) for a, b in pair_seeds(None if None in first else list(first),
+                                                          None if None in second else list(second))]
 
 
 def paired_outcomes(store: ResultsStore, pairs: List[Tuple[dict, dict]], metric: str,
@@ -166,34 +183,37 @@ def _describe(settings: set) -> str:
     return "; ".join(f"{d}/{a} {n} eps {e:g}" for d, a, e, n in sorted(settings)) or "none"
 
 
-def rank_groups(methods: List[str], means: List[float], outcomes_of: Callable[[str], Optional[List[np.ndarray]]],
+def rank_groups(methods: List[str], means: List[float],
+                outcomes_of: Callable[[str], Optional[Dict[Optional[int], np.ndarray]]],
                 alpha: float = ALPHA) -> List[Optional[int]]:
     """Noise-aware ranks: the best method by mean and every method not significantly below it (exact
     McNemar on the pooled per-sample outcomes against the best, Holm-corrected over the group)
     share rank 1; the rest are ranked the same way, and so on.
 
-    ``outcomes_of(method)`` gives one outcome vector per seed (paired by position) or None when the
-    per-sample results are missing; then no method of the group gets a rank.
+    ``outcomes_of(method)`` gives the outcome vector of each seed (``{seed: vector}``; the natural
+    model's one run under the key None, see :func:`pair_seeds`) or None when the per-sample results
+    are missing; then no method of the group gets a rank. Two methods without a seed in common
+    cannot be tested against each other and count as not significantly different.
     """
     from .stats import mcnemar_exact
 
     outcomes = {m: outcomes_of(m) for m in methods}
-    if any(not v for v in outcomes.values()) or len({len(x) for v in outcomes.values() for x in v}) != 1:
+    if any(not v for v in outcomes.values()) or len({len(x) for v in outcomes.values() for x in v.values()}) != 1:
         return [None] * len(methods)  # missing per-sample results, or not the same points
     order = sorted(range(len(methods)), key=lambda i: -means[i])
     ranks: List[Optional[int]] = [None] * len(methods)
     remaining, rank = order, 1
 
-    def pooled(i: int, j: int) -> Tuple[np.ndarray, np.ndarray]:
-        # Seeds pair by position; a single run (the natural model) pairs with every seed of the other.
+    def p_value(i: int, j: int) -> float:
         a, b = outcomes[methods[i]], outcomes[methods[j]]
-        count = max(len(a), len(b)) if 1 in (len(a), len(b)) else min(len(a), len(b))
-        a, b = (a * count if len(a) == 1 else a[:count]), (b * count if len(b) == 1 else b[:count])
-        return np.concatenate(a), np.concatenate(b)
+        pairs = pair_seeds(None if None in a else list(a), None if None in b else list(b))
+        if not pairs:
+            return 1.0
+        return mcnemar_exact(np.concatenate([a[x] for x, _ in pairs]), np.concatenate([b[y] for _, y in pairs]))
 
     while remaining:
         best, others = remaining[0], remaining[1:]
-        p_values = [mcnemar_exact(*pooled(best, other)) for other in others]
+        p_values = [p_value(best, other) for other in others]
         adjusted = holm(p_values) if p_values else []
         tied = [best] + [other for other, p in zip(others, adjusted) if p >= alpha]
         for i in tied:
@@ -227,16 +247,16 @@ def add_rank_column(frame, store: ResultsStore, per_run, rank_by: Optional[str])
     for _, group in frame.groupby(["dataset", "arch", "eps", "norm"], sort=False):
         methods = group["method"].tolist()
 
-        def outcomes_of(method: str, group=group) -> Optional[List[np.ndarray]]:
+        def outcomes_of(method: str, group=group) -> Optional[Dict[Optional[int], np.ndarray]]:
             runs = per_run[(per_run["method"] == method) & (per_run["dataset"] == group["dataset"].iloc[0])
                            & (per_run["arch"] == group["arch"].iloc[0]) & (per_run["eps"] == group["eps"].iloc[0])
                            & (per_run["norm"] == group["norm"].iloc[0])].sort_values("seed")
-            vectors = []
-            for run_id in runs["run_id"]:
+            vectors: Dict[Optional[int], np.ndarray] = {}
+            for run_id, seed in zip(runs["run_id"], runs["seed"]):
                 stored = store.samples(run_id)
                 if stored is None or metric not in stored.correct:
                     return None
-                vectors.append(stored.correct[metric])
+                vectors[None if method == NATURAL else int(seed)] = stored.correct[metric]
             return vectors
 
         group_ranks = rank_groups(methods, group[metric].tolist(), outcomes_of)

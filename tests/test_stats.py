@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from robustbench_aft.cli import main
-from robustbench_aft.compare import rank_groups
+from robustbench_aft.compare import pair_seeds, rank_groups
 from robustbench_aft.leaderboard import leaderboard_frame
 from robustbench_aft.pipeline import leaderboard
 from robustbench_aft.results import ResultsStore, RunRecord, outcome_bits
@@ -82,10 +82,44 @@ def test_rank_groups_ties_and_a_clearly_worse_method():
     close = base.copy()
     close[:4] = ~close[:4]  # differs from the best on 4 points of 400: not significant
     worse = base & (rng.random(400) < 0.5)  # loses about half of the best's correct points
-    outcomes = {"a": [base], "b": [close], "c": [worse]}
+    outcomes = {"a": {0: base}, "b": {0: close}, "c": {0: worse}}
     means = [100 * base.mean(), 100 * close.mean(), 100 * worse.mean()]
     assert rank_groups(["a", "b", "c"], means, outcomes.get) == [1, 1, 2]
-    assert rank_groups(["a", "b"], means[:2], {"a": [base], "b": None}.get) == [None, None]
+    assert rank_groups(["a", "b"], means[:2], {"a": {0: base}, "b": None}.get) == [None, None]
+    # "c" has only seed 1, where it equals the best: paired with seed 1 of "a" it ties, however bad
+    # the seed-0 run of the others (pairing "c" seed 1 with "a" seed 0 would rank it 2).
+    partial = {"a": {0: base, 1: base}, "b": {0: close, 1: close}, "c": {1: base}}
+    assert rank_groups(["a", "b", "c"], means, partial.get) == [1, 1, 1]
+
+
+def test_seeds_pair_by_number_and_the_natural_model_with_every_seed():
+    assert pair_seeds([0, 1, 2], [2, 0]) == [(0, 0), (2, 2)]
+    assert pair_seeds([1], [0]) == []
+    assert pair_seeds(None, [2, 0]) == [(None, 0), (None, 2)]
+    assert pair_seeds([3], None) == [(3, None)]
+    assert pair_seeds(None, None) == [(None, None)]
+
+
+def test_bench_compare_pairs_only_common_seeds(tmp_path, capsys):
+    # afd has seeds 0 and 1, trades only seed 0: the comparison is seed 0 alone (one seed, McNemar),
+    # never afd seed 1 against trades seed 0; the natural model pairs with both afd seeds.
+    db = tmp_path / "results.db"
+    store = ResultsStore(str(db))
+    store.add(_record("afd", 0, "1" * 60 + "0" * 40))
+    store.add(_record("afd", 1, "1" * 30 + "0" * 70))
+    store.add(_record("trades", 0, "1" * 50 + "0" * 50))
+    store.add(_record("natural", 0, "0" * 100))
+    assert main(["compare", "--db", str(db), "afd", "trades", "--metric", "aa", "--format", "json"]) == 0
+    document = json.loads(capsys.readouterr().out)
+    assert document["per_seed_delta"] == [pytest.approx(10.0)] and document["rows"][0]["seeds"] == 1
+    assert main(["compare", "--db", str(db), "afd", "natural", "--metric", "aa", "--format", "json"]) == 0
+    document = json.loads(capsys.readouterr().out)
+    assert document["per_seed_delta"] == [pytest.approx(60.0), pytest.approx(30.0)]
+    assert main(["compare", "--db", str(db), "trades", "afd", "--metric", "aa"]) == 0
+    store.add(_record("vaft", 1, "1" * 50 + "0" * 50))
+    code = main(["compare", "--db", str(db), "trades", "vaft", "--metric", "aa"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and err[-1].endswith("trades and vaft have no seed in common to pair")
 
 
 def _record(method, seed, bits, n_eval=None, indices=None):

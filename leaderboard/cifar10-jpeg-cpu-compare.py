@@ -1,0 +1,34 @@
+"""The paired comparisons behind the paragraph on the AFD paper's Table 1 in cifar10-jpeg-cpu.md.
+
+Each claim is what `bench compare FIRST SECOND --metric M` computes on the CIFAR-10 (JPEG) CPU store,
+printed one line each. Usage: python leaderboard/cifar10-jpeg-cpu-compare.py [DB]
+(default runs/cifar10-jpeg-cpu/results.db; rebuild it with `bench load leaderboard/cifar10-jpeg-cpu-runs`).
+"""
+import sys
+
+from robustbench_aft.compare import compare_methods
+from robustbench_aft.errors import ConfigError
+
+CLAIMS = [("afd", "vaft", "aa,clean"), ("afd", "trades", "aa,clean"), ("arrest", "afd", "clean,aa"),
+          ("free-at", "afd", "aa,clean"), ("fgsm-ga", "afd", "aa"), ("afd", "rift", "aa,clean"),
+          ("vaft", "rift", "aa"), ("trades", "vaft", "aa"), ("twins-at", "vaft", "aa"), ("afkd", "afd", "aa,clean")]
+
+
+def main(db: str) -> None:
+    for first, second, metrics in CLAIMS:
+        for metric in metrics.split(","):
+            try:
+                c = compare_methods(db, first, second, metric=metric)
+            except ConfigError as error:
+                print(f"{first} − {second} {metric}: {error}")
+                continue
+            r = c.result
+            seeds_p = "-" if r.seed_p_value is None else f"{r.seed_p_value:.3g}"
+            per_seed = ", ".join(f"{d:+.1f}" for d in r.per_seed_delta)
+            print(f"{c.first} − {c.second} {metric}: {c.first_accuracy:.2f} vs {c.second_accuracy:.2f}, "
+                  f"Δ {r.delta:+.2f} [{r.ci_low:+.2f}, {r.ci_high:+.2f}], McNemar p {r.p_value:.3g}, "
+                  f"p seeds {seeds_p}, {r.seeds} seed(s) (per-seed Δ {per_seed})")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1] if len(sys.argv) > 1 else "runs/cifar10-jpeg-cpu/results.db")
