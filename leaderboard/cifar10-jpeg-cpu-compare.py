@@ -23,7 +23,7 @@ def main(db: str) -> None:
                 print(f"{first} − {second} {metric}: {error}")
                 continue
             r = c.result
-            seeds_p = "-" if r.seed_p_value is None else f"{r.seed_p_value:.3g}"
+            seeds_p = c.table()[0]["p seeds"] or "-"
             per_seed = ", ".join(f"{d:+.1f}" for d in r.per_seed_delta)
             print(f"{c.first} − {c.second} {metric}: {c.first_accuracy:.2f} vs {c.second_accuracy:.2f}, "
                   f"Δ {r.delta:+.2f} [{r.ci_low:+.2f}, {r.ci_high:+.2f}], McNemar p {r.p_value:.3g}, "

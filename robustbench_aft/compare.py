@@ -68,6 +68,9 @@ class MethodComparison:
         points = "significant" if self.significant else "not significant"
         if r.seeds < 2:
             return f"{points} at α = {ALPHA}"
+        if r.seed_interval_excludes_zero is None:
+            return (f"{points} at α = {ALPHA} on the pooled points; every seed gives the same Δ, so there is no "
+                    f"seed-to-seed spread to test it against (p seeds n/a; the interval is a point)")
         if r.seed_interval_excludes_zero:
             return f"{points} at α = {ALPHA} on the pooled points; the seed interval excludes 0 (p seeds = {r.seed_p_value:.3g})"
         return (f"{points} at α = {ALPHA} on the pooled points; the seed interval includes 0 (p seeds = "
@@ -79,9 +82,15 @@ class MethodComparison:
                  self.second: round(self.second_accuracy, 2), "delta": round(r.delta, 2),
                  "ci95 low": round(r.ci_low, 2), "ci95 high": round(r.ci_high, 2), "p": f"{r.p_value:.3g}",
                  f"significant (p < {ALPHA})": "yes" if self.significant else "no",
-                 "p seeds": "" if r.seed_p_value is None else f"{r.seed_p_value:.3g}",
+                 "p seeds": _seed_p_text(r.seed_p_value),
                  "seeds": r.seeds, "points": r.points, f"only {self.first}": r.only_first,
                  f"only {self.second}": r.only_second}]
+
+
+def _seed_p_text(seed_p_value: Optional[float]) -> str:
+    if seed_p_value is None:
+        return ""
+    return "n/a" if math.isnan(seed_p_value) else f"{seed_p_value:.3g}"
 
 
 def pair_seeds(first: Optional[Sequence[int]], second: Optional[Sequence[int]]) -> List[Tuple[Optional[int], Optional[int]]]:

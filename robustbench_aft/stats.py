@@ -85,13 +85,15 @@ class PairedComparison:
     per_seed_delta: List[float]
     test: str
     # Several seeds: the one-sample t-test of the per-seed Δ against 0 (the test behind the
-    # t-interval: it excludes 0 exactly when this p < 1 − confidence). None for one seed.
+    # t-interval: it excludes 0 exactly when this p < 1 − confidence). None for one seed, NaN when
+    # every seed gives the same Δ.
     seed_p_value: Optional[float] = None
 
     @property
     def seed_interval_excludes_zero(self) -> Optional[bool]:
-        """Several seeds: whether the difference holds beyond seed-to-seed variation; None for one seed."""
-        if self.seeds < 2:
+        """Several seeds: whether the difference holds beyond seed-to-seed variation; None for one seed
+        and for per-seed Δ that are all equal (no spread to measure it by)."""
+        if self.seeds < 2 or self.seed_p_value is None or math.isnan(self.seed_p_value):
             return None
         return bool(self.ci_low > 0.0 or self.ci_high < 0.0)
 
@@ -137,9 +139,9 @@ def paired_comparison(first: Sequence[np.ndarray], second: Sequence[np.ndarray],
         delta = float(np.mean(deltas))
         low, high = t_interval(deltas, confidence)
         test = f"t-interval over {len(deltas)} seeds; exact McNemar on the pooled points"
-        # Identical per-seed Δ leave the t statistic undefined: no seed-to-seed variation to test against.
-        seed_p_value = (float(ttest_1samp(deltas, 0.0).pvalue) if np.std(deltas) > 0
-                        else (0.0 if delta != 0 else 1.0))
+        # Identical per-seed Δ (accuracies are counts, so with 2–3 seeds it happens) leave the t
+        # statistic undefined: NaN, not the p = 0 of an infinite t, which would claim certainty.
+        seed_p_value = float(ttest_1samp(deltas, 0.0).pvalue) if np.std(deltas) > 0 else math.nan
     return PairedComparison(delta=delta, ci_low=float(low), ci_high=float(high), p_value=p_value,
                             seeds=len(deltas), points=len(first[0]), only_first=int(np.sum(a & ~b)),
                             only_second=int(np.sum(~a & b)), per_seed_delta=[float(d) for d in deltas], test=test,
