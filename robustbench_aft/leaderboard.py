@@ -228,7 +228,8 @@ def with_published(frame, published):
 
 
 INTERVAL_LEGEND = ("95 % intervals in brackets: one seed, the Wilson score interval over the evaluated points; "
-                   "several seeds, mean ± sample std and the Student-t interval of the mean")
+                   "several seeds, mean ± sample std and the Student-t interval of the mean (the Wilson "
+                   "interval of the pooled points when every seed has the same accuracy)")
 
 
 def _cell(mean: float, std: float, low: float, high: float, seeds: int) -> str:

@@ -151,10 +151,16 @@ def paired_comparison(first: Sequence[np.ndarray], second: Sequence[np.ndarray],
 def interval_for(values: Sequence[float], n_points: Optional[int]) -> Tuple[float, float]:
     """The interval of a leaderboard cell: Wilson for one seed (accuracy in percent of n points),
     the t-interval of the mean for several, cut to [0, 100] (with two or three seeds the t
-    quantile is large and would reach past the possible accuracies)."""
+    quantile is large and would reach past the possible accuracies). Several seeds with exactly the
+    same accuracy (counts out of n, so with 2–3 seeds it happens) give a t-interval of zero width,
+    which would claim certainty; then the cell gets the Wilson interval of the pooled points, the
+    evaluation noise that is left when the seeds show none."""
     if len(values) == 1:
         if not n_points or math.isnan(values[0]):
             return (math.nan, math.nan)
         return wilson_interval(round(values[0] * n_points / 100.0), n_points)
+    if n_points and float(np.std(values)) == 0.0:
+        pooled = n_points * len(values)
+        return wilson_interval(round(values[0] * pooled / 100.0), pooled)
     low, high = t_interval(values)
     return (max(0.0, low), min(100.0, high))

@@ -39,6 +39,9 @@ def test_t_interval_of_three_seeds_by_hand():
     assert all(math.isnan(v) for v in t_interval([50.0]))
     # a leaderboard cell over seeds is cut to the possible accuracies
     assert interval_for([98.0, 100.0], None)[1] == 100.0
+    # two seeds with the same 127 of 1,000: not the zero-width t-interval but Wilson on 254 of 2,000
+    assert interval_for([12.7, 12.7], 1000) == pytest.approx(wilson_by_hand(254, 2000))
+    assert interval_for([12.7, 12.7], None) == (12.7, 12.7)  # avg is no proportion: no pooled interval
 
 
 def test_mcnemar_exact_by_hand():
