@@ -93,17 +93,17 @@ def _seed_p_text(seed_p_value: Optional[float]) -> str:
     return "n/a" if math.isnan(seed_p_value) else f"{seed_p_value:.3g}"
 
 
-def pair_seeds(first: Optional[Sequence[int]], second: Optional[Sequence[int]]) -> List[Tuple[Optional[int], Optional[int]]]:
-    """Which seed of ``first`` pairs with which of ``second``: seed with the same seed, in order. A side
-    given as None is the natural model, one run without a seed of its own (every fine-tuned seed
-    starts from it), and pairs with every seed of the other side. Two methods that both have seeds
+def pair_seeds(first: Sequence[Optional[int]], second: Sequence[Optional[int]]) -> List[Tuple[Optional[int], Optional[int]]]:
+    """Which seed of ``first`` pairs with which of ``second``: seed with the same seed, in order. The
+    natural model is one run without a seed of its own (every fine-tuned seed starts from it), given
+    as the seed None; it pairs with every seed of the other side. Two methods that both have seeds
     are never paired across different seeds: that would count one side's run twice and call the
     difference between two seeds a difference between two methods."""
-    if first is None and second is None:
+    if None in first and None in second:
         return [(None, None)]
-    if first is None:
-        return [(None, seed) for seed in sorted(second or [])]
-    if second is None:
+    if None in first:
+        return [(None, seed) for seed in sorted(second)]
+    if None in second:
         return [(seed, None) for seed in sorted(first)]
     return [(seed, seed) for seed in sorted(set(first) & set(second))]
 
@@ -115,8 +115,7 @@ def _pairs(first_runs: List[Dict[str, Any]], second_runs: List[Dict[str, Any]]) 
         return {run["seed"]: run for run in runs}
 
     first, second = by_seed(first_runs), by_seed(second_runs)
-    return [(first[a], second[b]) for a, b in pair_seeds(None if None in first else list(first),
-                                                          None if None in second else list(second))]
+    return [(first[a], second[b]) for a, b in pair_seeds(list(first), list(second))]
 
 
 def paired_outcomes(store: ResultsStore, pairs: List[Tuple[dict, dict]], metric: str,
@@ -215,7 +214,7 @@ def rank_groups(methods: List[str], means: List[float],
 
     def p_value(i: int, j: int) -> float:
         a, b = outcomes[methods[i]], outcomes[methods[j]]
-        pairs = pair_seeds(None if None in a else list(a), None if None in b else list(b))
+        pairs = pair_seeds(list(a), list(b))
         if not pairs:
             return 1.0
         return mcnemar_exact(np.concatenate([a[x] for x, _ in pairs]), np.concatenate([b[y] for _, y in pairs]))

@@ -100,20 +100,24 @@ def test_rank_groups_ties_and_a_clearly_worse_method():
 def test_seeds_pair_by_number_and_the_natural_model_with_every_seed():
     assert pair_seeds([0, 1, 2], [2, 0]) == [(0, 0), (2, 2)]
     assert pair_seeds([1], [0]) == []
-    assert pair_seeds(None, [2, 0]) == [(None, 0), (None, 2)]
-    assert pair_seeds([3], None) == [(3, None)]
-    assert pair_seeds(None, None) == [(None, None)]
+    assert pair_seeds([None], [2, 0]) == [(None, 0), (None, 2)]
+    assert pair_seeds([3], [None]) == [(3, None)]
+    assert pair_seeds([None], [None]) == [(None, None)]
+
+
+def _store_of(tmp_path, *records):
+    db = tmp_path / "results.db"
+    store = ResultsStore(str(db))
+    for record in records:
+        store.add(record)
+    return db, store
 
 
 def test_bench_compare_pairs_only_common_seeds(tmp_path, capsys):
     # afd has seeds 0 and 1, trades only seed 0: the comparison is seed 0 alone (one seed, McNemar),
     # never afd seed 1 against trades seed 0; the natural model pairs with both afd seeds.
-    db = tmp_path / "results.db"
-    store = ResultsStore(str(db))
-    store.add(_record("afd", 0, "1" * 60 + "0" * 40))
-    store.add(_record("afd", 1, "1" * 30 + "0" * 70))
-    store.add(_record("trades", 0, "1" * 50 + "0" * 50))
-    store.add(_record("natural", 0, "0" * 100))
+    db, store = _store_of(tmp_path, _record("afd", 0, "1" * 60 + "0" * 40), _record("afd", 1, "1" * 30 + "0" * 70),
+                          _record("trades", 0, "1" * 50 + "0" * 50), _record("natural", 0, "0" * 100))
     assert main(["compare", "--db", str(db), "afd", "trades", "--metric", "aa", "--format", "json"]) == 0
     document = json.loads(capsys.readouterr().out)
     assert document["per_seed_delta"] == [pytest.approx(10.0)] and document["rows"][0]["seeds"] == 1
@@ -169,12 +173,8 @@ def test_bench_compare_says_when_seeds_disagree_with_the_pooled_test(tmp_path, c
     # Seed 0: afd right on 40 more of 100 points than vaft; seed 1: the two models agree everywhere.
     # Pooled McNemar (40 vs 0 discordant) is far below 0.05; the per-seed Δ 40 and 0 give t = 1 on
     # 1 df, p = 0.5: the verdict must say the difference does not outlast a change of seed.
-    db = tmp_path / "results.db"
-    store = ResultsStore(str(db))
-    store.add(_record("afd", 0, "1" * 60 + "0" * 40))
-    store.add(_record("vaft", 0, "1" * 20 + "0" * 80))
-    store.add(_record("afd", 1, "1" * 50 + "0" * 50))
-    store.add(_record("vaft", 1, "1" * 50 + "0" * 50))
+    db, _ = _store_of(tmp_path, _record("afd", 0, "1" * 60 + "0" * 40), _record("vaft", 0, "1" * 20 + "0" * 80),
+                      _record("afd", 1, "1" * 50 + "0" * 50), _record("vaft", 1, "1" * 50 + "0" * 50))
     assert main(["compare", "--db", str(db), "afd", "vaft", "--metric", "aa"]) == 0
     out = capsys.readouterr().out
     assert "p seeds" in out and "Δ = +20.00 points" in out
