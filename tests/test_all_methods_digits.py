@@ -1,4 +1,4 @@
-"""Every registered method, run end to end on digits, raises PGD accuracy above the natural model's."""
+"""Every registered method, run end to end on digits, raises L2 PGD accuracy above the natural model's."""
 import io
 
 import pandas as pd
@@ -8,22 +8,18 @@ from robustbench_aft.cli import main
 from robustbench_aft.registry import METHODS
 from robustbench_aft.results import ResultsStore
 
-# Fine-tunes every method, in L∞ and in L2 (about two minutes each on 2 cores): the slow tier.
+# Fine-tunes every method in L2 (about five minutes at one thread): the slow tier.
 pytestmark = pytest.mark.slow
 
-# Measured with exactly this command on 2 CPU cores (5 epochs, eps 0.15, 200 test points, seed 0,
-# fine-tuning on the 1,237 training images outside the validation split), PGD-20 %: afd 62.5,
-# vaft 60.0, trades 28.5 (clean 76.0), mart 48.0 (clean 81.5), twins-at 47.0, rift 41.0, arrest 61.5,
-# afkd 58.5, free-at 66.0, fgsm-ga 48.5, atas 48.0; twins-trades diverged (see MAY_DIVERGE). The
-# TRADES family with β = 6 is the unstable one on digits, hence its lower bars. The other margins
-# leave slack for other machines and torch versions.
-MARGIN_PP = {"afd": 45, "vaft": 40, "trades": 12, "mart": 28, "twins-at": 32, "twins-trades": 12, "rift": 28,
-             "arrest": 45, "afkd": 40, "free-at": 45, "fgsm-ga": 30, "atas": 30}
-MIN_CLEAN = {"trades": 55.0, "mart": 65.0}
-DEFAULT_MARGIN_PP = 10  # a method registered after this test was written
-# Diverges (NaN) on digits seed 0 on some thread counts: the frozen BN wing divides by near-zero
+# The L∞ version of this check is the CI benchmark (`.ci/run`): the same fine-tuning of every method on
+# digits (5 epochs, eps 0.15, 200 test points) at seeds 0, 1 and 2, held by `bench check` against the
+# robust accuracies of leaderboard/ci_baseline.csv, which is stricter than a margin over the natural
+# model. Running it here too fine-tuned every method a second time in CI for no added check.
+# Diverges (NaN) on digits on some thread counts: the frozen BN wing divides by near-zero
 # pre-trained variances. Then the run must store it as failed and go on, which is what is checked.
 MAY_DIVERGE = {"twins-trades"}
+DEFAULT_MARGIN_PP = 10  # a method registered after this test was written
+DEFAULT_MIN_CLEAN = 75.0
 
 
 def _run_every_method(tmp_path_factory, *options):
@@ -46,20 +42,11 @@ def _check_method(db, method, capsys, margins, min_clean, norm):
         return
     margin = margins.get(method, DEFAULT_MARGIN_PP)
     assert frame.loc[method, "pgd"] >= frame.loc["natural", "pgd"] + margin, frame[["clean", "pgd"]]
-    assert frame.loc[method, "clean"] >= min_clean.get(method, 75.0)
+    assert frame.loc[method, "clean"] >= min_clean.get(method, DEFAULT_MIN_CLEAN)
 
 
-@pytest.fixture(scope="module")
-def table(tmp_path_factory):
-    return _run_every_method(tmp_path_factory)
-
-
-@pytest.mark.parametrize("method", METHODS.names())
-def test_method_raises_pgd_accuracy_above_natural(table, method, capsys):
-    _check_method(table, method, capsys, MARGIN_PP, MIN_CLEAN, "Linf")
-
-
-# The same command with --norm L2 (digits' L2 eps 0.75), measured at one thread: PGD-20 % natural 0.5;
+# Measured with exactly this command (--norm L2, digits' L2 eps 0.75; 5 epochs, 200 test points, seed
+# 0, fine-tuning on the 1,237 training images outside the validation split) at one thread: PGD-20 % natural 0.5;
 # afd 46.5, vaft 46.5, arrest 49.5, afkd 45.5, free-at 48.5, atas 41.5, twins-at 40.5, mart 40.5
 # (clean 70.5), rift 39.0 (clean 92.5), fgsm-ga 36.5, twins-trades 23.5 (clean 87.0), trades 8.5
 # (clean 57.0: TRADES with β = 6 trades most of its clean accuracy at this budget, as in L∞ at 0.2).
