@@ -70,7 +70,7 @@ class MethodComparison:
             return f"{points} at α = {ALPHA}"
         if r.seed_interval_excludes_zero is None:
             return (f"{points} at α = {ALPHA} on the pooled points; every seed gives the same Δ, so there is no "
-                    f"seed-to-seed spread to test it against (p seeds n/a; the interval is a point)")
+                    f"seed-to-seed spread to test it against (p seeds n/a; the interval is that of the pooled points)")
         if r.seed_interval_excludes_zero:
             return f"{points} at α = {ALPHA} on the pooled points; the seed interval excludes 0 (p seeds = {r.seed_p_value:.3g})"
         return (f"{points} at α = {ALPHA} on the pooled points; the seed interval includes 0 (p seeds = "

@@ -98,6 +98,19 @@ class PairedComparison:
         return bool(self.ci_low > 0.0 or self.ci_high < 0.0)
 
 
+def _pointwise_interval(first: np.ndarray, second: np.ndarray, confidence: float) -> Tuple[float, float]:
+    """The t-interval of the mean per-point difference (percentage points) of two outcome vectors."""
+    from scipy.stats import t
+
+    differences = 100.0 * (first.astype(float) - second.astype(float))
+    delta, n = float(differences.mean()), len(differences)
+    sem = float(differences.std(ddof=1) / math.sqrt(n)) if n > 1 else 0.0
+    if sem == 0:
+        return (delta, delta)
+    low, high = t.interval(confidence, n - 1, loc=delta, scale=sem)
+    return (float(low), float(high))
+
+
 def paired_comparison(first: Sequence[np.ndarray], second: Sequence[np.ndarray],
                       confidence: float = CONFIDENCE) -> PairedComparison:
     """Compare two models evaluated on the same points, seed by seed (``first[s]`` pairs with
@@ -108,9 +121,11 @@ def paired_comparison(first: Sequence[np.ndarray], second: Sequence[np.ndarray],
     per-point outcomes of every seed, and the t-test of the per-seed Δ (``seed_p_value``). The two
     tests answer different questions: McNemar whether the two sets of trained models differ on these
     points (evaluation noise only), the seed test whether the difference outlasts retraining with
-    another seed (training noise too), which with 2–3 seeds needs a large, steady Δ.
+    another seed (training noise too), which with 2–3 seeds needs a large, steady Δ. Several seeds
+    with exactly the same Δ have no spread to build a t-interval on: then the interval is the
+    per-point one of the pooled points and the seed p-value is NaN.
     """
-    from scipy.stats import t, ttest_1samp
+    from scipy.stats import ttest_1samp
 
     if len(first) != len(second) or not first:
         raise ValueError("paired_comparison needs the same number (≥ 1) of seeds on both sides")
@@ -125,23 +140,24 @@ def paired_comparison(first: Sequence[np.ndarray], second: Sequence[np.ndarray],
     a, b = np.concatenate(pooled_first), np.concatenate(pooled_second)
     p_value = mcnemar_exact(a, b)
     if len(deltas) == 1:
-        differences = 100.0 * (a.astype(float) - b.astype(float))
-        n = len(differences)
-        delta = float(differences.mean())
-        sem = float(differences.std(ddof=1) / math.sqrt(n)) if n > 1 else 0.0
-        if sem > 0:
-            low, high = t.interval(confidence, n - 1, loc=delta, scale=sem)
-        else:
-            low = high = delta
+        delta = float(deltas[0])
+        low, high = _pointwise_interval(a, b, confidence)
         test = "exact McNemar, one seed"
         seed_p_value: Optional[float] = None
     else:
         delta = float(np.mean(deltas))
-        low, high = t_interval(deltas, confidence)
         test = f"t-interval over {len(deltas)} seeds; exact McNemar on the pooled points"
-        # Identical per-seed Δ (accuracies are counts, so with 2–3 seeds it happens) leave the t
-        # statistic undefined: NaN, not the p = 0 of an infinite t, which would claim certainty.
-        seed_p_value = float(ttest_1samp(deltas, 0.0).pvalue) if np.std(deltas) > 0 else math.nan
+        if np.std(deltas) > 0:
+            low, high = t_interval(deltas, confidence)
+            seed_p_value = float(ttest_1samp(deltas, 0.0).pvalue)
+        else:
+            # Identical per-seed Δ (accuracies are counts, so with 2–3 seeds it happens) leave the t
+            # statistic undefined and the t-interval a point: NaN, not the p = 0 of an infinite t,
+            # and the interval of the pooled points, the evaluation noise left when the seeds show none
+            # (as the leaderboard's cells do).
+            low, high = _pointwise_interval(a, b, confidence)
+            test = f"{len(deltas)} seeds with the same Δ: interval of the pooled points; exact McNemar on them"
+            seed_p_value = math.nan
     return PairedComparison(delta=delta, ci_low=float(low), ci_high=float(high), p_value=p_value,
                             seeds=len(deltas), points=len(first[0]), only_first=int(np.sum(a & ~b)),
                             only_second=int(np.sum(~a & b)), per_seed_delta=[float(d) for d in deltas], test=test,

@@ -5,6 +5,7 @@ import sqlite3
 
 import numpy as np
 import pytest
+from scipy.stats import t as student_t
 
 from robustbench_aft.cli import main
 from robustbench_aft.compare import pair_seeds, rank_groups
@@ -74,6 +75,12 @@ def test_paired_comparison_one_seed_and_several():
     steady = paired_comparison([first, first, first], [second, second, second])
     assert math.isnan(steady.seed_p_value) and steady.seed_interval_excludes_zero is None
     assert steady.delta == pytest.approx(-40.0)
+    # Its interval is not the point [−40, −40] but the per-point t-interval of the 60 pooled points:
+    # differences +100 on 3, −100 on 27, 0 on 30; squared deviations from −40 sum to
+    # 3·140² + 27·60² + 30·40² = 204,000, so the standard error is √(204,000 / 59 / 60) ≈ 7.59.
+    half_width = student_t.ppf(0.975, 59) * math.sqrt(204_000 / 59 / 60)
+    assert (steady.ci_low, steady.ci_high) == (pytest.approx(-40.0 - half_width), pytest.approx(-40.0 + half_width))
+    assert steady.ci_high < 0
 
 
 def test_holm_by_hand():
