@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from robustbench_aft import load_dataset
-from robustbench_aft.pretrained import NaturalRecipe, pretrain
+from robustbench_aft.pretrained import resolve
 from robustbench_aft.signals import StopSignal
 
 CPU = torch.device("cpu")
@@ -35,11 +35,22 @@ def digits():
 
 
 @pytest.fixture(scope="session")
-def digits_model(digits):
-    """smallcnn trained naturally on digits with a short recipe (a few seconds)."""
-    model, info = pretrain(digits, "smallcnn", NaturalRecipe(epochs=15, batch_size=64, lr=0.05), seed=0,
-                           device=CPU, progress=False)
-    assert info["test_accuracy"] > 95.0
+def digits_natural(digits):
+    """The natural model `bench run` uses on digits (default recipe, 30 epochs, seed 0), put into the
+    session's cache once, so that no test that runs `bench run` pays for it again."""
+    return resolve("auto", digits, "smallcnn", seed=0, device=CPU, progress=False)
+
+
+@pytest.fixture(scope="session")
+def digits_natural_info(digits_natural):
+    return digits_natural[1]
+
+
+@pytest.fixture(scope="session")
+def digits_model(digits_natural):
+    """That model in eval mode: the naturally trained smallcnn of the unit tests."""
+    model, info = digits_natural
+    assert info["metadata"]["test_accuracy"] > 95.0
     return model.eval()
 
 

@@ -18,7 +18,7 @@ METHODS = ("afd", "vaft")
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory):
+def store(tmp_path_factory, digits_natural_info):
     folder = tmp_path_factory.mktemp("analysis")
     db = folder / "results.db"
     assert main(["run", "--methods", ",".join(METHODS), "--seeds", "0,1", "--preset", "ci", "--epochs", str(EPOCHS),
