@@ -42,11 +42,6 @@ def digits_natural(digits):
 
 
 @pytest.fixture(scope="session")
-def digits_natural_info(digits_natural):
-    return digits_natural[1]
-
-
-@pytest.fixture(scope="session")
 def digits_model(digits_natural):
     """That model in eval mode: the naturally trained smallcnn of the unit tests."""
     model, info = digits_natural

@@ -16,7 +16,7 @@ MARGIN_PP = 20.0
 MIN_CLEAN = 70.0
 
 
-def test_bench_run_ours_trades(capsys, tmp_path, digits_natural_info):
+def test_bench_run_ours_trades(capsys, tmp_path, digits_natural):
     db = tmp_path / "results.db"
     # The per-epoch feature-gap probe is off here (test_analysis.py runs it through bench run).
     code = main(["run", "--methods", "ours,trades", "--seeds", "0", "--epochs", "6", "--attacks", "clean,pgd", "--n-eval", "200",

@@ -12,12 +12,13 @@ from robustbench_aft.pretrained import (NaturalRecipe, cache_path, default_recip
 CPU = torch.device("cpu")
 
 
-def test_smallcnn_reaches_95_percent_on_digits_within_a_minute(digits, digits_natural_info):
+def test_smallcnn_reaches_95_percent_on_digits_within_a_minute(digits, digits_natural):
     # The session's cached natural model (conftest.py), trained by `pretrain` with the default recipe;
     # its checkpoint keeps the accuracy and time that pretrain measured.
-    measured = digits_natural_info["metadata"]
+    _, info = digits_natural
+    measured = info["metadata"]
     print(f"natural smallcnn on digits: {measured['test_accuracy']:.2f}% test accuracy in {measured['seconds']:.1f} s")
-    assert digits_natural_info["source"] == str(cache_path(digits, "smallcnn", 0, default_recipe(digits)))
+    assert info["source"] == str(cache_path(digits, "smallcnn", 0, default_recipe(digits)))
     assert measured["test_accuracy"] >= 95.0
     assert measured["seconds"] < 60.0
 
