@@ -9,7 +9,7 @@ The public API::
 
 Importing the package registers every built-in model, dataset, attack and method.
 """
-__version__ = "0.1.0"
+from ._version import __version__
 
 from .registry import ATTACKS, DATASETS, FORMATS, METHODS, MODELS  # noqa: E402
 from . import afd, attacks, data, datasets, formats, models  # noqa: E402,F401  (imported so that their components register)

@@ -249,7 +249,7 @@ def analyze_training(db: str, output: Path) -> Tuple[pd.DataFrame, List[Path]]:
 # --- robust accuracy against eps --------------------------------------------------------------
 
 def parse_eps_values(text: str) -> List[float]:
-    from .evaluate import parse_eps
+    from .parsing import parse_eps
 
     values = [parse_eps(part.strip()) for part in text.split(",") if part.strip()]
     if not values:
@@ -431,7 +431,7 @@ def _breakdown_section(store: ResultsStore, counted_runs: set) -> List[str]:
 
 def render_report(db: str, output: Path, extra_plots: Sequence[Path] = (), title: str = "robustbench-aft report") -> Path:
     """One self-contained HTML page: leaderboard, feature-gap plots, extra plots, every run's config."""
-    from . import __version__
+    from ._version import __version__
     from .compare import add_rank_column
     from .leaderboard import INTERVAL_LEGEND, display_rows, latest_runs_frame, leaderboard_frame
 

@@ -1,19 +1,25 @@
-"""Run configuration: dataclasses, presets, and the one function that merges them.
+"""Run configuration: dataclasses, presets, the options of `bench run`, and the one merge.
 
-Precedence (style.md rule 9): command line (values that were given) > preset > dataset default >
-dataclass default. ``None`` always means "not given". The merged config is stored with every
-result.
+Precedence (style.md rule 9), lowest first: dataclass default, preset, config file, command line;
+the dataset's defaults (eps, validation size) fill what is still unset when the data is loaded.
+``None`` always means "not given". :meth:`RunConfig.from_cli` reads the command line and the file,
+:func:`build_run_config` merges and :func:`validate` checks, once; the merged config is stored with
+every result.
 """
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import difflib
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
 from .errors import ConfigError
-from .method import CIFAR_EPS, params_problem
+from .method import params_problem
+from .parsing import (non_negative_float, non_negative_int, on_off, parse_attacks, parse_eps, parse_arch,
+                      parse_methods, parse_seeds, parse_value, positive_float, positive_int)
 from .registry import METHODS
+from .threat import CIFAR_EPS, NORMS, ThreatModel
 from .validation import SELECTIONS
 
 
@@ -80,28 +86,46 @@ class TrainConfig:
             epoch with the highest validation PGD accuracy; the last weights are evaluated too).
     """
 
-    epochs: int = 20
-    batch_size: int = 128
-    lr: float = 0.025
-    # Fields with a ``flag`` help are `bench run` options generated from this dataclass (cli.py).
+    # Every field is a `bench run` option of the same name (``--weight-decay`` for weight_decay); its
+    # help and range come from here (config.OPTIONS).
+    epochs: int = field(default=20, metadata={"flag": "fine-tuning epochs (default: the preset's)",
+                                              "valid": "positive"})
+    batch_size: int = field(default=128, metadata={"flag": "fine-tuning batch size (default: the preset's)",
+                                                   "valid": "positive"})
+    lr: float = field(default=0.025, metadata={"flag": "base learning rate (default: the preset's)",
+                                               "valid": "positive"})
     momentum: float = field(default=0.9, metadata={"flag": "SGD momentum of the fine-tuning (default: 0.9)",
                                                    "valid": "non-negative"})
     weight_decay: float = field(default=5e-4, metadata={"flag": "weight decay of the fine-tuning (default: 5e-4)",
                                                         "valid": "non-negative"})
     ema: Optional[bool] = field(default=None, metadata={
         "flag": "evaluate an EMA of the weights: on or off (default: each method's own choice; AFD: on)"})
-    train_subset: Optional[int] = None
+    train_subset: Optional[int] = field(default=None, metadata={
+        "flag": "fine-tune on a seeded subset of this many training images", "valid": "positive"})
     num_workers: int = field(default=0, metadata={"flag": "DataLoader worker processes (default: 0)",
                                                   "valid": "non-negative"})
     feature_gap_probe: int = field(default=512, metadata={
         "flag": "training images on which the feature gap is measured after every epoch (default: the preset's; "
                 "0 turns the probe off)", "valid": "non-negative"})
-    precision: str = "auto"
-    sync_bn: bool = False
-    channels_last: str = "auto"
-    compile: bool = False
-    val_size: Optional[int] = None
-    select: str = "last"
+    precision: str = field(default="auto", metadata={
+        "flag": "fine-tuning, clean, PGD and CW: auto = bf16 autocast on CUDA, fp32 on CPU (default: auto)",
+        "choices": ("auto", "fp32", "bf16"), "also": "eval"})
+    sync_bn: bool = field(default=False, metadata={
+        "flag": "under torchrun: BatchNorm statistics of the global batch (default: per process, like the AFD "
+                "official code's DataParallel)", "switch": True})
+    channels_last: str = field(default="auto", metadata={
+        "flag": "fine-tune in channels_last memory format (default auto: on CUDA and on CPUs with oneDNN)",
+        "choices": ("auto", "on", "off")})
+    compile: bool = field(default=False, metadata={
+        "flag": "fine-tune with the networks compiled by torch.compile (off by default: the compilation costs tens "
+                "of seconds and did not pay on CPU; see benchmarks/RESULTS.md)", "switch": True})
+    val_size: Optional[int] = field(default=None, metadata={
+        "flag": "training images held out for validation, clean + PGD-10 after every epoch (default: 200 on "
+                "digits, 500 elsewhere; taken outside --train-subset; 0: no validation)", "valid": "non-negative"})
+    select: str = field(default="last", metadata={
+        "flag": "weights to evaluate: last (default, what the papers report) or best-val (the epoch with the "
+                "highest validation PGD accuracy; the last weights are evaluated and stored too)",
+        "choices": SELECTIONS})
 
 
 # Each preset sets TrainConfig / EvalConfig fields and, optionally, method parameters per dataset.
@@ -157,11 +181,14 @@ PRESETS: Dict[str, Dict[str, Any]] = {
 
 # Where results are stored unless --db says otherwise (every command that reads or writes a store).
 DEFAULT_DB = "runs/results.db"
+# Where the cells of a run are worked on: this process, Slurm jobs, or the same jobs as local processes.
+LAUNCHERS = ("local", "slurm", "submitit-local")
 
 
 @dataclass
 class RunConfig:
-    """Everything ``bench run`` needs; built by :func:`build_run_config`."""
+    """Everything ``bench run`` needs; built by :func:`build_run_config` (Python) or
+    :meth:`RunConfig.from_cli` (the command line and ``--config`` files)."""
 
     methods: List[str]
     dataset: str = "digits"
@@ -170,6 +197,7 @@ class RunConfig:
     pretrained: str = "auto"
     pretrained_seed: int = 0
     seeds: List[int] = field(default_factory=lambda: [0])
+    threat: ThreatModel = field(default_factory=ThreatModel)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     method_params: Dict[str, Dict[str, Any]] = field(default_factory=dict)
@@ -183,6 +211,123 @@ class RunConfig:
     def to_dict(self) -> Dict[str, Any]:
         return asdict(self)
 
+    def eval_config(self, threat: ThreatModel) -> EvalConfig:
+        """The evaluator's settings under the run's resolved ``threat`` model."""
+        return dataclasses.replace(self.eval, eps=threat.eps, norm=threat.norm, eps_text=threat.eps_text)
+
+    @classmethod
+    def from_cli(cls, args: Mapping[str, Any], file: Optional[Mapping[str, Any]] = None,
+                 file_name: str = "") -> "RunConfig":
+        """The configuration of a ``bench run`` command line over a ``--config`` file's mapping.
+
+        ``args`` maps option names (``OPTIONS``; argparse's namespace as a dict) to the text or value
+        the user gave, ``None`` for every option not given. Precedence, lowest first: dataclass
+        defaults, the preset, the file, the command line; the dataset's defaults (eps, validation
+        size) fill what is still unset when the data is loaded.
+        """
+        given = _file_values(file or {}, file_name) if file else {"options": {}, "sections": _empty_sections()}
+        options = dict(given["options"])
+        for name, value in args.items():
+            if name not in OPTIONS or value is None or value == []:
+                continue
+            if isinstance(value, (str, list)):  # text argparse left alone: parsed here, like a file's
+                value = _parse_option(OPTIONS[name], value, "")
+            if name == "set":  # the command line's parameters over the file's, method by method
+                value = {m: {**options.get("set", {}).get(m, {}), **p} for m, p in
+                         {**options.get("set", {}), **value}.items()}
+            options[name] = value
+        return _build_from_options(options, given["sections"])
+
+
+def _empty_sections() -> Dict[str, Dict[str, Any]]:
+    return {name: {} for name in SECTIONS}
+
+
+@dataclass(frozen=True)
+class Option:
+    """One ``bench run`` option: its name (the config-file key; ``--`` + dashes on the command line),
+    where its value goes, how its text is parsed, and its help."""
+
+    name: str
+    help: str
+    parse: Optional[Callable[[str], Any]] = None  # None: the text itself
+    choices: Optional[Tuple[str, ...]] = None
+    switch: bool = False  # a flag without value (store_true)
+    targets: Tuple[Tuple[str, str], ...] = ()  # (section, field); empty: a RunConfig field of the same name
+    metavar: Optional[str] = None
+
+
+def _field_option(section: str, spec: dataclasses.Field) -> Option:
+    meta = spec.metadata
+    kind = str(spec.type)
+    if meta.get("switch"):
+        parse = None
+    elif meta.get("choices"):
+        parse = None
+    elif "bool" in kind:
+        parse = on_off
+    elif "float" in kind:
+        parse = {"positive": positive_float, "non-negative": non_negative_float}.get(meta.get("valid"), float)
+    elif "int" in kind:
+        parse = {"positive": positive_int, "non-negative": non_negative_int}.get(meta.get("valid"), int)
+    else:
+        parse = None
+    targets = ((section, spec.name),) + (((meta["also"], spec.name),) if meta.get("also") else ())
+    return Option(spec.name, meta["flag"], parse, meta.get("choices"), bool(meta.get("switch")), targets)
+
+
+# The options of `bench run` that configure the run (the others — --resume, --format, --launcher … —
+# say how this command runs or prints, see cli/run.py). The table is the one place that knows how a
+# flag's text becomes a configuration value.
+OPTIONS: Dict[str, Option] = {option.name: option for option in [
+    Option("methods", "comma-separated methods, e.g. ours,trades, or all (see `bench list methods`); required",
+           parse_methods),
+    Option("dataset", "dataset name or folder:PATH (default: digits, bundled with scikit-learn)"),
+    Option("arch", "architecture (default: the preset's, else smallcnn)"),
+    Option("arch_kwargs", "keyword arguments of an external --arch (timm:, torchvision:, py:), e.g. img_size=32; "
+                          "they become part of the arch's name: timm:vit_tiny_patch16_224[img_size=32]",
+           metavar="K=V,..."),
+    Option("image_size", "resize every split to N×N (e.g. 224 for an ImageNet model on CIFAR); the dataset is then "
+                         "named DATASET@Npx and eps is in pixels of the resized images", positive_int),
+    Option("mean", "per-channel mean of the model's Normalize layer, overriding the dataset's and any the model "
+                   "declares (one value for every channel, or one per channel)", metavar="M1,M2,M3"),
+    Option("std", "per-channel std of the model's Normalize layer (as --mean)", metavar="S1,S2,S3"),
+    Option("preset", "quick (the digits default), paper (the default elsewhere), ci or cpu-cifar10 "
+                     "(see `bench list presets`)"),
+    Option("pretrained", "natural model: auto (cache or pre-train, default), a path, robustbench:NAME"),
+    Option("pretrained_seed", "seed of the natural model (default: 0)", non_negative_int),
+    Option("seeds", "comma-separated fine-tuning seeds (default: 0)", parse_seeds),
+    Option("eps", "budget, e.g. 8/255 or 0.5 in L2 (default: the dataset's for the norm)",
+           targets=(("threat", "eps"),)),
+    Option("norm", "threat model of the training attacks and the evaluation (default: Linf)", choices=NORMS,
+           targets=(("threat", "norm"),)),
+    Option("natural_epochs", "epochs of the natural pre-training when --pretrained auto has to pre-train "
+                             "(default: the preset's, else 30 on digits and 100 elsewhere); part of the cache key",
+           positive_int, targets=(("natural", "epochs"),)),
+    *[_field_option("train", spec) for spec in fields(TrainConfig)],
+    Option("attacks", "evaluation attacks (default: the preset's; see `bench list attacks`)", parse_attacks,
+           targets=(("eval", "attacks"),)),
+    Option("n_eval", "size of the seeded test subset (default: the preset's, else the whole test set)",
+           positive_int, targets=(("eval", "n_eval"),)),
+    Option("eval_batch_size", "evaluation batch size (default: 256)", positive_int,
+           targets=(("eval", "batch_size"),)),
+    Option("aa_precision", "AutoAttack (default: fp32, so that leaderboard AA numbers are full precision)",
+           choices=("fp32", "bf16"), targets=(("eval", "aa_precision"),)),
+    Option("transfer_from", "source model of the transfer attack (default: the run's natural model)",
+           metavar="natural|PATH", targets=(("eval", "transfer_from"),)),
+    Option("set", "override a method parameter, e.g. --set afd.alpha=0.1 (repeatable)", None,
+           metavar="METHOD.PARAM=VALUE", targets=(("set", ""),)),
+    Option("db", f"results store (default: {DEFAULT_DB})"),
+    Option("out", "folder for checkpoints and per-sample results (default: next to the store, per run)"),
+    Option("device", "auto (CUDA if available), cpu, cuda, cuda:1, ..."),
+    Option("data_dir", "root folder of downloadable datasets (default: ./data)"),
+    Option("download", "let torchvision download a missing dataset", switch=True),
+]}
+# Config-file sections: the fields of each part of the configuration by name, for what has no option.
+SECTIONS = {"train": TrainConfig, "eval": EvalConfig, "threat": ThreatModel}
+# Written by versions before the threat model had its own section (eval.eps …); read into it.
+_LEGACY_EVAL_THREAT = ("eps", "norm", "eps_text")
+
 
 def _apply(target: Any, values: Dict[str, Any], what: str) -> Any:
     names = {f.name for f in fields(target)}
@@ -192,29 +337,120 @@ def _apply(target: Any, values: Dict[str, Any], what: str) -> Any:
     return dataclasses.replace(target, **values)
 
 
-def parse_value(text: str, annotation: Any, key: str) -> Any:
-    """Parse ``text`` for a dataclass field of type ``annotation`` (bool, int, float, str, Optional)."""
-    kind = str(annotation)
-    try:
-        if "bool" in kind:
-            lowered = text.strip().lower()
-            if lowered in ("1", "true", "yes", "on"):
-                return True
-            if lowered in ("0", "false", "no", "off"):
-                return False
-            raise ValueError
-        if "Optional" in kind and text.strip().lower() in ("none", "null"):
-            return None
-        if "int" in kind:
-            return int(text)
-        if "float" in kind:
-            if "/" in text:
-                numerator, denominator = text.split("/")
-                return float(numerator) / float(denominator)
-            return float(text)
+def _as_text(value: Any) -> str:
+    return ",".join(str(v) for v in value) if isinstance(value, (list, tuple)) else str(value)
+
+
+def _parse_option(option: Option, value: Any, where: str) -> Any:
+    """The value of ``option`` from the text (or, from a file, the YAML value) the user gave."""
+    if option.switch:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}{option.name.replace('_', '-')} must be true or false, got {value!r}")
+        return value
+    if option.name == "set":
+        items = value if isinstance(value, list) else [value]
+        return parse_set_options([str(item) for item in items])
+    text = _as_text(value)
+    if option.choices is not None and text not in option.choices:
+        raise ConfigError(f"{where}--{option.name.replace('_', '-')} must be one of {', '.join(option.choices)}, "
+                          f"got {text!r}")
+    if option.parse is None or option.name == "eps":  # eps is read once the norm is known
         return text
-    except (ValueError, ZeroDivisionError):
-        raise ConfigError(f"--set {key}={text}: expected a value of type {kind}") from None
+    try:
+        return option.parse(text)
+    except argparse.ArgumentTypeError as exc:
+        raise ConfigError(f"{where}{option.name.replace('_', '-')}: {exc}") from None
+
+
+def _section_values(name: str, values: Any, where: str) -> Dict[str, Any]:
+    cls = SECTIONS[name]
+    if not isinstance(values, dict):
+        raise ConfigError(f"{where}{name} must be a mapping of {cls.__name__} fields")
+    known = {f.name: f for f in fields(cls)}
+    parsed: Dict[str, Any] = {}
+    for key, value in values.items():
+        if key not in known:
+            raise ConfigError(f"{where}{name}.{key} is not a {cls.__name__} field; known: {', '.join(sorted(known))}")
+        if value is None or isinstance(value, (list, dict)):
+            parsed[key] = value
+        else:
+            parsed[key] = parse_value(str(value), known[key].type, f"{where}{name}.{key}")
+    return parsed
+
+
+def _file_values(content: Mapping[str, Any], path: str) -> Dict[str, Any]:
+    """A config file's mapping split into option values (parsed as their flags are) and sections."""
+    where = f"--config {path}: "
+    options: Dict[str, Any] = {}
+    sections = _empty_sections()
+    for key, value in content.items():
+        name = str(key).replace("-", "_")
+        if name in SECTIONS:
+            sections[name] = _section_values(name, value, where)
+        elif name == "set":
+            options["set"] = _set_items(value, where)
+        elif name in OPTIONS:
+            if value is not None:
+                options[name] = _parse_option(OPTIONS[name], value, where)
+        else:
+            raise ConfigError(f"{where}unknown option {key!r}; use `bench run` option names, set, train, eval or "
+                              "threat (see `bench run --help`)")
+    for legacy in _LEGACY_EVAL_THREAT:
+        if legacy in sections["eval"]:
+            sections["threat"].setdefault(legacy, sections["eval"].pop(legacy))
+    overlap = [f"{section}.{fname}" for option in options for section, fname in
+               (OPTIONS[option].targets or (("run", option),)) if fname in sections.get(section, {})]
+    if overlap:
+        raise ConfigError(f"{where}{', '.join(overlap)} is also given as a top-level option; keep one")
+    return {"options": options, "sections": sections}
+
+
+def _set_items(value: Any, where: str) -> Dict[str, Dict[str, Any]]:
+    if isinstance(value, dict):
+        items = []
+        for method, params in value.items():
+            if not isinstance(params, dict):
+                raise ConfigError(f"{where}set.{method} must map parameter names to values")
+            items += [f"{method}.{name}={_as_text(v)}" for name, v in params.items()]
+        return parse_set_options(items)
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return parse_set_options(value)
+    raise ConfigError(f"{where}set must be a mapping {{method: {{param: value}}}} or a list of "
+                      "METHOD.PARAM=VALUE strings")
+
+
+def _build_from_options(options: Dict[str, Any], sections: Dict[str, Dict[str, Any]]) -> RunConfig:
+    """Route every option value to its place and merge through :func:`build_run_config`."""
+    from .data import with_input_options
+
+    if options.get("methods") is None:
+        raise ConfigError("the following arguments are required: --methods (or methods: in the --config file)")
+    routed: Dict[str, Dict[str, Any]] = {"train": dict(sections["train"]), "eval": dict(sections["eval"]),
+                                         "threat": dict(sections["threat"]), "natural": {}, "set": {}}
+    run_fields: Dict[str, Any] = {}
+    for name, value in options.items():
+        for section, fname in OPTIONS[name].targets or (("run", name),):
+            if section == "set":
+                for method, params in value.items():
+                    routed["set"].setdefault(method, {}).update(params)
+            elif section == "run":
+                run_fields[fname] = value
+            else:
+                routed[section][fname] = value
+    threat = routed["threat"]
+    if threat.get("eps") is not None:
+        text = str(threat["eps"])
+        threat["eps"] = parse_eps(text, threat.get("norm") or "Linf")
+        threat.setdefault("eps_text", text)
+    methods = run_fields.pop("methods")
+    dataset = with_input_options(run_fields.pop("dataset", "digits"), run_fields.pop("image_size", None),
+                                 run_fields.pop("mean", None), run_fields.pop("std", None))
+    arch, arch_kwargs = run_fields.pop("arch", None), run_fields.pop("arch_kwargs", None)
+    return build_run_config(
+        methods, dataset=dataset, arch=parse_arch(arch, arch_kwargs) if arch else None,
+        preset=run_fields.pop("preset", None), threat=ThreatModel(**threat), train_overrides=routed["train"],
+        eval_overrides=routed["eval"], method_params=routed["set"], natural_overrides=routed["natural"],
+        **run_fields)
 
 
 def parse_set_options(items: List[str]) -> Dict[str, Dict[str, Any]]:
@@ -236,70 +472,90 @@ def parse_set_options(items: List[str]) -> Dict[str, Dict[str, Any]]:
             hint = f" Did you mean '{close[0]}'?" if close else ""
             raise ConfigError(f"--set {key}: {canonical} has no parameter {field_name!r}.{hint} "
                               f"Parameters: {', '.join(known) or '(none)'}")
-        parsed.setdefault(canonical, {})[field_name] = parse_value(text, known[field_name].type, key)
+        parsed.setdefault(canonical, {})[field_name] = parse_value(text, known[field_name].type, f"--set {key}")
     return parsed
 
 
-def build_run_config(methods: List[str], *, dataset: str = "digits", arch: Optional[str] = None,
-                     preset: Optional[str] = None, train_overrides: Optional[Dict[str, Any]] = None,
-                     eval_overrides: Optional[Dict[str, Any]] = None,
-                     method_params: Optional[Dict[str, Dict[str, Any]]] = None,
-                     natural_overrides: Optional[Dict[str, Any]] = None, **run_fields: Any) -> RunConfig:
-    """Merge dataclass defaults, the preset and the given values (``None`` = not given) into a RunConfig.
-
-    ``natural_overrides``: the natural pre-training recipe's fields (epochs, batch_size, lr) over the
-    preset's and the dataset's default."""
-    from .data import default_preset, split_input_options
-
+def _canonical_methods(methods: List[str]) -> List[str]:
     if not methods:
         raise ConfigError("--methods is empty; choose from " + ", ".join(METHODS.names()))
     if [m.strip().lower() for m in methods] == ["all"]:
-        methods = METHODS.names()
-    canonical_methods = list(dict.fromkeys(METHODS.canonical(m) for m in methods))
-    dataset_kind = split_input_options(dataset)[0].partition(":")[0]  # digits@16px is still digits
-    preset_name = preset or default_preset(dataset)
+        return METHODS.names()
+    return parse_methods(",".join(methods))
+
+
+def _preset(name: Optional[str], dataset: str) -> Tuple[str, Dict[str, Any]]:
+    from .data import default_preset
+
+    preset_name = name or default_preset(dataset)
     if preset_name not in PRESETS:
         close = difflib.get_close_matches(preset_name, list(PRESETS), n=1)
         hint = f" Did you mean '{close[0]}'?" if close else ""
         raise ConfigError(f"unknown preset {preset_name!r}.{hint} Available: {', '.join(sorted(PRESETS))}")
-    chosen = PRESETS[preset_name]
-    train = _apply(TrainConfig(), chosen.get("train", {}), "train")
-    evaluation = _apply(EvalConfig(), chosen.get("eval", {}), "eval")
-    train = _apply(train, {k: v for k, v in (train_overrides or {}).items() if v is not None}, "train")
-    evaluation = _apply(evaluation, {k: v for k, v in (eval_overrides or {}).items() if v is not None}, "eval")
+    return preset_name, PRESETS[preset_name]
 
+
+def _method_params(methods: List[str], dataset_kind: str, paper_presets: bool,
+                   given: Dict[str, Dict[str, Any]]) -> Dict[str, Dict[str, Any]]:
     params: Dict[str, Dict[str, Any]] = {}
-    if chosen.get("method_presets"):
-        for name in canonical_methods:
+    if paper_presets:
+        for name in methods:
             values = METHODS.get(name).paper_presets.get(dataset_kind, {})
             if values:
                 params[name] = dict(values)
-    for name, values in (method_params or {}).items():
+    for name, values in given.items():
         canonical = METHODS.canonical(name)
-        if canonical not in canonical_methods:
-            raise ConfigError(f"--set {name}.…: {canonical} is not among --methods ({', '.join(canonical_methods)})")
+        if canonical not in methods:
+            raise ConfigError(f"--set {name}.…: {canonical} is not among --methods ({', '.join(methods)})")
         params.setdefault(canonical, {}).update(values)
     for name, values in params.items():
         params_cls = METHODS.get(name).Params
-        known = {f.name for f in fields(params_cls)}
-        unknown = [k for k in values if k not in known]
+        unknown = [k for k in values if k not in {f.name for f in fields(params_cls)}]
         if unknown:
             raise ConfigError(f"{name} has no parameter(s) {', '.join(unknown)}")
         for key, value in values.items():
             problem = params_problem(params_cls, key, value)
             if problem:
                 raise ConfigError(f"--set {name}.{key}={value!r}: {problem}")
+    return params
 
+
+def build_run_config(methods: List[str], *, dataset: str = "digits", arch: Optional[str] = None,
+                     preset: Optional[str] = None, threat: Optional[ThreatModel] = None,
+                     train_overrides: Optional[Dict[str, Any]] = None,
+                     eval_overrides: Optional[Dict[str, Any]] = None,
+                     method_params: Optional[Dict[str, Dict[str, Any]]] = None,
+                     natural_overrides: Optional[Dict[str, Any]] = None, **run_fields: Any) -> RunConfig:
+    """Merge dataclass defaults, the preset and the given values (``None`` = not given) into a
+    RunConfig, and validate it once.
+
+    ``natural_overrides``: the natural pre-training recipe's fields (epochs, batch_size, lr) over the
+    preset's and the dataset's default. ``eval_overrides`` may still carry ``eps``/``norm`` (the
+    form before :class:`ThreatModel`): they become the threat model's.
+    """
+    from .data import split_input_options
+
+    canonical_methods = _canonical_methods(list(methods))
+    dataset_kind = split_input_options(dataset)[0].partition(":")[0]  # digits@16px is still digits
+    preset_name, chosen = _preset(preset, dataset)
+    eval_given = {k: v for k, v in (eval_overrides or {}).items() if v is not None}
+    threat_given = {k: eval_given.pop(k) for k in _LEGACY_EVAL_THREAT if k in eval_given}
+    threat = dataclasses.replace(threat or ThreatModel(),
+                                 **{k: v for k, v in threat_given.items() if getattr(threat, k, None) is None})
+    train = _apply(_apply(TrainConfig(), chosen.get("train", {}), "train"),
+                   {k: v for k, v in (train_overrides or {}).items() if v is not None}, "train")
+    evaluation = _apply(_apply(EvalConfig(), chosen.get("eval", {}), "eval"), eval_given, "eval")
+    params = _method_params(canonical_methods, dataset_kind, bool(chosen.get("method_presets")), method_params or {})
     natural = {**chosen.get("natural", {}), **{k: v for k, v in (natural_overrides or {}).items() if v is not None}}
     config = RunConfig(methods=canonical_methods, dataset=dataset, arch=arch or chosen.get("arch", "smallcnn"),
-                       preset=preset_name, train=train, eval=evaluation, method_params=params, natural=natural,
-                       **{k: v for k, v in run_fields.items() if v is not None})
+                       preset=preset_name, threat=threat, train=train, eval=evaluation, method_params=params,
+                       natural=natural, **{k: v for k, v in run_fields.items() if v is not None})
     validate(config)
     return config
 
 
 def validate(config: RunConfig) -> None:
-    """Cross-field checks, each with a one-line message."""
+    """Every check of a configuration, each with a one-line message (the one place they live)."""
     if not config.seeds:
         raise ConfigError("--seeds is empty")
     if any(seed < 0 for seed in config.seeds):
@@ -309,7 +565,7 @@ def validate(config: RunConfig) -> None:
     for name in ("epochs", "batch_size"):
         if getattr(config.train, name) <= 0:
             raise ConfigError(f"--{name.replace('_', '-')} must be positive")
-    if config.train.lr <= 0:
+    if not config.train.lr > 0:
         raise ConfigError("--lr must be positive")
     if config.train.train_subset is not None and config.train.train_subset <= 0:
         raise ConfigError("--train-subset must be positive")
@@ -323,5 +579,7 @@ def validate(config: RunConfig) -> None:
                          ("eval", config.eval.aa_precision)):
         if value not in ("auto", "fp32", "bf16"):
             raise ConfigError(f"{where} precision must be auto, fp32 or bf16, got {value!r}")
-    if config.eval.eps is not None and config.eval.eps < 0:
-        raise ConfigError("--eps must be >= 0")
+    if config.threat.norm not in NORMS:
+        raise ConfigError(f"--norm must be one of {', '.join(NORMS)}, got {config.threat.norm!r}")
+    if config.threat.eps is not None:
+        parse_eps(config.threat.eps_text or repr(config.threat.eps), config.threat.norm)

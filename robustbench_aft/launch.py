@@ -24,10 +24,11 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from . import _compat
-from .config import RunConfig
+from .config import LAUNCHERS, RunConfig
 from .errors import ConfigError
-from .pipeline import MANIFEST, cell_name, open_run_folder, prepare_run, run_one_cell
-from .pretrained import cache_path, default_recipe, recipe_with
+from .pipeline import prepare_run, run_one_cell
+from .pretrained import cache_path
+from .runfolder import DONE, MANIFEST, cell_name, open_run_folder
 from .results import ResultsStore, RunRecord
 from .files import atomic_write_text, check_writable
 from .signals import StopSignal
@@ -35,7 +36,6 @@ from .registry import NATURAL
 
 log = logging.getLogger(__name__)
 
-LAUNCHERS = ("local", "slurm", "submitit-local")
 RECORD = "record.json"
 FAILED = "failed.json"
 JOBS = "jobs.json"
@@ -127,10 +127,6 @@ def _job_threads(launcher: str, concurrent_jobs: int) -> Optional[int]:
     return local_job_threads(concurrent_jobs) if launcher == "submitit-local" else None
 
 
-def _cells(config: RunConfig) -> List[tuple]:
-    return [(NATURAL, config.pretrained_seed)] + [(m, s) for m in config.methods for s in config.seeds]
-
-
 def _job_entry(job: Any) -> Dict[str, str]:
     return {"job_id": str(job.job_id), "stdout": str(job.paths.stdout), "stderr": str(job.paths.stderr),
             "submitted_at": time.strftime("%Y-%m-%d %H:%M:%S")}
@@ -170,12 +166,12 @@ def submit_grid(config: RunConfig, launcher: str, options: SlurmOptions, resume:
                           "on a cluster)")
     out_root = Path(config.out).resolve()
     check_writable(out_root, "--out", folder=True)
-    data, eval_config = prepare_run(config)
-    executor = _executor(launcher, out_root / "logs", options, name=f"bench-{data.key}")
-    open_run_folder(config, out_root, eval_config, resume, command)
+    prepared = prepare_run(config)
+    executor = _executor(launcher, out_root / "logs", options, name=f"bench-{prepared.data.key}")
+    open_run_folder(config.db, out_root, prepared.stored_config, resume, command)
     jobs_file = out_root / JOBS
     registry: Dict[str, Dict[str, str]] = json.loads(jobs_file.read_text()) if jobs_file.is_file() else {}
-    todo = [(m, s) for m, s in _cells(config) if not (out_root / cell_name(m, s) / "done.json").is_file()]
+    todo = [(m, s) for m, s in prepared.cells if not (out_root / cell_name(m, s) / DONE).is_file()]
     summary = GridSummary(out=str(out_root), db=config.db)
     if not todo:
         log.info("every cell of %s is done already", out_root)
@@ -187,9 +183,8 @@ def submit_grid(config: RunConfig, launcher: str, options: SlurmOptions, resume:
         atomic_write_text(json.dumps(registry, indent=2) + "\n", jobs_file)
         summary.submitted.append(name)
 
-    recipe = recipe_with(default_recipe(data), **config.natural)
-    natural_cached = config.pretrained != "auto" or cache_path(data, config.arch, config.pretrained_seed,
-                                                                   recipe).is_file()
+    natural_cached = config.pretrained != "auto" or cache_path(prepared.data, config.arch, config.pretrained_seed,
+                                                                   prepared.natural_recipe).is_file()
     if (NATURAL, config.pretrained_seed) in todo and not natural_cached:
         # Every cell fine-tunes the same natural model: pre-train it once, before the grid.
         todo.remove((NATURAL, config.pretrained_seed))

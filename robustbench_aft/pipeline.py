@@ -1,12 +1,9 @@
 """``bench run``: natural model → fine-tune every (method, seed) → evaluate all → store → leaderboard.
 
-The output folder (``--out``) is the unit of resumption. It holds ``run.json`` (the run's group
-id, configuration and command), ``config.yaml`` (the resolved configuration, loadable with
-``bench run --config``), a ``.lock`` while a process works in it, and one folder per
-cell (``natural``, ``afd-seed0``, …) with the fine-tuning checkpoint ``last.pt``, the exported
-``final.pt``, the per-sample evaluation results ``eval-*/batch-*.pt`` and, once the cell's row
-is in the store, ``done.json``. ``resume=True`` skips done cells and continues the others from
-whatever they left on disk.
+:func:`prepare_run` turns a :class:`RunConfig` into a :class:`PreparedRun` (the data, the resolved
+threat model and evaluation settings, the cells); local runs (:func:`run`) and grid jobs
+(:func:`run_one_cell`) work on its cells through the same :class:`_Context`. The run folder's
+bookkeeping (manifest, config.yaml, per-cell ids, ``done.json``) lives in runfolder.py.
 """
 from __future__ import annotations
 
@@ -15,7 +12,6 @@ import dataclasses
 import json
 import logging
 import time
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
@@ -33,8 +29,12 @@ from .models import build_model
 from .errors import ConfigError, Interrupted
 from .evaluate import EvalConfig, evaluate, select_subset
 from .featuregap import FeatureGapProbe
-from .pretrained import default_recipe, load_checkpoint, recipe_with, resolve, save_checkpoint, transfer_source
+from .pretrained import NaturalRecipe, default_recipe, load_checkpoint, recipe_with, resolve, save_checkpoint
+from .pretrained import transfer_source
 from .results import ResultsStore, RunRecord, new_group_id, outcome_bits
+from .runfolder import (BEST_VAL_CHECKPOINT, CONFIG_FILE, DONE, MANIFEST, cell_id, cell_name, open_group,
+                        read_manifest)
+from .threat import ThreatModel
 from .validation import catastrophic_overfitting
 from .registry import ATTACKS, NATURAL
 from .devices import resolve_device, resolve_precision
@@ -44,11 +44,6 @@ from .signals import StopSignal
 
 log = logging.getLogger(__name__)
 
-MANIFEST = "run.json"
-BEST_VAL_CHECKPOINT = "best-val.pt"
-CONFIG_FILE = "config.yaml"
-# Fields that may differ between a run and its resumption (where it runs, not what it computes).
-RESUMABLE_DIFFERENCES = ("device", "out")
 
 
 @dataclass
@@ -65,95 +60,93 @@ class RunSummary:
     diverged: List[str] = dataclasses.field(default_factory=list)
 
 
-def _read_manifest(out_root: Path) -> Optional[Dict[str, Any]]:
-    path = out_root / MANIFEST
-    if not path.is_file():
-        return None
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ConfigError(f"{path} is unreadable ({exc}); it is not a bench run folder") from None
+@dataclass
+class PreparedRun:
+    """A run's configuration with what it resolves to once the data is loaded: the threat model of
+    both its training attacks and its evaluation, the evaluator's settings and the cells to work on."""
+
+    config: RunConfig
+    data: DataBundle
+    threat: ThreatModel
+    eval_config: EvalConfig
+
+    @property
+    def cells(self) -> List[Tuple[str, int]]:
+        """(method, seed) of every cell: the natural model first, then each method for each seed."""
+        config = self.config
+        return [(NATURAL, config.pretrained_seed)] + [(m, s) for m in config.methods for s in config.seeds]
+
+    @property
+    def natural_recipe(self) -> NaturalRecipe:
+        """The pre-training recipe of ``--pretrained auto``: the dataset's, with ``--natural-*`` over it."""
+        return recipe_with(default_recipe(self.data), **self.config.natural)
+
+    @property
+    def stored_config(self) -> Dict[str, Any]:
+        """The configuration stored with every row and in the manifest (eps and norm resolved)."""
+        return {**self.config.to_dict(), "threat": dataclasses.asdict(self.threat),
+                "eval": dataclasses.asdict(self.eval_config)}
 
 
-def _flatten(settings: Dict[str, Any], prefix: str = "") -> Dict[str, Any]:
-    flat: Dict[str, Any] = {}
-    for key, value in settings.items():
-        if isinstance(value, dict) and value and key != "method_params":
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
+@dataclass
+class RunOptions:
+    """How a run is worked on (not what it computes): progress output, resumption, the stop signal."""
 
-
-def _configuration_differences(stored: Dict[str, Any], current: Dict[str, Any]) -> List[str]:
-    """Settings that differ between a stored run and the command resuming it (dotted names).
-
-    A setting the stored run does not know was added by a newer version of the package; it keeps
-    its default and is reported in the log, not as a difference.
-    """
-    old, new = _flatten(stored), _flatten(current)
-    added = sorted(set(new) - set(old))
-    if added:
-        log.warning("settings unknown to the version that started this run take their current values: %s",
-                    ", ".join(f"{key}={new[key]}" for key in added))
-    keys = set(old) - {k for k in old if k.split(".")[0] in RESUMABLE_DIFFERENCES}
-    return sorted(key for key in keys if old.get(key) != new.get(key))
-
-
-def _open_group(out_root: Path, stored_config: Dict[str, Any], resume: bool, command: Optional[List[str]],
-                group_id: str) -> str:
-    """The group id of the run in ``out_root``: the stored one when resuming, else a new manifest."""
-    manifest = _read_manifest(out_root)
-    comparable = json.loads(json.dumps(stored_config, default=str))
-    if manifest is not None:
-        if not resume:
-            raise ConfigError(f"--out {out_root} already holds run {manifest['group_id']}; add --resume to continue "
-                              "it, or choose another --out")
-        different = _configuration_differences(manifest["config"], comparable)
-        if different:
-            raise ConfigError(f"--resume with different settings than run {manifest['group_id']} in {out_root} "
-                              f"({', '.join(different)}); repeat the original command: "
-                              f"{' '.join(manifest.get('command') or [])}")
-        log.info("resuming run %s in %s", manifest["group_id"], out_root)
-        return manifest["group_id"]
-    atomic_write_text(json.dumps({"group_id": group_id, "config": comparable, "command": command,
-                                  "created_at": time.time()}, indent=2) + "\n", out_root / MANIFEST)
-    return group_id
+    progress: bool = True
+    resume: bool = False
+    stop: Optional[StopSignal] = None
+    command: Optional[List[str]] = None
 
 
 @dataclass
 class _Context:
-    config: RunConfig
-    data: DataBundle
-    eval_config: EvalConfig
+    run: PreparedRun
+    options: RunOptions
     store: Optional[Any]  # a ResultsStore, or per-cell record files for jobs (launch.RecordFiles)
     group_id: str
     out_root: Path
-    stored_config: Dict[str, Any]
-    origin: Dict[str, str]
-    source: str
-    resume: bool
-    progress: bool
-    stop: Optional[StopSignal]
     device: torch.device
+    source: str  # where the natural model came from
+    origin: Dict[str, str]
     probe: Optional[FeatureGapProbe]
     natural_gap: List[Dict[str, float]]
     dist: DistContext = SINGLE
     # The model the transfer attack crafts on (``--transfer-from``); None when it does not run.
     transfer_source: Optional[nn.Module] = None
 
+    # Shorthands for the fields of the run that nearly every step reads.
+    @property
+    def config(self) -> RunConfig:
+        return self.run.config
 
-def _cell_id(cell_dir: Path, selection: str = "last") -> str:
-    """The store's run id of a cell's row for ``selection``, fixed on first use so that a resumed
-    cell replaces its row (``cell.json`` keeps ``run_id`` for the last weights, ``run_id_best-val``
-    for the best validated epoch's)."""
-    path = cell_dir / "cell.json"
-    ids = json.loads(path.read_text()) if path.is_file() else {}
-    key = "run_id" if selection == "last" else f"run_id_{selection}"
-    if key not in ids:
-        ids[key] = uuid.uuid4().hex
-        atomic_write_text(json.dumps(ids) + "\n", path)
-    return ids[key]
+    @property
+    def data(self) -> DataBundle:
+        return self.run.data
+
+    @property
+    def eval_config(self) -> EvalConfig:
+        return self.run.eval_config
+
+    @property
+    def progress(self) -> bool:
+        return self.options.progress
+
+    @property
+    def stop(self) -> Optional[StopSignal]:
+        return self.options.stop
+
+    @property
+    def resume(self) -> bool:
+        return self.options.resume
+
+
+def _context(run: PreparedRun, options: RunOptions, natural: nn.Module, source: str, store: Any, group_id: str,
+             out_root: Path, device: torch.device, dist: DistContext = SINGLE) -> _Context:
+    """The context every cell of ``run`` is worked in, the same for local runs and grid jobs."""
+    probe, natural_gap = _feature_gap_probe(run, natural) if dist.is_main else (None, [])
+    return _Context(run=run, options=options, store=store, group_id=group_id, out_root=out_root, device=device,
+                    source=source, origin=provenance(device), probe=probe, natural_gap=natural_gap, dist=dist,
+                    transfer_source=_transfer_source(run, natural, device))
 
 
 def _evaluate(context: _Context, model: nn.Module, state_dir: Path):
@@ -183,11 +176,6 @@ class _Tuned:
     passes_per_image: Optional[Dict[str, float]] = None
 
 
-def cell_name(method: str, seed: int) -> str:
-    """The folder of a cell inside ``--out``."""
-    return NATURAL if method == NATURAL else f"{method}-seed{seed}"
-
-
 @dataclass
 class _Cell:
     """One (method, seed) of a run while it is worked on."""
@@ -209,17 +197,17 @@ def _run_cell(context: _Context, natural: nn.Module, method: str, seed: int, ste
     finished earlier is skipped; one stopped by a signal or a NaN is stored as interrupted/failed."""
     folder = context.out_root / cell_name(method, seed)
     label = f"[{step}/{total}] {method} seed {seed}"
-    finished_id = _finished_earlier(context, folder / "done.json", label)
+    finished_id = _finished_earlier(context, folder / DONE, label)
     if finished_id is not None:
         return finished_id
     dist = context.dist
     # Under torchrun every rank works on the cell; rank 0 alone writes its files and its row.
-    run_id = _cell_id(folder) if dist.is_main else ""
+    run_id = cell_id(folder) if dist.is_main else ""
     if not dist.is_main:
         folder.mkdir(parents=True, exist_ok=True)
     cell = _Cell(method=method, seed=seed, folder=folder, run_id=run_id, start=time.perf_counter(), label=label,
                  record=dict(group_id=context.group_id, method=method, dataset=context.data.name,
-                             arch=context.config.arch, seed=seed, norm=context.eval_config.norm,
+                             arch=context.config.arch, seed=seed, norm=context.run.threat.norm,
                              provenance=context.origin),
                  extra=_cell_extra(context, natural), feature_gap=list(context.natural_gap))
     try:
@@ -287,10 +275,10 @@ def _cell_model(context: _Context, cell: _Cell, natural: nn.Module) -> Tuple[nn.
         log.info("%s: fine-tuned earlier; evaluating", cell.label)
         return model.to(context.device), best_model  # .to() moves in place: best_model may be model itself
     log.info("%s: fine-tuning", cell.label)
-    tuned = fine_tune(cell.method, natural, data, config.train, eps=context.eval_config.eps,
-                      norm=context.eval_config.norm, seed=cell.seed, device=context.device, params=config.method_params.get(cell.method), out_dir=cell.folder,
-                      progress=context.progress, resume=context.resume, stop=context.stop, probe=context.probe,
-                      dist=context.dist)
+    tuned = fine_tune(cell.method, natural, data, config.train, eps=context.run.threat.eps,
+                      norm=context.run.threat.norm, seed=cell.seed, device=context.device,
+                      params=config.method_params.get(cell.method), out_dir=cell.folder, progress=context.progress,
+                      resume=context.resume, stop=context.stop, probe=context.probe, dist=context.dist)
     metadata = dict(method=cell.method, seed=cell.seed, method_version=tuned.method_version, params=tuned.params,
                     train_seconds=tuned.seconds, images_per_second=tuned.images_per_second,
                     feature_gap=tuned.feature_gap, history=tuned.history, validation=tuned.validation,
@@ -338,7 +326,8 @@ def _evaluate_cell(context: _Context, cell: _Cell, model: nn.Module,
         best_seconds = time.perf_counter() - evaluation_start
         cell.extra["best_val_checkpoint"] = str((cell.folder / BEST_VAL_CHECKPOINT).resolve())
     if context.dist.is_main:
-        rows.append(("best-val", best_result, best_seconds, cell.tuned.best_val_epoch, _cell_id(cell.folder, "best-val")))
+        rows.append(("best-val", best_result, best_seconds, cell.tuned.best_val_epoch,
+                     cell_id(cell.folder, "best-val")))
     return rows
 
 
@@ -346,8 +335,8 @@ def _store_stopped_cell(context: _Context, cell: _Cell, exc: Exception) -> None:
     """A row with no metrics for a cell stopped by a signal (interrupted) or a NaN (failed)."""
     status = "interrupted" if isinstance(exc, Interrupted) else "failed"
     n_eval = len(select_subset(len(context.data.test), context.eval_config.n_eval, context.eval_config.seed))
-    context.store.add(RunRecord(**cell.record, method_version=cell.tuned.version, eps=context.eval_config.eps,
-                                n_eval=n_eval, metrics={}, config={**context.stored_config, **cell.extra},
+    context.store.add(RunRecord(**cell.record, method_version=cell.tuned.version, eps=context.run.threat.eps,
+                                n_eval=n_eval, metrics={}, config={**context.run.stored_config, **cell.extra},
                                 flags=[str(exc)], wall_seconds=time.perf_counter() - cell.start, status=status),
                       run_id=cell.run_id)
 
@@ -357,7 +346,7 @@ def _store_cell(context: _Context, cell: _Cell, evaluations: List[Tuple[str, Any
     overfitting = catastrophic_overfitting(cell.tuned.validation)
     tuned = cell.tuned
     best_checkpoint = cell.extra.pop("best_val_checkpoint", None)
-    config = {**context.stored_config, **cell.extra}
+    config = {**context.run.stored_config, **cell.extra}
     done_payload: Dict[str, Any] = {"run_id": cell.run_id, "accuracy": evaluations[0][1].accuracy}
     for selection, evaluated, seconds, epoch, row_id in evaluations:
         if selection == "best-val" and best_checkpoint is not None:
@@ -379,7 +368,7 @@ def _store_cell(context: _Context, cell: _Cell, evaluations: List[Tuple[str, Any
             done_payload[f"run_id_{selection}"] = row_id
     if overfitting:
         log.warning("%s seed %d: %s", cell.method, cell.seed, overfitting)
-    atomic_write_text(json.dumps(done_payload) + "\n", cell.folder / "done.json")
+    atomic_write_text(json.dumps(done_payload) + "\n", cell.folder / DONE)
 
 
 def run(config: RunConfig, progress: bool = True, resume: bool = False, stop: Optional[StopSignal] = None,
@@ -387,73 +376,71 @@ def run(config: RunConfig, progress: bool = True, resume: bool = False, stop: Op
     """Run the whole AFT protocol described by ``config`` and store every result.
 
     Everything the user can get wrong is checked before anything is written. ``resume`` continues
-    the run found in ``config.out`` (see the module docstring); ``stop`` turns SIGINT/SIGTERM into
-    a clean :class:`Interrupted` after the current batch, with the state saved.
+    the run found in ``config.out`` (see runfolder.py); ``stop`` turns SIGINT/SIGTERM into a clean
+    :class:`Interrupted` after the current batch, with the state saved.
     """
     start = time.perf_counter()
     if resume and not config.out:
         raise ConfigError("--resume needs the --out folder of the run to continue")
+    options = RunOptions(progress=progress, resume=resume, stop=stop, command=command)
     device = resolve_device(config.device)
     dist, device = distributed.initialize(device)
     try:
-        data, eval_config = prepare_run(config)
+        prepared = prepare_run(config)
         check_writable(config.db, "--db", folder=False)
         group_id = distributed.gather_objects(new_group_id(), dist)[0]
         out_root = Path(config.out) if config.out else Path(config.db).parent / group_id
         check_writable(out_root, "--out", folder=True)
-        manifest = _read_manifest(out_root) if dist.is_main else None
+        manifest = read_manifest(out_root) if dist.is_main else None
         if manifest is not None and not resume:
             raise ConfigError(f"--out {out_root} already holds run {manifest['group_id']}; add --resume to continue "
                               "it, or choose another --out")
         barrier(dist)  # rank 0 has checked the folder before anyone writes to it
         try:
-            return _run_in(out_root, config, data, eval_config, device, group_id, progress, resume, stop, command,
-                           start, dist)
+            summary = _run_in(prepared, options, out_root, device, group_id, dist)
         except Interrupted as exc:
             if (out_root / MANIFEST).is_file():
                 exc.state_dir = str(out_root)
             raise
     finally:
         distributed.shutdown()
+    summary.seconds = time.perf_counter() - start
+    return summary
 
 
-def _check_methods_fit(config: RunConfig, data: DataBundle) -> None:
+def _check_methods_fit(run: PreparedRun) -> None:
     """Refuse, before any pre-training, a method that cannot fine-tune the run's architecture."""
-    shape_only = build_model(config.arch, data.num_classes, data.input_shape[0], data.mean, data.std,
+    data = run.data
+    shape_only = build_model(run.config.arch, data.num_classes, data.input_shape[0], data.mean, data.std,
                              data.input_shape)
-    for method in config.methods:
-        check_method_fits(method, shape_only, config.arch)
+    for method in run.config.methods:
+        check_method_fits(method, shape_only, run.config.arch)
 
 
-def _run_in(out_root: Path, config: RunConfig, data: DataBundle, eval_config: EvalConfig, device: torch.device,
-            group_id: str, progress: bool, resume: bool, stop: Optional[StopSignal], command: Optional[List[str]],
-            start: float, dist: DistContext) -> RunSummary:
-    _check_methods_fit(config, data)
+def _run_in(run: PreparedRun, options: RunOptions, out_root: Path, device: torch.device, group_id: str,
+            dist: DistContext) -> RunSummary:
+    config = run.config
+    _check_methods_fit(run)
     if not dist.is_main:
         barrier(dist)  # rank 0 pre-trains (or loads) the natural model first; the others load its cache
-    natural, info = _natural_model(config, data, device, progress and dist.is_main, stop)
+    natural, info = _natural_model(run, device, options.progress and dist.is_main, options.stop)
     if dist.is_main:
         barrier(dist)
     with RunLock(out_root) if dist.is_main else contextlib.nullcontext():
-        stored_config = _stored_config(config, eval_config)
         if dist.is_main:
-            group_id = _open_group(out_root, stored_config, resume, command, group_id)
+            group_id = open_group(out_root, run.stored_config, options.resume, options.command, group_id)
             atomic_write_text(dump_run_config(config, f"run {group_id}: load with bench run --config"),
                               out_root / CONFIG_FILE)
         store = ResultsStore(config.db) if dist.is_main else None
-        cells = [(NATURAL, config.pretrained_seed)] + [(m, s) for m in config.methods for s in config.seeds]
+        cells = run.cells
         if dist.enabled:
             log.info("torchrun: %d processes, global batch %d (%d per process)%s", dist.world_size,
                      config.train.batch_size, config.train.batch_size // dist.world_size,
                      ", synchronised BatchNorm" if config.train.sync_bn else ", BatchNorm statistics per process")
-        log.info("run %s: %s on %s/%s, eps %.4g, %d model(s) to evaluate, results in %s, state in %s", group_id,
-                 ",".join(config.methods), data.name, config.arch, eval_config.eps, len(cells), config.db, out_root)
-        probe, natural_gap = _feature_gap_probe(config, data, eval_config, natural) if dist.is_main else (None, [])
-        context = _Context(config=config, data=data, eval_config=eval_config, store=store, group_id=group_id,
-                           out_root=out_root, stored_config=stored_config, origin=provenance(device),
-                           source=info["source"], resume=resume, progress=progress, stop=stop,
-                           device=device, probe=probe, natural_gap=natural_gap, dist=dist,
-                           transfer_source=_transfer_source(config, eval_config, data, natural, device))
+        log.info("run %s: %s on %s/%s, %s, %d model(s) to evaluate, results in %s, state in %s", group_id,
+                 ",".join(config.methods), run.data.name, config.arch, run.threat.describe(), len(cells), config.db,
+                 out_root)
+        context = _context(run, options, natural, info["source"], store, group_id, out_root, device, dist)
         run_ids, diverged = [], []
         for step, (method, seed) in enumerate(cells, start=1):
             try:
@@ -464,79 +451,63 @@ def _run_in(out_root: Path, config: RunConfig, data: DataBundle, eval_config: Ev
                 log.error("[%d/%d] %s seed %d diverged: %s; going on with the other cells", step, len(cells),
                           method, seed, exc)
                 diverged.append(f"{method} seed {seed}: {exc}")
-    return RunSummary(group_id=group_id, db=config.db, out=str(out_root), run_ids=run_ids,
-                      seconds=time.perf_counter() - start, rank=dist.rank, diverged=diverged)
+    return RunSummary(group_id=group_id, db=config.db, out=str(out_root), run_ids=run_ids, seconds=0.0,
+                      rank=dist.rank, diverged=diverged)
 
 
-def _natural_model(config: RunConfig, data: DataBundle, device: torch.device, progress: bool,
+def _natural_model(run: PreparedRun, device: torch.device, progress: bool,
                    stop: Optional[StopSignal]) -> Tuple[nn.Module, Dict[str, Any]]:
     """The run's starting point: ``--pretrained`` (``auto``: the cached natural model, pre-trained by the
     dataset's recipe and ``--natural-*`` when missing)."""
-    recipe = recipe_with(default_recipe(data), **config.natural)
-    return resolve(config.pretrained, data, config.arch, seed=config.pretrained_seed, device=device,
-                   recipe=recipe, progress=progress, stop=stop)
+    config = run.config
+    return resolve(config.pretrained, run.data, config.arch, seed=config.pretrained_seed, device=device,
+                   recipe=run.natural_recipe, progress=progress, stop=stop)
 
 
-def _stored_config(config: RunConfig, eval_config: EvalConfig) -> Dict[str, Any]:
-    return {**config.to_dict(), "eval": dataclasses.asdict(eval_config)}
-
-
-def _feature_gap_probe(config: RunConfig, data: DataBundle, eval_config: EvalConfig,
-                       natural: nn.Module) -> Tuple[Optional[FeatureGapProbe], List[Dict[str, float]]]:
+def _feature_gap_probe(run: PreparedRun, natural: nn.Module) -> Tuple[Optional[FeatureGapProbe],
+                                                                        List[Dict[str, float]]]:
     """The per-epoch feature-gap probe (``--feature-gap-probe N`` training images) and the natural
     model's gap on it (epoch 0); (None, []) when the probe is off."""
-    if config.train.feature_gap_probe <= 0:
+    size = run.config.train.feature_gap_probe
+    if size <= 0:
         return None, []
-    probe = FeatureGapProbe(data.train, config.train.feature_gap_probe, eval_config.eps, eval_config.norm)
+    probe = FeatureGapProbe(run.data.train, size, run.threat.eps, run.threat.norm)
     natural_gap = [{"epoch": 0, **probe.measure(natural)}]
     log.info("feature gap of the natural model on %d probe images: L2 %.4f, 1-cos %.4f (%.1f s)", len(probe),
              natural_gap[0]["l2"], natural_gap[0]["cosine"], natural_gap[0]["seconds"])
     return probe, natural_gap
 
 
-def _transfer_source(config: RunConfig, eval_config: EvalConfig, data: DataBundle, natural: nn.Module,
-                     device: torch.device) -> Optional[nn.Module]:
-    if not any(ATTACKS.get(name).needs_source for name in eval_config.attacks):
+def _transfer_source(run: PreparedRun, natural: nn.Module, device: torch.device) -> Optional[nn.Module]:
+    if not any(ATTACKS.get(name).needs_source for name in run.eval_config.attacks):
         return None
-    return transfer_source(eval_config.transfer_from, data, config.arch, device, natural=natural)
+    return transfer_source(run.eval_config.transfer_from, run.data, run.config.arch, device, natural=natural)
 
 
-def prepare_run(config: RunConfig) -> tuple:
-    """The dataset and the evaluation settings of ``config``, checked (shared by the launchers)."""
+def prepare_run(config: RunConfig) -> PreparedRun:
+    """The dataset, the resolved threat model and the evaluation settings of ``config``, checked
+    (shared by local runs and the launchers)."""
     data = load_dataset(config.dataset, data_dir=config.data_dir, download=config.download)
-    eval_config = dataclasses.replace(config.eval, eps=default_eps(data, config.eval.norm)
-                                      if config.eval.eps is None else config.eval.eps)
+    threat = config.threat.resolved(default_eps(data, config.threat.norm))
+    eval_config = config.eval_config(threat)
     if any(ATTACKS.get(name).needs_source for name in eval_config.attacks) and eval_config.transfer_from is None:
         eval_config = dataclasses.replace(eval_config, transfer_from="natural")
     select_subset(len(data.test), eval_config.n_eval, eval_config.seed)
-    return data, eval_config
-
-
-def open_run_folder(config: RunConfig, out_root: Path, eval_config: EvalConfig, resume: bool,
-                    command: Optional[List[str]]) -> str:
-    """Create (or, with ``resume``, reopen) the run folder's manifest; returns the run's group id."""
-    check_writable(config.db, "--db", folder=False)
-    check_writable(out_root, "--out", folder=True)
-    return _open_group(out_root, _stored_config(config, eval_config), resume, command, new_group_id())
+    return PreparedRun(config=config, data=data, threat=threat, eval_config=eval_config)
 
 
 def run_one_cell(config: RunConfig, out_root: Path, method: str, seed: int, sink: Any, progress: bool = False,
                  stop: Optional[StopSignal] = None) -> str:
     """Run one (method, seed) cell of the run in ``out_root`` in this process, continuing whatever
     the cell left on disk, and hand its record to ``sink`` (what a Slurm job of the grid does)."""
-    manifest = _read_manifest(out_root)
+    manifest = read_manifest(out_root)
     if manifest is None:
         raise ConfigError(f"{out_root} holds no {MANIFEST}; it is not the folder of a submitted run")
     device = resolve_device(config.device)
-    data, eval_config = prepare_run(config)
-    natural, info = _natural_model(config, data, device, progress, stop)
-    probe, natural_gap = _feature_gap_probe(config, data, eval_config, natural)
-    context = _Context(config=config, data=data, eval_config=eval_config, store=sink, group_id=manifest["group_id"],
-                       out_root=out_root, stored_config=_stored_config(config, eval_config), origin=provenance(device),
-                       source=info["source"],
-                       resume=True, progress=progress, stop=stop, device=device, probe=probe,
-                       natural_gap=natural_gap, transfer_source=_transfer_source(config, eval_config, data, natural,
-                                                                                 device))
+    prepared = prepare_run(config)
+    options = RunOptions(progress=progress, resume=True, stop=stop)
+    natural, info = _natural_model(prepared, device, progress, stop)
+    context = _context(prepared, options, natural, info["source"], sink, manifest["group_id"], out_root, device)
     with RunLock(out_root / cell_name(method, seed)):
         return _run_cell(context, natural, method, seed, 1, 1)
 

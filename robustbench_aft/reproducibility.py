@@ -51,7 +51,7 @@ def git_commit() -> str:
 
 def provenance(device: torch.device) -> Dict[str, str]:
     """What a result needs to be traced back: versions, commit, device."""
-    from . import __version__
+    from ._version import __version__
 
     return {
         "package_version": __version__,

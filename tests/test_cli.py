@@ -124,7 +124,7 @@ def test_config_file_options_sections_and_command_line_precedence(capsys, tmp_pa
     assert printed["methods"] == ["afd", "trades"] and printed["seeds"] == [0, 2]
     assert printed["train"]["epochs"] == 4  # the command line beats the file's 3
     assert printed["train"]["momentum"] == 0.8 and printed["train"]["weight_decay"] == 0.0
-    assert printed["eval"]["eps"] == pytest.approx(8 / 255)
+    assert printed["threat"]["eps"] == pytest.approx(8 / 255) and printed["threat"]["eps_text"] == "8/255"
     assert printed["eval"]["attack_options"] == {"pgd": {"steps": 5}}
     assert printed["set"] == {"afd": {"alpha": 0.2}, "trades": {"beta": 3.0}}
     again = tmp_path / "printed.yaml"

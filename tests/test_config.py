@@ -19,7 +19,8 @@ def test_cli_values_beat_the_preset_and_none_means_not_given():
     config = build_run_config(["afd"], train_overrides={"epochs": 3, "lr": None},
                               eval_overrides={"eps": 0.1, "attacks": None}, seeds=[0, 1], db=None)
     assert config.train.epochs == 3 and config.train.lr == PRESETS["quick"]["train"]["lr"]
-    assert config.eval.eps == 0.1 and config.eval.attacks == PRESETS["quick"]["eval"]["attacks"]
+    assert config.threat.eps == 0.1 and config.eval.attacks == PRESETS["quick"]["eval"]["attacks"]
+    assert config.eval.eps is None  # the evaluator gets the threat model once it is resolved (prepare_run)
     assert config.seeds == [0, 1] and config.db == "runs/results.db"
 
 
@@ -33,7 +34,7 @@ def test_set_options_are_typed_and_checked():
         "afd": {"alpha": 0.1}, "trades": {"attack_steps": 5}, "mart": {"beta": 4.0}}
     with pytest.raises(ConfigError, match="Did you mean 'alpha'"):
         parse_set_options(["afd.alpah=0.1"])
-    with pytest.raises(ConfigError, match="expected a value of type"):
+    with pytest.raises(ConfigError, match="attack_steps=ten: expected an integer"):  # types in words
         parse_set_options(["afd.attack_steps=ten"])
     with pytest.raises(ConfigError, match="METHOD.PARAM=VALUE"):
         parse_set_options(["alpha=0.1"])

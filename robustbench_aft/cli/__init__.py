@@ -22,7 +22,7 @@ SUBCOMMANDS = (listing, pretrain, evaluate, run, collect, leaderboard, dump, loa
 
 def build_parser() -> argparse.ArgumentParser:
     parser = BenchArgumentParser(prog="bench", description="Benchmark adversarial fine-tuning of pre-trained classifiers.")
-    from .. import __version__
+    from .._version import __version__
 
     parser.add_argument("--version", action="version", version=f"robustbench-aft {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=BenchArgumentParser)
@@ -32,29 +32,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _with_config_file(parser: argparse.ArgumentParser, args: argparse.Namespace,
-                      argv: Optional[List[str]]) -> argparse.Namespace:
-    """Parse again with the --config file's values as the defaults of `bench run`'s options."""
-    from ..config_file import file_defaults, load_config_file
-
-    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    run_parser = commands.choices["run"]
-    defaults, sections = file_defaults(run_parser, load_config_file(args.config), args.config)
-    run_parser.set_defaults(**defaults)
-    reparsed = parser.parse_args(argv)
-    reparsed.config_sections = sections
-    return reparsed
-
-
 def main(argv: Optional[List[str]] = None) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
-        if getattr(args, "config", None):
-            args = _with_config_file(parser, args, argv)
         args.argv = list(argv) if argv is not None else sys.argv[1:]
         input_options = [getattr(args, name, None) for name in ("image_size", "mean", "std")]
-        if any(v is not None for v in input_options) and getattr(args, "dataset", None):
+        # `bench run` folds them into its configuration itself (they may come from its --config file).
+        if any(v is not None for v in input_options) and getattr(args, "dataset", None) and args.command != "run":
             from ..data import with_input_options
 
             args.dataset = with_input_options(args.dataset, *input_options)

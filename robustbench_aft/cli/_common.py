@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import List, Optional
 
 from ..errors import ConfigError, not_a_file_reason
+from ..parsing import positive_int
 
 
 class BenchArgumentParser(argparse.ArgumentParser):
@@ -16,26 +17,6 @@ class BenchArgumentParser(argparse.ArgumentParser):
 
     def error(self, message: str) -> None:  # type: ignore[override]
         raise ConfigError(f"{self.prog}: {message}")
-
-
-def _number_type(kind: type, positive: bool, description: str):
-    """An argparse ``type``: ``kind`` (int or float) that is finite and > 0 (``positive``) or >= 0."""
-    def parse(text: str):
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected {description}, got {text!r}") from None
-        if not (value > 0 if positive else value >= 0) or value == float("inf"):
-            raise argparse.ArgumentTypeError(f"expected {description}, got {text!r}")
-        return value
-
-    return parse
-
-
-positive_int = _number_type(int, True, "a positive integer")
-non_negative_int = _number_type(int, False, "an integer >= 0")
-positive_float = _number_type(float, True, "a positive number")
-non_negative_float = _number_type(float, False, "a number >= 0")
 
 
 def add_data_arguments(parser: argparse.ArgumentParser) -> None:
@@ -107,31 +88,12 @@ def setup_logging(quiet: bool) -> None:
                         stream=sys.stderr)
 
 
-def canonical_arch(name: str, kwargs_text: Optional[str] = None) -> str:
-    from ..models import canonical_arch
-    from ..models.external import canonical_external, is_external, parse_kwargs
-
-    if kwargs_text and not is_external(name):
-        raise ConfigError(f"--arch-kwargs is for external architectures (timm:, torchvision:, py:), not {name}")
-    return canonical_external(name, parse_kwargs(kwargs_text)) if is_external(name) else canonical_arch(name)
-
-
 def selection(value: str) -> str:
     from ..validation import SELECTIONS
 
     if value not in SELECTIONS:
         raise ConfigError(f"--select must be one of {', '.join(SELECTIONS)}, got {value!r}")
     return value
-
-
-def parse_seeds(text: str) -> List[int]:
-    try:
-        seeds = [int(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        raise ConfigError(f"--seeds expects comma-separated integers such as 0,1,2, got {text!r}") from None
-    if not seeds or any(seed < 0 for seed in seeds):
-        raise ConfigError(f"--seeds expects comma-separated integers >= 0 such as 0,1,2, got {text!r}")
-    return seeds
 
 
 def report_collect(report, db: str, out: str, argv: Optional[List[str]], fmt: str, show_leaderboard) -> int:

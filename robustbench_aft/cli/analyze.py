@@ -5,8 +5,8 @@ import argparse
 from pathlib import Path
 
 from ..config import DEFAULT_DB
-from ._common import (ARCH_KWARGS_HELP, MEAN_HELP, STD_HELP, BenchArgumentParser, canonical_arch, existing_store,
-                      output_folder, positive_int)
+from ..parsing import parse_arch, positive_int
+from ._common import ARCH_KWARGS_HELP, MEAN_HELP, STD_HELP, BenchArgumentParser, existing_store, output_folder
 
 
 def add_to(commands: argparse._SubParsersAction) -> None:
@@ -106,7 +106,7 @@ def cmd_analyze_eps_curve(args: argparse.Namespace) -> int:
         models = {method: [load_checkpoint(path, data, arch)[0].to(device) for path, _, _ in entries]
                   for method, entries in sources.items()}
     else:
-        arch = canonical_arch(args.arch, args.arch_kwargs)
+        arch = parse_arch(args.arch, args.arch_kwargs)
         data = load_dataset(args.dataset, data_dir=args.data_dir)
         model, info = resolve(args.checkpoint, data, arch, seed=0, device=device, progress=not args.quiet)
         models = {Path(info["source"]).stem: [model]}

@@ -4,7 +4,8 @@ from __future__ import annotations
 import argparse
 
 from ..config import DEFAULT_DB
-from ._common import existing_store, non_negative_float
+from ..parsing import non_negative_float
+from ._common import existing_store
 
 
 def add_to(commands: argparse._SubParsersAction) -> None:

@@ -25,7 +25,7 @@ def add_to(commands: argparse._SubParsersAction) -> None:
 
 def cmd_compare(args: argparse.Namespace) -> int:
     from ..compare import compare_methods
-    from ..evaluate import parse_eps
+    from ..parsing import parse_eps
     from ..leaderboard import format_table
 
     comparison = compare_methods(existing_store(args.db), args.first, args.second, metric=args.metric,

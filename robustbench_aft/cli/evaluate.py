@@ -8,8 +8,8 @@ from pathlib import Path
 from ..attacks import NORMS
 from ..errors import ConfigError
 from ..registry import FORMATS
-from ._common import (ARCH_KWARGS_HELP, add_data_arguments, add_precision_arguments, canonical_arch, human,
-                      non_negative_int, positive_int)
+from ..parsing import non_negative_int, parse_arch, positive_int
+from ._common import ARCH_KWARGS_HELP, add_data_arguments, add_precision_arguments, human
 
 
 def add_to(commands: argparse._SubParsersAction) -> None:
@@ -39,14 +39,15 @@ def add_to(commands: argparse._SubParsersAction) -> None:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from ..data import load_dataset
-    from ..evaluate import EvalConfig, evaluate, parse_attacks, parse_eps
+    from ..evaluate import EvalConfig, evaluate
+    from ..parsing import parse_attacks, parse_eps
     from ..leaderboard import format_table
     from ..pretrained import resolve, transfer_source
     from ..registry import ATTACKS
     from ..devices import resolve_device
     from ..files import atomic_write_text
 
-    arch = canonical_arch(args.arch, args.arch_kwargs)
+    arch = parse_arch(args.arch, args.arch_kwargs)
     attacks = parse_attacks(args.attacks)
     eps = parse_eps(args.eps, args.norm) if args.eps is not None else None
     output = Path(args.output) if args.output else None

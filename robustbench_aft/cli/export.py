@@ -6,7 +6,8 @@ from pathlib import Path
 
 from ..config import DEFAULT_DB
 from ..errors import ConfigError
-from ._common import existing_store, non_negative_int
+from ..parsing import non_negative_int
+from ._common import existing_store
 
 
 def add_to(commands: argparse._SubParsersAction) -> None:

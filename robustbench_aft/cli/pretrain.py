@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import argparse
 
-from ._common import (ARCH_KWARGS_HELP, add_data_arguments, canonical_arch, non_negative_int, positive_float,
-                      positive_int)
+from ..parsing import non_negative_int, parse_arch, positive_float, positive_int
+from ._common import ARCH_KWARGS_HELP, add_data_arguments
 
 
 def add_to(commands: argparse._SubParsersAction) -> None:
@@ -29,7 +29,7 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     from ..reproducibility import provenance
     from dataclasses import asdict
 
-    arch = canonical_arch(args.arch, args.arch_kwargs)
+    arch = parse_arch(args.arch, args.arch_kwargs)
     device = resolve_device(args.device)
     data = load_dataset(args.dataset, data_dir=args.data_dir, download=args.download)
     recipe = recipe_with(default_recipe(data), epochs=args.epochs, batch_size=args.batch_size, lr=args.lr)

@@ -2,155 +2,105 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 from pathlib import Path
 from typing import List
 
-from ..attacks import NORMS
-from ..config import DEFAULT_DB
+from ..config import LAUNCHERS
 from ..errors import ConfigError
+from ..parsing import non_negative_float, non_negative_int, on_off, positive_float, positive_int
 from ..registry import FORMATS
-from ._common import (ARCH_KWARGS_HELP, COLUMNS_HELP, add_data_arguments, add_precision_arguments, canonical_arch,
-                      human, non_negative_float, non_negative_int, parse_seeds, positive_float, positive_int,
-                      report_collect, resume_command)
+from ._common import COLUMNS_HELP, human, report_collect, resume_command
+
+
+# Options of this command that are not part of the run's configuration: how it runs and prints.
+# A --config file may set them too (the command line wins).
+COMMAND_OPTIONS = ("launcher", "slurm_partition", "slurm_gpus_per_job", "slurm_time", "slurm_array_parallelism",
+                   "format", "rank_by", "columns", "resume", "quiet")
 
 
 def add_to(commands: argparse._SubParsersAction) -> None:
+    from ..config import OPTIONS
+
     run = commands.add_parser("run", help="fine-tune with each method and seed, evaluate, store, print the leaderboard")
-    add_data_arguments(run)
     run.add_argument("--config", default=None, metavar="FILE.yaml",
-                     help="read options from a YAML file (option names as keys, plus set/train/eval sections); "
-                          "options given on the command line win")
+                     help="read options from a YAML file (option names as keys, plus set/train/eval/threat "
+                          "sections); options given on the command line win")
     run.add_argument("--print-config", action="store_true",
                      help="print the resolved configuration as YAML (loadable with --config) and exit")
-    run.add_argument("--methods", default=None,
-                     help="comma-separated methods, e.g. ours,trades, or all (see `bench list methods`); required")
-    run.add_argument("--arch", default=None, help="architecture (default: the preset's, else smallcnn)")
-    run.add_argument("--arch-kwargs", default=None, metavar="K=V,...", help=ARCH_KWARGS_HELP)
-    run.add_argument("--preset", default=None, help="quick (the digits default), paper (the default elsewhere), ci or cpu-cifar10")
-    run.add_argument("--pretrained", default="auto", help="natural model: auto (cache or pre-train), a path, robustbench:NAME")
-    run.add_argument("--seeds", default="0", help="comma-separated fine-tuning seeds (default: 0)")
-    run.add_argument("--epochs", type=positive_int, default=None, help="fine-tuning epochs (default: the preset's)")
-    run.add_argument("--batch-size", type=positive_int, default=None, help="fine-tuning batch size")
-    run.add_argument("--lr", type=positive_float, default=None, help="base learning rate")
-    run.add_argument("--natural-epochs", type=positive_int, default=None,
-                     help="epochs of the natural pre-training when --pretrained auto has to pre-train (default: the "
-                          "preset's, else 30 on digits and 100 elsewhere); part of the cache key")
-    run.add_argument("--train-subset", type=positive_int, default=None,
-                     help="fine-tune on a seeded subset of this many training images")
-    run.add_argument("--val-size", type=non_negative_int, default=None,
-                     help="training images held out for validation, clean + PGD-10 after every epoch (default: 200 "
-                          "on digits, 500 elsewhere; taken outside --train-subset; 0: no validation)")
-    run.add_argument("--select", default=None,
-                     help="weights to evaluate: last (default, what the papers report) or best-val (the epoch with "
-                          "the highest validation PGD accuracy; the last weights are evaluated and stored too)")
-    run.add_argument("--attacks", default=None, help="evaluation attacks (default: the preset's)")
-    run.add_argument("--eps", default=None, help="budget, e.g. 8/255 or 0.5 in L2 (default: the dataset's for the norm)")
-    run.add_argument("--norm", default=None, choices=NORMS,
-                     help="threat model of the training attacks and the evaluation (default: Linf)")
-    run.add_argument("--transfer-from", default=None, metavar="natural|PATH",
-                     help="source model of the transfer attack (default: the run's natural model)")
-    run.add_argument("--n-eval", type=positive_int, default=None, help="size of the seeded test subset")
-    run.add_argument("--set", action="append", default=[], metavar="METHOD.PARAM=VALUE",
-                     help="override a method parameter, e.g. --set afd.alpha=0.1 (repeatable)")
-    run.add_argument("--db", default=DEFAULT_DB, help=f"results store (default: {DEFAULT_DB})")
-    run.add_argument("--out", default=None,
-                     help="folder for checkpoints and per-sample results (default: next to the store, per run)")
-    run.add_argument("--resume", action="store_true",
+    # Every configuration option defaults to None ("not given"), so that RunConfig.from_cli alone
+    # decides what a missing value means (the preset's, the file's, the dataset's).
+    for option in OPTIONS.values():
+        flag = "--" + option.name.replace("_", "-")
+        if option.switch:
+            run.add_argument(flag, action="store_true", default=None, help=option.help)
+        elif option.name == "set":
+            run.add_argument(flag, action="append", default=None, metavar=option.metavar, help=option.help)
+        else:
+            number_like = option.parse in (positive_int, non_negative_int, positive_float, non_negative_float, on_off)
+            run.add_argument(flag, default=None, type=option.parse if number_like else None, choices=option.choices,
+                             metavar=option.metavar, help=option.help)
+    run.add_argument("--quiet", action="store_true", default=None, help="no progress bars or log lines")
+    run.add_argument("--resume", action="store_true", default=None,
                      help="continue the run in --out: skip finished cells, continue the others where they stopped")
-    run.add_argument("--eval-batch-size", type=positive_int, default=None, help="evaluation batch size (default: 256)")
-    _add_launch_and_speed_options(run)
-    add_precision_arguments(run, "fine-tuning, clean, PGD and CW")
-    _add_train_config_options(run)
-    run.add_argument("--format", default="md", choices=FORMATS.names(), help="format of the printed leaderboard")
+    _add_launch_options(run)
+    run.add_argument("--format", default=None, choices=FORMATS.names(), help="format of the printed leaderboard")
     run.add_argument("--rank-by", default=None, help="metric of the rank column (default: worst, else aa, else pgd)")
     run.add_argument("--columns", default=None, help=COLUMNS_HELP)
-    run.set_defaults(handler=cmd_run)
+    run.set_defaults(handler=cmd_run, command_parser=run)
 
 
-def _add_launch_and_speed_options(run: argparse.ArgumentParser) -> None:
-    """Where the cells run (this process, Slurm jobs) and how fast (memory format, compile, SyncBN)."""
-    run.add_argument("--launcher", default="local", choices=("local", "slurm", "submitit-local"),
+def _add_launch_options(run: argparse.ArgumentParser) -> None:
+    """Where the cells run: this process, or Slurm jobs."""
+    run.add_argument("--launcher", default=None, choices=LAUNCHERS,
                      help="local: every cell in this process (default); slurm: one Slurm job per (method, seed) cell "
                           "through submitit; submitit-local: the same jobs as local processes")
     run.add_argument("--slurm-partition", default=None, help="Slurm partition of the jobs")
-    run.add_argument("--slurm-gpus-per-job", type=non_negative_int, default=1, help="GPUs per job (default: 1)")
-    run.add_argument("--slurm-time", type=positive_int, default=240, help="time limit per job in minutes (default: 240)")
-    run.add_argument("--slurm-array-parallelism", type=positive_int, default=32,
+    run.add_argument("--slurm-gpus-per-job", type=non_negative_int, default=None, help="GPUs per job (default: 1)")
+    run.add_argument("--slurm-time", type=positive_int, default=None,
+                     help="time limit per job in minutes (default: 240)")
+    run.add_argument("--slurm-array-parallelism", type=positive_int, default=None,
                      help="at most this many jobs of the grid at once (default: 32)")
-    run.add_argument("--channels-last", default=None, choices=("auto", "on", "off"),
-                     help="fine-tune in channels_last memory format (default auto: on CUDA and on CPUs with oneDNN)")
-    run.add_argument("--compile", action="store_true",
-                     help="fine-tune with the networks compiled by torch.compile (off by default: the compilation "
-                          "costs tens of seconds and did not pay on CPU; see benchmarks/RESULTS.md)")
-    run.add_argument("--sync-bn", action="store_true",
-                     help="under torchrun: BatchNorm statistics of the global batch (default: per process, like "
-                          "the AFD official code's DataParallel)")
 
 
-def _train_config_flags():
-    """The TrainConfig fields that are `bench run` options by their ``flag`` metadata."""
-    import dataclasses
-
-    from ..config import TrainConfig
-
-    return [f for f in dataclasses.fields(TrainConfig) if "flag" in f.metadata]
+COMMAND_DEFAULTS = {"launcher": "local", "slurm_gpus_per_job": 1, "slurm_time": 240, "slurm_array_parallelism": 32,
+                    "format": "md", "resume": False, "quiet": False}
 
 
-def _on_off(text: str) -> bool:
-    lowered = text.strip().lower()
-    if lowered not in ("on", "off"):
-        raise argparse.ArgumentTypeError(f"expected on or off, got {text!r}")
-    return lowered == "on"
+def _command_options(args: argparse.Namespace, content: dict, path: str) -> dict:
+    """Move the file's command options (launcher, format, …) out of ``content`` into ``args`` where
+    the command line did not give them, and fill the rest with their defaults."""
+    from ..config import _parse_option, Option
 
-
-def _add_train_config_options(parser: argparse.ArgumentParser) -> None:
-    """``--momentum``, ``--weight-decay``, ``--ema``, ... from the TrainConfig fields marked ``flag``:
-    the option's name, type, range and help come from the field."""
-    for spec in _train_config_flags():
-        if "bool" in str(spec.type):
-            kind = _on_off
-        elif "float" in str(spec.type):
-            kind = non_negative_float if spec.metadata.get("valid") == "non-negative" else float
-        else:
-            kind = non_negative_int if spec.metadata.get("valid") == "non-negative" else int
-        parser.add_argument("--" + spec.name.replace("_", "-"), type=kind, default=None, help=spec.metadata["flag"])
-
-
+    parser_actions = {a.dest: a for a in args.command_parser._actions}
+    for key in list(content):
+        name = str(key).replace("-", "_")
+        if name not in COMMAND_OPTIONS:
+            continue
+        value = content.pop(key)
+        if getattr(args, name) is None and value is not None:
+            action = parser_actions[name]
+            option = Option(name, "", action.type, tuple(action.choices) if action.choices else None,
+                            action.nargs == 0)
+            setattr(args, name, _parse_option(option, value, f"--config {path}: "))
+    for name, default in COMMAND_DEFAULTS.items():
+        if getattr(args, name) is None:
+            setattr(args, name, default)
+    return content
 
 
 def _run_config(args: argparse.Namespace):
-    """The RunConfig of the command line (and --config file): the flags given over the preset."""
-    from ..config import build_run_config, parse_set_options
-    from ..evaluate import parse_attacks, parse_eps
+    """The RunConfig of the command line over its --config file."""
+    from ..config import RunConfig
+    from ..config_file import load_config_file
 
-    if args.methods is None:
-        raise ConfigError("the following arguments are required: --methods (or methods: in the --config file)")
-    sections = getattr(args, "config_sections", {"train": {}, "eval": {}})
-    train_flags = {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
-                   "train_subset": args.train_subset, "val_size": args.val_size, "select": args.select,
-                   "precision": args.precision,
-                   "sync_bn": True if args.sync_bn else None, "channels_last": args.channels_last,
-                   "compile": True if args.compile else None,
-                   **{spec.name: getattr(args, spec.name) for spec in _train_config_flags()}}
-    eval_flags = {"attacks": parse_attacks(args.attacks) if args.attacks else None,
-                  "eps": parse_eps(args.eps, args.norm or "Linf") if args.eps is not None else None,
-                  "norm": args.norm, "n_eval": args.n_eval, "eps_text": args.eps,
-                  "transfer_from": args.transfer_from,
-                  "batch_size": args.eval_batch_size, "precision": args.precision,
-                  "aa_precision": args.aa_precision}
-    config = build_run_config(
-        [m.strip() for m in args.methods.split(",") if m.strip()], dataset=args.dataset,
-        arch=canonical_arch(args.arch, args.arch_kwargs) if args.arch else None, preset=args.preset,
-        train_overrides={**sections["train"], **{k: v for k, v in train_flags.items() if v is not None}},
-        eval_overrides={**sections["eval"], **{k: v for k, v in eval_flags.items() if v is not None}},
-        method_params=parse_set_options(args.set), natural_overrides={"epochs": args.natural_epochs},
-        pretrained=args.pretrained, seeds=parse_seeds(args.seeds),
-        db=args.db, out=args.out, device=args.device, data_dir=args.data_dir, download=args.download,
-        pretrained_seed=getattr(args, "pretrained_seed", None),
-    )
-    return config
+    content = load_config_file(args.config) if args.config else {}
+    content = _command_options(args, dict(content), args.config or "")
+    if args.quiet:  # the file may ask for it after logging was set up from the command line
+        logging.getLogger().setLevel(logging.WARNING)
+    return RunConfig.from_cli(vars(args), content, args.config or "")
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -163,8 +113,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
         print(dump_run_config(config, "bench run --config: the resolved configuration"), end="")
         return 0
-    if args.out is not None and Path(args.out).is_file():
-        raise ConfigError(f"--out {args.out} is a file; give a folder")
+    if config.out is not None and Path(config.out).is_file():
+        raise ConfigError(f"--out {config.out} is a file; give a folder")
     from ..errors import Interrupted
     from ..signals import StopSignal
 
