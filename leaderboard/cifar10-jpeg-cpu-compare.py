@@ -8,7 +8,6 @@ runs/cifar10-jpeg-cpu/results.db; rebuild it with `bench load leaderboard/cifar1
 """
 import csv
 import sys
-from pathlib import Path
 
 from robustbench_aft.compare import compare_methods
 from robustbench_aft.errors import ConfigError
