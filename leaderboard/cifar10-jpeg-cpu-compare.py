@@ -2,16 +2,16 @@
 
 Each claim is what `bench compare FIRST SECOND --metric M` computes on the CIFAR-10 (JPEG) CPU store,
 printed one line each, next to the same difference in the AFD paper's Table 1 (ResNet-18, official
-CIFAR-10; leaderboard/published.csv, its fine-tuning row where a method has two: TRADES' row is
-from-scratch training). Usage: python leaderboard/cifar10-jpeg-cpu-compare.py [DB] (default
+CIFAR-10; the packaged robustbench_aft/resources/published.csv, its fine-tuning row where a method has
+two: TRADES' row is from-scratch training). Usage: python leaderboard/cifar10-jpeg-cpu-compare.py [DB] (default
 runs/cifar10-jpeg-cpu/results.db; rebuild it with `bench load leaderboard/cifar10-jpeg-cpu-runs`).
 """
 import csv
 import sys
-from pathlib import Path
 
 from robustbench_aft.compare import compare_methods
 from robustbench_aft.errors import ConfigError
+from robustbench_aft.leaderboard import published_csv
 
 CLAIMS = [("afd", "vaft", "aa,clean"), ("afd", "trades", "aa,clean"), ("arrest", "afd", "clean,aa"),
           ("free-at", "afd", "aa,clean"), ("fgsm-ga", "afd", "aa"), ("afd", "rift", "aa,clean"),
@@ -20,7 +20,7 @@ CLAIMS = [("afd", "vaft", "aa,clean"), ("afd", "trades", "aa,clean"), ("arrest",
 
 def table1() -> dict:
     """(method, metric) → the AFD paper's Table 1 number; a fine-tuning row wins over a from-scratch one."""
-    with open(Path(__file__).with_name("published.csv"), newline="") as handle:
+    with open(published_csv(), newline="") as handle:
         rows = list(csv.DictReader(handle))
     values = {}
     for row in sorted(rows, key=lambda row: row["setting"] == "fine-tuning"):

@@ -171,18 +171,31 @@ def _is_reconstructed(method: str) -> bool:
     return method in METHODS and bool(getattr(METHODS.get(method), "reconstructed", False))
 
 
-PUBLISHED_CSV = Path(__file__).resolve().parents[1] / "leaderboard" / "published.csv"
+# Package data (setup.cfg `package_data`), found through importlib.resources so that an installed
+# wheel has it too: a path beside the source tree exists only in a checkout.
+PUBLISHED_RESOURCE = "resources/published.csv"
 PUBLISHED_METRICS = ("clean", "pgd", "aa")
 EPS_MATCH = 1e-4
 
 
+def published_csv() -> Path:
+    """Where the packaged published numbers are (``robustbench_aft/resources/published.csv``)."""
+    import importlib.resources
+
+    # The package is installed as plain files (never zipped: setup.cfg sets zip_safe = False),
+    # so the resource is a real path that pandas can open.
+    return Path(str(importlib.resources.files("robustbench_aft").joinpath(PUBLISHED_RESOURCE)))
+
+
 def load_published(path: Optional[str] = None):
-    """The published numbers (``leaderboard/published.csv``) as a DataFrame; a bad file is a ConfigError."""
+    """The published numbers (``robustbench_aft/resources/published.csv``, or ``path``) as a DataFrame;
+    a bad file is a ConfigError."""
     import pandas as pd
 
-    source = Path(path) if path else PUBLISHED_CSV
+    source = Path(path) if path else published_csv()
     if not source.is_file():
-        raise ConfigError(f"published numbers not found at {source}; pass --published PATH to leaderboard/published.csv")
+        hint = "" if path else " (the package is incomplete: reinstall it)"
+        raise ConfigError(f"published numbers not found at {source}{hint}; pass --published PATH to a published CSV")
     try:
         table = pd.read_csv(source)
     except Exception as exc:  # pandas raises several parser errors for a malformed file

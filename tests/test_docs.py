@@ -1,7 +1,8 @@
 """docs/methods.md is the reference the code cites: every `methods.md §N` citation resolves to a
-section of it, and its parameter tables are the methods' Params dataclasses, default for default."""
+section of it, and its parameter tables are generated from the methods' Params dataclasses
+(`python -m robustbench_aft.docgen --write`)."""
 import re
-from dataclasses import MISSING, fields
+from dataclasses import fields
 from pathlib import Path
 
 import pytest
@@ -37,14 +38,34 @@ def test_every_citation_resolves_to_a_section():
 
 @pytest.mark.parametrize("method", METHODS.names())
 def test_parameter_table_matches_the_params_dataclass(method):
-    heading = f"Parameters of `{method}` "
-    assert heading in DOC, f"docs/methods.md has no parameter table for {method}"
-    table = DOC.split(heading, 1)[1].split("\n\n", 2)[1]
-    rows = [line.split("|")[1:3] for line in table.splitlines()[2:]]
-    documented = {name.strip().strip("`"): default.strip() for name, default in rows}
-    params = METHODS.get(method).Params
-    expected = {}
-    for f in fields(params):
-        default = f.default if f.default is not MISSING else f.default_factory()
-        expected[f.name] = f"{default:.6g}" if isinstance(default, float) else str(default)
-    assert documented == expected
+    """The table between the method's marker comments is the one docgen writes from its Params."""
+    from robustbench_aft import docgen
+
+    block = docgen.blocks(DOC).get(method)
+    assert block is not None, (f"docs/methods.md has no parameter table for {method}: run `{docgen.WRITE_COMMAND}` "
+                               "and move the appended block into the method's section")
+    assert block == f"\n{docgen.parameter_table(method)}\n", (
+        f"the parameter table of {method} in docs/methods.md is out of date: run `{docgen.WRITE_COMMAND}`")
+
+
+def test_generated_table_has_every_field_with_its_default():
+    """The generator itself: one row per Params field, the default as `--set` takes it back."""
+    from robustbench_aft import docgen
+
+    table = docgen.parameter_table("afd")
+    rows = {line.split("|")[1].strip().strip("`"): line.split("|")[2].strip() for line in table.splitlines()[2:]}
+    params = METHODS.get("afd").Params
+    assert list(rows) == [f.name for f in fields(params)]
+    assert rows["alpha"] == "0.05" and rows["attack_steps"] == "10"
+
+
+def test_write_repairs_a_stale_table_and_appends_a_missing_one():
+    from robustbench_aft import docgen
+
+    stale_doc = DOC.replace("| `gamma` | 25 |", "| `gamma` | 24 |")
+    without_vaft = re.sub(r"<!-- params:vaft -->.*?<!-- /params:vaft -->", "", stale_doc, flags=re.S)
+    assert docgen.stale(without_vaft) == ["afd", "vaft"]
+    repaired = docgen.render(without_vaft)
+    assert docgen.stale(repaired) == []
+    assert "| `gamma` | 25 |" in repaired and repaired.rstrip().endswith("<!-- /params:vaft -->")
+    assert docgen.render(DOC) == DOC  # the committed file is a fixed point

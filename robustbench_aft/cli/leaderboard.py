@@ -15,7 +15,8 @@ def add_to(commands: argparse._SubParsersAction) -> None:
     board.add_argument("--output", default=None, help="also write the table to this file (atomically)")
     board.add_argument("--with-published", action="store_true",
                        help="add the published numbers where method, dataset, arch, eps and norm match")
-    board.add_argument("--published", default=None, help="published numbers CSV (default: leaderboard/published.csv)")
+    board.add_argument("--published", default=None,
+                       help="published numbers CSV (default: the packaged resources/published.csv)")
     board.add_argument("--rank-by", default=None, help="metric of the rank column (default: worst, else aa, else pgd)")
     board.add_argument("--select", default="last", help=SELECT_HELP)
     board.add_argument("--columns", default=None, help=COLUMNS_HELP)
