@@ -42,12 +42,15 @@ class DataOptions:
         download: let torchvision download a missing dataset (needs network access).
         argument: the text after ``:`` in a spec such as ``folder:PATH``.
         split_seed: seed of the train/test split for datasets that are split here (digits).
+        skip_bad_images: leave out the images that cannot be decoded (``folder:``) instead of
+            refusing the dataset; how many were left out is in ``DataBundle.metadata``.
     """
 
     data_dir: str = field(default_factory=lambda: os.environ.get("ROBUSTBENCH_AFT_DATA", "data"))
     download: bool = False
     argument: Optional[str] = None
     split_seed: int = 0
+    skip_bad_images: bool = False
 
 
 @dataclass
@@ -74,6 +77,8 @@ class DataBundle:
             order; ``labels.npy``), which the ``corruptions`` attack then reads instead of generating.
         natural_recipe: fields of ``pretrained.NaturalRecipe`` that differ from its defaults (the
             100-epoch "Standard" recipe) for this dataset's natural model.
+        metadata: facts about how the data was read that a run's record should keep, e.g.
+            ``skipped_bad_images`` (``{"train": 2, "test": 0}``, ``folder:`` with ``skip_bad_images``).
     """
 
     name: str
@@ -91,6 +96,7 @@ class DataBundle:
     user_normalisation: bool = False
     released_corruptions: Optional[str] = None
     natural_recipe: Dict[str, Any] = field(default_factory=dict)
+    metadata: Dict[str, Any] = field(default_factory=dict)
 
 
 def default_eps(data: DataBundle, norm: str) -> float:
@@ -294,18 +300,25 @@ def default_preset(spec: str) -> str:
     return DATASETS.entry(kind).metadata.get("preset", "paper") if kind in DATASETS else "paper"
 
 
-def load_dataset(spec: str, data_dir: Optional[str] = None, download: bool = False, split_seed: int = 0) -> DataBundle:
+def load_dataset(spec: str, data_dir: Optional[str] = None, download: bool = False, split_seed: int = 0,
+                 skip_bad_images: bool = False) -> DataBundle:
     """Build the dataset named by ``spec`` (``digits``, ``cifar10``, ``folder:PATH``, ...) with its
     :class:`InputOptions` suffixes: ``@<N>px`` resizes every split to N × N, ``@mean=…``/``@std=…``
-    replace the statistics of the model's Normalize layer (``user_normalisation`` is then set)."""
+    replace the statistics of the model's Normalize layer (``user_normalisation`` is then set).
+    ``skip_bad_images``: see :class:`DataOptions`."""
     import dataclasses
 
     base, options = split_input_options(spec)
     name, _, argument = base.partition(":")
-    data_options = DataOptions(download=download, argument=argument or None, split_seed=split_seed)
+    data_options = DataOptions(download=download, argument=argument or None, split_seed=split_seed,
+                               skip_bad_images=skip_bad_images)
     if data_dir is not None:
         data_options.data_dir = data_dir
     data = DATASETS.get(name)(data_options)
+    if data.num_classes < 2:
+        # One class makes every prediction right: 100 % clean and robust accuracy that mean nothing.
+        raise ConfigError(f"dataset {spec} has {data.num_classes} class(es) ({', '.join(data.class_names) or '-'}); "
+                          "a classifier needs at least two")
     if options == InputOptions():
         return data
     changes: Dict[str, Any] = {"name": spec, "key": data.key}

@@ -55,6 +55,10 @@ BAD_INPUTS = {
                                     "no images in class folder"),
     "image folder with mismatched classes": (["run", "--methods", "ours", "--dataset", "folder:{tmp}/mismatched"],
                                              "(only in train: dog; only in test: emu)"),
+    "image folder with a corrupt image": (["run", "--methods", "ours", "--dataset", "folder:{tmp}/corrupt_image"],
+                                          "corrupt_image/train/dog/bad.jpg (not an image file Pillow can identify)"),
+    "image folder with one class": (["run", "--methods", "ours", "--dataset", "folder:{tmp}/one_class"],
+                                    "has 1 class folder(s) with images (cat); a classifier needs at least two"),
     # checkpoints
     "missing checkpoint": (["eval", "--checkpoint", "{tmp}/nothing.pt"], "does not exist"),
     "checkpoint is a directory": (["eval", "--checkpoint", "{tmp}/out"], "is a directory, not a file"),
@@ -175,6 +179,12 @@ def prepared(tmp_path_factory, digits, digits_model):
         for name in classes:
             (folder / "mismatched" / split / name).mkdir(parents=True)
             Image.new("RGB", (8, 8), (10, 20, 30)).save(folder / "mismatched" / split / name / "0.png")
+    for tree, classes in (("corrupt_image", ("cat", "dog")), ("one_class", ("cat",))):
+        for split in ("train", "test"):
+            for name in classes:
+                (folder / tree / split / name).mkdir(parents=True)
+                Image.new("RGB", (8, 8), (10, 20, 30)).save(folder / tree / split / name / "0.png")
+    (folder / "corrupt_image" / "train" / "dog" / "bad.jpg").write_bytes(b"not a JPEG")
     (folder / "malformed.csv").write_text("this,is\nnot,a leaderboard,at all\n")
     (folder / "broken.yaml").write_text("methods: [ours\n")
     (folder / "list.yaml").write_text("- ours\n- trades\n")
