@@ -19,16 +19,14 @@ import hashlib
 import math
 import os
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from .errors import ConfigError
 from .registry import DATASETS
-
-if TYPE_CHECKING:
-    from .distributed import DistContext
+from .sharding import DistContext, ShardedEpochSampler
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp")
 
@@ -377,7 +375,7 @@ class EpochOrderSampler(Sampler[int]):
 
 
 def make_epoch_loader(dataset: Dataset, batch_size: int, seed: int, epoch: int, skip_batches: int = 0,
-                      num_workers: int = 0, dist: Optional["DistContext"] = None,
+                      num_workers: int = 0, dist: Optional[DistContext] = None,
                       pin_memory: bool = False) -> DataLoader:
     """The training loader of one epoch, starting after ``skip_batches`` batches.
 
@@ -388,8 +386,6 @@ def make_epoch_loader(dataset: Dataset, batch_size: int, seed: int, epoch: int, 
     ``pin_memory`` (the engine sets it on CUDA) lets the copies to the GPU run asynchronously.
     """
     if dist is not None and dist.enabled:
-        from .distributed import ShardedEpochSampler
-
         sampler: Sampler[int] = ShardedEpochSampler(len(dataset), epoch_seed(seed, epoch), dist,
                                                     skip=skip_batches * batch_size)
     else:
