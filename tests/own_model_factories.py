@@ -96,6 +96,23 @@ class FcBeforeAnotherLinear(nn.Module):
         return self.logits(torch.relu(self.fc(self.features(x))))
 
 
+class UnusedFc(nn.Module):
+    """Has an ``fc`` attribute that its forward never calls; ``out`` is the real output layer."""
+
+    def __init__(self, num_classes: int = 10, in_channels: int = 3) -> None:
+        super().__init__()
+        self.features = _features(in_channels)
+        self.fc = nn.Linear(8, num_classes)
+        self.out = nn.Linear(8, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(self.features(x))
+
+
+def unused_fc(num_classes: int = 10, in_channels: int = 3) -> nn.Module:
+    return UnusedFc(num_classes, in_channels)
+
+
 def tuple_output(num_classes: int = 10, in_channels: int = 3) -> nn.Module:
     return TupleOutput(num_classes, in_channels)
 

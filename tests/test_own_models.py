@@ -102,6 +102,11 @@ def test_an_fc_attribute_that_is_a_hidden_layer_is_refused_naming_the_linear_aft
            "runs after it" in message
 
 
+def test_an_fc_attribute_the_forward_never_calls_is_refused():
+    message = refusal(lambda: build("unused_fc"))
+    assert "its classifier fc Linear(8, 5) is never called by its forward (out Linear(8, 5) is the last" in message
+
+
 def test_the_probe_names_in_place_and_nested_operations_and_restores_every_mode():
     class InPlace(nn.Module):
         def __init__(self):

@@ -245,8 +245,10 @@ def verified_classifier(arch: str, network: nn.Module, x: torch.Tensor, attribut
     if attribute is not None and attribute is not probe.classifier:
         own = _watch(arch, network, x, [attribute])
         if own.classifier is None:
-            raise ConfigError(f"{arch}: its classifier {_linear(attribute)} is never called by its forward; "
-                              "name the output layer fc, classifier or head")
+            name = next((n for n, m in network.named_modules() if m is attribute), "?")
+            raise ConfigError(f"{arch}: its classifier {name} {_linear(attribute)} is never called by its "
+                              f"forward ({probe.classifier_name} {_linear(probe.classifier)} is the last Linear it "
+                              "calls); fc, classifier and head name the output layer, so rename the unused one")
         if not own.output_is_classifier_output():
             raise ConfigError(f"{arch}: its classifier {own.classifier_name} {_linear(attribute)} is not the last "
                               f"operation of its forward: {probe.classifier_name} {_linear(probe.classifier)} runs "
