@@ -40,6 +40,7 @@ def read_leaderboard_csv(path: str, what: str):
     for metric in metric_columns():
         if metric in table.columns and table[metric].dtype.kind not in "fi":
             raise ConfigError(f"{what} {source}: column {metric!r} holds non-numbers")
+    refuse_duplicates(table, f"{what} {source}")
     return table
 
 
@@ -49,6 +50,25 @@ def _row_key(record) -> tuple:
 
 def _where(row) -> str:
     return f"{row['method']} on {row['dataset']}/{row['arch']} {row['norm']} eps={row['eps']:g}"
+
+
+def refuse_duplicates(table, what: str) -> None:
+    """One row per (method, dataset, arch, eps, norm), or a ConfigError naming the repeated ones.
+
+    A leaderboard never repeats a key, so a repeat is a hand-edited or concatenated file; the check
+    would otherwise compare and print each copy (every failure twice) and, for the current table,
+    silently keep the last copy.
+    """
+    counts: Dict[tuple, int] = {}
+    first: Dict[tuple, Dict[str, Any]] = {}
+    for record in table.to_dict("records"):
+        key = _row_key(record)
+        counts[key] = counts.get(key, 0) + 1
+        first.setdefault(key, record)
+    repeated = [f"{_where(first[key])} ({count} rows)" for key, count in counts.items() if count > 1]
+    if repeated:
+        shown = "; ".join(repeated[:3]) + (f"; +{len(repeated) - 3} more" if len(repeated) > 3 else "")
+        raise ConfigError(f"{what} has duplicated rows: {shown}; keep one row per (method, dataset, arch, eps, norm)")
 
 
 @dataclass
@@ -92,6 +112,8 @@ def check_regression(baseline, current, tolerance: float = 2.0, metrics: Optiona
         raise ConfigError(f"--metrics {', '.join(unknown)} not in the baseline (it has "
                           f"{', '.join(m for m in metric_columns() if m in baseline.columns)})")
 
+    refuse_duplicates(baseline, "the baseline")
+    refuse_duplicates(current, "the current table")
     current_rows = {_row_key(r): r for r in current.to_dict("records")}
     if not any(_row_key(r) in current_rows for r in baseline.to_dict("records")):
         raise ConfigError("no (method, dataset, arch, eps, norm) row of the baseline is in the current table: "

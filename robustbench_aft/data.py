@@ -19,16 +19,14 @@ import hashlib
 import math
 import os
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from .errors import ConfigError
 from .registry import DATASETS
-
-if TYPE_CHECKING:
-    from .distributed import DistContext
+from .sharding import DistContext, ShardedEpochSampler
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp")
 
@@ -42,12 +40,15 @@ class DataOptions:
         download: let torchvision download a missing dataset (needs network access).
         argument: the text after ``:`` in a spec such as ``folder:PATH``.
         split_seed: seed of the train/test split for datasets that are split here (digits).
+        skip_bad_images: leave out the images that cannot be decoded (``folder:``) instead of
+            refusing the dataset; how many were left out is in ``DataBundle.metadata``.
     """
 
     data_dir: str = field(default_factory=lambda: os.environ.get("ROBUSTBENCH_AFT_DATA", "data"))
     download: bool = False
     argument: Optional[str] = None
     split_seed: int = 0
+    skip_bad_images: bool = False
 
 
 @dataclass
@@ -74,6 +75,8 @@ class DataBundle:
             order; ``labels.npy``), which the ``corruptions`` attack then reads instead of generating.
         natural_recipe: fields of ``pretrained.NaturalRecipe`` that differ from its defaults (the
             100-epoch "Standard" recipe) for this dataset's natural model.
+        metadata: facts about how the data was read that a run's record should keep, e.g.
+            ``skipped_bad_images`` (``{"train": 2, "test": 0}``, ``folder:`` with ``skip_bad_images``).
     """
 
     name: str
@@ -91,6 +94,7 @@ class DataBundle:
     user_normalisation: bool = False
     released_corruptions: Optional[str] = None
     natural_recipe: Dict[str, Any] = field(default_factory=dict)
+    metadata: Dict[str, Any] = field(default_factory=dict)
 
 
 def default_eps(data: DataBundle, norm: str) -> float:
@@ -294,18 +298,25 @@ def default_preset(spec: str) -> str:
     return DATASETS.entry(kind).metadata.get("preset", "paper") if kind in DATASETS else "paper"
 
 
-def load_dataset(spec: str, data_dir: Optional[str] = None, download: bool = False, split_seed: int = 0) -> DataBundle:
+def load_dataset(spec: str, data_dir: Optional[str] = None, download: bool = False, split_seed: int = 0,
+                 skip_bad_images: bool = False) -> DataBundle:
     """Build the dataset named by ``spec`` (``digits``, ``cifar10``, ``folder:PATH``, ...) with its
     :class:`InputOptions` suffixes: ``@<N>px`` resizes every split to N × N, ``@mean=…``/``@std=…``
-    replace the statistics of the model's Normalize layer (``user_normalisation`` is then set)."""
+    replace the statistics of the model's Normalize layer (``user_normalisation`` is then set).
+    ``skip_bad_images``: see :class:`DataOptions`."""
     import dataclasses
 
     base, options = split_input_options(spec)
     name, _, argument = base.partition(":")
-    data_options = DataOptions(download=download, argument=argument or None, split_seed=split_seed)
+    data_options = DataOptions(download=download, argument=argument or None, split_seed=split_seed,
+                               skip_bad_images=skip_bad_images)
     if data_dir is not None:
         data_options.data_dir = data_dir
     data = DATASETS.get(name)(data_options)
+    if data.num_classes < 2:
+        # One class makes every prediction right: 100 % clean and robust accuracy that mean nothing.
+        raise ConfigError(f"dataset {spec} has {data.num_classes} class(es) ({', '.join(data.class_names) or '-'}); "
+                          "a classifier needs at least two")
     if options == InputOptions():
         return data
     changes: Dict[str, Any] = {"name": spec, "key": data.key}
@@ -364,7 +375,7 @@ class EpochOrderSampler(Sampler[int]):
 
 
 def make_epoch_loader(dataset: Dataset, batch_size: int, seed: int, epoch: int, skip_batches: int = 0,
-                      num_workers: int = 0, dist: Optional["DistContext"] = None,
+                      num_workers: int = 0, dist: Optional[DistContext] = None,
                       pin_memory: bool = False) -> DataLoader:
     """The training loader of one epoch, starting after ``skip_batches`` batches.
 
@@ -375,8 +386,6 @@ def make_epoch_loader(dataset: Dataset, batch_size: int, seed: int, epoch: int, 
     ``pin_memory`` (the engine sets it on CUDA) lets the copies to the GPU run asynchronously.
     """
     if dist is not None and dist.enabled:
-        from .distributed import ShardedEpochSampler
-
         sampler: Sampler[int] = ShardedEpochSampler(len(dataset), epoch_seed(seed, epoch), dist,
                                                     skip=skip_batches * batch_size)
     else:

@@ -29,38 +29,22 @@ from __future__ import annotations
 import datetime
 import logging
 import os
-from dataclasses import dataclass
-from typing import Any, Dict, Iterator, List, Optional
+from typing import Any, Dict, List, Optional
 
 import torch
 import torch.distributed as dist
 from torch import nn
 from torch.optim.optimizer import register_optimizer_step_pre_hook
-from torch.utils.data import DistributedSampler
 
 from .errors import ConfigError
 
+# Defined in the leaf module sharding.py so that data.py can shard an epoch without importing this
+# one (process groups, optimiser hooks); re-exported here, where engine, pipeline and tests import them.
+from .sharding import SINGLE, DistContext
+from .sharding import ShardedEpochSampler as ShardedEpochSampler
+
 log = logging.getLogger(__name__)
 
-
-@dataclass(frozen=True)
-class DistContext:
-    """Where this process stands in the job: its rank among ``world_size`` processes."""
-
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-
-    @property
-    def enabled(self) -> bool:
-        return self.world_size > 1
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-
-SINGLE = DistContext()
 
 
 def launched_by_torchrun() -> bool:
@@ -101,28 +85,6 @@ def local_batch_size(global_batch: int, context: DistContext) -> int:
         raise ConfigError(f"the batch size {global_batch} does not divide over {context.world_size} processes; "
                           f"choose a multiple of {context.world_size} (--set batch_size=...)")
     return global_batch // context.world_size
-
-
-class ShardedEpochSampler(DistributedSampler):
-    """This rank's shard of the single-process order of one epoch (a pure function of seed, epoch).
-
-    The order is the permutation :class:`~robustbench_aft.data.EpochOrderSampler` draws; rank r
-    takes every world_size-th example from position r, so local batch k of every rank together
-    form global batch k. ``skip`` drops this rank's first examples (a resumed epoch).
-    """
-
-    def __init__(self, size: int, order_seed: int, context: DistContext, skip: int = 0) -> None:
-        super().__init__(range(size), num_replicas=context.world_size, rank=context.rank, shuffle=True,
-                         seed=order_seed, drop_last=False)
-        self.set_epoch(0)  # the seed already encodes the epoch
-        self.skip = skip
-
-    def __iter__(self) -> Iterator[int]:
-        indices = list(super().__iter__())
-        return iter(indices[self.skip:])
-
-    def __len__(self) -> int:
-        return max(0, self.num_samples - self.skip)
 
 
 def _flat_gradients(parameters: List[torch.nn.Parameter]) -> torch.Tensor:

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import logging
 import os
+import secrets
 import socket
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable, Union
@@ -15,9 +15,26 @@ from .errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-
-
 PathLike = Union[str, os.PathLike]
+
+
+def _create_temporary(path: Path) -> str:
+    """An empty, new file next to ``path`` whose mode is 0666 minus the umask, as ``open()`` gives.
+
+    Not ``tempfile.mkstemp``: it creates 0600 files, and the rename would then hand every result,
+    table and checkpoint that mode, unreadable by the user's group whatever their umask says.
+    Asking for 0666 lets the kernel apply the umask (reading it with ``os.umask`` would change it
+    for the whole process for a moment); ``O_EXCL`` keeps the name ours alone.
+    """
+    flags = os.O_CREAT | os.O_EXCL | os.O_WRONLY | getattr(os, "O_CLOEXEC", 0)
+    for _ in range(100):
+        tmp = str(path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp")
+        try:
+            os.close(os.open(tmp, flags, 0o666))
+        except FileExistsError:
+            continue
+        return tmp
+    raise FileExistsError(f"could not create a temporary file next to {path}")
 
 
 def atomic_write(path: PathLike, write: Callable[[str], Any]) -> Path:
@@ -27,8 +44,7 @@ def atomic_write(path: PathLike, write: Callable[[str], Any]) -> Path:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    tmp = _create_temporary(path)
     try:
         write(tmp)
         os.replace(tmp, path)

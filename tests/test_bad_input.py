@@ -16,6 +16,8 @@ from robustbench_aft.cli import main
 from robustbench_aft.pretrained import save_checkpoint
 from robustbench_aft.results import ResultsStore, RunRecord
 
+OWN = "py:tests.own_model_factories"
+
 # {name: (argv with {tmp} for the case folder, text the one-line message must contain)}
 BAD_INPUTS = {
     # unknown names, with suggestions
@@ -55,6 +57,19 @@ BAD_INPUTS = {
                                     "no images in class folder"),
     "image folder with mismatched classes": (["run", "--methods", "ours", "--dataset", "folder:{tmp}/mismatched"],
                                              "(only in train: dog; only in test: emu)"),
+    "image folder with a corrupt image": (["run", "--methods", "ours", "--dataset", "folder:{tmp}/corrupt_image"],
+                                          "corrupt_image/train/dog/bad.jpg (not an image file Pillow can identify)"),
+    "image folder with one class": (["run", "--methods", "ours", "--dataset", "folder:{tmp}/one_class"],
+                                    "has 1 class folder(s) with images (cat); a classifier needs at least two"),
+    # own models (py:), verified on a probe batch
+    "py model returning a tuple": (["run", "--methods", "ours", "--arch", f"{OWN}:tuple_output[in_channels=1]"],
+                                   "returns a tuple, not a tensor of logits; wrap it in a module"),
+    "eval of a py model returning a tuple": (["eval", "--checkpoint", "auto", "--arch",
+                                              f"{OWN}:tuple_output[in_channels=1]"],
+                                             "returns a tuple, not a tensor of logits; wrap it in a module"),
+    "py model with a LogSoftmax after fc": (["run", "--methods", "ours", "--arch",
+                                             f"{OWN}:fc_then_logsoftmax[in_channels=1]"],
+                                            "is not the last operation of its forward: post (LogSoftmax) runs on"),
     # checkpoints
     "missing checkpoint": (["eval", "--checkpoint", "{tmp}/nothing.pt"], "does not exist"),
     "checkpoint is a directory": (["eval", "--checkpoint", "{tmp}/out"], "is a directory, not a file"),
@@ -123,6 +138,9 @@ BAD_INPUTS = {
                                          "--current /dev/null is a character device, not a file"),
     "check --current is a directory": (["check", "--baseline", "{tmp}/baseline.csv", "--current", "{tmp}/out"],
                                        "is a directory, not a file"),
+    "check on a baseline with duplicated rows": (["check", "--baseline", "{tmp}/doubled.csv", "--db",
+                                                 "{tmp}/results.db"],
+                                                "has duplicated rows: afd on digits/smallcnn Linf eps=0.15 (2 rows)"),
     "check on a missing baseline": (["check", "--baseline", "{tmp}/nothing.csv", "--db", "{tmp}/results.db"],
                                     "does not exist"),
     # grids and collection
@@ -175,6 +193,12 @@ def prepared(tmp_path_factory, digits, digits_model):
         for name in classes:
             (folder / "mismatched" / split / name).mkdir(parents=True)
             Image.new("RGB", (8, 8), (10, 20, 30)).save(folder / "mismatched" / split / name / "0.png")
+    for tree, classes in (("corrupt_image", ("cat", "dog")), ("one_class", ("cat",))):
+        for split in ("train", "test"):
+            for name in classes:
+                (folder / tree / split / name).mkdir(parents=True)
+                Image.new("RGB", (8, 8), (10, 20, 30)).save(folder / tree / split / name / "0.png")
+    (folder / "corrupt_image" / "train" / "dog" / "bad.jpg").write_bytes(b"not a JPEG")
     (folder / "malformed.csv").write_text("this,is\nnot,a leaderboard,at all\n")
     (folder / "broken.yaml").write_text("methods: [ours\n")
     (folder / "list.yaml").write_text("- ours\n- trades\n")
@@ -182,6 +206,8 @@ def prepared(tmp_path_factory, digits, digits_model):
     (folder / "negative.yaml").write_text("methods: ours\nepochs: -1\n")
     (folder / "section.yaml").write_text("methods: ours\ntrain: {momentun: 0.5}\n")
     (folder / "baseline.csv").write_text("method,dataset,arch,eps,clean,pgd\nafd,digits,smallcnn,0.15,98.0,60.0\n")
+    (folder / "doubled.csv").write_text("method,dataset,arch,eps,clean,pgd\n" +
+                                        "afd,digits,smallcnn,0.15,98.0,60.0\n" * 2)
     return folder
 
 

@@ -114,3 +114,16 @@ def test_missing_files_are_exit_2(capsys, tmp_path):
     assert main(["check", "--baseline", str(tmp_path / "nope.csv"), "--current", str(tmp_path / "x.csv")]) == 2
     assert main(["check", "--baseline", str(tmp_path / "nope.csv")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_duplicated_baseline_rows_are_one_line_naming_them(files, capsys):
+    doubled = pd.concat([table(), table().iloc[[1]]], ignore_index=True)
+    code = main(["check", "--baseline", files("b.csv", doubled), "--current", files("c.csv", table())])
+    captured = capsys.readouterr()
+    assert code == 2 and captured.out == "" and len(captured.err.strip().splitlines()) == 1
+    assert "bench: error: --baseline" in captured.err
+    assert "has duplicated rows: afd on digits/smallcnn Linf eps=0.15 (2 rows)" in captured.err
+    with pytest.raises(ConfigError, match=r"the current table has duplicated rows: afd .* \(2 rows\)"):
+        check_regression(table(), doubled)
+    with pytest.raises(ConfigError, match=r"the baseline has duplicated rows: afd .* \(2 rows\)"):
+        check_regression(doubled, table())

@@ -4,15 +4,16 @@
 hidden layer, shape (B, D) (design.md §4; note that timm's ``forward_features`` is unpooled), and
 ``head`` is a plain ``nn.Linear``. Inputs are images in [0, 1]; :class:`Normalize` is the first
 layer, so attacks and eps work in pixel space.
+
+A leaf: it imports nothing from the package, so every architecture file (and :mod:`.external`)
+can build on it; building by name is :mod:`.factory`.
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Sequence
 
 import torch
 from torch import nn
-
-from ..registry import MODELS
 
 
 class Normalize(nn.Module):
@@ -49,27 +50,3 @@ class ImageClassifier(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.forward_features(x))
-
-
-def build_model(arch: str, num_classes: int, in_channels: int,
-                mean: Sequence[float], std: Sequence[float],
-                input_shape: Optional[Sequence[int]] = None,
-                user_normalisation: bool = False) -> ImageClassifier:
-    """Instantiate a registered architecture, or an external one (``timm:``, ``torchvision:``,
-    ``py:``; see :mod:`.external`), for a dataset's shape and statistics. ``input_shape`` (C, H, W)
-    lets an external network be checked on images of that size once, at build time.
-    ``user_normalisation``: ``mean``/``std`` come from ``--mean``/``--std`` and win over the
-    statistics an external model declares."""
-    from .external import build_external, is_external
-
-    if is_external(arch):
-        return build_external(arch, num_classes, in_channels, mean, std, input_shape, user_normalisation)
-    builder = MODELS.get(arch)
-    return builder(num_classes=num_classes, in_channels=in_channels, mean=mean, std=std)
-
-
-def canonical_arch(name: str) -> str:
-    """The canonical name of a registered architecture or an external one's canonical string."""
-    from .external import canonical_external, is_external
-
-    return canonical_external(name) if is_external(name) else MODELS.canonical(name)

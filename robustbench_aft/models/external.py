@@ -18,8 +18,12 @@ hooks: timm's ``reset_classifier(0)`` (the network then returns its pooled pre-l
 by ``Identity``. What is left is the body of an :class:`ImageClassifier` with a new linear head for
 the dataset's classes, so ``forward == head(forward_features)`` holds by construction; that the
 body really returns (B, D) features is checked once at build time. A network with none of those
-attributes keeps the hook-based fallback (its last ``nn.Linear`` is the head, verified to be the
-last operation). Weights are randomly initialised: hub weights cannot be fetched here, and the
+attributes keeps the hook-based fallback: its head is the ``nn.Linear`` that its forward calls last
+(found by watching a probe batch, not by ``modules()`` order, which is registration order).
+Before anything is replaced, one probe batch checks that the network returns a tensor and that
+this tensor *is* the classifier's output: an operation after the classifier (a LogSoftmax, a
+temperature) would otherwise run on the features in front of the new head, and is refused in one
+line that names it (:mod:`._probe`). Weights are randomly initialised: hub weights cannot be fetched here, and the
 natural model is pre-trained (``--pretrained auto``) or loaded (``--pretrained PATH``) as for the
 built-in architectures.
 """
@@ -35,6 +39,8 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
+from ._base import ImageClassifier, Normalize
+from ._probe import ForwardProbe, probe_forward
 
 log = logging.getLogger(__name__)
 
@@ -160,19 +166,31 @@ def _python_network(target: str, kwargs: Dict[str, Any], num_classes: int) -> Tu
     return network, None, ""
 
 
-def _detach(network: nn.Module) -> Optional[Tuple[nn.Linear, str]]:
-    """Replace the network's classifier attribute by ``Identity``; (the removed Linear, what was
-    done), or None when it has no recognisable classifier attribute."""
+def _classifier_attribute(network: nn.Module) -> Optional[Tuple[nn.Linear, str, Callable[[], None]]]:
+    """The network's classifier attribute: (its Linear, what it is in words, a function that
+    replaces it by ``Identity``), or None when it has no recognisable one. Nothing is changed yet,
+    so the intact network can be probed first."""
     for attribute in CLASSIFIER_ATTRIBUTES:
         layer = getattr(network, attribute, None)
         if isinstance(layer, nn.Linear):
-            setattr(network, attribute, nn.Identity())
-            return layer, f"its {attribute} Linear({layer.in_features}, {layer.out_features})"
+            return (layer, f"its {attribute} Linear({layer.in_features}, {layer.out_features})",
+                    lambda attribute=attribute: setattr(network, attribute, nn.Identity()))
         if isinstance(layer, nn.Sequential) and len(layer) and isinstance(layer[-1], nn.Linear):
             last = layer[-1]
-            layer[-1] = nn.Identity()
-            return last, f"the last layer of its {attribute}, Linear({last.in_features}, {last.out_features})"
+            return (last, f"the last layer of its {attribute}, Linear({last.in_features}, {last.out_features})",
+                    lambda layer=layer: layer.__setitem__(-1, nn.Identity()))
     return None
+
+
+def _detach(network: nn.Module) -> Optional[Tuple[nn.Linear, str]]:
+    """Replace the network's classifier attribute by ``Identity``; (the removed Linear, what was
+    done), or None when it has no recognisable classifier attribute."""
+    found = _classifier_attribute(network)
+    if found is None:
+        return None
+    layer, what, replace = found
+    replace()
+    return layer, what
 
 
 def detach_classifier(network: nn.Module) -> Optional[Tuple[int, str]]:
@@ -182,44 +200,135 @@ def detach_classifier(network: nn.Module) -> Optional[Tuple[int, str]]:
     return None if detached is None else (detached[0].in_features, detached[1])
 
 
+def _probe_batch(input_shape: Sequence[int]) -> torch.Tensor:
+    # A generator of its own: building a model must not move the global RNG, so a seeded run draws
+    # the same weights, orders and attacks as it did before these checks existed.
+    return torch.rand(2, *input_shape, generator=torch.Generator().manual_seed(0))
+
+
+def _watch(arch: str, network: nn.Module, x: torch.Tensor,
+           targets: Optional[Sequence[nn.Linear]] = None) -> ForwardProbe:
+    try:
+        return probe_forward(network, x, targets)
+    except (RuntimeError, AssertionError, ValueError) as exc:  # torch raises shape errors, user code asserts
+        raise ConfigError(f"{arch} cannot run on {tuple(x.shape[1:])} images "
+                          f"({' '.join(str(exc).split())[:160]})") from None
+
+
+def _linear(layer: nn.Module) -> str:
+    if isinstance(layer, nn.Linear):
+        return f"Linear({layer.in_features}, {layer.out_features})"
+    return type(layer).__name__
+
+
+def _after(probe: ForwardProbe) -> str:
+    if probe.follower:
+        return f"{probe.follower} runs on its output"
+    if not probe.from_classifier:
+        return "its output is not what the forward returns"
+    return "an operation in its forward changes its output"
+
+
+def verified_classifier(arch: str, network: nn.Module, x: torch.Tensor, attribute: Optional[nn.Linear],
+                        keep_head: bool) -> Tuple[nn.Linear, ForwardProbe]:
+    """The classifier of ``network``, checked on the probe batch ``x`` to be the last operation of
+    its forward: (the Linear, the probe). ``attribute``: the Linear its fc/classifier/head names,
+    if any; otherwise the Linear the forward calls last. ``keep_head`` (``adapt``) or not (a new
+    head replaces it) only changes the wording of the refusal, a one-line ConfigError."""
+    probe = _watch(arch, network, x)
+    if not isinstance(probe.output, torch.Tensor):
+        raise ConfigError(f"{arch} returns a {type(probe.output).__name__}, not a tensor of logits; wrap it in a "
+                          "module whose forward returns only the logits (e.g. `return self.net(x)[0]`) and use that")
+    if probe.classifier is None:
+        raise ConfigError(f"{arch}: the model has no nn.Linear classifier layer to use as its head (its forward "
+                          "calls none); give it one, as fc, classifier or head")
+    if attribute is not None and attribute is not probe.classifier:
+        own = _watch(arch, network, x, [attribute])
+        if own.classifier is None:
+            name = next((n for n, m in network.named_modules() if m is attribute), "?")
+            raise ConfigError(f"{arch}: its classifier {name} {_linear(attribute)} is never called by its "
+                              f"forward ({probe.classifier_name} {_linear(probe.classifier)} is the last Linear it "
+                              "calls); fc, classifier and head name the output layer, so rename the unused one")
+        if not own.output_is_classifier_output():
+            raise ConfigError(f"{arch}: its classifier {own.classifier_name} {_linear(attribute)} is not the last "
+                              f"operation of its forward: {probe.classifier_name} {_linear(probe.classifier)} runs "
+                              "after it; fc, classifier and head name the output layer, so rename this one")
+        return attribute, own
+    if not probe.output_is_classifier_output():
+        where = f"its classifier {probe.classifier_name} {_linear(probe.classifier)}"
+        # Either way the split (features → classifier) would silently drop or misplace that operation.
+        consequence = ("the adapted network would not reproduce its logits" if keep_head
+                       else "a new head in its place would move that onto the features")
+        raise ConfigError(f"{arch}: {where} is not the last operation of its forward: {_after(probe)}; "
+                          f"{consequence}; make forward end with the classifier (apply the rest in the loss or at "
+                          "prediction time), or wrap the model in a module that does")
+    return probe.classifier, probe
+
+
 def adapt(network: nn.Module, input_shape: Sequence[int], mean: Optional[Sequence[float]] = None,
-          std: Optional[Sequence[float]] = None):
+          std: Optional[Sequence[float]] = None) -> ImageClassifier:
     """Your trained ``nn.Module`` as an :class:`ImageClassifier` for :func:`fine_tune` and
     :func:`evaluate`, keeping its classifier's weights as the ``head``.
 
     ``network`` is changed in place (its classifier attribute becomes ``Identity``; pass a copy to
     keep the original). ``mean``/``std``: the normalisation it expects on [0, 1] images, applied by
     the adapter's first layer; leave them out when the network normalises its inputs itself.
-    ``input_shape`` (C, H, W) is used once to check the split.
+    ``input_shape`` (C, H, W) is used once, for a probe batch: the adapted network must return the
+    logits the original returns on it, or a ConfigError says what sits after the classifier.
     """
-    from ._base import ImageClassifier
-
     channels = input_shape[0]
     mean, std = mean or [0.0] * channels, std or [1.0] * channels
-    detached = _detach(network)
-    if detached is not None:
-        head, _ = detached
+    arch = type(network).__name__
+    x = _probe_batch(input_shape)
+    with torch.no_grad():
+        normalised = Normalize(mean, std)(x)  # what the network sees inside the adapter
+    attribute = _classifier_attribute(network)
+    head, probe = verified_classifier(arch, network, normalised, attribute[0] if attribute else None, keep_head=True)
+    if attribute is not None and attribute[0] is head:
+        attribute[2]()
         body: nn.Module = network
     else:
-        body = LastLinearFeatures(network)
-        _check_last_linear_is_last(type(network).__name__, body, input_shape)
-        head = body.classifier
+        body = LastLinearFeatures(network, head)
     model = ImageClassifier(body, head.in_features, head.out_features, mean, std)
     model.head = head
-    _check_features(type(network).__name__, model, input_shape)
+    _check_features(arch, model, input_shape)
+    _check_reproduces(arch, model, x, probe.output)
     return model
 
 
-class LastLinearFeatures(nn.Module):
-    """The fallback body: runs the network and returns the input of its last ``nn.Linear``."""
+def _check_reproduces(arch: str, model: nn.Module, x: torch.Tensor, expected: torch.Tensor) -> None:
+    """The adapted model returns, on the probe batch, the logits the original network returned."""
+    modes = {module: module.training for module in model.modules()}
+    model.eval()
+    try:
+        with torch.no_grad():
+            got = model(x)
+    finally:
+        for module, training in modes.items():
+            module.training = training
+    if got.shape != expected.shape or not torch.allclose(got, expected, atol=1e-5, rtol=1e-4):
+        worst = (got - expected).abs().max().item() if got.shape == expected.shape else float("nan")
+        raise ConfigError(f"{arch}: the adapted network does not reproduce its logits on a probe batch (largest "
+                          f"difference {worst:.3g}); its forward does more than features → classifier")
 
-    def __init__(self, network: nn.Module) -> None:
+
+class LastLinearFeatures(nn.Module):
+    """The fallback body: runs the network and returns the input of its classifier Linear.
+
+    ``classifier``: the Linear its forward calls last (:func:`verified_classifier` finds it on a
+    probe batch); without one, the last ``nn.Linear`` of ``modules()`` (registration order), for
+    the rare build that has no input shape to probe with.
+    """
+
+    def __init__(self, network: nn.Module, classifier: Optional[nn.Linear] = None) -> None:
         super().__init__()
-        linears = [m for m in network.modules() if isinstance(m, nn.Linear)]
-        if not linears:
-            raise ConfigError("the model has no nn.Linear classifier layer to use as its head")
+        if classifier is None:
+            linears = [m for m in network.modules() if isinstance(m, nn.Linear)]
+            if not linears:
+                raise ConfigError("the model has no nn.Linear classifier layer to use as its head")
+            classifier = linears[-1]
         self.network = network
-        self.classifier = linears[-1]
+        self.classifier = classifier
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         captured = {}
@@ -231,26 +340,11 @@ class LastLinearFeatures(nn.Module):
         return captured["features"].flatten(1)
 
 
-def _check_last_linear_is_last(arch: str, body: LastLinearFeatures, input_shape: Sequence[int]) -> None:
-    x = torch.rand(2, *input_shape)
-    was_training = body.training
-    body.eval()
-    with torch.no_grad():
-        direct = body.network(x)
-        through_head = body.classifier(body(x))
-    body.train(was_training)
-    if direct.shape != through_head.shape or not torch.allclose(direct, through_head, atol=1e-5, rtol=1e-4):
-        raise ConfigError(f"{arch}: its last nn.Linear is not the last operation of its forward, so it cannot be "
-                          "split into features and a linear head; give it an fc/classifier/head attribute")
-
-
 def build_external(arch: str, num_classes: int, in_channels: int, mean: Sequence[float], std: Sequence[float],
                    input_shape: Optional[Sequence[int]] = None, user_normalisation: bool = False):
     """An :class:`ImageClassifier` around the external network named by ``arch`` (see the module doc).
     ``user_normalisation``: ``mean``/``std`` were given with ``--mean``/``--std`` and are kept even
     when the model declares its own."""
-    from ._base import ImageClassifier
-
     source, name, kwargs = split_arch(arch)
     if source == "timm":
         network, feature_dim, how = _timm_network(name, kwargs, in_channels)
@@ -260,14 +354,17 @@ def build_external(arch: str, num_classes: int, in_channels: int, mean: Sequence
         network, feature_dim, how = _python_network(name, kwargs, num_classes)
     body: nn.Module = network
     if feature_dim is None:
-        detached = detach_classifier(network)
-        if detached is not None:
-            feature_dim, how = detached[0], f"{detached[1]} replaced by Identity"
+        attribute = _classifier_attribute(network)
+        classifier = attribute[0] if attribute else None
+        if input_shape is not None:  # probed before anything is replaced
+            classifier, _ = verified_classifier(arch, network, _probe_batch(input_shape), classifier, keep_head=False)
+        if attribute is not None and attribute[0] is classifier:
+            attribute[2]()
+            feature_dim, how = attribute[0].in_features, f"{attribute[1]} replaced by Identity"
         else:
-            body = LastLinearFeatures(network)
-            feature_dim, how = body.classifier.in_features, "its last nn.Linear (hook; verified to be the last operation)"
-            if input_shape is not None:
-                _check_last_linear_is_last(arch, body, input_shape)
+            body = LastLinearFeatures(network, classifier)
+            feature_dim = body.classifier.in_features
+            how = "the nn.Linear its forward calls last (hook; verified to be the last operation)"
     declared = declared_normalisation(network, in_channels)
     if declared is not None and user_normalisation:
         log.info("%s: inputs normalised with the given --mean %s and --std %s (the model declares %s and %s)",

@@ -59,7 +59,8 @@ def test_arch_strings_are_canonical_with_sorted_keyword_arguments():
 
 
 @pytest.mark.parametrize("arch, message", [
-    (f"{FACTORIES}:scaled_logits", "its last nn.Linear is not the last operation"),
+    (f"{FACTORIES}:scaled_logits", r"its classifier out Linear\(8, 7\) is not the last operation of its forward: "
+                                   r"Tensor.mul \(a \* in its forward\) runs on its output"),
     (f"{FACTORIES}:not_a_module", "returned a str, not an nn.Module"),
     ("py:tests.contract.no_such_module:f", "cannot import it"),
     ("timm:resnet181", "timm:resnet181 is not a timm model. Did you mean resnet18"),
