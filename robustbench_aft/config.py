@@ -207,6 +207,7 @@ class RunConfig:
     device: str = "auto"
     data_dir: Optional[str] = None
     download: bool = False
+    skip_bad_images: bool = False
 
     def to_dict(self) -> Dict[str, Any]:
         return asdict(self)
@@ -322,6 +323,8 @@ OPTIONS: Dict[str, Option] = {option.name: option for option in [
     Option("device", "auto (CUDA if available), cpu, cuda, cuda:1, ..."),
     Option("data_dir", "root folder of downloadable datasets (default: ./data)"),
     Option("download", "let torchvision download a missing dataset", switch=True),
+    Option("skip_bad_images", "leave out the images of a folder: dataset that cannot be read (counted in the "
+                              "run's record) instead of refusing the dataset", switch=True),
 ]}
 # Config-file sections: the fields of each part of the configuration by name, for what has no option.
 SECTIONS = {"train": TrainConfig, "eval": EvalConfig, "threat": ThreatModel}

@@ -55,7 +55,8 @@ def export_adversarial(db: str, method: str, output: Path, device: torch.device,
                           "recomputed from it")
     known = {f.name for f in dataclasses.fields(EvalConfig)}
     eval_config = EvalConfig(**{k: v for k, v in config["eval"].items() if k in known})
-    data = load_dataset(run["dataset"], data_dir=config.get("data_dir"))
+    data = load_dataset(run["dataset"], data_dir=config.get("data_dir"),
+                        skip_bad_images=bool(config.get("skip_bad_images")))
     model, _ = load_checkpoint(checkpoint, data, run["arch"])
     model = model.to(device).eval()
     source = None

@@ -249,7 +249,8 @@ def _cell_extra(context: _Context, natural: nn.Module) -> Dict[str, Any]:
         "fine_tuning": resolve_precision(context.config.train.precision, device),
         "clean_pgd_cw": resolve_precision(context.eval_config.precision, device),
         "autoattack": resolve_precision(context.eval_config.aa_precision, device)},
-        "processes": context.dist.world_size, "input_shape": list(context.data.input_shape)}
+        "processes": context.dist.world_size, "input_shape": list(context.data.input_shape),
+        "skipped_bad_images": context.data.metadata.get("skipped_bad_images")}
     normalize = getattr(natural, "normalize", None)
     if normalize is not None:
         extra["normalisation"] = {"mean": [round(float(v), 6) for v in normalize.mean.flatten()],
@@ -487,7 +488,8 @@ def _transfer_source(run: PreparedRun, natural: nn.Module, device: torch.device)
 def prepare_run(config: RunConfig) -> PreparedRun:
     """The dataset, the resolved threat model and the evaluation settings of ``config``, checked
     (shared by local runs and the launchers)."""
-    data = load_dataset(config.dataset, data_dir=config.data_dir, download=config.download)
+    data = load_dataset(config.dataset, data_dir=config.data_dir, download=config.download,
+                        skip_bad_images=config.skip_bad_images)
     threat = config.threat.resolved(default_eps(data, config.threat.norm))
     eval_config = config.eval_config(threat)
     if any(ATTACKS.get(name).needs_source for name in eval_config.attacks) and eval_config.transfer_from is None:

@@ -24,6 +24,7 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
                         help="dataset name or folder:PATH (default: digits, bundled with scikit-learn)")
     parser.add_argument("--data-dir", default=None, help="root folder of downloadable datasets (default: ./data)")
     parser.add_argument("--download", action="store_true", help="let torchvision download a missing dataset")
+    parser.add_argument("--skip-bad-images", action="store_true", help=SKIP_BAD_IMAGES_HELP)
     parser.add_argument("--image-size", type=positive_int, default=None,
                         help="resize every split to N×N (e.g. 224 for an ImageNet model on CIFAR); the dataset is "
                              "then named DATASET@Npx and eps is in pixels of the resized images")
@@ -39,6 +40,9 @@ def add_precision_arguments(parser: argparse.ArgumentParser, what: str) -> None:
     parser.add_argument("--aa-precision", default=None, choices=("fp32", "bf16"),
                         help="AutoAttack (default: fp32, so that leaderboard AA numbers are full precision)")
 
+
+SKIP_BAD_IMAGES_HELP = ("leave out the images of a folder: dataset that cannot be read (counted in the run's record) "
+                        "instead of refusing the dataset")
 
 ARCH_KWARGS_HELP = ("keyword arguments of an external --arch (timm:, torchvision:, py:), e.g. img_size=32; "
                     "they become part of the arch's name: timm:vit_tiny_patch16_224[img_size=32]")

@@ -6,7 +6,8 @@ from pathlib import Path
 
 from ..config import DEFAULT_DB
 from ..parsing import parse_arch, positive_int
-from ._common import ARCH_KWARGS_HELP, MEAN_HELP, STD_HELP, BenchArgumentParser, existing_store, output_folder
+from ._common import (ARCH_KWARGS_HELP, MEAN_HELP, SKIP_BAD_IMAGES_HELP, STD_HELP, BenchArgumentParser, existing_store,
+                      output_folder)
 
 
 def add_to(commands: argparse._SubParsersAction) -> None:
@@ -31,6 +32,7 @@ def add_to(commands: argparse._SubParsersAction) -> None:
     curve.add_argument("--arch", default="smallcnn", help="with --checkpoint: the architecture (default: smallcnn)")
     curve.add_argument("--arch-kwargs", default=None, metavar="K=V,...", help=ARCH_KWARGS_HELP)
     curve.add_argument("--data-dir", default=None, help="root folder of downloadable datasets")
+    curve.add_argument("--skip-bad-images", action="store_true", help=SKIP_BAD_IMAGES_HELP)
     curve.add_argument("--eps-values", default=None,
                        help="comma-separated budgets, e.g. 0,2/255,4/255,8/255 (default: 0 to 2× the dataset's eps)")
     curve.add_argument("--aa-eps", default="", help="budgets at which AutoAttack also runs (default: none)")
@@ -102,12 +104,12 @@ def cmd_analyze_eps_curve(args: argparse.Namespace) -> int:
     if args.db is not None:
         methods = [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else None
         sources, dataset, arch = models_from_store(existing_store(args.db), methods)
-        data = load_dataset(dataset, data_dir=args.data_dir)
+        data = load_dataset(dataset, data_dir=args.data_dir, skip_bad_images=args.skip_bad_images)
         models = {method: [load_checkpoint(path, data, arch)[0].to(device) for path, _, _ in entries]
                   for method, entries in sources.items()}
     else:
         arch = parse_arch(args.arch, args.arch_kwargs)
-        data = load_dataset(args.dataset, data_dir=args.data_dir)
+        data = load_dataset(args.dataset, data_dir=args.data_dir, skip_bad_images=args.skip_bad_images)
         model, info = resolve(args.checkpoint, data, arch, seed=0, device=device, progress=not args.quiet)
         models = {Path(info["source"]).stem: [model]}
     eps_values = (parse_eps_values(args.eps_values) if args.eps_values

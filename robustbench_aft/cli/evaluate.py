@@ -54,7 +54,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if output is not None and output.is_dir():
         raise ConfigError(f"--output {output} is a directory; give a file name")
     device = resolve_device(args.device)
-    data = load_dataset(args.dataset, data_dir=args.data_dir, download=args.download)
+    data = load_dataset(args.dataset, data_dir=args.data_dir, download=args.download,
+                        skip_bad_images=args.skip_bad_images)
     model, info = resolve(args.checkpoint, data, arch, seed=args.seed, device=device, progress=not args.quiet)
     transfer = any(ATTACKS.get(name).needs_source for name in attacks)
     source = (transfer_source(args.transfer_from, data, arch, device, progress=not args.quiet)

@@ -31,7 +31,8 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
 
     arch = parse_arch(args.arch, args.arch_kwargs)
     device = resolve_device(args.device)
-    data = load_dataset(args.dataset, data_dir=args.data_dir, download=args.download)
+    data = load_dataset(args.dataset, data_dir=args.data_dir, download=args.download,
+                        skip_bad_images=args.skip_bad_images)
     recipe = recipe_with(default_recipe(data), epochs=args.epochs, batch_size=args.batch_size, lr=args.lr)
     path = cache_path(data, arch, args.seed, recipe)
     if path.is_file() and not args.force:
