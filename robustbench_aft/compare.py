@@ -254,11 +254,17 @@ def add_rank_column(frame, store: ResultsStore, per_run, rank_by: Optional[str])
     ranks = [math.nan] * len(frame)
     for _, group in frame.groupby(["dataset", "arch", "eps", "norm"], sort=False):
         methods = group["method"].tolist()
+        protocol_of_method = dict(zip(group["method"], group["protocol_id"])) if "protocol_id" in group else {}
+        if len(protocol_of_method) < len(methods):  # --all-protocols: a method in several rows is not ranked
+            continue
 
         def outcomes_of(method: str, group=group) -> Optional[Dict[Optional[int], np.ndarray]]:
             runs = per_run[(per_run["method"] == method) & (per_run["dataset"] == group["dataset"].iloc[0])
                            & (per_run["arch"] == group["arch"].iloc[0]) & (per_run["eps"] == group["eps"].iloc[0])
-                           & (per_run["norm"] == group["norm"].iloc[0])].sort_values("seed")
+                           & (per_run["norm"] == group["norm"].iloc[0])]
+            if method in protocol_of_method and "protocol_id" in per_run:
+                runs = runs[runs["protocol_id"] == protocol_of_method[method]]
+            runs = runs.sort_values("seed")
             vectors: Dict[Optional[int], np.ndarray] = {}
             for run_id, seed in zip(runs["run_id"], runs["seed"]):
                 stored = store.samples(run_id)

@@ -15,9 +15,12 @@ from typing import Any, Dict, List, Optional
 
 from .attacks import avg_metrics, metric_columns
 from .errors import ConfigError
+from .protocol import setting_label
 from .registry import FORMATS, NATURAL
 
 KEY = ["method", "dataset", "arch", "eps", "norm"]
+# A leaderboard row: one method × setting measured under one protocol (protocol.py).
+ROW_KEY = [*KEY, "protocol_id"]
 RUN_ATTRIBUTES = ("selection", "selected_epoch", "train_seconds", "eval_seconds", "forward_per_image",
                   "backward_per_image")
 # The cost columns ``--columns`` can add (name → the per-run attribute averaged over seeds): the point
@@ -41,12 +44,17 @@ def format_table(rows: List[Dict[str, Any]], fmt: str, extra: Optional[Dict[str,
     return output_format(fmt).table(rows, extra, as_written)
 
 
-def latest_runs_frame(store_rows: List[Dict[str, Any]]):
-    """One row per counted run (the latest of each method × setting × seed), metrics as columns."""
+def latest_runs_frame(store_rows: List[Dict[str, Any]], all_protocols: bool = False):
+    """One row per counted run (the latest of each method × setting × protocol × seed), metrics as
+    columns. Unless ``all_protocols``, only the latest protocol of each method × setting counts; the
+    frame's ``attrs["left_out"]`` then names the runs of the others (protocol.py)."""
     import pandas as pd
 
     long = pd.DataFrame(store_rows)
-    per_run = long.pivot_table(index=["run_id", "created_at", "method_version", "seed", "flags_json", "n_eval", *KEY],
+    if "protocol_id" not in long.columns:  # rows built by hand (tests, older callers): one protocol
+        long["protocol_id"] = ""
+    per_run = long.pivot_table(index=["run_id", "created_at", "method_version", "seed", "flags_json", "n_eval", *KEY,
+                                      "protocol_id"],
                                columns="metric", values="value", aggfunc="first").reset_index()
     per_run.columns.name = None
     # Per-run attributes that may be empty (runs stored before they existed) join by run id:
@@ -54,7 +62,44 @@ def latest_runs_frame(store_rows: List[Dict[str, Any]]):
     attributes = [c for c in RUN_ATTRIBUTES if c in long.columns]
     if attributes:
         per_run = per_run.merge(long[["run_id", *attributes]].drop_duplicates("run_id"), on="run_id", how="left")
-    return per_run.sort_values("created_at").drop_duplicates([*KEY, "seed"], keep="last")
+    per_run = per_run.sort_values("created_at")
+    left_out: List[Dict[str, Any]] = []
+    if not all_protocols:
+        latest = per_run.groupby(KEY, sort=False)["protocol_id"].transform("last")
+        left_out = per_run[per_run["protocol_id"] != latest][[*KEY, "seed", "protocol_id"]].to_dict(
+            "records")
+        per_run = per_run[per_run["protocol_id"] == latest]
+    per_run = per_run.drop_duplicates([*ROW_KEY, "seed"], keep="last")
+    per_run.attrs["left_out"] = left_out
+    per_run.attrs["protocols"] = {row["protocol_id"]: row.get("protocol") for row in store_rows
+                                  if "protocol_id" in row}
+    return per_run
+
+
+def left_out_line(frame) -> Optional[str]:
+    """One line naming the runs a leaderboard left out because their method has a later protocol."""
+    left_out = frame.attrs.get("left_out") or []
+    if not left_out:
+        return None
+    from .protocol import describe_difference
+
+    protocols = frame.attrs.get("protocols", {})
+    latest = frame.attrs.get("latest_protocols", {})
+    parts = []
+    for (method, protocol), runs in _grouped(left_out):
+        seeds = ",".join(str(seed) for seed in sorted({run["seed"] for run in runs}))
+        current = latest.get(tuple(runs[0][k] for k in KEY))
+        why = describe_difference(protocols.get(protocol) or {}, protocols.get(current) or {}) if current else ""
+        parts.append(f"{method} seed {seeds}" + (f" ({why})" if why else ""))
+    return ("left out, measured under an earlier protocol than their method's latest: " + "; ".join(parts)
+            + " (--all-protocols shows each protocol as its own row)")
+
+
+def _grouped(runs: List[Dict[str, Any]]):
+    groups: Dict[tuple, List[Dict[str, Any]]] = {}
+    for run in runs:
+        groups.setdefault((run["method"], run["protocol_id"]), []).append(run)
+    return groups.items()
 
 
 # Budget fields that identify a row (its eps and norm columns), not the column's attack.
@@ -72,7 +117,7 @@ def column_budgets(store_rows: List[Dict[str, Any]], counted_runs: set) -> Dict[
         if row["run_id"] not in counted_runs or not isinstance(text, str):
             continue
         budget = {k: v for k, v in json.loads(text).items() if k not in ROW_BUDGET_FIELDS}
-        key = tuple(row[k] for k in KEY)
+        key = tuple(row.get(k, "") for k in ROW_KEY)
         budgets.setdefault(row["metric"], {}).setdefault(json.dumps(budget, sort_keys=True), set()).add(key)
     return budgets
 
@@ -103,23 +148,25 @@ def _mixed_budget_cells(store_rows: List[Dict[str, Any]], per_run, mix_budgets: 
     return marked
 
 
-def leaderboard_frame(store_rows: List[Dict[str, Any]], mix_budgets: bool = False):
+def leaderboard_frame(store_rows: List[Dict[str, Any]], mix_budgets: bool = False, all_protocols: bool = False):
     """The aggregated leaderboard as a pandas DataFrame with ``<metric>``, ``<metric>_std`` and
-    ``<metric>_ci_low``/``_ci_high`` columns. A column whose cells were measured with different
-    attack budgets (steps, AutoAttack version, precision...) is refused unless ``mix_budgets``; then
-    ``mixed_budgets`` lists, per row, the metrics that differ from the column's usual budget."""
+    ``<metric>_ci_low``/``_ci_high`` columns; one row per method × setting × protocol, where only the
+    latest protocol of each method counts unless ``all_protocols`` (then a ``setting`` column names
+    what differs). A column whose cells were measured with different attack budgets (steps,
+    AutoAttack version, precision...) is refused unless ``mix_budgets``; then ``mixed_budgets``
+    lists, per row, the metrics that differ from the column's usual budget."""
     import pandas as pd
 
     if not store_rows:
         return pd.DataFrame()
-    per_run = latest_runs_frame(store_rows)
+    per_run = latest_runs_frame(store_rows, all_protocols)
     marked = _mixed_budget_cells(store_rows, per_run, mix_budgets)
     present_avg = [m for m in avg_metrics() if m in per_run.columns]
     per_run["avg"] = per_run[present_avg].mean(axis=1)
     per_run["flagged"] = per_run["flags_json"].map(lambda text: bool(json.loads(text)))
     metrics = [m for m in metric_columns() if m in per_run.columns]
-    first_seen = per_run.groupby(KEY, sort=False)["created_at"].min().rename("first_seen")
-    grouped = per_run.groupby(KEY, sort=False)
+    first_seen = per_run.groupby(ROW_KEY, sort=False)["created_at"].min().rename("first_seen")
+    grouped = per_run.groupby(ROW_KEY, sort=False)
     table = grouped[metrics].mean()
     std = grouped[metrics].std(ddof=1).add_suffix("_std")
     table = table.join(std)
@@ -135,12 +182,28 @@ def leaderboard_frame(store_rows: List[Dict[str, Any]], mix_budgets: bool = Fals
     # The natural model first, then methods in the order they were first run.
     table["natural_last"] = table["method"] != NATURAL
     table = table.sort_values(["natural_last", "first_seen"]).drop(columns=["natural_last", "first_seen"])
-    ordered = [*KEY, "seeds", "version"]
+    protocols = per_run.attrs.get("protocols", {})
+    if all_protocols:
+        table["setting"] = [setting_label(protocols.get(row["protocol_id"]) or {},
+                                          [protocols.get(other) or {} for other in
+                                           table[(table[KEY] == pd.Series({k: row[k] for k in KEY})).all(axis=1)][
+                                               "protocol_id"] if other != row["protocol_id"]])
+                            for row in table.to_dict("records")]
+    ordered = [*KEY, "seeds", "version"] + (["setting"] if all_protocols else [])
     for metric in metrics:
         ordered += [metric, f"{metric}_std", f"{metric}_ci_low", f"{metric}_ci_high"]
-    table["mixed_budgets"] = [",".join(marked.get(tuple(record[k] for k in KEY), []))
+    table["mixed_budgets"] = [",".join(marked.get(tuple(record[k] for k in ROW_KEY), []))
                               for record in table.to_dict("records")]
-    return table[ordered + ["flagged_runs", "reconstructed", *costs, "mixed_budgets"]].reset_index(drop=True)
+    table = table[ordered + ["flagged_runs", "reconstructed", *costs, "mixed_budgets", "protocol_id"]]
+    table = table.reset_index(drop=True)
+    table.attrs["left_out"] = per_run.attrs.get("left_out", [])
+    table.attrs["protocols"] = protocols
+    table.attrs["latest_protocols"] = {tuple(row[k] for k in KEY): row["protocol_id"]
+                                       for row in table.to_dict("records")}
+    return table
+
+
+
 
 
 def _intervals(grouped, metrics: List[str]):
@@ -161,7 +224,7 @@ def _intervals(grouped, metrics: List[str]):
             row[f"{metric}_ci_low"], row[f"{metric}_ci_high"] = low, high
         rows[key] = row
     frame = pd.DataFrame.from_dict(rows, orient="index")
-    frame.index = pd.MultiIndex.from_tuples(frame.index, names=KEY)
+    frame.index = pd.MultiIndex.from_tuples(frame.index, names=ROW_KEY)
     return frame
 
 
@@ -291,6 +354,8 @@ def display_rows(frame, columns: Optional[List[str]] = None) -> List[Dict[str, A
         row.update({"method": label, "dataset": record["dataset"], "arch": record["arch"],
                "norm": record.get("norm", "Linf"), "eps": f"{record['eps']:.4g}", "seeds": int(record["seeds"]),
                "version": "-" if record["method"] == NATURAL else int(record["version"])})
+        if "setting" in record:
+            row["setting"] = record["setting"] or "-"
         for metric in metrics:
             row[metric] = ("" if isinstance(record[metric], float) and math.isnan(record[metric])
                            else _cell(record[metric], record[f"{metric}_std"], record.get(f"{metric}_ci_low"),

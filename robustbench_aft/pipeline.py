@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
 import logging
 import time
@@ -24,7 +25,7 @@ from .config_file import dump_run_config
 from .data import DataBundle, default_eps, load_dataset
 from . import distributed
 from .distributed import SINGLE, DistContext, barrier
-from .engine import NumericalError, check_method_fits, fine_tune
+from .engine import NumericalError, check_method_fits, default_val_size, fine_tune
 from .models import build_model
 from .errors import ConfigError, Interrupted
 from .evaluate import EvalConfig, evaluate, select_subset
@@ -34,8 +35,9 @@ from .pretrained import transfer_source
 from .results import ResultsStore, RunRecord, new_group_id, outcome_bits
 from .runfolder import (BEST_VAL_CHECKPOINT, CONFIG_FILE, DONE, MANIFEST, cell_id, cell_name, open_group,
                         read_manifest)
+from .protocol import dataset_fingerprint, encode_indices, protocol_of
 from .threat import ThreatModel
-from .validation import catastrophic_overfitting
+from .validation import catastrophic_overfitting, split_training_set
 from .registry import ATTACKS, NATURAL
 from .devices import resolve_device, resolve_precision
 from .files import RunLock, atomic_write_text, check_writable
@@ -80,6 +82,26 @@ class PreparedRun:
     def natural_recipe(self) -> NaturalRecipe:
         """The pre-training recipe of ``--pretrained auto``: the dataset's, with ``--natural-*`` over it."""
         return recipe_with(default_recipe(self.data), **self.config.natural)
+
+    @functools.cached_property
+    def fingerprint(self) -> str:
+        return dataset_fingerprint(self.data)
+
+    def split(self, method: str, seed: int) -> Dict[str, Any]:
+        """Which training images fine-tuned and validated the (method, seed) cell, as the engine
+        draws them (validation.split_training_set), compactly; the test points are the row's indices."""
+        data, train = self.data, self.config.train
+        record: Dict[str, Any] = {"dataset_fingerprint": self.fingerprint, "train_size": len(data.train)}
+        if method == NATURAL:
+            return {**record, "fine_tune": "every training image (the natural model's pre-training)"}
+        val_size = train.val_size if train.val_size is not None else default_val_size(
+            data.default_val_size, len(data.train), train.train_subset)
+        fine_tune_indices, val_indices = split_training_set(len(data.train), train.train_subset, val_size, seed)
+        if fine_tune_indices is None:
+            fine_tune_indices = list(range(len(data.train)))
+        return {**record, "fine_tune": encode_indices(fine_tune_indices, len(data.train)),
+                "n_fine_tune": len(fine_tune_indices), "validation": encode_indices(val_indices, len(data.train)),
+                "n_validation": len(val_indices)}
 
     @property
     def stored_config(self) -> Dict[str, Any]:
@@ -250,7 +272,8 @@ def _cell_extra(context: _Context, natural: nn.Module) -> Dict[str, Any]:
         "clean_pgd_cw": resolve_precision(context.eval_config.precision, device),
         "autoattack": resolve_precision(context.eval_config.aa_precision, device)},
         "processes": context.dist.world_size, "input_shape": list(context.data.input_shape),
-        "skipped_bad_images": context.data.metadata.get("skipped_bad_images")}
+        "skipped_bad_images": context.data.metadata.get("skipped_bad_images"),
+        "dataset_fingerprint": context.run.fingerprint}
     normalize = getattr(natural, "normalize", None)
     if normalize is not None:
         extra["normalisation"] = {"mean": [round(float(v), 6) for v in normalize.mean.flatten()],
@@ -347,11 +370,14 @@ def _store_cell(context: _Context, cell: _Cell, evaluations: List[Tuple[str, Any
     overfitting = catastrophic_overfitting(cell.tuned.validation)
     tuned = cell.tuned
     best_checkpoint = cell.extra.pop("best_val_checkpoint", None)
-    config = {**context.run.stored_config, **cell.extra}
+    config = {**context.run.stored_config, **cell.extra, "split": context.run.split(cell.method, cell.seed)}
     done_payload: Dict[str, Any] = {"run_id": cell.run_id, "accuracy": evaluations[0][1].accuracy}
     for selection, evaluated, seconds, epoch, row_id in evaluations:
         if selection == "best-val" and best_checkpoint is not None:
             config = {**config, "checkpoint": best_checkpoint}
+        config = {**config, "protocol": protocol_of(
+            cell.method, context.data.name, context.config.arch, evaluated.eps, context.run.threat.norm, evaluated.n,
+            {k: v for k, v in config.items() if k != "protocol"}, evaluated.indices, evaluated.budgets)}
         context.store.add(RunRecord(**cell.record, method_version=tuned.version, config=config,
                                     train_seconds=tuned.train_seconds, images_per_second=tuned.images_per_second,
                                     feature_gap=cell.feature_gap, validation=tuned.validation,
@@ -515,19 +541,23 @@ def run_one_cell(config: RunConfig, out_root: Path, method: str, seed: int, sink
 
 
 def leaderboard(db: str, group_id: Optional[str] = None, rank_by: Optional[str] = None, selection: str = "last",
-                mix_budgets: bool = False):
+                mix_budgets: bool = False, all_protocols: bool = False):
     """The aggregated leaderboard of a results store as a pandas DataFrame (see leaderboard.py),
     with the noise-aware ``rank`` column of compare.py; ``selection`` picks the ``last`` or the
-    ``best-val`` weights of each fine-tuned model (validation.py)."""
+    ``best-val`` weights of each fine-tuned model (validation.py). One row per method × setting and
+    protocol: the latest protocol of each method unless ``all_protocols`` (``frame.attrs["left_out"]``
+    names the runs left out; leaderboard.left_out_line words them)."""
     from .compare import add_rank_column
     from .leaderboard import latest_runs_frame, leaderboard_frame
 
     store = ResultsStore(db)
     rows = store.rows(group_id, selection=selection)
-    frame = leaderboard_frame(rows, mix_budgets=mix_budgets)
+    frame = leaderboard_frame(rows, mix_budgets=mix_budgets, all_protocols=all_protocols)
     if frame.empty:
         return frame
-    return add_rank_column(frame, store, latest_runs_frame(rows), rank_by)
+    ranked = add_rank_column(frame, store, latest_runs_frame(rows, all_protocols), rank_by)
+    ranked.attrs.update(frame.attrs)
+    return ranked
 
 
 __all__ = ["RunSummary", "leaderboard", "run"]

@@ -12,7 +12,7 @@ import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Optional
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 from .errors import ConfigError
 
@@ -281,7 +281,34 @@ class ResultsStore:
             arguments = (selection, group_id)
         with self._connect() as connection:
             connection.row_factory = sqlite3.Row
-            return [dict(row) for row in connection.execute(query + " ORDER BY r.created_at", arguments)]
+            rows = [dict(row) for row in connection.execute(query + " ORDER BY r.created_at", arguments)]
+        protocols = self.protocols({row["run_id"] for row in rows})
+        for row in rows:
+            row["protocol_id"], row["protocol"] = protocols[row["run_id"]]
+        return rows
+
+    def protocols(self, run_ids: Optional[set] = None) -> Dict[str, Tuple[str, Dict[str, Any]]]:
+        """(protocol id, protocol record) of each run (protocol.py): the stored record, or for runs
+        stored before it existed the one derived from their configuration, points and budgets."""
+        from .protocol import protocol_id, protocol_of
+
+        with self._connect() as connection:
+            connection.row_factory = sqlite3.Row
+            runs = connection.execute("SELECT run_id, method, dataset, arch, eps, norm, n_eval, config_json "
+                                      "FROM runs").fetchall()
+            points = dict(connection.execute("SELECT run_id, indices FROM eval_points").fetchall())
+            budgets: Dict[str, Dict[str, Any]] = {}
+            for run_id, metric, text in connection.execute("SELECT run_id, metric, budget_json FROM budgets"):
+                budgets.setdefault(run_id, {})[metric] = json.loads(text)
+        found = {}
+        for run in runs:
+            if run_ids is not None and run["run_id"] not in run_ids:
+                continue
+            indices = json.loads(points[run["run_id"]]) if run["run_id"] in points else None
+            record = protocol_of(run["method"], run["dataset"], run["arch"], run["eps"], run["norm"], run["n_eval"],
+                                 json.loads(run["config_json"]), indices, budgets.get(run["run_id"], {}))
+            found[run["run_id"]] = (protocol_id(record), record)
+        return found
 
     def feature_gaps(self) -> List[Dict[str, Any]]:
         """One dict per (finished run, epoch) with the run's method, dataset, arch, eps and seed (the

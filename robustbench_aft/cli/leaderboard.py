@@ -2,10 +2,11 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from ..config import DEFAULT_DB
 from ..registry import FORMATS
-from ._common import COLUMNS_HELP, SELECT_HELP, existing_store, selection
+from ._common import COLUMNS_HELP, SELECT_HELP, existing_store, human, selection
 
 
 def add_to(commands: argparse._SubParsersAction) -> None:
@@ -22,23 +23,30 @@ def add_to(commands: argparse._SubParsersAction) -> None:
     board.add_argument("--columns", default=None, help=COLUMNS_HELP)
     board.add_argument("--mix-budgets", action="store_true",
                        help="allow a column to hold numbers measured with different attack budgets (marked †)")
+    board.add_argument("--all-protocols", action="store_true",
+                       help="show the runs of every protocol, each as its own row with a setting label naming what "
+                            "differs (default: the latest protocol of each method, and a line naming what was left out)")
     board.set_defaults(handler=cmd_leaderboard)
 
 
 def cmd_leaderboard(args: argparse.Namespace) -> int:
-    from ..leaderboard import parse_columns, render_leaderboard
+    from ..leaderboard import left_out_line, parse_columns, render_leaderboard
     from ..pipeline import leaderboard
     from ..files import atomic_write_text
 
     columns = parse_columns(args.columns)
     frame = leaderboard(existing_store(args.db), rank_by=args.rank_by, selection=selection(args.select),
-                        mix_budgets=args.mix_budgets)
+                        mix_budgets=args.mix_budgets, all_protocols=args.all_protocols)
+    left_out = left_out_line(frame) if not frame.empty else None
     if args.with_published and not frame.empty:
         from ..leaderboard import load_published, with_published
 
         frame = with_published(frame, load_published(args.published))
     table = render_leaderboard(frame, args.format, columns)
     print(table)
+    if left_out:
+        print(("\n" + left_out) if human(args.format) else f"bench: {left_out}", file=None if human(args.format)
+              else sys.stderr)
     if args.output:
         atomic_write_text(table + "\n", args.output)
     return 0

@@ -1,0 +1,141 @@
+"""The protocol of a stored run: everything that must be equal for two runs to share a table row.
+
+A leaderboard row averages seeds; it is only worth what it promises if every seed was measured the
+same way. The protocol record holds what decides that: the dataset (and a fingerprint of its
+content), the arch, the threat model, the fine-tuning recipe (epochs, subset, validation size,
+selection, method parameters, the natural model it started from), the evaluation points, each
+attack with its budget and precision, and the attacks behind ``worst``. Seeds, devices, timings
+and output locations are not part of it.
+
+New runs store the record in their configuration (``config["protocol"]``); for runs stored before
+it existed, :func:`protocol_of` derives it from what the store holds, and a field that cannot be
+derived reads ``"unknown"``. Its :func:`protocol_id` is a short hash of the canonical JSON.
+"""
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import zlib
+from pathlib import Path
+from typing import Any, Dict, Iterable, List, Optional, Sequence
+
+PROTOCOL_VERSION = 1
+UNKNOWN = "unknown"
+# Budget fields that belong to the row (its eps and norm columns), not to the column's attack.
+_ROW_BUDGET_FIELDS = ("eps", "eps_given", "norm")
+# The fine-tuning settings that change what is computed (not where or how fast).
+_RECIPE_FIELDS = ("epochs", "batch_size", "lr", "momentum", "weight_decay", "ema", "train_subset", "val_size",
+                  "select")
+# Short names of protocol fields in the ``setting`` label of a leaderboard row.
+_SHORT = {"points.n": "n", "points.indices": "points", "recipe.train_subset": "subset", "recipe.val_size": "val",
+          "recipe.batch_size": "batch", "recipe.pretrained": "natural model", "dataset_fingerprint": "data"}
+
+
+def digest(value: Any, length: int = 12) -> str:
+    """A short SHA-256 of ``value``'s canonical JSON."""
+    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:length]
+
+
+def dataset_fingerprint(data: Any) -> str:
+    """A hash of what a dataset is: its identity, sizes, shapes and every label of both splits in order."""
+    def labels(split: Any) -> Optional[List[int]]:
+        values = next((getattr(split, name) for name in ("labels", "targets") if hasattr(split, name)), None)
+        return None if values is None else [int(v) for v in list(values)]
+
+    return digest({"key": data.key, "classes": data.num_classes, "shape": list(data.input_shape),
+                   "train": [len(data.train), labels(data.train)], "test": [len(data.test), labels(data.test)]})
+
+
+def protocol_of(method: str, dataset: str, arch: str, eps: float, norm: str, n_eval: int, config: Dict[str, Any],
+                indices: Optional[Sequence[int]], budgets: Dict[str, Dict[str, Any]]) -> Dict[str, Any]:
+    """The protocol record of one stored run (the stored one when the run has it)."""
+    if isinstance(config.get("protocol"), dict):
+        return config["protocol"]
+    train = config.get("train") or {}
+    source = config.get("pretrained_source")
+    natural_model = Path(str(source)).name if source else UNKNOWN
+    if method == "natural":
+        recipe: Dict[str, Any] = {"natural": config.get("natural", UNKNOWN), "pretrained": natural_model}
+    else:
+        recipe = {name: train.get(name, UNKNOWN) for name in _RECIPE_FIELDS}
+        recipe["params"] = config.get("method_params_used", UNKNOWN)
+        recipe["pretrained"] = natural_model
+    attacks = {metric: {k: v for k, v in budget.items() if k not in _ROW_BUDGET_FIELDS}
+               for metric, budget in sorted(budgets.items())}
+    behind_worst = sorted(m for m in budgets if m != "clean") if budgets else sorted(
+        m for m in (config.get("eval") or {}).get("attacks", []) if m != "clean") or UNKNOWN
+    return {"version": PROTOCOL_VERSION, "dataset": dataset,
+            "dataset_fingerprint": config.get("dataset_fingerprint", UNKNOWN), "arch": arch,
+            "threat": {"norm": norm, "eps": round(float(eps), 10)}, "recipe": recipe,
+            "points": {"n": int(n_eval), "indices": digest(list(indices)) if indices else UNKNOWN},
+            "attacks": attacks or UNKNOWN, "worst_over": behind_worst}
+
+
+def protocol_id(record: Dict[str, Any]) -> str:
+    return digest(record)
+
+
+def _flatten(record: Any, prefix: str = "") -> Dict[str, Any]:
+    if not isinstance(record, dict) or not record:
+        return {prefix.rstrip("."): record}
+    flat: Dict[str, Any] = {}
+    for key, value in record.items():
+        if isinstance(value, dict) and key != "params" and value:
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def differences(first: Dict[str, Any], second: Dict[str, Any]) -> List[str]:
+    """The dotted protocol fields in which two records differ."""
+    a, b = _flatten(first), _flatten(second)
+    return sorted(key for key in set(a) | set(b) if a.get(key, UNKNOWN) != b.get(key, UNKNOWN))
+
+
+def _short(key: str) -> str:
+    if key in _SHORT:
+        return _SHORT[key]
+    return key.split(".")[-1] if key.startswith(("recipe.", "points.", "threat.")) else key
+
+
+def _shown(value: Any) -> str:
+    if isinstance(value, (dict, list)):
+        return digest(value, 6)
+    return str(value)
+
+
+def setting_label(record: Dict[str, Any], others: Iterable[Dict[str, Any]]) -> str:
+    """``epochs=1, n=60``: this record's values of the fields in which it differs from ``others``."""
+    keys = sorted({key for other in others for key in differences(record, other)})
+    flat = _flatten(record)
+    attack_keys = [k for k in keys if k.startswith("attacks.") or k == "worst_over"]
+    shown = [f"{_short(k)}={_shown(flat.get(k, UNKNOWN))}" for k in keys if k not in attack_keys]
+    if attack_keys:
+        shown.append("attacks=" + ",".join(sorted(flat.get("worst_over", [])) if isinstance(
+            flat.get("worst_over"), list) else [UNKNOWN]))
+    return ", ".join(shown)
+
+
+def describe_difference(stored: Dict[str, Any], wanted: Dict[str, Any]) -> str:
+    """``epochs 1 vs 5, n 60 vs 200``: a one-line account of how two protocols differ."""
+    a, b = _flatten(stored), _flatten(wanted)
+    parts = [f"{_short(key)} {_shown(a.get(key, UNKNOWN))} vs {_shown(b.get(key, UNKNOWN))}"
+             for key in differences(stored, wanted)]
+    return ", ".join(parts[:6]) + (f" and {len(parts) - 6} more" if len(parts) > 6 else "")
+
+
+def encode_indices(indices: Sequence[int], size: int) -> str:
+    """A set of indices of a split of ``size`` items as a compressed bitmask (base64): a few kB for
+    CIFAR's 50,000 training images, where the list would take 300 kB."""
+    mask = bytearray((size + 7) // 8)
+    for index in indices:
+        mask[index // 8] |= 1 << (index % 8)
+    return base64.b64encode(zlib.compress(bytes(mask), 9)).decode("ascii")
+
+
+def decode_indices(text: str) -> List[int]:
+    """The sorted indices :func:`encode_indices` encoded."""
+    mask = zlib.decompress(base64.b64decode(text))
+    return [byte_index * 8 + bit for byte_index, byte in enumerate(mask) for bit in range(8) if byte >> bit & 1]
