@@ -8,7 +8,8 @@ import torch
 from torch.nn import functional as F
 
 from robustbench_aft.attacks import ascent_direction, project
-from robustbench_aft.method import COUNT, POSITIVE, Method, param
+from robustbench_aft.method import CIFAR_EPS, Method, OptimConfig, afd_lr
+from robustbench_aft.params import COUNT, POSITIVE, param
 from robustbench_aft.registry import METHODS
 
 
@@ -45,9 +46,14 @@ class FreeAT(Method):
         replays: int = param(8, "replays m of each minibatch", "free_adv_train config.py (CIFAR)", COUNT)
         step_ratio: float = param(1.0, "perturbation step / eps", "free_adv_train config.py (step = ε)", POSITIVE)
 
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
+    def __init__(self, params: Optional[FreeAT.Params] = None, eps: float = CIFAR_EPS,
+                 optim: Optional[OptimConfig] = None, norm: str = "Linf") -> None:
+        super().__init__(params, eps=eps, optim=optim, norm=norm)
         self.delta: Optional[torch.Tensor] = None
+
+    def lr_at(self, epoch: int, total_epochs: int, base_lr: float) -> float:
+        """AFD's schedule, the run's shared budget, instead of Free-AT's from-scratch schedule."""
+        return afd_lr(epoch, total_epochs, base_lr)
 
     def checkpoint_extras(self) -> Dict[str, Any]:
         return {"delta": None if self.delta is None else self.delta.detach().cpu()}

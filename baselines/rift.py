@@ -12,8 +12,8 @@ from torch import nn
 from torch.nn import functional as F
 from torch.utils.data import Dataset
 
-from robustbench_aft.method import (
-    COUNT, NONNEGATIVE, POSITIVE, PROBABILITY, Method, afd_lr, param, training_attack_params)
+from robustbench_aft.method import CIFAR_EPS, Method, OptimConfig, afd_lr, training_attack_params
+from robustbench_aft.params import COUNT, NONNEGATIVE, POSITIVE, PROBABILITY, param
 from robustbench_aft.registry import METHODS
 
 log = logging.getLogger(__name__)
@@ -90,8 +90,9 @@ class RiFT(Method):
         alpha_tolerance: float = param(0.1, "allowed PGD drop (points) when choosing α", "our rule (methods.md §6.3)",
                                        NONNEGATIVE)
 
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
+    def __init__(self, params: Optional[RiFT.Params] = None, eps: float = CIFAR_EPS,
+                 optim: Optional[OptimConfig] = None, norm: str = "Linf") -> None:
+        super().__init__(params, eps=eps, optim=optim, norm=norm)
         self.train_set: Optional[Dataset] = None
         self.adversarial_state: Optional[Dict[str, torch.Tensor]] = None
         self.critical_module: Optional[str] = None

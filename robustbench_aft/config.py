@@ -12,7 +12,8 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Dict, List, Optional
 
 from .errors import ConfigError
-from .method import CIFAR_EPS, params_problem
+from .method import CIFAR_EPS
+from .params import params_problem
 from .registry import METHODS
 from .validation import SELECTIONS
 
