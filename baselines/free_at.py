@@ -30,13 +30,14 @@ class FreeAT(Method):
     Shafahi et al., "Adversarial Training for Free!", https://arxiv.org/abs/1904.12843; official
     code ashafahi/free_adv_train (TF, CIFAR) and mahyarnajibi/FreeAdversarialTraining (PyTorch).
     Threat model L∞ (the official one); in L2 the step is ε along the normalised gradient and δ is
-    projected onto the L2 ball (:func:`free_perturbation_step`). A persistent perturbation with the shape of one minibatch (indexed by position
-    in the batch) starts at zero and carries over minibatches and epochs; every replay trains on
-    clip01(x + δ) in train mode, updates δ with step ε, then steps the weights with the gradient
-    taken at the old δ. Applied as fine-tuning from the natural model (INFERRED toolkit setting,
-    methods.md §9.2): every training image is seen ``epochs`` times, each minibatch replayed
-    m = 8 times, so Free-AT makes m× the optimiser steps of the other methods at a cost of m
-    forward/backward passes per minibatch (PGD-10 AT needs 11). The budget is recorded with the run.
+    projected onto the L2 ball (:func:`free_perturbation_step`). A persistent perturbation with the
+    shape of one minibatch (indexed by position in the batch) starts at zero and carries over
+    minibatches and epochs; every replay trains on clip01(x + δ) in train mode, updates δ with step
+    ε, then steps the weights with the gradient taken at the old δ. Applied as fine-tuning from the
+    natural model (INFERRED toolkit setting, methods.md §9.2): every training image is seen
+    ``epochs`` times, each minibatch replayed m = 8 times, so Free-AT makes m× the optimiser steps
+    of the other methods at a cost of m forward/backward passes per minibatch (PGD-10 AT needs 11).
+    The budget is recorded with the run.
     """
 
     reference = "arXiv 1904.12843; ashafahi/free_adv_train"

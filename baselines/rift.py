@@ -28,7 +28,8 @@ def project_relative(weight: torch.Tensor, initial: torch.Tensor, max_ratio: flo
     return weight
 
 
-def interpolate_states(start: Dict[str, torch.Tensor], end: Dict[str, torch.Tensor], alpha: float) -> Dict[str, torch.Tensor]:
+def interpolate_states(start: Dict[str, torch.Tensor], end: Dict[str, torch.Tensor],
+                       alpha: float) -> Dict[str, torch.Tensor]:
     """θ(α) = α·θ_end + (1 − α)·θ_start over the whole state dict; integer buffers from the nearer end.
 
     Zhu et al., "Improving Generalization of Adversarial Training via Robust Critical

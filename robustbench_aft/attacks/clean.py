@@ -11,7 +11,11 @@ class Clean(Attack):
 
     column_position = 0
     kind = "none"
+    white_box = False
     in_avg = True
 
     def perturb(self, model, x, y, generator):
         return x.clone()
+
+    def threat_budget(self, eps_given):
+        return {}

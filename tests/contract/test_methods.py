@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from robustbench_aft.config import TrainConfig
-from robustbench_aft.engine import fine_tune
 from robustbench_aft.data import collect
+from robustbench_aft.engine import fine_tune
 from robustbench_aft.errors import ConfigError, Interrupted
 from robustbench_aft.method import Method
 from robustbench_aft.models import ImageClassifier
