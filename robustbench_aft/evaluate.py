@@ -3,9 +3,10 @@
 A fixed, seeded subset of the test set; every requested attack on every point that the model
 classifies correctly (a point misclassified clean counts as broken by every attack, AutoAttack's
 convention, so no attack is spent on it); per-sample correctness for each attack; ``worst`` = the
-per-sample worst case over all attacks run (a point counts as robust only if every attack failed
-on it); and sanity checks that flag likely gradient masking next to the numbers instead of hiding
-it.
+per-sample worst case over all eps-ball attacks run (a point counts as robust only if every attack
+failed on it; corruptions are reported beside it); and sanity checks that flag likely gradient
+masking next to the numbers instead of hiding it. What differs from attack to attack is asked of
+the attack (:class:`.attacks.Attack`), never decided here from its name or kind.
 """
 from __future__ import annotations
 

@@ -1,6 +1,8 @@
 """Clean accuracy: the unperturbed test images."""
 from __future__ import annotations
 
+from typing import Any, Dict
+
 from ..registry import ATTACKS
 from ._base import Attack
 
@@ -17,5 +19,5 @@ class Clean(Attack):
     def perturb(self, model, x, y, generator):
         return x.clone()
 
-    def threat_budget(self, eps_given):
-        return {}
+    def threat_budget(self, eps_given: str) -> Dict[str, Any]:
+        return {}  # no perturbation: no eps-ball of its own
