@@ -6,7 +6,8 @@ convention, so no attack is spent on it); per-sample correctness for each attack
 per-sample worst case over all eps-ball attacks run (a point counts as robust only if every attack
 failed on it; corruptions are reported beside it); and sanity checks that flag likely gradient
 masking next to the numbers instead of hiding it. What differs from attack to attack is asked of
-the attack (:class:`.attacks.Attack`), never decided here from its name or kind.
+the attack (:class:`.attacks.Attack`), never decided here from its kind; only the sanity checks
+built on PGD itself look for it by name.
 """
 from __future__ import annotations
 
