@@ -56,7 +56,9 @@ class ARREST(Method):
         rgkd: bool = param(True, "enable the representation penalty", "AFD ARREST.py --RGKD", FLAG)
 
     def lr_at(self, epoch: int, total_epochs: int, base_lr: float) -> float:
-        """AFD's schedule, the run's shared budget (the ``arrest_lr`` of AFD's ``ARREST.py`` is vAFT's)."""
+        """AFD's schedule, the one this method has always trained on. AFD's ``ARREST.py`` itself uses
+        :func:`arrest_lr`, the same numbers at the default base lr 0.025; they differ only for another
+        base lr (``arrest_lr`` resets to 0.02 at epoch 11)."""
         return afd_lr(epoch, total_epochs, base_lr)
 
     def prepare(self, model: nn.Module) -> None:
