@@ -57,8 +57,8 @@ class ARREST(Method):
 
     def lr_at(self, epoch: int, total_epochs: int, base_lr: float) -> float:
         """AFD's schedule, the one this method has always trained on. AFD's ``ARREST.py`` itself uses
-        :func:`arrest_lr`, the same numbers at the default base lr 0.025; they differ only for another
-        base lr (``arrest_lr`` resets to 0.02 at epoch 11)."""
+        :func:`arrest_lr`: equal up to rounding at the default base lr 0.025 (0.025·0.8 against 0.02
+        from epoch 11), different for another base lr, since ``arrest_lr`` resets to 0.02 outright."""
         return afd_lr(epoch, total_epochs, base_lr)
 
     def prepare(self, model: nn.Module) -> None:
