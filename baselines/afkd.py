@@ -9,8 +9,10 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from robustbench_aft.method import NONNEGATIVE, POSITIVE, Method, arrest_lr, param, summed_kl, training_attack_params
+from robustbench_aft.method import Method, arrest_lr, summed_kl, training_attack_params
+from robustbench_aft.params import NONNEGATIVE, POSITIVE, param
 from robustbench_aft.registry import METHODS
+
 
 def distillation_kl(logits_teacher: torch.Tensor, logits_student: torch.Tensor, temperature: float) -> torch.Tensor:
     """τ²·KL(softmax(g(x)/τ) ‖ softmax(f(x_adv)/τ)), batch mean (Hinton et al. 2015, arXiv 1503.02531, Eq. 2 form)."""

@@ -11,8 +11,9 @@ from torch import nn
 from torch.nn import functional as F
 
 from robustbench_aft.attacks import random_in_ball
-from robustbench_aft.method import COUNT_OR_ZERO, FLAG, NONNEGATIVE, Method, Range, param, training_attack_params
+from robustbench_aft.method import Method, afd_lr, training_attack_params
 from robustbench_aft.modes import eval_mode
+from robustbench_aft.params import COUNT_OR_ZERO, FLAG, NONNEGATIVE, Range, param
 from robustbench_aft.registry import METHODS
 
 
@@ -53,6 +54,12 @@ class ARREST(Method):
                                COUNT_OR_ZERO)
         nr: bool = param(True, "enable noisy replay", "AFD ARREST.py --NR", FLAG)
         rgkd: bool = param(True, "enable the representation penalty", "AFD ARREST.py --RGKD", FLAG)
+
+    def lr_at(self, epoch: int, total_epochs: int, base_lr: float) -> float:
+        """AFD's schedule, the one this method has always trained on. AFD's ``ARREST.py`` itself uses
+        :func:`arrest_lr`: equal up to rounding at the default base lr 0.025 (0.025·0.8 against 0.02
+        from epoch 11), different for another base lr, since ``arrest_lr`` resets to 0.02 outright."""
+        return afd_lr(epoch, total_epochs, base_lr)
 
     def prepare(self, model: nn.Module) -> None:
         self.student = copy.deepcopy(model)

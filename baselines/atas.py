@@ -9,8 +9,9 @@ from torch.nn import functional as F
 from torch.utils.data import Dataset
 
 from robustbench_aft.attacks import ascent_direction, into_ball_and_box, random_in_ball
-from robustbench_aft.method import CIFAR_EPS, COUNT, COUNT_OR_ZERO, POSITIVE, PROBABILITY, Method, param
+from robustbench_aft.method import CIFAR_EPS, Method, afd_lr
 from robustbench_aft.modes import eval_mode
+from robustbench_aft.params import COUNT, COUNT_OR_ZERO, POSITIVE, PROBABILITY, param
 from robustbench_aft.registry import METHODS
 
 
@@ -60,6 +61,10 @@ class ATAS(Method):
                                       POSITIVE)
         max_step_ratio: float = param((14 / 255) / CIFAR_EPS, "largest step / eps (14/255 at 8/255)", "ATAS_CIFAR.sh",
                                       POSITIVE)
+
+    def lr_at(self, epoch: int, total_epochs: int, base_lr: float) -> float:
+        """AFD's schedule, the run's shared budget, instead of ATAS' from-scratch schedule."""
+        return afd_lr(epoch, total_epochs, base_lr)
 
     def on_fit_start(self, train_set: Dataset) -> None:
         # Indices are positions in the full training set, also when training on a subset of it.

@@ -8,7 +8,8 @@ import torch
 from torch.nn import functional as F
 
 from robustbench_aft.attacks import ascent_direction, project, random_in_ball
-from robustbench_aft.method import NONNEGATIVE, POSITIVE, Method, param
+from robustbench_aft.method import Method, afd_lr
+from robustbench_aft.params import NONNEGATIVE, POSITIVE, param
 from robustbench_aft.registry import METHODS
 
 
@@ -50,6 +51,10 @@ class FGSMGA(Method):
         grad_align_lambda: float = param(0.2, "weight λ of the GradAlign regulariser", "README command (ε = 8/255)",
                                          NONNEGATIVE)
         fgsm_alpha: float = param(1.25, "FGSM step / eps", "train.py default", POSITIVE)
+
+    def lr_at(self, epoch: int, total_epochs: int, base_lr: float) -> float:
+        """AFD's schedule, the run's shared budget, instead of FGSM-GA's from-scratch schedule."""
+        return afd_lr(epoch, total_epochs, base_lr)
 
     def training_step(self, batch: Tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> Dict[str, torch.Tensor]:
         x, y, _ = batch

@@ -8,7 +8,8 @@ import torch
 from torch.nn import functional as F
 
 from robustbench_aft.attacks import ascent_direction, project
-from robustbench_aft.method import COUNT, POSITIVE, Method, param
+from robustbench_aft.method import CIFAR_EPS, Method, OptimConfig, afd_lr
+from robustbench_aft.params import COUNT, POSITIVE, param
 from robustbench_aft.registry import METHODS
 
 
@@ -29,13 +30,14 @@ class FreeAT(Method):
     Shafahi et al., "Adversarial Training for Free!", https://arxiv.org/abs/1904.12843; official
     code ashafahi/free_adv_train (TF, CIFAR) and mahyarnajibi/FreeAdversarialTraining (PyTorch).
     Threat model L∞ (the official one); in L2 the step is ε along the normalised gradient and δ is
-    projected onto the L2 ball (:func:`free_perturbation_step`). A persistent perturbation with the shape of one minibatch (indexed by position
-    in the batch) starts at zero and carries over minibatches and epochs; every replay trains on
-    clip01(x + δ) in train mode, updates δ with step ε, then steps the weights with the gradient
-    taken at the old δ. Applied as fine-tuning from the natural model (INFERRED toolkit setting,
-    methods.md §9.2): every training image is seen ``epochs`` times, each minibatch replayed
-    m = 8 times, so Free-AT makes m× the optimiser steps of the other methods at a cost of m
-    forward/backward passes per minibatch (PGD-10 AT needs 11). The budget is recorded with the run.
+    projected onto the L2 ball (:func:`free_perturbation_step`). A persistent perturbation with the
+    shape of one minibatch (indexed by position in the batch) starts at zero and carries over
+    minibatches and epochs; every replay trains on clip01(x + δ) in train mode, updates δ with step
+    ε, then steps the weights with the gradient taken at the old δ. Applied as fine-tuning from the
+    natural model (INFERRED toolkit setting, methods.md §9.2): every training image is seen
+    ``epochs`` times, each minibatch replayed m = 8 times, so Free-AT makes m× the optimiser steps
+    of the other methods at a cost of m forward/backward passes per minibatch (PGD-10 AT needs 11).
+    The budget is recorded with the run.
     """
 
     reference = "arXiv 1904.12843; ashafahi/free_adv_train"
@@ -45,9 +47,14 @@ class FreeAT(Method):
         replays: int = param(8, "replays m of each minibatch", "free_adv_train config.py (CIFAR)", COUNT)
         step_ratio: float = param(1.0, "perturbation step / eps", "free_adv_train config.py (step = ε)", POSITIVE)
 
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
+    def __init__(self, params: Optional[FreeAT.Params] = None, eps: float = CIFAR_EPS,
+                 optim: Optional[OptimConfig] = None, norm: str = "Linf") -> None:
+        super().__init__(params, eps=eps, optim=optim, norm=norm)
         self.delta: Optional[torch.Tensor] = None
+
+    def lr_at(self, epoch: int, total_epochs: int, base_lr: float) -> float:
+        """AFD's schedule, the run's shared budget, instead of Free-AT's from-scratch schedule."""
+        return afd_lr(epoch, total_epochs, base_lr)
 
     def checkpoint_extras(self) -> Dict[str, Any]:
         return {"delta": None if self.delta is None else self.delta.detach().cpu()}

@@ -12,8 +12,8 @@ from torch import nn
 from torch.nn import functional as F
 from torch.utils.data import Dataset
 
-from robustbench_aft.method import (
-    COUNT, NONNEGATIVE, POSITIVE, PROBABILITY, Method, afd_lr, param, training_attack_params)
+from robustbench_aft.method import CIFAR_EPS, Method, OptimConfig, afd_lr, training_attack_params
+from robustbench_aft.params import COUNT, NONNEGATIVE, POSITIVE, PROBABILITY, param
 from robustbench_aft.registry import METHODS
 
 log = logging.getLogger(__name__)
@@ -28,7 +28,8 @@ def project_relative(weight: torch.Tensor, initial: torch.Tensor, max_ratio: flo
     return weight
 
 
-def interpolate_states(start: Dict[str, torch.Tensor], end: Dict[str, torch.Tensor], alpha: float) -> Dict[str, torch.Tensor]:
+def interpolate_states(start: Dict[str, torch.Tensor], end: Dict[str, torch.Tensor],
+                       alpha: float) -> Dict[str, torch.Tensor]:
     """θ(α) = α·θ_end + (1 − α)·θ_start over the whole state dict; integer buffers from the nearer end.
 
     Zhu et al., "Improving Generalization of Adversarial Training via Robust Critical
@@ -90,8 +91,9 @@ class RiFT(Method):
         alpha_tolerance: float = param(0.1, "allowed PGD drop (points) when choosing α", "our rule (methods.md §6.3)",
                                        NONNEGATIVE)
 
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
+    def __init__(self, params: Optional[RiFT.Params] = None, eps: float = CIFAR_EPS,
+                 optim: Optional[OptimConfig] = None, norm: str = "Linf") -> None:
+        super().__init__(params, eps=eps, optim=optim, norm=norm)
         self.train_set: Optional[Dataset] = None
         self.adversarial_state: Optional[Dict[str, torch.Tensor]] = None
         self.critical_module: Optional[str] = None

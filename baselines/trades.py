@@ -7,8 +7,9 @@ from typing import Dict, Tuple
 import torch
 from torch.nn import functional as F
 
-from robustbench_aft.method import NONNEGATIVE, Method, param, summed_kl, training_attack_params
+from robustbench_aft.method import Method, afd_lr, summed_kl, training_attack_params
 from robustbench_aft.modes import eval_mode
+from robustbench_aft.params import NONNEGATIVE, param
 from robustbench_aft.registry import METHODS
 
 
@@ -59,6 +60,10 @@ class TRADES(Method):
     class Params(training_attack_params(steps=10, step="0.007", eps="0.031", source="train_trades_cifar10.py default")):
         beta: float = param(6.0, "weight β of the KL regulariser (1/λ in the paper's Eq. 5; larger: more robust, "
                                  "less accurate)", "train_trades_cifar10.py default", NONNEGATIVE)
+
+    def lr_at(self, epoch: int, total_epochs: int, base_lr: float) -> float:
+        """AFD's schedule, the run's shared budget (methods.md: INFERRED toolkit setting)."""
+        return afd_lr(epoch, total_epochs, base_lr)
 
     def training_step(self, batch: Tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> Dict[str, torch.Tensor]:
         x, y, _ = batch

@@ -9,7 +9,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from robustbench_aft.method import NONNEGATIVE, POSITIVE, Method, afd_lr, param, summed_kl, training_attack_params
+from robustbench_aft.method import Method, afd_lr, summed_kl, training_attack_params
+from robustbench_aft.params import NONNEGATIVE, POSITIVE, param
 from robustbench_aft.registry import METHODS
 
 
@@ -72,7 +73,8 @@ def twins_at_loss(logits_frozen: torch.Tensor, labels_frozen: torch.Tensor, logi
     Liu et al., "TWINS: A Fine-Tuning Framework for Improved Transferability of Adversarial
     Robustness and Generalization", CVPR 2023 (arXiv 2303.11135), Eq. 6; ``train-TWINS-AT.py``.
     """
-    return lambda_twins * F.cross_entropy(logits_frozen, labels_frozen) + F.cross_entropy(logits_adaptive, labels_adaptive)
+    return (lambda_twins * F.cross_entropy(logits_frozen, labels_frozen)
+            + F.cross_entropy(logits_adaptive, labels_adaptive))
 
 
 def twins_kl(logits_natural: torch.Tensor, logits_adversarial: torch.Tensor, batch_size: int) -> torch.Tensor:

@@ -14,7 +14,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .method import NONNEGATIVE, Method, param, training_attack_params
+from .method import Method, afd_lr, training_attack_params
+from .params import NONNEGATIVE, param
 from .registry import METHODS
 
 
@@ -124,6 +125,10 @@ class AFD(Method):
                             NONNEGATIVE)
         gamma: float = param(25.0, "weight of the alignment with the pre-trained features", "tl+sl.py default",
                              NONNEGATIVE)
+
+    def lr_at(self, epoch: int, total_epochs: int, base_lr: float) -> float:
+        """AFD's own schedule (``tl+sl.py``, methods.md §1.6), on the 20-epoch scale."""
+        return afd_lr(epoch, total_epochs, base_lr)
 
     def prepare(self, model: nn.Module) -> None:
         self.student = DisentangledClassifier(copy.deepcopy(model))

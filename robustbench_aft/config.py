@@ -15,8 +15,8 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
 from .errors import ConfigError
-from .method import params_problem
-from .parsing import (non_negative_float, non_negative_int, on_off, parse_attacks, parse_eps, parse_arch,
+from .params import params_problem
+from .parsing import (non_negative_float, non_negative_int, on_off, parse_arch, parse_attacks, parse_eps,
                       parse_methods, parse_seeds, parse_value, positive_float, positive_int)
 from .registry import METHODS
 from .threat import CIFAR_EPS, NORMS, ThreatModel

@@ -3,9 +3,11 @@
 A fixed, seeded subset of the test set; every requested attack on every point that the model
 classifies correctly (a point misclassified clean counts as broken by every attack, AutoAttack's
 convention, so no attack is spent on it); per-sample correctness for each attack; ``worst`` = the
-per-sample worst case over all attacks run (a point counts as robust only if every attack failed
-on it); and sanity checks that flag likely gradient masking next to the numbers instead of hiding
-it.
+per-sample worst case over all eps-ball attacks run (a point counts as robust only if every attack
+failed on it; corruptions are reported beside it); and sanity checks that flag likely gradient
+masking next to the numbers instead of hiding it. What differs from attack to attack is asked of
+the attack (:class:`.attacks.Attack`), never decided here from its kind; only the sanity checks
+built on PGD itself look for it by name.
 """
 from __future__ import annotations
 
@@ -19,17 +21,17 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 from torch import nn
-from torch.utils.data import Subset
+from torch.utils.data import DataLoader, Subset
 from tqdm.auto import tqdm
 
-from .attacks import is_autoattack
-from .attacks.corruptions import breakdown as corruption_breakdown
+from .attacks import Attack
 from .config import EvalConfig
 from .data import DataBundle, default_eps, make_loader
-from .errors import ConfigError
-from .registry import ATTACKS
 from .devices import autocast, resolve_precision
+from .errors import ConfigError
 from .files import atomic_torch_save
+from .modes import eval_mode
+from .registry import ATTACKS
 from .signals import StopSignal
 
 log = logging.getLogger(__name__)
@@ -54,7 +56,7 @@ class EvalResult:
     config: dict
     # Per attack with parts (corruptions): accuracy in % per corruption and per corruption@severity.
     breakdown: Dict[str, Dict[str, float]] = field(default_factory=dict)
-    # Per attack: its full budget as run (see :func:`_budget`), stored with every metric.
+    # Per attack: its full budget as run (see :meth:`EvalPlan.budget`), stored with every metric.
     budgets: Dict[str, Dict[str, Any]] = field(default_factory=dict)
 
     @property
@@ -96,13 +98,78 @@ def select_subset(n_total: int, n_eval: Optional[int], seed: int) -> List[int]:
     return sorted(torch.randperm(n_total, generator=generator)[:n_eval].tolist())
 
 
-def _check_perturbation(name: str, x: torch.Tensor, x_adv: torch.Tensor, eps: float, norm: str) -> None:
-    if x_adv.shape != x.shape:
-        raise RuntimeError(f"attack {name} returned shape {tuple(x_adv.shape)} for input {tuple(x.shape)}")
-    delta = (x_adv - x).flatten(1)
-    size = delta.abs().max(dim=1).values if norm == "Linf" else delta.norm(dim=1)
-    if bool((size > eps + 1e-5).any()) or x_adv.min() < -1e-6 or x_adv.max() > 1 + 1e-6:
-        raise RuntimeError(f"attack {name} left the {norm} eps-ball of radius {eps} or the [0, 1] box")
+@dataclass
+class EvalPlan:
+    """One evaluation protocol, resolved from its config once by :func:`plan_evaluation`, so that
+    :func:`evaluate` and :func:`worst_case_examples` run the same eps, subset, batches, attacks,
+    seeds and precisions."""
+
+    config: EvalConfig
+    eps: float
+    # Canonical name → attack, in evaluation order; clean is always one of them.
+    attacks: Dict[str, Attack]
+    indices: List[int]
+    loader: DataLoader
+    num_classes: int
+
+    def seed(self, batch_number: int) -> int:
+        """The seed of every attack on one batch: fixed by the evaluation seed and the batch, so a resumed
+        evaluation and ``worst_case_examples`` redraw exactly the same random starts."""
+        return self.config.seed * 100003 + batch_number
+
+    def batch_indices(self, batch_number: int, size: int) -> List[int]:
+        """The test-set indices of the ``size`` points of batch ``batch_number``."""
+        begin = batch_number * self.config.batch_size
+        return self.indices[begin:begin + size]
+
+    def precision(self, attack: Attack) -> str:
+        return self.config.aa_precision if attack.autoattack else self.config.precision
+
+    def budget(self, attack: Attack, device: torch.device) -> Dict[str, Any]:
+        """The full budget an attack ran with (what makes two numbers of one column comparable): its
+        class, precision, every setting the attack declares, its threat model (eps as a float and as
+        given, norm) and, for a transfer attack, the source model."""
+        config = self.config
+        budget: Dict[str, Any] = {"attack": type(attack).__name__,
+                                  "precision": resolve_precision(self.precision(attack), device),
+                                  **attack.budget(self.num_classes)}
+        budget.update(attack.threat_budget(
+            config.eps_text or (f"{config.eps:g}" if config.eps is not None else "dataset default")))
+        if attack.needs_source:
+            budget["source"] = config.transfer_from
+        return budget
+
+    def state_folder(self, state_dir: Path, device: torch.device) -> Path:
+        """Per-sample results of one evaluation protocol live in a folder named by its fingerprint, so
+        files of a different protocol (other eps, attacks, subset, precision) are never mixed in."""
+        config = self.config
+        protocol: Dict[str, Any] = {"indices": self.indices, "attacks": list(self.attacks), "eps": self.eps,
+                                    "norm": config.norm, "seed": config.seed, "batch_size": config.batch_size,
+                                    "sanity": config.sanity, "attack_options": config.attack_options}
+        if config.transfer_from is not None:  # added with the transfer attack: older protocols keep their fingerprint
+            protocol["transfer_from"] = config.transfer_from
+        precisions = (resolve_precision(config.precision, device), resolve_precision(config.aa_precision, device))
+        if precisions != ("fp32", "fp32"):
+            protocol["precision"] = precisions  # fp32, the original protocol, keeps its original fingerprint
+        fingerprint = json.dumps(protocol, sort_keys=True)
+        return state_dir / f"eval-{hashlib.sha256(fingerprint.encode()).hexdigest()[:12]}"
+
+
+def plan_evaluation(data: DataBundle, config: EvalConfig, source_model: Optional[nn.Module] = None) -> EvalPlan:
+    """The plan of ``config`` on ``data``: eps (the dataset's default unless given), the attacks (canonical
+    names in the given order, clean first unless listed), the seeded subset of ``data.test`` and its
+    batches. ``source_model``: the model a transfer attack crafts on."""
+    names = [ATTACKS.canonical(a) for a in config.attacks]
+    if "clean" not in names:
+        names.insert(0, "clean")
+    eps = default_eps(data, config.norm) if config.eps is None else float(config.eps)
+    if eps < 0:
+        raise ConfigError(f"--eps must be >= 0, got {eps}")
+    attacks = {name: _build_attack(name, eps, config, data, source_model) for name in dict.fromkeys(names)}
+    indices = select_subset(len(data.test), config.n_eval, config.seed)
+    loader = make_loader(Subset(data.test, indices), batch_size=config.batch_size, shuffle=False)
+    return EvalPlan(config=config, eps=eps, attacks=attacks, indices=indices, loader=loader,
+                    num_classes=data.num_classes)
 
 
 def _predict(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -131,22 +198,6 @@ def _eps_checks(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, 
     return flags
 
 
-def _state_folder(state_dir: Path, indices: List[int], attack_names: List[str], eps: float,
-                  config: EvalConfig, device: torch.device) -> Path:
-    """Per-sample results of one evaluation protocol live in a folder named by its fingerprint, so
-    files of a different protocol (other eps, attacks, subset, precision) are never mixed in."""
-    protocol: Dict[str, Any] = {"indices": indices, "attacks": attack_names, "eps": eps, "norm": config.norm,
-                                "seed": config.seed, "batch_size": config.batch_size, "sanity": config.sanity,
-                                "attack_options": config.attack_options}
-    if config.transfer_from is not None:  # added with the transfer attack: older protocols keep their fingerprint
-        protocol["transfer_from"] = config.transfer_from
-    precisions = (resolve_precision(config.precision, device), resolve_precision(config.aa_precision, device))
-    if precisions != ("fp32", "fp32"):
-        protocol["precision"] = precisions  # fp32, the original protocol, keeps its original fingerprint
-    fingerprint = json.dumps(protocol, sort_keys=True)
-    return state_dir / f"eval-{hashlib.sha256(fingerprint.encode()).hexdigest()[:12]}"
-
-
 def _load_batch_state(path: Optional[Path]) -> Dict[str, Any]:
     empty: Dict[str, Any] = {"correct": {}, "seconds": {}, "flags": {}, "sanity": None}
     if path is None or not path.is_file():
@@ -156,6 +207,10 @@ def _load_batch_state(path: Optional[Path]) -> Dict[str, Any]:
     except Exception:  # a file cut short by a crash is only a cache: recompute that batch
         log.warning("ignoring unreadable per-sample results %s; that batch is evaluated again", path)
         return empty
+
+
+def _extend_unique(flags: List[str], new: List[str]) -> None:
+    flags.extend(flag for flag in new if flag not in flags)
 
 
 def evaluate(model: nn.Module, data: DataBundle, config: EvalConfig, device: torch.device,
@@ -173,137 +228,118 @@ def evaluate(model: nn.Module, data: DataBundle, config: EvalConfig, device: tor
     same ``state_dir`` and rank 0 then gathers the whole result from the files. ``source_model``:
     the model the ``transfer`` attack crafts on (``config.transfer_from`` names it in the results).
     """
-    attack_names = [ATTACKS.canonical(a) for a in config.attacks]
-    if "clean" not in attack_names:
-        attack_names.insert(0, "clean")
-    attack_names = list(dict.fromkeys(attack_names))
-    eps = default_eps(data, config.norm) if config.eps is None else float(config.eps)
-    if eps < 0:
-        raise ConfigError(f"--eps must be >= 0, got {eps}")
-    attacks = {name: _build_attack(name, eps, config, data, source_model) for name in attack_names}
-    indices = select_subset(len(data.test), config.n_eval, config.seed)
-    loader = make_loader(Subset(data.test, indices), batch_size=config.batch_size, shuffle=False)
-    folder = _state_folder(state_dir, indices, attack_names, eps, config, device) if state_dir is not None else None
-
-    was_training = model.training
-    model.eval()
-    correct: Dict[str, List[torch.Tensor]] = {name: [] for name in attack_names}
-    seconds = {name: 0.0 for name in attack_names}
+    plan = plan_evaluation(data, config, source_model)
+    folder = plan.state_folder(state_dir, device) if state_dir is not None else None
+    outcomes: Dict[str, List[torch.Tensor]] = {name: [] for name in plan.attacks}
+    seconds = dict.fromkeys(plan.attacks, 0.0)
     flags: List[str] = []
     evaluated: List[int] = []
-    bar = tqdm(total=len(loader) * len(attack_names), desc="evaluate", unit="attack-batch",
+    bar = tqdm(total=len(plan.loader) * len(plan.attacks), desc="evaluate", unit="attack-batch",
                disable=None if progress else True, leave=False)
     try:
-        for batch_number, (x, y, positions) in enumerate(loader):
-            if shard is not None and batch_number % shard[1] != shard[0]:
-                bar.update(len(attack_names))
-                continue
-            evaluated.extend(indices[batch_number * config.batch_size:batch_number * config.batch_size + len(y)])
-            x, y = x.to(device), y.to(device)
-            path = folder / f"batch-{batch_number:05d}.pt" if folder is not None else None
-            saved = _load_batch_state(path)
-            for name, attack in attacks.items():
-                bar.set_postfix_str(name)
-                if name not in saved["correct"]:
-                    start = time.perf_counter()
-                    precision = config.aa_precision if is_autoattack(name) else config.precision
-                    # A point misclassified clean counts as broken by every attack (AutoAttack's
-                    # convention), so attacks that can skip points only work on the correct ones.
-                    clean_correct = saved["correct"].get("clean")
-                    attack_flags: List[str] = []
-                    if attack.kind == "corruption":  # not an attack on the clean-correct points: every point
-                        saved["correct"][name] = attack.outcomes(model, x, y, _attack_seed(config, batch_number),
-                                                                 positions.tolist()).cpu()
-                    elif clean_correct is not None and not bool(clean_correct.any()):
-                        saved["correct"][name] = clean_correct.clone()
-                    else:
-                        active = clean_correct.to(device) if clean_correct is not None else None
-                        with autocast(device, precision):
-                            x_adv = attack(model, x, y, seed=_attack_seed(config, batch_number), active=active)
-                            _check_perturbation(name, x, x_adv.float(), eps, config.norm)
-                            still_correct = _predict(model, x_adv) == y
-                        if active is not None:
-                            still_correct &= active
-                        saved["correct"][name] = still_correct.cpu()
-                        attack_flags = list(attack.flags)
-                    saved["seconds"][name] = time.perf_counter() - start
-                    saved["flags"][name] = attack_flags
-                    if path is not None:
-                        atomic_torch_save(saved, path)
-                correct[name].append(saved["correct"][name])
-                seconds[name] += saved["seconds"][name]
-                flags.extend(f for f in saved["flags"][name] if f not in flags)
-                bar.update(1)
-                if stop is not None:
-                    stop.check(f"evaluation ({name}, batch {batch_number + 1} of {len(loader)})")
-            if batch_number == 0 and config.sanity and "pgd" in attacks and eps > 0:
-                if saved["sanity"] is None:
-                    first_pgd = 100.0 * float(correct["pgd"][0].sum()) / len(y)
-                    saved["sanity"] = _eps_checks(model, x, y, eps, config.norm, first_pgd, config.seed)
-                    if path is not None:
-                        atomic_torch_save(saved, path)
-                flags.extend(f for f in saved["sanity"] if f not in flags)
-            if batch_number == 0 and config.sanity:
-                flags.extend(f for f in _randomness_flags(model, x, attack_names) if f not in flags)
+        with eval_mode(model):
+            for batch_number, (x, y, positions) in enumerate(plan.loader):
+                if shard is not None and batch_number % shard[1] != shard[0]:
+                    bar.update(len(plan.attacks))
+                    continue
+                evaluated.extend(plan.batch_indices(batch_number, len(y)))
+                x, y = x.to(device), y.to(device)
+                path = folder / f"batch-{batch_number:05d}.pt" if folder is not None else None
+                saved = _load_batch_state(path)
+                for name, attack in plan.attacks.items():
+                    bar.set_postfix_str(name)
+                    if name not in saved["correct"]:
+                        _run_attack(plan, name, attack, model, (x, y, positions), batch_number, saved)
+                        if path is not None:
+                            atomic_torch_save(saved, path)
+                    outcomes[name].append(saved["correct"][name])
+                    seconds[name] += saved["seconds"][name]
+                    _extend_unique(flags, saved["flags"][name])
+                    bar.update(1)
+                    if stop is not None:
+                        stop.check(f"evaluation ({name}, batch {batch_number + 1} of {len(plan.loader)})")
+                if batch_number == 0 and config.sanity:
+                    _extend_unique(flags, _first_batch_flags(plan, model, x, y, saved, path))
     finally:
         bar.close()
-        model.train(was_training)
+    return _result(plan, outcomes, seconds, flags, evaluated, device)
 
-    corrupted = {name: torch.cat(correct.pop(name), dim=1) for name in list(correct)
-                 if attacks[name].kind == "corruption" and correct[name]}
-    per_sample = {name: torch.cat(values) if values else torch.zeros(0, dtype=torch.bool)
-                  for name, values in correct.items()}
+
+def _run_attack(plan: EvalPlan, name: str, attack: Attack, model: nn.Module,
+                batch: Tuple[torch.Tensor, torch.Tensor, torch.Tensor], batch_number: int,
+                saved: Dict[str, Any]) -> None:
+    """One attack on one batch: its per-point outcomes, seconds and flags, into the batch's ``saved``
+    results. Attacks after clean know which points are already misclassified."""
+    x, y, positions = batch
+    start = time.perf_counter()
+    correct = attack.outcomes(model, x, y, plan.seed(batch_number), positions.tolist(),
+                              clean_correct=saved["correct"].get("clean"), precision=plan.precision(attack))
+    saved["correct"][name] = correct.cpu()
+    saved["seconds"][name] = time.perf_counter() - start
+    saved["flags"][name] = list(attack.flags)
+
+
+def _first_batch_flags(plan: EvalPlan, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                       saved: Dict[str, Any], path: Optional[Path]) -> List[str]:
+    """The sanity checks run on the first batch: PGD at other budgets (kept with the batch's results,
+    since they cost attacks) and random outputs."""
+    flags = []
+    if "pgd" in plan.attacks and plan.eps > 0:
+        if saved["sanity"] is None:
+            first_pgd = 100.0 * float(saved["correct"]["pgd"].sum()) / len(y)
+            saved["sanity"] = _eps_checks(model, x, y, plan.eps, plan.config.norm, first_pgd, plan.config.seed)
+            if path is not None:
+                atomic_torch_save(saved, path)
+        flags.extend(saved["sanity"])
+    return flags + _randomness_flags(model, x, plan.attacks)
+
+
+def _result(plan: EvalPlan, batches: Dict[str, List[torch.Tensor]], seconds: Dict[str, float], flags: List[str],
+            evaluated: List[int], device: torch.device) -> EvalResult:
+    """Accuracies and per-sample outcomes of the evaluated batches; ``worst`` is the per-point AND over
+    the eps-ball attacks. Other attacks (corruptions) keep their own outcomes, one bit per (part, point)."""
+    outcomes = {name: torch.cat(values, dim=-1) if values else torch.zeros(0, dtype=torch.bool)
+                for name, values in batches.items()}
     # Per-batch files written before attacks skipped misclassified points may hold a point that is
-    # wrong clean but right after an attack; the convention above makes it wrong.
-    per_sample = {name: values & per_sample["clean"] for name, values in per_sample.items()}
-    per_sample["worst"] = torch.stack(list(per_sample.values())).all(dim=0)
-    n = max(1, len(evaluated))
-    accuracy = {name: 100.0 * float(values.sum()) / n for name, values in per_sample.items()}
-    breakdown = {}
-    for name, outcomes in corrupted.items():  # (variants, points): one bit per corrupted image
-        accuracy[name] = 100.0 * float(outcomes.sum()) / max(1, outcomes.numel())
-        breakdown[name] = corruption_breakdown(attacks[name].variants(), outcomes)
-        per_sample[name] = outcomes.flatten()
-    flags.extend(_accuracy_flags(accuracy))
-    flags.extend(_transfer_flags(accuracy, attacks))
-    return EvalResult(eps=eps, norm=config.norm, indices=evaluated, accuracy=accuracy, correct=per_sample,
-                      seconds=seconds, flags=flags, config={**asdict(config), "eps": eps, "attacks": attack_names},
-                      breakdown=breakdown, budgets={name: _budget(attack, config, device, data.num_classes)
-                               for name, attack in attacks.items()})
+    # wrong clean but right after an attack; the convention (misclassified clean: broken) makes it wrong.
+    correct = {name: values & outcomes["clean"] for name, values in outcomes.items() if plan.attacks[name].eps_ball}
+    correct["worst"] = torch.stack(list(correct.values())).all(dim=0)
+    correct.update({name: values.flatten() for name, values in outcomes.items() if name not in correct})
+    accuracy = {name: 100.0 * float(values.sum()) / max(1, values.numel()) for name, values in correct.items()}
+    breakdown = {name: plan.attacks[name].breakdown(outcomes[name]) for name in plan.attacks
+                 if outcomes[name].numel()}
+    config = {**asdict(plan.config), "eps": plan.eps, "attacks": list(plan.attacks)}
+    return EvalResult(eps=plan.eps, norm=plan.config.norm, indices=evaluated, accuracy=accuracy, correct=correct,
+                      seconds=seconds, config=config, breakdown={name: b for name, b in breakdown.items() if b},
+                      flags=flags + _accuracy_flags(accuracy, plan.attacks) + _transfer_flags(accuracy, plan.attacks),
+                      budgets={name: plan.budget(attack, device) for name, attack in plan.attacks.items()})
 
 
 def worst_case_examples(model: nn.Module, data: DataBundle, config: EvalConfig, device: torch.device,
                         source_model: Optional[nn.Module] = None, progress: bool = True
                         ) -> Tuple[torch.Tensor, torch.Tensor, List[int], List[str]]:
     """The adversarial images behind the ``worst`` column, recomputed as :func:`evaluate` computed
-    them (same subset, batches, per-batch seeds, masks and precisions): per evaluated point, the
-    output of the first attack (in ``config.attacks`` order) under which the model is wrong, else
-    the last attack's output. Returns (images, labels, test indices, the attack each image came from);
-    corruptions are not an eps-ball attack and do not take part."""
-    attack_names = [name for name in dict.fromkeys(ATTACKS.canonical(a) for a in config.attacks)
-                    if ATTACKS.get(name).kind != "corruption"]
-    eps = default_eps(data, config.norm) if config.eps is None else float(config.eps)
-    attacks = {name: _build_attack(name, eps, config, data, source_model) for name in attack_names}
-    indices = select_subset(len(data.test), config.n_eval, config.seed)
-    loader = make_loader(Subset(data.test, indices), batch_size=config.batch_size, shuffle=False)
+    them (the same :class:`EvalPlan`: subset, batches, per-batch seeds, masks and precisions): per
+    evaluated point, the output of the first attack (in ``config.attacks`` order) under which the
+    model is wrong, else the last attack's output. Returns (images, labels, test indices, the attack
+    each image came from); attacks outside the eps-ball (corruptions) do not take part."""
+    plan = plan_evaluation(data, config, source_model)
+    attacks = {name: attack for name, attack in plan.attacks.items() if attack.eps_ball}
+    last = list(attacks)[-1]
     images, labels, origins = [], [], []
-    was_training = model.training
-    model.eval()
-    try:
-        for batch_number, (x, y, _) in enumerate(tqdm(loader, desc="export", disable=None if progress else True)):
+    with eval_mode(model):
+        for batch_number, (x, y, _) in enumerate(tqdm(plan.loader, desc="export", disable=None if progress else True)):
             x, y = x.to(device), y.to(device)
             chosen, origin = x.clone(), ["clean"] * len(y)
-            settled = torch.zeros(len(y), dtype=torch.bool, device=device)
             clean_correct = _predict(model, x) == y
-            settled |= ~clean_correct
+            settled = ~clean_correct
             for name, attack in attacks.items():
                 if name == "clean":
                     continue
-                precision = config.aa_precision if is_autoattack(name) else config.precision
-                with autocast(device, precision):
-                    x_adv = attack(model, x, y, seed=_attack_seed(config, batch_number), active=clean_correct).float()
+                with autocast(device, plan.precision(attack)):
+                    x_adv = attack(model, x, y, seed=plan.seed(batch_number), active=clean_correct).float()
                     wrong = _predict(model, x_adv) != y
-                take = ~settled if name == attack_names[-1] else ~settled & wrong
+                take = ~settled if name == last else ~settled & wrong
                 chosen[take] = x_adv[take]
                 for i in take.nonzero().flatten().tolist():
                     origin[i] = name
@@ -311,53 +347,31 @@ def worst_case_examples(model: nn.Module, data: DataBundle, config: EvalConfig, 
             images.append(chosen.cpu())
             labels.append(y.cpu())
             origins += origin
-    finally:
-        model.train(was_training)
-    return torch.cat(images), torch.cat(labels), indices, origins
+    return torch.cat(images), torch.cat(labels), plan.indices, origins
 
 
 def _build_attack(name: str, eps: float, config: EvalConfig, data: DataBundle,
-                  source_model: Optional[nn.Module]):
-    options = dict({ATTACKS.canonical(k): v for k, v in config.attack_options.items()}.get(name, {}))
+                  source_model: Optional[nn.Module]) -> Attack:
     attack_class = ATTACKS.get(name)
+    given = {ATTACKS.canonical(k): v for k, v in config.attack_options.items()}.get(name, {})
+    options = {**attack_class.data_options(data), **given}
     if attack_class.needs_source:
         if source_model is None:
             raise ConfigError(f"attack {name} crafts on a source model: give --transfer-from natural|PATH")
         options["source"] = source_model
-    if attack_class.kind == "corruption" and data.released_corruptions:
-        options.setdefault("released", data.released_corruptions)
     try:
         return attack_class(eps, config.norm, config.batch_size, **options)
     except TypeError as exc:
         raise ConfigError(f"invalid options {options} for attack {name!r}: {exc}") from None
 
 
-def _attack_seed(config: EvalConfig, batch_number: int) -> int:
-    """The seed of every attack on one batch: fixed by the evaluation seed and the batch, so a resumed
-    evaluation and ``worst_case_examples`` redraw exactly the same random starts."""
-    return config.seed * 100003 + batch_number
-
-
-def _budget(attack, config: EvalConfig, device: torch.device, num_classes: int) -> Dict[str, Any]:
-    """The full budget an attack ran with (what makes two numbers of one column comparable): its
-    class, eps as given and as a float, norm, precision, and every setting the attack declares."""
-    precision = resolve_precision(config.aa_precision if attack.autoattack else config.precision, device)
-    budget: Dict[str, Any] = {"attack": type(attack).__name__, "precision": precision, **attack.budget(num_classes)}
-    if attack.kind in ("white-box", "transfer"):
-        given = config.eps_text or (f"{config.eps:g}" if config.eps is not None else "dataset default")
-        budget.update(eps=attack.eps, eps_given=given, norm=attack.norm)
-    if attack.needs_source:
-        budget["source"] = config.transfer_from
-    return budget
-
-
-def _randomness_flags(model: nn.Module, x: torch.Tensor, attack_names: List[str]) -> List[str]:
+def _randomness_flags(model: nn.Module, x: torch.Tensor, attacks: Dict[str, Attack]) -> List[str]:
     """A flag when the model's outputs are random (the same images, twice, in eval mode, give different
-    logits: dropout left on, noise injection) and a deterministic AutoAttack ran without ``aa-rand``,
-    whose expectation over transformations such a model needs (Croce & Hein's own check)."""
-    deterministic = [name for name in attack_names
-                     if is_autoattack(name) and getattr(ATTACKS.get(name), "version", "") != "rand"]
-    if not deterministic or "aa-rand" in attack_names:
+    logits: dropout left on, noise injection) and a deterministic AutoAttack ran without one that
+    averages over the randomness (``aa-rand``, whose expectation over transformations such a model
+    needs: Croce & Hein's own check)."""
+    deterministic = [name for name, attack in attacks.items() if attack.autoattack and not attack.averages_randomness]
+    if not deterministic or any(attack.averages_randomness for attack in attacks.values()):
         return []
     with torch.no_grad():
         first, second = model(x).float(), model(x).float()
@@ -368,26 +382,26 @@ def _randomness_flags(model: nn.Module, x: torch.Tensor, attack_names: List[str]
             "(AutoAttack's rand version, with expectation over 20 draws)"]
 
 
-def _transfer_flags(accuracy: Dict[str, float], attacks: Dict[str, Any]) -> List[str]:
-    """A flag when examples crafted on another model fool the evaluated one more often than its own
-    white-box attacks do: those attacks miss adversarial examples that exist (gradient masking)."""
-    white_box = {name: accuracy[name] for name, attack in attacks.items() if attack.kind == "white-box"}
+def _transfer_flags(accuracy: Dict[str, float], attacks: Dict[str, Attack]) -> List[str]:
+    """Each attack's gradient-masking flags against the strongest white-box attack that ran (the transfer
+    attack: examples crafted on another model fool the evaluated one more often than its own
+    white-box attacks do, so those miss adversarial examples that exist)."""
+    white_box = {name: accuracy[name] for name, attack in attacks.items() if attack.white_box}
     if not white_box:
         return []
     strongest = min(white_box, key=white_box.get)
-    return [f"{name} accuracy {accuracy[name]:.2f}% is below white-box {strongest} {white_box[strongest]:.2f}%: "
-            "examples crafted on another model fool it more than its own gradients do, likely gradient masking"
-            for name, attack in attacks.items() if attack.kind == "transfer" and accuracy[name] < white_box[strongest]]
+    return [flag for name, attack in attacks.items()
+            for flag in attack.masking_flags(name, accuracy[name], strongest, white_box[strongest])]
 
 
-def _accuracy_flags(accuracy: Dict[str, float]) -> List[str]:
+def _accuracy_flags(accuracy: Dict[str, float], attacks: Dict[str, Attack]) -> List[str]:
     flags = []
     clean = accuracy["clean"]
     for name, value in accuracy.items():
         if name not in ("clean", "worst") and value > clean:
             flags.append(f"{name} accuracy {value:.2f}% is above clean accuracy {clean:.2f}%: "
                          "the model may be randomised or the attack broken")
-    for aa_name in (name for name in accuracy if is_autoattack(name)):
+    for aa_name in (name for name, attack in attacks.items() if attack.autoattack):
         if "pgd" in accuracy and accuracy["pgd"] - accuracy[aa_name] > PGD_AA_GAP_PP:
             flags.append(f"PGD accuracy {accuracy['pgd']:.2f}% is far above {aa_name} {accuracy[aa_name]:.2f}% "
                          f"(> {PGD_AA_GAP_PP:.0f} points): likely gradient masking, trust {aa_name}")

@@ -3,7 +3,8 @@
 A Method is an ``nn.Module`` that owns the maths of one AFT method (style.md §9):
 
 * ``Params``: a dataclass of hyper-parameters; every field has a default, a ``help`` and a
-  ``source`` in its metadata (``bench list methods`` and ``--set method.field=value`` read them).
+  ``source`` in its metadata (``bench list methods`` and ``--set method.field=value`` read them;
+  the field machinery is :mod:`.params`).
   A method with a PGD training attack inherits its three fields from
   :func:`training_attack_params` and attacks with :meth:`Method.training_attack` (start rule:
   ``attack_start``), so each baseline file keeps only its own maths.
@@ -13,7 +14,8 @@ A Method is an ``nn.Module`` that owns the maths of one AFT method (style.md §9
 * ``configure_optimizers()`` / ``update(batch)``: by default one SGD over the student and
   zero_grad → backward(loss) → step. A method with an unusual update (AFD's three optimisers)
   overrides both.
-* ``lr_at(epoch, total_epochs, base_lr)``: the method's learning-rate rule (default: AFD's table).
+* ``lr_at(epoch, total_epochs, base_lr)``: the method's learning-rate rule, **required**: every
+  method states its own schedule (:func:`afd_lr`, :func:`arrest_lr` or its own rule).
 * ``on_fit_start(train_set)`` / ``on_epoch_start(epoch, total_epochs)``: optional hooks for
   per-example state (ATAS) and epoch-dependent rules (ARREST's noisy replay, ATAS' warm-up).
 * ``export() -> nn.Module``: the plain classifier that is evaluated; ``current_classifier()`` a
@@ -31,7 +33,7 @@ from __future__ import annotations
 
 import copy
 import math
-from dataclasses import MISSING, dataclass, field, fields, make_dataclass
+from dataclasses import dataclass, make_dataclass
 from typing import Any, Callable, ClassVar, Dict, List, Optional, Tuple
 
 import torch
@@ -42,85 +44,11 @@ from torch.utils.data import Dataset
 from .attacks import NORMS, pgd_steps, random_in_ball
 from .errors import ConfigError
 from .modes import module_mode
+from .params import COUNT, POSITIVE, check_params, param
 
 # Training attacks are specified relative to the run's eps so that one setting serves every
 # dataset; at the CIFAR eps of 8/255 these ratios give the official absolute values back.
 CIFAR_EPS = 8 / 255
-
-
-@dataclass(frozen=True)
-class Range:
-    """The values a ``Params`` field accepts: a finite number (an integer when ``integer``) between
-    ``low`` and ``high``; ``low_open`` excludes ``low`` itself. ``--set`` and every Method check it."""
-
-    low: float = -math.inf
-    high: float = math.inf
-    low_open: bool = False
-    integer: bool = False
-
-    def describe(self) -> str:
-        kind = "an integer" if self.integer else "a finite number"
-        bounds = []
-        if self.low > -math.inf:
-            bounds.append(f"{'>' if self.low_open else '>='} {self.low:g}")
-        if self.high < math.inf:
-            bounds.append(f"<= {self.high:g}")
-        return " ".join([kind] + [" and ".join(bounds)] * bool(bounds))
-
-    def accepts(self, value: Any) -> bool:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            return False
-        if self.integer and not float(value).is_integer():
-            return False
-        if not math.isfinite(value) or value > self.high:
-            return False
-        return value > self.low if self.low_open else value >= self.low
-
-
-# The ranges hyper-parameters use; a field's help says what its bounds mean.
-REAL = Range()
-NONNEGATIVE = Range(0.0)
-POSITIVE = Range(0.0, low_open=True)
-PROBABILITY = Range(0.0, 1.0)
-COUNT = Range(1, integer=True)
-COUNT_OR_ZERO = Range(0, integer=True)
-# A switch: any bool (the CLI parses on/off, true/false, 1/0).
-FLAG = None
-
-
-def param(default: Any, help: str, source: str, valid: Optional[Range]) -> Any:
-    """A ``Params`` field with its default, a one-line help, where the default comes from and its
-    valid values (a :class:`Range`, or :data:`FLAG` for a bool)."""
-    return field(default=default, metadata={"help": help, "source": source, "valid": valid})
-
-
-def params_problem(params_cls: type, name: str, value: Any) -> Optional[str]:
-    """Why ``value`` is not valid for field ``name`` of ``params_cls`` (None when it is)."""
-    spec = next(f for f in fields(params_cls) if f.name == name)
-    valid = spec.metadata.get("valid")
-    if valid is None:
-        return None if isinstance(value, bool) else "must be true or false"
-    return None if valid.accepts(value) else f"must be {valid.describe()}"
-
-
-def check_params(method_name: str, params: Any) -> None:
-    """Raise a one-line ConfigError for the first field of ``params`` outside its declared range."""
-    for f in fields(params):
-        problem = params_problem(type(params), f.name, getattr(params, f.name))
-        if problem:
-            raise ConfigError(f"{method_name}.{f.name}={getattr(params, f.name)!r} {problem}")
-
-
-def param_docs(params_cls: type) -> List[Dict[str, Any]]:
-    """Name, type, default, help and source of every field of a ``Params`` dataclass."""
-    rows = []
-    for f in fields(params_cls):
-        default = f.default if f.default is not MISSING else f.default_factory()  # type: ignore[misc]
-        valid = f.metadata.get("valid")
-        rows.append({"name": f.name, "type": getattr(f.type, "__name__", str(f.type)), "default": default,
-                     "help": f.metadata.get("help", ""), "source": f.metadata.get("source", ""),
-                     "valid": "true or false" if valid is None else valid.describe()})
-    return rows
 
 
 def _absolute(text: str) -> float:
@@ -274,8 +202,13 @@ class Method(nn.Module):
         return {name: value.detach() for name, value in terms.items()}
 
     def lr_at(self, epoch: int, total_epochs: int, base_lr: float) -> float:
-        """AFD's rule (methods.md §1.6) on the 20-epoch scale; ``epoch`` is 1-based."""
-        return afd_lr(epoch, total_epochs, base_lr)
+        """The learning rate of ``epoch`` (1-based) of ``total_epochs``, from the run's ``base_lr``.
+
+        No default: the official schedules differ from method to method (AFD's table, ARREST's
+        reset to 0.02, RiFT's stages), so a method that inherited one would train on another
+        method's schedule without saying so."""
+        raise NotImplementedError(f"{type(self).__name__} states no learning-rate schedule: define lr_at, e.g. "
+                                  "`return afd_lr(epoch, total_epochs, base_lr)` (AFD's) or arrest_lr (vAFT's)")
 
     def export(self) -> nn.Module:
         """The plain classifier to evaluate."""

@@ -13,7 +13,7 @@ from robustbench_aft.cli import main
 from robustbench_aft.config import build_run_config
 from robustbench_aft.data import DataBundle, DataOptions, TensorImageDataset, load_dataset, no_argument
 from robustbench_aft.formats import OutputFormat
-from robustbench_aft.method import Method
+from robustbench_aft.method import Method, afd_lr
 from robustbench_aft.pretrained import NaturalRecipe, default_recipe
 from robustbench_aft.registry import ATTACKS, DATASETS, FORMATS, METHODS
 
@@ -36,6 +36,9 @@ def throwaway_components():
         def training_step(self, batch):
             x, y, _ = batch
             return {"loss": F.cross_entropy(self.student(x), y)}
+
+        def lr_at(self, epoch, total_epochs, base_lr):
+            return afd_lr(epoch, total_epochs, base_lr)
 
     @DATASETS.register("digits-five", preset="quick")
     def digits_five(options: DataOptions) -> DataBundle:

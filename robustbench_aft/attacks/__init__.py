@@ -9,8 +9,19 @@ from __future__ import annotations
 from typing import List
 
 from ..registry import ATTACKS, import_submodules
-from ._base import (NORMS, Attack, ascent_direction, attacked_chunks, cross_entropy_loss, cw_margin_loss, into_ball_and_box,
-                    pgd, pgd_steps, project, random_in_ball)
+from ._base import (
+    NORMS,
+    Attack,
+    ascent_direction,
+    attacked_chunks,
+    cross_entropy_loss,
+    cw_margin_loss,
+    into_ball_and_box,
+    pgd,
+    pgd_steps,
+    project,
+    random_in_ball,
+)
 
 import_submodules(__name__)
 
@@ -42,7 +53,7 @@ def is_autoattack(name: str) -> bool:
     return name in ATTACKS and bool(ATTACKS.get(name).autoattack)
 
 
-__all__ = ["ATTACKS", "NORMS", "Attack", "AutoAttack", "AutoAttackFast", "AutoAttackPlus", "AutoAttackRand",
-           "AutoAttackVersion", "CWInf", "Clean", "DERIVED_METRICS",
-           "PGD", "attacked_chunks", "avg_metrics", "cross_entropy_loss", "cw_margin_loss", "is_autoattack", "metric_columns", "pgd", "pgd_steps",
-           "project"]
+__all__ = ["ATTACKS", "DERIVED_METRICS", "NORMS", "PGD", "Attack", "AutoAttack", "AutoAttackFast", "AutoAttackPlus",
+           "AutoAttackRand", "AutoAttackVersion", "CWInf", "Clean", "ascent_direction", "attacked_chunks",
+           "avg_metrics", "cross_entropy_loss", "cw_margin_loss", "into_ball_and_box", "is_autoattack",
+           "metric_columns", "pgd", "pgd_steps", "project", "random_in_ball"]

@@ -8,7 +8,7 @@ at eps = 8/255, PGD's step eps/4 is the usual 2/255.
 
 Add an attack with one new file in this package holding one decorated class (the package
 imports every module in it, and the leaderboard, ``bench check`` and the evaluator read the class
-attributes, so nothing else is edited)::
+attributes and the methods with defaults of :class:`Attack`, so nothing else is edited)::
 
     @ATTACKS.register("myattack")
     class MyAttack(Attack):
@@ -16,13 +16,17 @@ attributes, so nothing else is edited)::
 """
 from __future__ import annotations
 
-from typing import Any, ClassVar, Dict, Iterator, List, Optional, Tuple
+from typing import TYPE_CHECKING, Any, ClassVar, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
+from ..devices import autocast
 from ..modes import eval_mode
+
+if TYPE_CHECKING:
+    from ..data import DataBundle
 
 NORMS = ("Linf", "L2")
 
@@ -34,6 +38,11 @@ class Attack:
         eps: perturbation budget in pixel units ([0, 1] images).
         norm: ``Linf`` or ``L2``.
         batch_size: batch size for attacks that split their input themselves (AutoAttack).
+
+    A new attack implements :meth:`perturb` and nothing else; the evaluator reads everything it
+    does differently from the class attributes and the methods with defaults below
+    (:meth:`outcomes`, :meth:`breakdown`, :meth:`threat_budget`, :meth:`masking_flags`,
+    :meth:`data_options`), never from the attack's name or ``kind``.
 
     After a call, :attr:`flags` holds any sanity warnings the attack itself raised.
 
@@ -53,12 +62,18 @@ class Attack:
     # An AutoAttack variant: runs at ``EvalConfig.aa_precision``, and PGD accuracy far above its
     # accuracy is flagged as likely gradient masking.
     autoattack: ClassVar[bool] = False
-    # Minutes rather than seconds on a few dozen digits points: its contract tests run in the slow tier.
-    expensive: ClassVar[bool] = False
-    # What its accuracy measures: "white-box" (attacks the evaluated model's gradients), "transfer"
-    # (examples crafted on another model: a black-box check), "corruption" (common corruptions, not
-    # an eps-ball attack: left out of the worst-case column) or "none" (clean).
+    # A label for people and tables: "white-box", "transfer", "corruption" or "none" (clean). The
+    # evaluator does not read it: what differs between kinds is in the attributes and methods here.
     kind: ClassVar[str] = "white-box"
+    # Its images lie in the eps-ball around the test points (clean trivially): its per-point outcomes
+    # take part in the worst-case column and in the export of the worst-case images.
+    eps_ball: ClassVar[bool] = True
+    # It attacks the evaluated model's own gradients: an attack that does better without them
+    # (:meth:`masking_flags`) is compared with the strongest of these.
+    white_box: ClassVar[bool] = True
+    # It averages over the model's randomness (expectation over transformation): a model with random
+    # outputs is flagged unless such an attack ran.
+    averages_randomness: ClassVar[bool] = False
     # Crafts on a second model, which the evaluator passes to the constructor as ``source``.
     needs_source: ClassVar[bool] = False
 
@@ -71,6 +86,12 @@ class Attack:
         self.norm = norm
         self.batch_size = batch_size
         self.flags: List[str] = []
+
+    @classmethod
+    def data_options(cls, data: DataBundle) -> Dict[str, Any]:
+        """Constructor options the dataset supplies, below the user's own
+        ``--attack-options``: none by default; corruptions read the released files from it."""
+        return {}
 
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, seed: int = 0,
                  active: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -97,11 +118,62 @@ class Attack:
                 generator: torch.Generator) -> torch.Tensor:
         raise NotImplementedError
 
+    def outcomes(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, seed: int, positions: Sequence[int],
+                 clean_correct: Optional[torch.Tensor] = None, precision: str = "fp32") -> torch.Tensor:
+        """Booleans, one per point of the batch: whether ``model`` still classifies the point
+        correctly under this attack (the per-sample results the evaluator stores and combines).
+
+        ``clean_correct`` (None for clean itself): the points classified correctly without attack.
+        A point misclassified clean counts as broken by every attack (AutoAttack's convention), so
+        only the correct ones are attacked, and nothing runs when there are none. The attack and the
+        prediction run under ``precision`` (autocast); the images must stay in the eps-ball and the
+        [0, 1] box. ``positions``: the points' test-set indices, for attacks seeded per image.
+        """
+        self.flags = []
+        if clean_correct is not None and not bool(clean_correct.any()):
+            return clean_correct.clone()
+        active = clean_correct.to(x.device) if clean_correct is not None else None
+        with autocast(x.device, precision):
+            x_adv = self(model, x, y, seed=seed, active=active)
+            self.check_perturbation(x, x_adv.float())
+            with torch.no_grad():
+                still_correct = model(x_adv).argmax(dim=1) == y
+        if active is not None:
+            still_correct &= active
+        return still_correct
+
+    def check_perturbation(self, x: torch.Tensor, x_adv: torch.Tensor) -> None:
+        """Raise when ``x_adv`` has another shape than ``x`` or leaves the eps-ball or the [0, 1] box:
+        a number computed on such images would not measure this threat model."""
+        name = type(self).__name__
+        if x_adv.shape != x.shape:
+            raise RuntimeError(f"attack {name} returned shape {tuple(x_adv.shape)} for input {tuple(x.shape)}")
+        delta = (x_adv - x).flatten(1)
+        size = delta.abs().max(dim=1).values if self.norm == "Linf" else delta.norm(dim=1)
+        if bool((size > self.eps + 1e-5).any()) or x_adv.min() < -1e-6 or x_adv.max() > 1 + 1e-6:
+            raise RuntimeError(f"attack {name} left the {self.norm} eps-ball of radius {self.eps} or the [0, 1] box")
+
+    def breakdown(self, outcomes: torch.Tensor) -> Dict[str, float]:
+        """Accuracies in % of parts of the attack (corruptions: per corruption and severity) from the
+        outcomes of every evaluated point; none by default."""
+        return {}
+
     def budget(self, num_classes: int = 10) -> Dict[str, Any]:
         """The attack's own settings beyond eps, norm and precision (steps, restarts, step size, loss,
         version...) for a task of ``num_classes`` classes: stored with every metric, so that a column
         never mixes budgets silently."""
         return {}
+
+    def threat_budget(self, eps_given: str) -> Dict[str, Any]:
+        """The threat model stored with the budget: eps as run and as given (``8/255``), and the norm;
+        nothing for an attack without an eps-ball of its own (clean, corruptions)."""
+        return {"eps": self.eps, "eps_given": eps_given, "norm": self.norm}
+
+    def masking_flags(self, name: str, accuracy: float, white_box: str, white_box_accuracy: float) -> List[str]:
+        """Gradient-masking warnings from this attack's ``accuracy`` (in %, registered as ``name``) set
+        against the strongest white-box attack that ran (``white_box`` at ``white_box_accuracy``);
+        none by default (the transfer attack has one)."""
+        return []
 
 
 def cross_entropy_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

@@ -11,4 +11,5 @@ class AutoAttackRand(AutoAttackVersion):
     randomised defences; never reported as an ``aa`` number."""
 
     version = "rand"
+    averages_randomness = True
     column_position = 32

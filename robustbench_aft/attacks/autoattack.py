@@ -16,7 +16,6 @@ class AutoAttackVersion(Attack):
     ``attack_names``), run as that package runs it; its own sanity warnings become flags."""
 
     autoattack = True
-    expensive = True
     version = "standard"
     attack_names: Optional[List[str]] = None
 
@@ -54,7 +53,6 @@ class AutoAttack(AutoAttackVersion):
 class AutoAttackFast(AutoAttackVersion):
     """APGD-CE + APGD-T only, for quick looks; never reported as an ``aa`` number."""
 
-    expensive = False
     version = "custom"
     attack_names = ["apgd-ce", "apgd-t"]
     column_position = 40

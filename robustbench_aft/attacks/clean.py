@@ -1,6 +1,8 @@
 """Clean accuracy: the unperturbed test images."""
 from __future__ import annotations
 
+from typing import Any, Dict
+
 from ..registry import ATTACKS
 from ._base import Attack
 
@@ -11,7 +13,11 @@ class Clean(Attack):
 
     column_position = 0
     kind = "none"
+    white_box = False
     in_avg = True
 
     def perturb(self, model, x, y, generator):
         return x.clone()
+
+    def threat_budget(self, eps_given: str) -> Dict[str, Any]:
+        return {}  # no perturbation: no eps-ball of its own

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import functools
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -14,6 +14,9 @@ from ..errors import ConfigError
 from ..modes import eval_mode
 from ..registry import ATTACKS
 from ._base import Attack
+
+if TYPE_CHECKING:
+    from ..data import DataBundle
 
 # The 15 "common" corruptions of the benchmark, in the paper's order (noise, blur, weather, digital).
 CORRUPTIONS = ("gaussian_noise", "shot_noise", "impulse_noise", "defocus_blur", "glass_blur", "motion_blur",
@@ -78,6 +81,8 @@ class Corruptions(Attack):
     """
 
     kind = "corruption"
+    eps_ball = False
+    white_box = False
     column_position = 60
 
     def __init__(self, eps: float, norm: str = "Linf", batch_size: int = 256,
@@ -94,12 +99,18 @@ class Corruptions(Attack):
         self.severities = tuple(severities)
         self.released = released
 
+    @classmethod
+    def data_options(cls, data: DataBundle) -> Dict[str, Any]:
+        # A dataset with the released CIFAR-10-C files is evaluated on them, not on generated ones.
+        return {"released": data.released_corruptions} if data.released_corruptions else {}
+
     @property
     def source(self) -> str:
         return f"released files in {self.released}" if self.released else GENERATED
 
     def budget(self, num_classes: int = 10):
-        library = "released files" if self.released else f"imagecorruptions {_compat.package_version('imagecorruptions')}"
+        library = ("released files" if self.released
+                   else f"imagecorruptions {_compat.package_version('imagecorruptions')}")
         return {"corruptions": len(self.corruptions), "severities": list(self.severities), "source": self.source,
                 "library": library}
 
@@ -118,9 +129,14 @@ class Corruptions(Attack):
         return torch.stack([corrupt_image(image, corruption, severity, variant_seed(seed, int(p), index, severity))
                             for image, p in zip(x.cpu(), positions)]).to(x.device)
 
-    def outcomes(self, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, seed: int,
-                 positions: Sequence[int]) -> torch.Tensor:
-        """Booleans (variants, batch): whether ``model`` classifies each corrupted point correctly."""
+    def outcomes(self, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, seed: int, positions: Sequence[int],
+                 clean_correct: Optional[torch.Tensor] = None, precision: str = "fp32") -> torch.Tensor:
+        """Booleans (variants, batch): whether ``model`` classifies each corrupted point correctly.
+
+        Every point, also one misclassified clean: this is not an attack on the clean-correct points
+        but the accuracy on other images (``clean_correct`` is not used). Always in full precision,
+        without autocast (``precision`` is not used).
+        """
         rows = []
         with eval_mode(model), torch.no_grad():
             for corruption, severity in self.variants():
@@ -129,6 +145,13 @@ class Corruptions(Attack):
 
     def perturb(self, model, x, y, generator):
         raise TypeError("corruptions is not a perturbation attack: the evaluator calls outcomes()")
+
+    def breakdown(self, outcomes: torch.Tensor) -> Dict[str, float]:
+        """Accuracy per corruption and per ``corruption@severity`` from the (variants, points) outcomes."""
+        return breakdown(self.variants(), outcomes)
+
+    def threat_budget(self, eps_given: str) -> Dict[str, Any]:
+        return {}  # not an eps-ball attack: eps and norm do not apply
 
 
 def breakdown(variants: List[Tuple[str, int]], outcomes: torch.Tensor) -> Dict[str, float]:

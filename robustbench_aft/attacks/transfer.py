@@ -1,7 +1,7 @@
 """Transfer: PGD-20 crafted on a source model, evaluated on the target (a black-box check)."""
 from __future__ import annotations
 
-from typing import Optional
+from typing import List, Optional
 
 from torch import nn
 
@@ -21,6 +21,7 @@ class Transfer(Attack):
     """
 
     kind = "transfer"
+    white_box = False
     needs_source = True
     attacks_subsets = True
     column_position = 45
@@ -43,3 +44,9 @@ class Transfer(Attack):
             return pgd(self.source, x, y, eps=self.eps, norm=self.norm, steps=self.steps,
                        step_size=self.relative_step * self.eps, loss_fn=cross_entropy_loss, generator=generator,
                        active=active)
+
+    def masking_flags(self, name: str, accuracy: float, white_box: str, white_box_accuracy: float) -> List[str]:
+        if accuracy >= white_box_accuracy:
+            return []
+        return [f"{name} accuracy {accuracy:.2f}% is below white-box {white_box} {white_box_accuracy:.2f}%: "
+                "examples crafted on another model fool it more than its own gradients do, likely gradient masking"]

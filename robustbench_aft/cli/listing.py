@@ -41,7 +41,7 @@ def cmd_list(args: argparse.Namespace) -> int:
         rows = [{"name": e.name, "aliases": ", ".join(e.aliases), "description": e.description}
                 for e in registry.entries()]
         if kind == "methods":
-            from ..method import param_docs
+            from ..params import param_docs
 
             for row, entry in zip(rows, registry.entries()):
                 row["version"] = entry.obj.version
@@ -52,7 +52,7 @@ def cmd_list(args: argparse.Namespace) -> int:
         print(format_table(rows, "md") if rows else f"(no {kind} registered yet)")
         print()
         if kind == "methods" and rows:
-            from ..method import param_docs
+            from ..params import param_docs
 
             parameters = [{"method": entry.name, "parameter": p["name"],
                            "default": f"{p['default']:.4g}" if isinstance(p["default"], float) else str(p["default"]),

@@ -8,11 +8,13 @@ from robustbench_aft.data import collect
 from robustbench_aft.registry import ATTACKS
 
 EPS = 0.1
-# The expensive attacks (AutoAttack standard, rand and plus: Square's 5,000 queries, EOT, restarts)
-# run in the slow tier; aa-fast checks the same properties of the same code path in the fast one.
+# The attacks whose contract tests run in the slow tier, because they take minutes rather than seconds
+# on a few dozen digits points: AutoAttack standard, rand and plus (Square's 5,000 queries, EOT over 20
+# draws, restarts). aa-fast checks the same properties of the same code path in the fast tier.
+SLOW_ATTACKS = {"aa", "aa-rand", "aa-plus"}
 # Corruptions are not an eps-ball attack: their own properties are tested in test_transfer_corruptions.py.
-BALL_ATTACKS = [name for name in ATTACKS.names() if ATTACKS.get(name).kind != "corruption"]
-ATTACK_NAMES = [pytest.param(name, marks=pytest.mark.slow) if ATTACKS.get(name).expensive else name
+BALL_ATTACKS = [name for name in ATTACKS.names() if ATTACKS.get(name).eps_ball]
+ATTACK_NAMES = [pytest.param(name, marks=pytest.mark.slow) if name in SLOW_ATTACKS else name
                 for name in BALL_ATTACKS]
 
 
@@ -45,7 +47,7 @@ def test_adversarial_images_stay_in_the_ball_and_in_the_box(digits_model, batch,
     x, y = batch
     attack_class = ATTACKS.get(name)
     if attack_class.autoattack:  # the same properties on fewer points: AutoAttack costs the most
-        points = 8 if attack_class.expensive else 16
+        points = 8 if name in SLOW_ATTACKS else 16
         x, y = x[:points], y[:points]
     x_adv = _attack(name, digits_model, eps, norm)(digits_model, x, y, seed=1)
     assert x_adv.shape == x.shape
@@ -79,3 +81,38 @@ def test_attack_runs_in_eval_mode_and_restores_the_mode(digits_model, batch, nam
     assert mode_after is True
     assert not any(seen_modes)
     assert seen_modes or name in ("clean", "transfer")  # clean needs no forward pass, transfer only the source's
+
+
+@pytest.mark.parametrize("name", ATTACK_NAMES)
+def test_outcomes_are_one_bit_per_point_and_a_point_wrong_clean_stays_broken(digits_model, batch, name):
+    """``Attack.outcomes``, what the evaluator stores: one boolean per point, never right where the
+    model is wrong clean, equal to classifying the attack's own images, and nothing attacked (the
+    clean mask back) when no point is right clean."""
+    x, y = batch
+    x, y = x[:16], y[:16]
+    attack = _attack(name, digits_model, EPS)
+    with torch.no_grad():
+        clean_correct = digits_model(x).argmax(1) == y
+    clean_correct[:4] = False  # as if misclassified clean: they must count as broken
+    outcomes = attack.outcomes(digits_model, x, y, seed=1, positions=list(range(16)), clean_correct=clean_correct)
+    assert outcomes.dtype == torch.bool and outcomes.shape == (16,)
+    assert not (outcomes & ~clean_correct).any()
+    if attack.attacks_subsets:
+        x_adv = attack(digits_model, x, y, seed=1, active=clean_correct)
+        with torch.no_grad():
+            expected = digits_model(x_adv).argmax(1) == y
+        assert torch.equal(outcomes, expected & clean_correct)
+    none_right = torch.zeros(16, dtype=torch.bool)
+    assert torch.equal(attack.outcomes(digits_model, x, y, seed=1, positions=list(range(16)),
+                                       clean_correct=none_right), none_right)
+
+
+@pytest.mark.parametrize("name", ATTACKS.names())
+def test_kind_label_agrees_with_the_behaviour_the_evaluator_reads(name):
+    """``kind`` is only a label; the evaluator reads ``eps_ball``, ``white_box`` and the threat budget.
+    They must tell the same story, so tables that group by kind and the evaluator agree."""
+    attack_class = ATTACKS.get(name)
+    assert attack_class.kind in ("white-box", "transfer", "corruption", "none")
+    assert attack_class.white_box == (attack_class.kind == "white-box")
+    assert attack_class.eps_ball == (attack_class.kind != "corruption")
+

@@ -7,12 +7,12 @@ import pytest
 import torch
 
 from robustbench_aft.config import TrainConfig
+from robustbench_aft.data import collect
 from robustbench_aft.engine import fine_tune
 from robustbench_aft.errors import ConfigError, Interrupted
-
-from robustbench_aft.data import collect
-from robustbench_aft.method import COUNT, POSITIVE, PROBABILITY, Method, Range, param_docs
+from robustbench_aft.method import Method
 from robustbench_aft.models import ImageClassifier
+from robustbench_aft.params import COUNT, POSITIVE, PROBABILITY, Range, param_docs
 from robustbench_aft.registry import METHODS
 
 
@@ -40,6 +40,24 @@ def test_one_step_contract(name, digits_model, digits):
     assert sum(p.numel() for p in exported.parameters()) == sum(p.numel() for p in digits_model.parameters())
     with torch.no_grad():
         assert exported.eval()(x).shape == (32, 10)
+
+
+@pytest.mark.parametrize("name", METHODS.names())
+def test_every_method_states_its_learning_rate_schedule(name):
+    """The base class has no schedule to inherit: each method names its own, and it starts at the run's lr
+    (TWINS: its own) and never rises."""
+    method = METHODS.get(name)(eps=0.15)
+    assert type(method).lr_at is not Method.lr_at
+    rates = [method.lr_at(epoch, 20, 0.025) for epoch in range(1, 21)]
+    assert all(0 < later <= earlier for earlier, later in zip(rates, rates[1:])), rates
+
+
+def test_a_method_without_a_schedule_says_so_by_name():
+    class Unscheduled(Method):
+        """A method that forgot lr_at."""
+
+    with pytest.raises(NotImplementedError, match="Unscheduled states no learning-rate schedule"):
+        Unscheduled(eps=0.15).lr_at(1, 20, 0.025)
 
 
 @pytest.mark.parametrize("name", METHODS.names())
