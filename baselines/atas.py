@@ -9,7 +9,8 @@ from torch.nn import functional as F
 from torch.utils.data import Dataset
 
 from robustbench_aft.attacks import ascent_direction, into_ball_and_box, random_in_ball
-from robustbench_aft.method import CIFAR_EPS, Method, afd_lr
+from robustbench_aft.method import Method, afd_lr
+from robustbench_aft.threat import CIFAR_EPS
 from robustbench_aft.modes import eval_mode
 from robustbench_aft.params import COUNT, COUNT_OR_ZERO, POSITIVE, PROBABILITY, param
 from robustbench_aft.registry import METHODS

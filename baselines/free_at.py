@@ -8,7 +8,8 @@ import torch
 from torch.nn import functional as F
 
 from robustbench_aft.attacks import ascent_direction, project
-from robustbench_aft.method import CIFAR_EPS, Method, OptimConfig, afd_lr
+from robustbench_aft.method import Method, OptimConfig, afd_lr
+from robustbench_aft.threat import CIFAR_EPS
 from robustbench_aft.params import COUNT, POSITIVE, param
 from robustbench_aft.registry import METHODS
 

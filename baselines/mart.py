@@ -7,7 +7,8 @@ from typing import Dict, Tuple
 import torch
 from torch.nn import functional as F
 
-from robustbench_aft.method import Method, afd_lr, training_attack_params
+from robustbench_aft.method import Method, afd_lr
+from robustbench_aft.params import training_attack_params
 from robustbench_aft.params import NONNEGATIVE, param
 from robustbench_aft.registry import METHODS
 

@@ -14,7 +14,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .method import Method, afd_lr, training_attack_params
+from .method import Method, afd_lr
+from .params import training_attack_params
 from .params import NONNEGATIVE, param
 from .registry import METHODS
 

@@ -407,29 +407,3 @@ def _accuracy_flags(accuracy: Dict[str, float], attacks: Dict[str, Attack]) -> L
                          f"(> {PGD_AA_GAP_PP:.0f} points): likely gradient masking, trust {aa_name}")
     return flags
 
-
-def parse_attacks(text: str) -> List[str]:
-    """Comma-separated attack names → canonical names (unknown names raise UnknownNameError)."""
-    names = [part.strip() for part in text.split(",") if part.strip()]
-    if not names:
-        raise ConfigError("--attacks is empty; choose from " + ", ".join(ATTACKS.names()))
-    return [ATTACKS.canonical(name) for name in names]
-
-
-def parse_eps(text: str, norm: str = "Linf") -> float:
-    """'8/255', '0.031' or '2e-2' → float; negative or malformed values raise ConfigError."""
-    try:
-        if "/" in text:
-            numerator, denominator = text.split("/")
-            value = float(numerator) / float(denominator)
-        else:
-            value = float(text)
-    except (ValueError, ZeroDivisionError):
-        raise ConfigError(f"--eps must be a number or a fraction like 8/255, got {text!r}") from None
-    if not value >= 0 or value == float("inf"):
-        raise ConfigError(f"--eps must be a finite number >= 0, got {text!r}")
-    if norm == "Linf" and value > 1:
-        raise ConfigError(f"--eps {text} is larger than 1: images are in [0, 1], so an L-inf eps above 1 means "
-                          "nothing (did you mean 8/255 rather than 8?)")
-    return value
-

@@ -44,40 +44,8 @@ from torch.utils.data import Dataset
 from .attacks import NORMS, pgd_steps, random_in_ball
 from .errors import ConfigError
 from .modes import module_mode
-from .params import COUNT, POSITIVE, check_params, param
-
-# Training attacks are specified relative to the run's eps so that one setting serves every
-# dataset; at the CIFAR eps of 8/255 these ratios give the official absolute values back.
-CIFAR_EPS = 8 / 255
-
-
-def _absolute(text: str) -> float:
-    numerator, _, denominator = text.partition("/")
-    return float(numerator) / float(denominator) if denominator else float(numerator)
-
-
-def training_attack_params(*, steps: int, step: str, source: str, eps: Optional[str] = None,
-                           eps_source: Optional[str] = None, step_source: Optional[str] = None,
-                           steps_help: str = "PGD steps of the training attack") -> type:
-    """The ``Params`` base of a method with a PGD training attack: ``attack_steps``,
-    ``attack_step_ratio`` and (unless ``eps`` is None: the run's eps itself) ``attack_eps_ratio``.
-
-    ``step``/``eps`` are the official absolute values at 8/255, as text (``"0.007"``, ``"2/255"``);
-    the fields hold their ratio to 8/255 so that one setting serves every dataset. A method's own
-    ``Params`` inherits from the result and adds its fields; :meth:`Method.training_attack` reads them.
-    """
-    spec = [
-        ("attack_steps", int, param(steps, steps_help, source, COUNT)),
-        ("attack_step_ratio", float, param(_absolute(step) / CIFAR_EPS, f"training attack step / eps ({step} at 8/255)",
-                                           step_source or source, POSITIVE)),
-    ]
-    if eps is not None:
-        scale = f" ({eps} at 8/255)" if _absolute(eps) != CIFAR_EPS else ""
-        spec.append(("attack_eps_ratio", float, param(_absolute(eps) / CIFAR_EPS,
-                                                      f"training attack eps / the run's eps{scale}",
-                                                      eps_source or source, POSITIVE)))
-    return make_dataclass("TrainingAttackParams", spec)
-
+from .params import check_params
+from .threat import CIFAR_EPS
 
 @dataclass
 class OptimConfig:

@@ -10,10 +10,12 @@ several methods share are built by :func:`.method.training_attack_params`, next 
 from __future__ import annotations
 
 import math
-from dataclasses import MISSING, dataclass, field, fields
+from dataclasses import MISSING, dataclass, field, fields, make_dataclass
 from typing import Any, Dict, List, Optional
 
 from .errors import ConfigError
+from .parsing import fraction
+from .threat import CIFAR_EPS
 
 
 @dataclass(frozen=True)
@@ -89,3 +91,28 @@ def param_docs(params_cls: type) -> List[Dict[str, Any]]:
                      "help": f.metadata.get("help", ""), "source": f.metadata.get("source", ""),
                      "valid": "true or false" if valid is None else valid.describe()})
     return rows
+
+
+# Training attacks are specified relative to the run's eps so that one setting serves every
+# dataset; at the CIFAR eps of 8/255 (threat.CIFAR_EPS) these ratios give the official values back.
+def training_attack_params(*, steps: int, step: str, source: str, eps: Optional[str] = None,
+                           eps_source: Optional[str] = None, step_source: Optional[str] = None,
+                           steps_help: str = "PGD steps of the training attack") -> type:
+    """The ``Params`` base of a method with a PGD training attack: ``attack_steps``,
+    ``attack_step_ratio`` and (unless ``eps`` is None: the run's eps itself) ``attack_eps_ratio``.
+
+    ``step``/``eps`` are the official absolute values at 8/255, as text (``"0.007"``, ``"2/255"``);
+    the fields hold their ratio to 8/255 so that one setting serves every dataset. A method's own
+    ``Params`` inherits from the result and adds its fields; :meth:`Method.training_attack` reads them.
+    """
+    spec = [
+        ("attack_steps", int, param(steps, steps_help, source, COUNT)),
+        ("attack_step_ratio", float, param(fraction(step) / CIFAR_EPS, f"training attack step / eps ({step} at 8/255)",
+                                           step_source or source, POSITIVE)),
+    ]
+    if eps is not None:
+        scale = f" ({eps} at 8/255)" if fraction(eps) != CIFAR_EPS else ""
+        spec.append(("attack_eps_ratio", float, param(fraction(eps) / CIFAR_EPS,
+                                                      f"training attack eps / the run's eps{scale}",
+                                                      eps_source or source, POSITIVE)))
+    return make_dataclass("TrainingAttackParams", spec)

@@ -6,7 +6,8 @@ from torch import nn
 from robustbench_aft.attacks import cw_margin_loss
 from robustbench_aft.data import collect
 from robustbench_aft.errors import ConfigError, UnknownNameError
-from robustbench_aft.evaluate import EvalConfig, evaluate, parse_attacks, parse_eps, select_subset
+from robustbench_aft.evaluate import EvalConfig, evaluate, select_subset
+from robustbench_aft.parsing import parse_attacks, parse_eps
 
 CPU = torch.device("cpu")
 
