@@ -5,6 +5,7 @@ attack's column is checked, and a new method's row is reported, without editing 
 """
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,11 +72,40 @@ def refuse_duplicates(table, what: str) -> None:
         raise ConfigError(f"{what} has duplicated rows: {shown}; keep one row per (method, dataset, arch, eps, norm)")
 
 
+def _protocol(record: Dict[str, Any]) -> Optional[Dict[str, Any]]:
+    text = record.get("protocol")
+    if not isinstance(text, str) or not text.strip():
+        return None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        raise ConfigError(f"{_where(record)}: its protocol column is not JSON; rewrite the table with "
+                          "`bench leaderboard --format csv`") from None
+
+
+def refuse_other_protocols(baseline, current_rows: Dict[tuple, Dict[str, Any]]) -> None:
+    """A one-line ConfigError when a row of the current table was measured under another protocol
+    than the baseline's row (protocol.py): a verdict on such a pair would compare unlike numbers.
+    Baselines written before protocols were stored carry none and are compared as before."""
+    from .protocol import describe_difference, protocol_id
+
+    for record in baseline.to_dict("records"):
+        now = current_rows.get(_row_key(record))
+        wanted, measured = _protocol(record), _protocol(now) if now is not None else None
+        if wanted is None or measured is None or protocol_id(wanted) == protocol_id(measured):
+            continue
+        raise ConfigError(f"{_where(record)} was measured under another protocol than the baseline's "
+                          f"({describe_difference(measured, wanted)}, current vs baseline); measure it as the "
+                          "baseline was, or rewrite the baseline with `bench leaderboard --format csv --output FILE`")
+
+
 @dataclass
 class CheckResult:
     """The regression report: one row per (method, dataset, arch, eps, metric) of the baseline."""
 
     rows: List[Dict[str, Any]]
+    # False for baselines written before protocols were stored: their rows are compared unchecked.
+    baseline_has_protocol: bool = True
 
     @property
     def failures(self) -> List[Dict[str, Any]]:
@@ -115,6 +145,7 @@ def check_regression(baseline, current, tolerance: float = 2.0, metrics: Optiona
     refuse_duplicates(baseline, "the baseline")
     refuse_duplicates(current, "the current table")
     current_rows = {_row_key(r): r for r in current.to_dict("records")}
+    refuse_other_protocols(baseline, current_rows)
     if not any(_row_key(r) in current_rows for r in baseline.to_dict("records")):
         raise ConfigError("no (method, dataset, arch, eps, norm) row of the baseline is in the current table: "
                           "nothing to compare")
@@ -148,7 +179,8 @@ def check_regression(baseline, current, tolerance: float = 2.0, metrics: Optiona
                          "eps": round(float(record["eps"]), 6), "norm": record["norm"], "metric": metric, "baseline": float("nan"),
                          "current": round(value, 2), "delta": float("nan"), "allowed_drop": float("nan"),
                          "verdict": "NEW"})
-    return CheckResult(rows)
+    has_protocol = "protocol" in baseline.columns and any(_protocol(r) for r in baseline.to_dict("records"))
+    return CheckResult(rows, has_protocol)
 
 
 def render_check(result: CheckResult) -> str:
@@ -170,6 +202,10 @@ def render_check(result: CheckResult) -> str:
         metrics = ", ".join(row["metric"] for row in new if _where(row) == where)
         lines.append(f"NEW: {where} {metrics}: not in the baseline, so not guarded; add it by rewriting the "
                      "baseline with `bench leaderboard --format csv --output <baseline>`")
+    if not result.baseline_has_protocol:
+        lines.append("note: the baseline carries no protocol (it was written before protocols were stored), so how "
+                     "its rows were measured is not checked; rewrite it with `bench leaderboard --format csv "
+                     "--output <baseline>` to hold the protocol too")
     failures = len(result.failures)
     compared = len(result.compared)
     lines.append(f"check: {failures} failure(s) in {compared} comparisons" if failures

@@ -36,7 +36,7 @@ def _cell(text: str) -> str:
 
 def parameter_table(method: str) -> str:
     """The Markdown table of ``method``'s ``Params``: name, default, meaning and source per field."""
-    from .method import param_docs
+    from .params import param_docs
     from .registry import METHODS
 
     lines = ["| parameter | default | meaning | source |", "|---|---|---|---|"]

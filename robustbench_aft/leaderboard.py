@@ -194,7 +194,11 @@ def leaderboard_frame(store_rows: List[Dict[str, Any]], mix_budgets: bool = Fals
         ordered += [metric, f"{metric}_std", f"{metric}_ci_low", f"{metric}_ci_high"]
     table["mixed_budgets"] = [",".join(marked.get(tuple(record[k] for k in ROW_KEY), []))
                               for record in table.to_dict("records")]
-    table = table[ordered + ["flagged_runs", "reconstructed", *costs, "mixed_budgets", "protocol_id"]]
+    # The record itself travels with the row (CSV, JSON), so that a committed table carries the
+    # protocol it was measured under and `bench check` can name a difference (check.py).
+    table["protocol"] = [json.dumps(protocols.get(pid), sort_keys=True) if protocols.get(pid) else ""
+                         for pid in table["protocol_id"]]
+    table = table[ordered + ["flagged_runs", "reconstructed", *costs, "mixed_budgets", "protocol_id", "protocol"]]
     table = table.reset_index(drop=True)
     table.attrs["left_out"] = per_run.attrs.get("left_out", [])
     table.attrs["protocols"] = protocols

@@ -89,9 +89,11 @@ def _flatten(record: Any, prefix: str = "") -> Dict[str, Any]:
 
 
 def differences(first: Dict[str, Any], second: Dict[str, Any]) -> List[str]:
-    """The dotted protocol fields in which two records differ."""
+    """The dotted protocol fields in which two records differ (other points go without saying when
+    their number differs)."""
     a, b = _flatten(first), _flatten(second)
-    return sorted(key for key in set(a) | set(b) if a.get(key, UNKNOWN) != b.get(key, UNKNOWN))
+    keys = sorted(key for key in set(a) | set(b) if a.get(key, UNKNOWN) != b.get(key, UNKNOWN))
+    return [key for key in keys if not (key == "points.indices" and "points.n" in keys)]
 
 
 def _short(key: str) -> str:
@@ -103,7 +105,7 @@ def _short(key: str) -> str:
 def _shown(value: Any) -> str:
     if isinstance(value, (dict, list)):
         return digest(value, 6)
-    return str(value)
+    return str(value)[:6] if len(str(value)) == 12 and str(value).isalnum() else str(value)
 
 
 def setting_label(record: Dict[str, Any], others: Iterable[Dict[str, Any]]) -> str:
