@@ -76,9 +76,30 @@ def _autoattack_module():
         ) from None
 
 
+class _ToDebug(logging.Handler):
+    """Re-emits a third-party logger's messages at DEBUG under ours: they reach the run's log file
+    (pipeline.py), not the user's terminal."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__()
+        self.target = logging.getLogger(f"robustbench_aft.thirdparty.{name}")
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.target.debug("%s", record.getMessage())
+
+
+def _third_party_to_debug(name: str) -> None:
+    logger = logging.getLogger(name)
+    if not any(isinstance(handler, _ToDebug) for handler in logger.handlers):
+        logger.addHandler(_ToDebug(name))
+    logger.propagate = False
+
+
 def _adversary(model: torch.nn.Module, *, eps: float, norm: str, version: str, attacks: Optional[Sequence[str]],
                seed: Optional[int], device: torch.device, num_classes: int):
     """AutoAttack set up as we run it: the version's own settings, targets capped at ``num_classes - 1``."""
+    # pyautoattack logs its progress ("setting parameters for standard version") at INFO.
+    _third_party_to_debug(AUTOATTACK_LOGGER)
     module, keyword_api = _autoattack_module()
     if keyword_api:
         adversary = module.AutoAttack(model, attacks=list(attacks) if attacks else None, device=device,

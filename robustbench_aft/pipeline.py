@@ -33,7 +33,7 @@ from .featuregap import FeatureGapProbe
 from .pretrained import NaturalRecipe, default_recipe, load_checkpoint, recipe_with, resolve, save_checkpoint
 from .pretrained import transfer_source
 from .results import ResultsStore, RunRecord, new_group_id, outcome_bits
-from .runfolder import (BEST_VAL_CHECKPOINT, CONFIG_FILE, DONE, MANIFEST, cell_id, cell_name, open_group,
+from .runfolder import (BEST_VAL_CHECKPOINT, CONFIG_FILE, DONE, MANIFEST, RUN_LOG, cell_id, cell_name, open_group,
                         read_manifest)
 from .protocol import dataset_fingerprint, encode_indices, protocol_of
 from .threat import ThreatModel
@@ -453,7 +453,7 @@ def _run_in(run: PreparedRun, options: RunOptions, out_root: Path, device: torch
     natural, info = _natural_model(run, device, options.progress and dist.is_main, options.stop)
     if dist.is_main:
         barrier(dist)
-    with RunLock(out_root) if dist.is_main else contextlib.nullcontext():
+    with RunLock(out_root) if dist.is_main else contextlib.nullcontext(), _run_log(out_root, dist):
         if dist.is_main:
             group_id = open_group(out_root, run.stored_config, options.resume, options.command, group_id)
             atomic_write_text(dump_run_config(config, f"run {group_id}: load with bench run --config"),
@@ -480,6 +480,27 @@ def _run_in(run: PreparedRun, options: RunOptions, out_root: Path, device: torch
                 diverged.append(f"{method} seed {seed}: {exc}")
     return RunSummary(group_id=group_id, db=config.db, out=str(out_root), run_ids=run_ids, seconds=0.0,
                       rank=dist.rank, diverged=diverged)
+
+
+@contextlib.contextmanager
+def _run_log(out_root: Path, dist: DistContext):
+    """Every log line of the run, DEBUG included (third-party progress messages land there), appended
+    to ``run.log`` in the run folder while the run works in it."""
+    if not dist.is_main:
+        yield
+        return
+    handler = logging.FileHandler(out_root / RUN_LOG, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s: %(message)s"))
+    package = logging.getLogger("robustbench_aft")
+    previous = package.level
+    package.addHandler(handler)
+    package.setLevel(logging.DEBUG)
+    try:
+        yield
+    finally:
+        package.removeHandler(handler)
+        package.setLevel(previous)
+        handler.close()
 
 
 def _natural_model(run: PreparedRun, device: torch.device, progress: bool,

@@ -1,7 +1,8 @@
 """The run folder (``--out``), the unit of resumption, and its bookkeeping.
 
 It holds ``run.json`` (the manifest: the run's group id, configuration and command),
-``config.yaml`` (the resolved configuration, loadable with ``bench run --config``), a ``.lock``
+``config.yaml`` (the resolved configuration, loadable with ``bench run --config``), ``run.log``
+(every log line of the run, third-party progress messages included), a ``.lock``
 while a process works in it, and one folder per cell (``natural``, ``afd-seed0``, …) with the
 fine-tuning checkpoint ``last.pt``, the exported ``final.pt``, the per-sample evaluation results
 ``eval-*/batch-*.pt``, ``cell.json`` (the store's row ids of the cell) and, once the cell's rows are
@@ -27,6 +28,7 @@ MANIFEST = "run.json"
 BEST_VAL_CHECKPOINT = "best-val.pt"
 CONFIG_FILE = "config.yaml"
 DONE = "done.json"
+RUN_LOG = "run.log"
 # Fields that may differ between a run and its resumption (where it runs, not what it computes).
 RESUMABLE_DIFFERENCES = ("device", "out")
 # Settings a stored configuration may hold under another name (written by an earlier version).

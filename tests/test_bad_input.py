@@ -37,6 +37,15 @@ BAD_INPUTS = {
     "empty seeds": (["run", "--methods", "ours", "--seeds", ","], "--seeds expects comma-separated integers"),
     "negative seed": (["run", "--methods", "ours", "--seeds", "-1"], "integers >= 0"),
     "duplicate seeds": (["run", "--methods", "ours", "--seeds", "1,1"], "duplicates"),
+    # Empty lists and duplicates are refused alike in every list (aliases resolved first).
+    "empty --attacks": (["run", "--methods", "ours", "--attacks", ""], "--attacks is empty"),
+    "empty --seeds": (["run", "--methods", "ours", "--seeds", ""], "--seeds expects comma-separated integers"),
+    "empty --methods text": (["run", "--methods", ""], "--methods is empty"),
+    "duplicate method": (["run", "--methods", "ours,ours"], "--methods names afd twice"),
+    "duplicate method by alias": (["run", "--methods", "ours,afd"], "('ours' and 'afd' are the same)"),
+    "duplicate attack": (["run", "--methods", "ours", "--attacks", "pgd,pgd"], "--attacks names pgd twice"),
+    "empty item in a list": (["run", "--methods", "ours,,trades"], "has an empty item"),
+    "config file type in words": (["run", "--config", "{tmp}/wrongtype.yaml"], "train.epochs=ten: expected an integer"),
     # budgets and sizes
     "malformed eps": (["run", "--methods", "ours", "--eps", "big"], "--eps must be a number"),
     "negative eps": (["run", "--methods", "ours", "--eps", "-0.1"], "--eps must be a finite number >= 0"),
@@ -205,6 +214,7 @@ def prepared(tmp_path_factory, digits, digits_model):
     (folder / "typo.yaml").write_text("methods: ours\nepochz: 3\n")
     (folder / "negative.yaml").write_text("methods: ours\nepochs: -1\n")
     (folder / "section.yaml").write_text("methods: ours\ntrain: {momentun: 0.5}\n")
+    (folder / "wrongtype.yaml").write_text("methods: ours\ntrain: {epochs: ten}\n")
     (folder / "baseline.csv").write_text("method,dataset,arch,eps,clean,pgd\nafd,digits,smallcnn,0.15,98.0,60.0\n")
     (folder / "doubled.csv").write_text("method,dataset,arch,eps,clean,pgd\n" +
                                         "afd,digits,smallcnn,0.15,98.0,60.0\n" * 2)

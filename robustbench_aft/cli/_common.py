@@ -87,9 +87,13 @@ def output_folder(text: str) -> Path:
 def setup_logging(quiet: bool) -> None:
     # Under torchrun only rank 0 reports progress; the other ranks keep warnings and errors.
     rank = int(os.environ.get("RANK", "0")) if int(os.environ.get("WORLD_SIZE", "1")) > 1 else 0
-    logging.basicConfig(level=logging.WARNING if quiet or rank > 0 else logging.INFO,
-                        format="bench: %(message)s" if rank == 0 else f"bench[rank {rank}]: %(message)s",
+    level = logging.WARNING if quiet or rank > 0 else logging.INFO
+    logging.basicConfig(level=level, format="bench: %(message)s" if rank == 0 else f"bench[rank {rank}]: %(message)s",
                         stream=sys.stderr)
+    # The terminal shows INFO and up; the run's log file (pipeline.py) also gets DEBUG lines, which
+    # pass through these handlers too, so the level is theirs, not only the root logger's.
+    for handler in logging.getLogger().handlers:
+        handler.setLevel(level)
 
 
 def selection(value: str) -> str:
