@@ -11,13 +11,14 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import difflib
+import math
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
 from .errors import ConfigError
 from .params import params_problem
 from .parsing import (non_negative_float, non_negative_int, on_off, parse_arch, parse_attacks, parse_eps,
-                      parse_methods, parse_seeds, parse_value, positive_float, positive_int)
+                      parse_methods, parse_seeds, parse_value, positive_float, positive_int, type_in_words)
 from .registry import METHODS
 from .threat import CIFAR_EPS, NORMS, ThreatModel
 from .validation import SELECTIONS
@@ -374,7 +375,9 @@ def _section_values(name: str, values: Any, where: str) -> Dict[str, Any]:
     for key, value in values.items():
         if key not in known:
             raise ConfigError(f"{where}{name}.{key} is not a {cls.__name__} field; known: {', '.join(sorted(known))}")
-        if value is None or isinstance(value, (list, dict)):
+        if (name, key) == ("eval", "attacks") and isinstance(value, (str, list)):
+            parsed[key] = parse_attacks(_as_text(value))
+        elif value is None or isinstance(value, (list, dict)):
             parsed[key] = value
         else:
             parsed[key] = parse_value(str(value), known[key].type, f"{where}{name}.{key}")
@@ -557,32 +560,63 @@ def build_run_config(methods: List[str], *, dataset: str = "digits", arch: Optio
     return config
 
 
+def _field_problem(spec: dataclasses.Field, value: Any) -> Optional[str]:
+    """What is wrong with ``value`` for a TrainConfig field, by its declared type, range and choices."""
+    meta, kind = spec.metadata, str(spec.type)
+    if value is None:
+        return None if "Optional" in kind else f"expected {type_in_words(spec.type)}, got none"
+    if "bool" in kind:
+        return None if isinstance(value, bool) else f"expected true or false, got {value!r}"
+    if meta.get("choices"):
+        return None if value in meta["choices"] else f"must be one of {', '.join(meta['choices'])}, got {value!r}"
+    if ("int" in kind or "float" in kind) and (isinstance(value, bool) or not isinstance(value, (int, float))):
+        return f"expected {type_in_words(spec.type)}, got {value!r}"
+    if "int" in kind and not isinstance(value, int):
+        return f"expected an integer, got {value!r}"
+    valid = meta.get("valid")
+    if isinstance(value, (int, float)) and not math.isfinite(value):
+        return f"expected a finite number, got {value!r}"
+    if valid == "positive" and not value > 0:
+        return f"must be positive, got {value!r}"
+    if valid == "non-negative" and not value >= 0:
+        return f"must be >= 0, got {value!r}"
+    return None
+
+
 def validate(config: RunConfig) -> None:
     """Every check of a configuration, each with a one-line message (the one place they live)."""
     if not config.seeds:
         raise ConfigError("--seeds is empty")
-    if any(seed < 0 for seed in config.seeds):
-        raise ConfigError(f"--seeds must be >= 0, got {config.seeds}")
+    if any(isinstance(seed, bool) or not isinstance(seed, int) or seed < 0 for seed in config.seeds):
+        raise ConfigError(f"--seeds must be integers >= 0, got {config.seeds}")
     if len(set(config.seeds)) != len(config.seeds):
         raise ConfigError(f"--seeds has duplicates: {config.seeds}")
-    for name in ("epochs", "batch_size"):
-        if getattr(config.train, name) <= 0:
-            raise ConfigError(f"--{name.replace('_', '-')} must be positive")
-    if not config.train.lr > 0:
-        raise ConfigError("--lr must be positive")
-    if config.train.train_subset is not None and config.train.train_subset <= 0:
-        raise ConfigError("--train-subset must be positive")
-    if config.train.val_size is not None and config.train.val_size < 0:
-        raise ConfigError(f"--val-size must be >= 0, got {config.train.val_size}")
-    if config.train.select not in SELECTIONS:
-        raise ConfigError(f"--select must be one of {', '.join(SELECTIONS)}, got {config.train.select!r}")
+    for spec in fields(TrainConfig):
+        problem = _field_problem(spec, getattr(config.train, spec.name))
+        if problem:
+            raise ConfigError(f"--{spec.name.replace('_', '-')} (train.{spec.name}): {problem}")
     if config.train.select == "best-val" and config.train.val_size == 0:
         raise ConfigError("--select best-val needs a validation split; --val-size 0 turns it off")
-    for where, value in (("train", config.train.precision), ("eval", config.eval.precision),
-                         ("eval", config.eval.aa_precision)):
+    evaluation = config.eval
+    if not isinstance(evaluation.attacks, list) or not all(isinstance(a, str) for a in evaluation.attacks):
+        raise ConfigError(f"eval.attacks must be a list of attack names, got {evaluation.attacks!r}")
+    parse_attacks(",".join(evaluation.attacks))
+    for name, value in (("n_eval", evaluation.n_eval), ("batch_size", evaluation.batch_size)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
+            raise ConfigError(f"eval.{name} must be a positive integer, got {value!r}")
+    if isinstance(evaluation.seed, bool) or not isinstance(evaluation.seed, int) or evaluation.seed < 0:
+        raise ConfigError(f"eval.seed must be an integer >= 0, got {evaluation.seed!r}")
+    if not isinstance(evaluation.sanity, bool):
+        raise ConfigError(f"eval.sanity must be true or false, got {evaluation.sanity!r}")
+    if not isinstance(evaluation.attack_options, dict) or not all(
+            isinstance(options, dict) for options in evaluation.attack_options.values()):
+        raise ConfigError("eval.attack_options must map attack names to mappings of options, e.g. {pgd: {steps: 50}}")
+    for where, value in (("eval.precision", evaluation.precision), ("eval.aa_precision", evaluation.aa_precision)):
         if value not in ("auto", "fp32", "bf16"):
-            raise ConfigError(f"{where} precision must be auto, fp32 or bf16, got {value!r}")
+            raise ConfigError(f"{where} must be auto, fp32 or bf16, got {value!r}")
     if config.threat.norm not in NORMS:
         raise ConfigError(f"--norm must be one of {', '.join(NORMS)}, got {config.threat.norm!r}")
     if config.threat.eps is not None:
+        if isinstance(config.threat.eps, bool) or not isinstance(config.threat.eps, (int, float)):
+            raise ConfigError(f"--eps must be a number, got {config.threat.eps!r}")
         parse_eps(config.threat.eps_text or repr(config.threat.eps), config.threat.norm)

@@ -108,23 +108,35 @@ def _shown(value: Any) -> str:
     return str(value)[:6] if len(str(value)) == 12 and str(value).isalnum() else str(value)
 
 
+def _attack_set(flat: Dict[str, Any]) -> str:
+    attacks = flat.get("worst_over")
+    return ",".join(attacks) if isinstance(attacks, list) else UNKNOWN
+
+
+def _readable(keys: List[str]) -> List[str]:
+    """The differing fields in the order a reader wants them (recipe, points, threat, then the rest),
+    with every attack-budget field folded into one ``attacks`` entry."""
+    order = ("recipe.", "points.", "threat.", "dataset", "arch")
+    folded = [key for key in keys if not (key.startswith("attacks") or key == "worst_over")]
+    folded.sort(key=lambda key: next((i for i, prefix in enumerate(order) if key.startswith(prefix)), len(order)))
+    return folded + (["attacks"] if len(folded) < len(keys) else [])
+
+
+def _value(flat: Dict[str, Any], key: str) -> str:
+    return _attack_set(flat) if key == "attacks" else _shown(flat.get(key, UNKNOWN))
+
+
 def setting_label(record: Dict[str, Any], others: Iterable[Dict[str, Any]]) -> str:
     """``epochs=1, n=60``: this record's values of the fields in which it differs from ``others``."""
-    keys = sorted({key for other in others for key in differences(record, other)})
+    keys = _readable(sorted({key for other in others for key in differences(record, other)}))
     flat = _flatten(record)
-    attack_keys = [k for k in keys if k.startswith("attacks.") or k == "worst_over"]
-    shown = [f"{_short(k)}={_shown(flat.get(k, UNKNOWN))}" for k in keys if k not in attack_keys]
-    if attack_keys:
-        shown.append("attacks=" + ",".join(sorted(flat.get("worst_over", [])) if isinstance(
-            flat.get("worst_over"), list) else [UNKNOWN]))
-    return ", ".join(shown)
+    return ", ".join(f"{_short(key)}={_value(flat, key)}" for key in keys)
 
 
 def describe_difference(stored: Dict[str, Any], wanted: Dict[str, Any]) -> str:
     """``epochs 1 vs 5, n 60 vs 200``: a one-line account of how two protocols differ."""
     a, b = _flatten(stored), _flatten(wanted)
-    parts = [f"{_short(key)} {_shown(a.get(key, UNKNOWN))} vs {_shown(b.get(key, UNKNOWN))}"
-             for key in differences(stored, wanted)]
+    parts = [f"{_short(key)} {_value(a, key)} vs {_value(b, key)}" for key in _readable(differences(stored, wanted))]
     return ", ".join(parts[:6]) + (f" and {len(parts) - 6} more" if len(parts) > 6 else "")
 
 

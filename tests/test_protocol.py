@@ -27,12 +27,13 @@ def test_the_record_ignores_where_and_names_what_differs():
     assert base["worst_over"] == ["pgd"] and base["recipe"]["pretrained"] == "digits-a.pt"
     other = _protocol(train={"epochs": 1}, n=60, indices=list(range(60)))
     assert differences(base, other) == ["points.n", "recipe.epochs"]  # other points: implied by n
-    assert setting_label(other, [base]) == "n=60, epochs=1"
-    assert describe_difference(other, base) == "n 60 vs 100, epochs 1 vs 2"
+    assert setting_label(other, [base]) == "epochs=1, n=60"
+    assert describe_difference(other, base) == "epochs 1 vs 2, n 60 vs 100"
     same_n = _protocol(indices=list(range(1, 101)))
     assert setting_label(same_n, [base]) == "points=" + same_n["points"]["indices"][:6]
     more_attacks = _protocol(budgets={"clean": {}, "pgd": {"steps": 20}, "aa": {"version": "standard"}})
     assert setting_label(more_attacks, [base]) == "attacks=aa,pgd"
+    assert describe_difference(more_attacks, base) == "attacks aa,pgd vs pgd"
     # A stored record is used as it is (runs written since protocols exist).
     assert protocol_of("vaft", "digits", "smallcnn", 0.15, "Linf", 100, {"protocol": base}, None, {}) == base
 
@@ -86,8 +87,8 @@ def test_a_store_of_mixed_runs_shows_one_protocol_per_row(capsys, tmp_path, digi
 
     code, _, err = _run(capsys, "check", "--baseline", str(tmp_path / "baseline.csv"), "--db", db)
     assert code == 2 and len(err.strip().splitlines()) == 1
-    assert "vaft on digits/smallcnn Linf eps=0.15 was measured under another protocol" in err
-    assert "epochs 2 vs 1" in err
+    assert "on digits/smallcnn Linf eps=0.15 was measured under another protocol than the baseline's" in err
+    assert "n 100 vs 60" in err  # the first row checked names its difference (current vs baseline)
 
 
 def test_every_run_stores_its_split_and_it_rebuilds_independently(capsys, tmp_path, digits_natural):
