@@ -38,7 +38,8 @@ class EvalConfig:
         sanity: run the extra eps checks (PGD at 2×eps and unbounded on the first batch).
         attack_options: per-attack constructor options, e.g. ``{"pgd": {"relative_step": 0.09}}``
             (the ``paper`` preset uses it for AFD's PGD-20 step 0.003).
-        precision: clean, PGD and CW under ``auto`` (bf16 autocast on CUDA, fp32 on CPU), ``fp32`` or ``bf16``.
+        precision: every evaluation attack but AutoAttack: ``fp32`` (the default on every device) or
+            ``bf16`` (autocast; only when asked, ``--eval-precision bf16``).
         aa_precision: AutoAttack's; fp32 unless asked, so that leaderboard AA numbers are full precision.
         eps_text: eps as the user wrote it (``8/255``), kept in every metric's budget; None: the default.
         transfer_from: the ``transfer`` attack's source model: ``natural`` (the run's natural model)
@@ -53,7 +54,7 @@ class EvalConfig:
     batch_size: int = 256
     sanity: bool = True
     attack_options: Dict[str, Dict[str, float]] = field(default_factory=dict)
-    precision: str = "auto"
+    precision: str = "fp32"
     aa_precision: str = "fp32"
     eps_text: Optional[str] = None
     transfer_from: Optional[str] = None
@@ -109,8 +110,8 @@ class TrainConfig:
         "flag": "training images on which the feature gap is measured after every epoch (default: the preset's; "
                 "0 turns the probe off)", "valid": "non-negative"})
     precision: str = field(default="auto", metadata={
-        "flag": "fine-tuning, clean, PGD and CW: auto = bf16 autocast on CUDA, fp32 on CPU (default: auto)",
-        "choices": ("auto", "fp32", "bf16"), "also": "eval"})
+        "flag": "fine-tuning: auto = bf16 autocast on CUDA, fp32 on CPU (default: auto)",
+        "choices": ("auto", "fp32", "bf16")})
     sync_bn: bool = field(default=False, metadata={
         "flag": "under torchrun: BatchNorm statistics of the global batch (default: per process, like the AFD "
                 "official code's DataParallel)", "switch": True})
@@ -274,8 +275,7 @@ def _field_option(section: str, spec: dataclasses.Field) -> Option:
         parse = {"positive": positive_int, "non-negative": non_negative_int}.get(meta.get("valid"), int)
     else:
         parse = None
-    targets = ((section, spec.name),) + (((meta["also"], spec.name),) if meta.get("also") else ())
-    return Option(spec.name, meta["flag"], parse, meta.get("choices"), bool(meta.get("switch")), targets)
+    return Option(spec.name, meta["flag"], parse, meta.get("choices"), bool(meta.get("switch")), ((section, spec.name),))
 
 
 # The options of `bench run` that configure the run (the others — --resume, --format, --launcher … —
@@ -313,6 +313,9 @@ OPTIONS: Dict[str, Option] = {option.name: option for option in [
            positive_int, targets=(("eval", "n_eval"),)),
     Option("eval_batch_size", "evaluation batch size (default: 256)", positive_int,
            targets=(("eval", "batch_size"),)),
+    Option("eval_precision", "clean, PGD, CW and every evaluation attack but AutoAttack (default: fp32 on every "
+                             "device; bf16 only when asked)", choices=("fp32", "bf16"),
+           targets=(("eval", "precision"),)),
     Option("aa_precision", "AutoAttack (default: fp32, so that leaderboard AA numbers are full precision)",
            choices=("fp32", "bf16"), targets=(("eval", "aa_precision"),)),
     Option("transfer_from", "source model of the transfer attack (default: the run's natural model)",

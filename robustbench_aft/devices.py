@@ -34,6 +34,14 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     return precision
 
 
+def evaluation_precision(precision: str) -> str:
+    """An evaluation attack's precision: fp32 on every device unless bf16 is asked for, so that a GPU
+    run's columns are measured as a CPU run's are (``auto`` is read as fp32)."""
+    if precision not in PRECISIONS:
+        raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    return "bf16" if precision == "bf16" else "fp32"
+
+
 def autocast(device: torch.device, precision: str):
     """A bf16 autocast context for ``precision`` (resolved on ``device``); a no-op for fp32."""
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=resolve_precision(precision, device) == "bf16")

@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 from .attacks import Attack
 from .config import EvalConfig
 from .data import DataBundle, default_eps, make_loader
-from .devices import autocast, resolve_precision
+from .devices import autocast, evaluation_precision, resolve_precision
 from .errors import ConfigError
 from .files import atomic_torch_save
 from .modes import eval_mode
@@ -123,7 +123,9 @@ class EvalPlan:
         return self.indices[begin:begin + size]
 
     def precision(self, attack: Attack) -> str:
-        return self.config.aa_precision if attack.autoattack else self.config.precision
+        """``fp32`` or ``bf16``: the evaluation's precision is fp32 on every device unless bf16 was asked
+        for (``auto``, the setting of configurations written before, means fp32 here too)."""
+        return evaluation_precision(self.config.aa_precision if attack.autoattack else self.config.precision)
 
     def budget(self, attack: Attack, device: torch.device) -> Dict[str, Any]:
         """The full budget an attack ran with (what makes two numbers of one column comparable): its
@@ -148,7 +150,7 @@ class EvalPlan:
                                     "sanity": config.sanity, "attack_options": config.attack_options}
         if config.transfer_from is not None:  # added with the transfer attack: older protocols keep their fingerprint
             protocol["transfer_from"] = config.transfer_from
-        precisions = (resolve_precision(config.precision, device), resolve_precision(config.aa_precision, device))
+        precisions = (evaluation_precision(config.precision), evaluation_precision(config.aa_precision))
         if precisions != ("fp32", "fp32"):
             protocol["precision"] = precisions  # fp32, the original protocol, keeps its original fingerprint
         fingerprint = json.dumps(protocol, sort_keys=True)

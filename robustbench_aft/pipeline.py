@@ -39,7 +39,7 @@ from .protocol import dataset_fingerprint, encode_indices, protocol_of
 from .threat import ThreatModel
 from .validation import catastrophic_overfitting, split_training_set
 from .registry import ATTACKS, NATURAL
-from .devices import resolve_device, resolve_precision
+from .devices import evaluation_precision, resolve_device, resolve_precision
 from .files import RunLock, atomic_write_text, check_writable
 from .reproducibility import provenance
 from .signals import StopSignal
@@ -269,8 +269,8 @@ def _cell_extra(context: _Context, natural: nn.Module) -> Dict[str, Any]:
     device = context.device
     extra: Dict[str, Any] = {"pretrained_source": context.source, "precision": {
         "fine_tuning": resolve_precision(context.config.train.precision, device),
-        "clean_pgd_cw": resolve_precision(context.eval_config.precision, device),
-        "autoattack": resolve_precision(context.eval_config.aa_precision, device)},
+        "clean_pgd_cw": evaluation_precision(context.eval_config.precision),
+        "autoattack": evaluation_precision(context.eval_config.aa_precision)},
         "processes": context.dist.world_size, "input_shape": list(context.data.input_shape),
         "skipped_bad_images": context.data.metadata.get("skipped_bad_images"),
         "dataset_fingerprint": context.run.fingerprint}

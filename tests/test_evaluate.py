@@ -206,3 +206,21 @@ def test_aa_rand_runs_on_a_randomised_model_without_the_flag(digits_model, digit
                       EvalConfig(attacks=["clean", "aa-rand"], n_eval=8, eps=0.1), torch.device("cpu"), progress=False)
     assert not any("outputs are random" in flag for flag in result.flags)
     assert result.accuracy["aa-rand"] <= result.accuracy["clean"] + 1e-9
+
+
+def test_fp32_is_the_evaluation_default_on_a_cuda_device(digits):
+    """Every evaluation attack runs in fp32 unless bf16 is asked for, whatever the device: resolved on a
+    CUDA-typed device without needing one (the budget stored with each metric says so)."""
+    from robustbench_aft.config import build_run_config
+    from robustbench_aft.evaluate import plan_evaluation
+
+    cuda = torch.device("cuda")
+    config = build_run_config(["vaft"], train_overrides={"precision": "auto"}).eval
+    assert config.precision == "fp32" and config.aa_precision == "fp32"
+    plan = plan_evaluation(digits, EvalConfig(attacks=["clean", "pgd", "cw", "aa"], eps=0.15, n_eval=8))
+    assert {name: plan.budget(attack, cuda)["precision"] for name, attack in plan.attacks.items()} == {
+        "clean": "fp32", "pgd": "fp32", "cw": "fp32", "aa": "fp32"}
+    legacy = plan_evaluation(digits, EvalConfig(attacks=["pgd"], eps=0.15, n_eval=8, precision="auto"))
+    assert legacy.budget(legacy.attacks["pgd"], cuda)["precision"] == "fp32"  # configs written before
+    asked = plan_evaluation(digits, EvalConfig(attacks=["pgd"], eps=0.15, n_eval=8, precision="bf16"))
+    assert asked.budget(asked.attacks["pgd"], cuda)["precision"] == "bf16"

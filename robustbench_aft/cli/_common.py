@@ -35,8 +35,8 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def add_precision_arguments(parser: argparse.ArgumentParser, what: str) -> None:
-    parser.add_argument("--precision", default=None, choices=("auto", "fp32", "bf16"),
-                        help=f"{what}: auto = bf16 autocast on CUDA, fp32 on CPU (default: auto)")
+    parser.add_argument("--eval-precision", default=None, choices=("fp32", "bf16"),
+                        help=f"{what} (default: fp32 on every device; bf16 only when asked)")
     parser.add_argument("--aa-precision", default=None, choices=("fp32", "bf16"),
                         help="AutoAttack (default: fp32, so that leaderboard AA numbers are full precision)")
 

@@ -61,7 +61,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     source = (transfer_source(args.transfer_from, data, arch, device, progress=not args.quiet)
               if transfer else None)
     config = EvalConfig(attacks=attacks, eps=eps, norm=args.norm, n_eval=args.n_eval, seed=args.seed,
-                        batch_size=args.batch_size, sanity=not args.no_sanity, precision=args.precision or "auto",
+                        batch_size=args.batch_size, sanity=not args.no_sanity, precision=args.eval_precision or "fp32",
                         aa_precision=args.aa_precision or "fp32", eps_text=args.eps,
                         transfer_from=args.transfer_from if transfer else None)
     start = time.perf_counter()
