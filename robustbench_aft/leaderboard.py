@@ -15,6 +15,7 @@ from typing import Any, Dict, List, Optional
 
 from .attacks import avg_metrics, metric_columns
 from .errors import ConfigError
+from .protocol import protocol_of
 from .registry import FORMATS, NATURAL
 
 KEY = ["method", "dataset", "arch", "eps", "norm"]
@@ -140,7 +141,10 @@ def leaderboard_frame(store_rows: List[Dict[str, Any]], mix_budgets: bool = Fals
         ordered += [metric, f"{metric}_std", f"{metric}_ci_low", f"{metric}_ci_high"]
     table["mixed_budgets"] = [",".join(marked.get(tuple(record[k] for k in KEY), []))
                               for record in table.to_dict("records")]
-    return table[ordered + ["flagged_runs", "reconstructed", *costs, "mixed_budgets"]].reset_index(drop=True)
+    table = table[ordered + ["flagged_runs", "reconstructed", *costs, "mixed_budgets"]].reset_index(drop=True)
+    # The protocol of the counted runs, for formats that state it with the table (LaTeX's caption).
+    table.attrs["protocol"] = protocol_of(store_rows, set(per_run["run_id"]))
+    return table
 
 
 def _intervals(grouped, metrics: List[str]):
