@@ -4,7 +4,9 @@
 
 * ``auto``: the cached natural model for (dataset, arch, seed, recipe); trained on a miss;
 * a checkpoint path: ours, a plain ``state_dict``, or ``module.``-prefixed DataParallel keys;
-* ``robustbench:NAME``: a RobustBench model-zoo entry (the ``zoo`` extra), e.g. ``Standard``.
+* ``robustbench:NAME``: a RobustBench model-zoo entry (the ``zoo`` extra), e.g. ``Standard``;
+* a model folder (``config.json`` + ``model.safetensors``, written by ``bench export --model``) or
+  ``hf-hub:ORG/NAME``, such a folder on the Hugging Face Hub (the ``hub`` extra; see :mod:`.modelfolder`).
 
 The cache lives in ``$ROBUSTBENCH_AFT_CACHE`` (default ``~/.cache/robustbench_aft``).
 """
@@ -281,10 +283,16 @@ def _load_robustbench(name: str, data: DataBundle) -> Tuple[nn.Module, Dict[str,
     return adapt(model, data.input_shape), {"source": f"robustbench:{name}"}
 
 
-def resolve(source: str, data: DataBundle, arch: str, seed: int, device: torch.device,
+def resolve(source: str, data: DataBundle, arch: Optional[str], seed: int, device: torch.device,
             recipe: Optional[NaturalRecipe] = None, progress: bool = True,
             stop: Optional[StopSignal] = None) -> Tuple[nn.Module, Dict[str, Any]]:
-    """The natural pre-trained model named by ``source`` (``auto``, a path, or ``robustbench:NAME``)."""
+    """The model named by ``source`` (``auto``, a path, a model folder, ``hf-hub:ORG/NAME`` or
+    ``robustbench:NAME``). A model folder names its own arch; ``arch`` None accepts it, any other must match."""
+    from .modelfolder import is_model_folder, load_model_folder
+
+    if is_model_folder(source):
+        model, info = load_model_folder(source, data, arch)
+        return model.to(device), info
     if source == "auto":
         recipe = recipe or default_recipe(data)
         path = cache_path(data, arch, seed, recipe)
@@ -313,8 +321,12 @@ def transfer_source(spec: Optional[str], data: DataBundle, arch: str, device: to
     if spec in (None, "natural"):
         return natural.to(device) if natural is not None else resolve("auto", data, arch, seed, device,
                                                                       progress=progress)[0]
-    source_arch = arch
-    if not spec.startswith("robustbench:"):
+    from .modelfolder import is_model_folder
+
+    source_arch: Optional[str] = arch
+    if is_model_folder(spec):
+        source_arch = None  # a model folder names its own arch
+    elif not spec.startswith("robustbench:"):
         payload = _read_checkpoint(Path(spec).expanduser())
         if isinstance(payload, dict) and payload.get("format") == CHECKPOINT_FORMAT and payload.get("arch"):
             source_arch = payload["arch"]
