@@ -23,6 +23,7 @@ import math
 import os
 import sqlite3
 import time
+from contextlib import closing
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -255,7 +256,8 @@ _EXPORTS_TABLE = ("CREATE TABLE IF NOT EXISTS model_folders (run_id TEXT PRIMARY
 
 def record_export(db: str, run_id: str, folder: Path) -> None:
     """Remember in the store where ``run_id``'s model folder was written (the latest export wins)."""
-    with sqlite3.connect(db, timeout=30) as connection:
+    # closing(): sqlite3's own context manager commits but leaves the connection (and its WAL files) open.
+    with closing(sqlite3.connect(db, timeout=30)) as connection, connection:
         connection.execute(_EXPORTS_TABLE)
         connection.execute("INSERT OR REPLACE INTO model_folders VALUES (?, ?, ?)",
                            (run_id, str(Path(folder).resolve()), time.time()))
@@ -263,7 +265,7 @@ def record_export(db: str, run_id: str, folder: Path) -> None:
 
 def exported_folders(db: str) -> Dict[str, str]:
     """run id → the model folder last exported from it (empty for a store without exports)."""
-    with sqlite3.connect(db, timeout=30) as connection:
+    with closing(sqlite3.connect(db, timeout=30)) as connection:
         exists = connection.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'model_folders'")
         if exists.fetchone() is None:
             return {}
