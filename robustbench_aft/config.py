@@ -179,6 +179,8 @@ class RunConfig:
     device: str = "auto"
     data_dir: Optional[str] = None
     download: bool = False
+    # Experiment trackers (--log; trackers/): not part of the experiment, so a resume may change them.
+    log: List[str] = field(default_factory=list)
 
     def to_dict(self) -> Dict[str, Any]:
         return asdict(self)

@@ -83,8 +83,10 @@ def _check_destination(folder: Path) -> None:
     check_writable(folder, "--model", folder=True)
 
 
-def export_model_folder(db: str, method: str, folder: Path, seed: Optional[int] = None) -> Dict[str, Any]:
-    """Write the model folder of ``method`` (its lowest stored seed unless ``seed``) from the store ``db``.
+def export_model_folder(db: str, method: Optional[str], folder: Path, seed: Optional[int] = None,
+                        run_id: Optional[str] = None) -> Dict[str, Any]:
+    """Write the model folder of ``method`` (its lowest stored seed unless ``seed``), or of the stored run
+    ``run_id``, from the store ``db``.
 
     Everything is read and checked before the first file is written; returns ``config.json`` as a dict
     with ``folder`` and ``card`` (the README text) added."""
@@ -99,9 +101,15 @@ def export_model_folder(db: str, method: str, folder: Path, seed: Optional[int] 
     require("huggingface_hub", HUB_EXTRA, "bench export --model")
     folder = Path(folder).expanduser()
     _check_destination(folder)
-    name = method if method == NATURAL else METHODS.canonical(method)
     store = ResultsStore(db)
-    run = _chosen_run(store, name, seed)
+    if run_id is not None:
+        run = next((r for r in store.runs() if r["run_id"] == run_id and r["status"] == "finished"), None)
+        if run is None:
+            raise ConfigError(f"no finished run {run_id} in {db}")
+        name = run["method"]
+    else:
+        name = method if method == NATURAL else METHODS.canonical(str(method))
+        run = _chosen_run(store, name, seed)
     config = json.loads(run["config_json"])
     checkpoint = config.get("checkpoint") or config.get("pretrained_source")
     if not checkpoint or not Path(checkpoint).is_file():

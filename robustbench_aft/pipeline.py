@@ -33,6 +33,7 @@ from .models import build_model
 from .errors import ConfigError, Interrupted
 from .evaluate import EvalConfig, evaluate, select_subset
 from .featuregap import FeatureGapProbe
+from .trackers import NO_TRACKERS, CellLogger, Trackers, finish_tracked_cell, open_trackers
 from .pretrained import default_recipe, load_checkpoint, recipe_with, resolve, save_checkpoint, transfer_source
 from .results import ResultsStore, RunRecord, new_group_id, outcome_bits
 from .validation import catastrophic_overfitting
@@ -48,7 +49,7 @@ MANIFEST = "run.json"
 BEST_VAL_CHECKPOINT = "best-val.pt"
 CONFIG_FILE = "config.yaml"
 # Fields that may differ between a run and its resumption (where it runs, not what it computes).
-RESUMABLE_DIFFERENCES = ("device", "out")
+RESUMABLE_DIFFERENCES = ("device", "out", "log")
 
 
 @dataclass
@@ -141,6 +142,8 @@ class _Context:
     dist: DistContext = SINGLE
     # The model the transfer attack crafts on (``--transfer-from``); None when it does not run.
     transfer_source: Optional[nn.Module] = None
+    # The --log trackers (trackers/): one tracked run per cell.
+    trackers: Trackers = NO_TRACKERS
 
 
 def _cell_id(cell_dir: Path, selection: str = "last") -> str:
@@ -202,6 +205,7 @@ class _Cell:
     extra: Dict[str, Any]  # configuration facts stored with the rows
     feature_gap: List[Dict[str, float]]
     tuned: _Tuned = dataclasses.field(default_factory=_Tuned)
+    tracker: CellLogger = dataclasses.field(default_factory=lambda: CellLogger([]))
 
 
 def _run_cell(context: _Context, natural: nn.Module, method: str, seed: int, step: int, total: int) -> str:
@@ -221,7 +225,8 @@ def _run_cell(context: _Context, natural: nn.Module, method: str, seed: int, ste
                  record=dict(group_id=context.group_id, method=method, dataset=context.data.name,
                              arch=context.config.arch, seed=seed, norm=context.eval_config.norm,
                              provenance=context.origin),
-                 extra=_cell_extra(context, natural), feature_gap=list(context.natural_gap))
+                 extra=_cell_extra(context, natural), feature_gap=list(context.natural_gap),
+                 tracker=context.trackers.cell(cell_name(method, seed)) if dist.is_main else CellLogger([]))
     try:
         model, best_model = _cell_model(context, cell, natural)
         if method != NATURAL:
@@ -232,8 +237,11 @@ def _run_cell(context: _Context, natural: nn.Module, method: str, seed: int, ste
     except (Interrupted, NumericalError) as exc:
         if dist.is_main:
             _store_stopped_cell(context, cell, exc)
+        cell.tracker.close()
         raise
     _store_cell(context, cell, evaluations)
+    finish_tracked_cell(cell.tracker, context.config.db, run_id, {**context.stored_config, **cell.extra},
+                        evaluations[0][1], cell.folder)
     return run_id
 
 
@@ -290,7 +298,7 @@ def _cell_model(context: _Context, cell: _Cell, natural: nn.Module) -> Tuple[nn.
     tuned = fine_tune(cell.method, natural, data, config.train, eps=context.eval_config.eps,
                       norm=context.eval_config.norm, seed=cell.seed, device=context.device, params=config.method_params.get(cell.method), out_dir=cell.folder,
                       progress=context.progress, resume=context.resume, stop=context.stop, probe=context.probe,
-                      dist=context.dist)
+                      dist=context.dist, on_epoch=cell.tracker.epoch if cell.tracker else None)
     metadata = dict(method=cell.method, seed=cell.seed, method_version=tuned.method_version, params=tuned.params,
                     train_seconds=tuned.seconds, images_per_second=tuned.images_per_second,
                     feature_gap=tuned.feature_gap, history=tuned.history, validation=tuned.validation,
@@ -453,7 +461,8 @@ def _run_in(out_root: Path, config: RunConfig, data: DataBundle, eval_config: Ev
                            out_root=out_root, stored_config=stored_config, origin=provenance(device),
                            source=info["source"], resume=resume, progress=progress, stop=stop,
                            device=device, probe=probe, natural_gap=natural_gap, dist=dist,
-                           transfer_source=_transfer_source(config, eval_config, data, natural, device))
+                           transfer_source=_transfer_source(config, eval_config, data, natural, device),
+                           trackers=open_trackers(config.log, out_root, group_id))
         run_ids, diverged = [], []
         for step, (method, seed) in enumerate(cells, start=1):
             try:

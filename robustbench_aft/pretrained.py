@@ -19,7 +19,7 @@ import os
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, Optional, Tuple
 
 import torch
 from torch import nn
@@ -90,8 +90,10 @@ def test_accuracy(model: nn.Module, data: DataBundle, device: torch.device, batc
 
 def pretrain(data: DataBundle, arch: str, recipe: NaturalRecipe, seed: int, device: torch.device,
              progress: bool = True, num_workers: int = 0,
-             stop: Optional[StopSignal] = None) -> Tuple[nn.Module, Dict[str, Any]]:
-    """Train ``arch`` naturally on ``data.train``; returns the model and its metadata.
+             stop: Optional[StopSignal] = None,
+             on_epoch: Optional[Callable[[Dict[str, Any]], None]] = None) -> Tuple[nn.Module, Dict[str, Any]]:
+    """Train ``arch`` naturally on ``data.train``; returns the model and its metadata. ``on_epoch``
+    receives each epoch's number, lr, mean ``cross_entropy``, cumulative images and seconds (trackers).
 
     ``stop`` (SIGINT/SIGTERM) ends it after the current batch with :class:`Interrupted`; nothing
     is cached then, and the next run pre-trains again from the start.
@@ -109,6 +111,7 @@ def pretrain(data: DataBundle, arch: str, recipe: NaturalRecipe, seed: int, devi
     with tqdm(total=recipe.epochs * len(loader), desc=f"pretrain {arch} on {data.name}", unit="batch",
               disable=None if progress else True) as bar:
         for epoch in range(recipe.epochs):
+            loss_sum, batches, lr = 0.0, 0, scheduler.get_last_lr()[0]
             for x, y, _ in loader:
                 x, y = x.to(device), y.to(device)
                 loss = F.cross_entropy(model(x), y)
@@ -119,8 +122,12 @@ def pretrain(data: DataBundle, arch: str, recipe: NaturalRecipe, seed: int, devi
                 images += len(y)
                 bar.update(1)
                 bar.set_postfix(epoch=epoch + 1, loss=f"{loss.item():.3f}")
+                loss_sum, batches = loss_sum + loss.item(), batches + 1
                 if stop is not None:
                     stop.check(f"natural pre-training of {arch} on {data.name}")
+            if on_epoch is not None:
+                on_epoch({"epoch": epoch + 1, "lr": lr, "terms": {"cross_entropy": loss_sum / max(batches, 1)},
+                          "images": images, "seconds": time.perf_counter() - start, "validation": None})
     seconds = time.perf_counter() - start
     accuracy = test_accuracy(model, data, device)
     log.info("pretrained %s on %s: test accuracy %.2f%% in %.1f s (%.0f images/s)",

@@ -54,6 +54,8 @@ def add_to(commands: argparse._SubParsersAction) -> None:
     run.add_argument("--n-eval", type=positive_int, default=None, help="size of the seeded test subset")
     run.add_argument("--set", action="append", default=[], metavar="METHOD.PARAM=VALUE",
                      help="override a method parameter, e.g. --set afd.alpha=0.1 (repeatable)")
+    run.add_argument("--log", default=None, metavar="TRACKER,...",
+                     help="experiment trackers, offline, under the run folder: tensorboard, mlflow, wandb (default: none)")
     run.add_argument("--db", default=DEFAULT_DB, help=f"results store (default: {DEFAULT_DB})")
     run.add_argument("--out", default=None,
                      help="folder for checkpoints and per-sample results (default: next to the store, per run)")
@@ -150,7 +152,11 @@ def _run_config(args: argparse.Namespace):
         db=args.db, out=args.out, device=args.device, data_dir=args.data_dir, download=args.download,
         pretrained_seed=getattr(args, "pretrained_seed", None),
     )
-    return config
+    import dataclasses
+
+    from ..trackers import parse_trackers
+
+    return dataclasses.replace(config, log=parse_trackers(args.log))
 
 
 def cmd_run(args: argparse.Namespace) -> int:
