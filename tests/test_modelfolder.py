@@ -118,6 +118,24 @@ def test_model_card_has_hub_metadata_and_the_stored_numbers(tmp_path, capsys, di
         assert fact in text, fact
 
 
+def test_bench_report_links_each_exported_row_to_its_model_folder(tmp_path, capsys, digits, digits_model):
+    db = _stored_run(tmp_path, digits_model, digits, "smallcnn")
+    store = ResultsStore(str(db))
+    natural = RunRecord(group_id="g", method="natural", method_version=0, dataset="digits", arch="smallcnn", seed=0,
+                        eps=0.15, norm="Linf", n_eval=64, metrics={"clean": 99.0, "pgd": 1.0, "worst": 1.0},
+                        config={}, flags=[], provenance={}, wall_seconds=1.0)
+    store.add(natural)
+    assert main(["export", "--db", str(db), "--method", "afd", "--model", str(tmp_path / "shared" / "afd"),
+                 "--quiet"]) == 0
+    report = tmp_path / "report.html"
+    assert main(["report", "--db", str(db), "--output", str(report)]) == 0
+    page = report.read_text()
+    link = "<a href='shared/afd/README.md'>afd</a>"
+    assert page.count(link) == 2  # the leaderboard row and the run's details
+    rows = [line for line in page.split("<tr>") if "<td>natural</td>" in line or "<td>afd</td>" in line]
+    assert len(rows) == 2 and link in rows[1] and "<a href" not in rows[0]
+
+
 def _hub_cache(root: Path, repo: str, source: Path) -> Path:
     """The Hugging Face cache layout (``models--ORG--NAME/refs/main`` → ``snapshots/<commit>/``) holding ``source``."""
     commit = "0" * 40
