@@ -25,7 +25,7 @@ import sqlite3
 import time
 from contextlib import closing
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 import torch
 from torch import nn
@@ -77,7 +77,8 @@ def _check_destination(folder: Path) -> None:
         others = sorted(p.name for p in folder.iterdir() if p.name not in FOLDER_FILES)
         if others:
             raise ConfigError(f"--model {folder} is not empty ({', '.join(others[:3])}"
-                              f"{', …' if len(others) > 3 else ''}); give a new folder or a model folder to overwrite")
+                              f"{', …' if len(others) > 3 else ''}); give a new folder or a model folder "
+                              "to overwrite")
     from .files import check_writable
 
     check_writable(folder, "--model", folder=True)
@@ -159,6 +160,10 @@ def _percent(value: float) -> str:
     return "" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.2f}"
 
 
+def _or(value: Any, default: str) -> Any:
+    return default if value is None else value
+
+
 def _number(value: Any) -> str:
     return f"{value:.6g}" if isinstance(value, float) else str(value)
 
@@ -227,7 +232,7 @@ def model_card(store, run: Dict[str, Any], config: Dict[str, Any], spec: Dict[st
         "## Training data and recipe", "",
         f"- Dataset: {dataset} ({spec['num_classes']} classes, input {tuple(spec['input_size'])}, "
         f"mean {spec['mean']}, std {spec['std']}); training subset: {train.get('train_subset') or 'all'}, "
-        f"validation images held out: {train.get('val_size') if train.get('val_size') is not None else 'the dataset default'}.",
+        f"validation images held out: {_or(train.get('val_size'), 'the dataset default')}.",
         f"- Fine-tuning: {train.get('epochs')} epochs, batch {train.get('batch_size')}, SGD lr {train.get('lr')}, "
         f"momentum {train.get('momentum')}, weight decay {train.get('weight_decay')}, EMA {train.get('ema')}, "
         f"precision {(config.get('precision') or {}).get('fine_tuning')}, weights selected: {run.get('selection')} "
@@ -350,7 +355,8 @@ def load_model_folder(source: str, data, arch: Optional[str] = None) -> Tuple[nn
     if arch is not None and canonical_arch(arch) != canonical_arch(named):
         raise CheckpointError(f"{source} holds arch {named!r}, not {arch!r}: pass --arch {named}")
     if int(config["num_classes"]) != data.num_classes or list(config["input_size"]) != list(data.input_shape):
-        raise CheckpointError(f"{source} is a model of {config['num_classes']} classes on {tuple(config['input_size'])} "
+        raise CheckpointError(f"{source} is a model of {config['num_classes']} classes on "
+                              f"{tuple(config['input_size'])} "
                               f"inputs ({config.get('dataset', '?')}); dataset {data.name} has {data.num_classes} "
                               f"classes on {tuple(data.input_shape)}")
     try:
@@ -369,9 +375,11 @@ def load_model_folder(source: str, data, arch: Optional[str] = None) -> Tuple[nn
         parts = ([f"missing {', '.join(missing[:4])}"] if missing else []) + \
                 ([f"unexpected {', '.join(unexpected[:4])}"] if unexpected else [])
         raise CheckpointError(f"{source}/{WEIGHTS} does not fit arch {named!r}: {'; '.join(parts)}")
-    wrong = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in expected.items() if state[k].shape != v.shape]
+    wrong = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in expected.items()
+             if state[k].shape != v.shape]
     if wrong:
-        raise CheckpointError(f"{source}/{WEIGHTS} does not fit arch {named!r}: shape mismatch in {', '.join(wrong[:3])}")
+        raise CheckpointError(f"{source}/{WEIGHTS} does not fit arch {named!r}: shape mismatch in "
+                              f"{', '.join(wrong[:3])}")
     model.load_state_dict(state)
     info_keys = ("method", "seed", "run_id", "dataset", "package_version", "git_commit")
     return model, {"source": source, "arch": named, "folder": str(folder),

@@ -32,7 +32,8 @@ def _stored_run(folder: Path, model, digits, arch: str, method: str = "afd") -> 
     """A store with one finished run of ``model`` whose ``final.pt`` lies in a run folder with a config.yaml."""
     run_folder = folder / "out"
     (run_folder / f"{method}-seed0").mkdir(parents=True)
-    (run_folder / "config.yaml").write_text(f"# run g: load with bench run --config\nmethods: [{method}]\narch: {arch}\n")
+    (run_folder / "config.yaml").write_text(f"# run g: load with bench run --config\nmethods: [{method}]\n"
+                                            f"arch: {arch}\n")
     checkpoint = save_checkpoint(model, run_folder / f"{method}-seed0" / "final.pt", arch, digits)
     db = folder / "results.db"
     ResultsStore(str(db)).add(RunRecord(
@@ -40,7 +41,8 @@ def _stored_run(folder: Path, model, digits, arch: str, method: str = "afd") -> 
         n_eval=64, metrics={"clean": 96.875, "pgd": 50.0, "worst": 50.0},
         config={"checkpoint": str(checkpoint.resolve()), "out": str(run_folder), "pretrained": "auto",
                 "pretrained_seed": 0, "pretrained_source": "cache/natural.pt",
-                "method_params_used": {"alpha": 0.05, "beta": 0.25}, "train": {"epochs": 2, "batch_size": 64, "lr": 0.025},
+                "method_params_used": {"alpha": 0.05, "beta": 0.25},
+                "train": {"epochs": 2, "batch_size": 64, "lr": 0.025},
                 "eval": {"seed": 0, "attacks": ["clean", "pgd"]}},
         flags=[], provenance={"package_version": "0.1.0", "git_commit": "abc123", "torch_version": torch.__version__,
                               "device": "cpu"},
@@ -70,7 +72,8 @@ def test_export_load_round_trip_gives_identical_logits_and_numbers(arch, tmp_pat
     assert (spec["architecture"], spec["num_classes"], spec["input_size"]) == (arch, 10, [1, 8, 8])
     assert spec["mean"] == pytest.approx(model.normalize.mean.flatten().tolist())
     assert (folder / "config.yaml").read_text().startswith("# run g")
-    assert exported_folders(str(db)) == {next(iter(r["run_id"] for r in ResultsStore(str(db)).runs())): str(folder.resolve())}
+    run_id, = [r["run_id"] for r in ResultsStore(str(db)).runs()]
+    assert exported_folders(str(db)) == {run_id: str(folder.resolve())}
 
     loaded, info = resolve(str(folder), digits, None, seed=0, device=CPU)
     images = torch.stack([digits.test[i][0] for i in range(32)])
@@ -81,7 +84,8 @@ def test_export_load_round_trip_gives_identical_logits_and_numbers(arch, tmp_pat
     original = _eval_json(capsys, str(tmp_path / "out" / "afd-seed0" / "final.pt"), "--arch", arch, points=POINTS[arch])
     exported = _eval_json(capsys, str(folder), points=POINTS[arch])  # the arch comes from config.json
     assert exported["arch"] == arch
-    assert [(r["attack"], r["correct"]) for r in exported["rows"]] == [(r["attack"], r["correct"]) for r in original["rows"]]
+    assert [(r["attack"], r["correct"]) for r in exported["rows"]] == \
+        [(r["attack"], r["correct"]) for r in original["rows"]]
 
 
 def test_bench_run_starts_from_a_model_folder(tmp_path, capsys, digits, digits_model):
@@ -137,7 +141,8 @@ def test_bench_report_links_each_exported_row_to_its_model_folder(tmp_path, caps
 
 
 def _hub_cache(root: Path, repo: str, source: Path) -> Path:
-    """The Hugging Face cache layout (``models--ORG--NAME/refs/main`` → ``snapshots/<commit>/``) holding ``source``."""
+    """The Hugging Face cache layout (``models--ORG--NAME/refs/main`` → ``snapshots/<commit>/``) holding
+    ``source``."""
     commit = "0" * 40
     base = root / f"models--{repo.replace('/', '--')}"
     (base / "refs").mkdir(parents=True)
@@ -208,7 +213,8 @@ BAD_FOLDERS = {
                                         "is not in the Hugging Face cache"),
     "malformed hf-hub name": (["eval", "--checkpoint", "hf-hub:no-slash"], "expected hf-hub:ORG/NAME"),
     "pretrained folder without weights": (["run", "--methods", "ours", "--pretrained", "{tmp}/no_weights",
-                                           "--db", "{tmp}/new.db", "--out", "{tmp}/new_out"], "lacks model.safetensors"),
+                                           "--db", "{tmp}/new.db", "--out", "{tmp}/new_out"],
+                                          "lacks model.safetensors"),
     "export into a folder with other files": (["export", "--db", "{tmp}/results.db", "--method", "afd", "--model",
                                                "{tmp}/not_empty"], "--model {tmp}/not_empty is not empty"),
     "export of a method not stored": (["export", "--db", "{tmp}/results.db", "--method", "trades", "--model",

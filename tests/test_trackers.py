@@ -118,7 +118,8 @@ def test_bad_tracker_is_one_line_exit_2_and_writes_nothing(argv, expected, tmp_p
         TRACKERS.unregister("absent")
     captured = capsys.readouterr()
     lines = captured.err.strip().splitlines()
-    assert code == 2 and len(lines) == 1 and lines[0].startswith("bench: error: ") and expected in lines[0], captured.err
+    assert code == 2 and len(lines) == 1, captured.err
+    assert lines[0].startswith("bench: error: ") and expected in lines[0], lines[0]
     assert list(tmp_path.iterdir()) == []
 
 

@@ -55,7 +55,8 @@ def add_to(commands: argparse._SubParsersAction) -> None:
     run.add_argument("--set", action="append", default=[], metavar="METHOD.PARAM=VALUE",
                      help="override a method parameter, e.g. --set afd.alpha=0.1 (repeatable)")
     run.add_argument("--log", default=None, metavar="TRACKER,...",
-                     help="experiment trackers, offline, under the run folder: tensorboard, mlflow, wandb (default: none)")
+                     help="experiment trackers, offline, under the run folder: tensorboard, mlflow, wandb "
+                          "(default: none)")
     run.add_argument("--db", default=DEFAULT_DB, help=f"results store (default: {DEFAULT_DB})")
     run.add_argument("--out", default=None,
                      help="folder for checkpoints and per-sample results (default: next to the store, per run)")

@@ -43,7 +43,8 @@ class MLflow(Tracker):
         self.client = MlflowClient(tracking_uri=tracking_uri(self.root))
         experiment = self.client.get_experiment_by_name(group)
         experiment_id = experiment.experiment_id if experiment else self.client.create_experiment(group)
-        self.run_id = self.client.create_run(experiment_id, run_name=name, tags={"robustbench_aft.run": name}).info.run_id
+        tags = {"robustbench_aft.run": name}
+        self.run_id = self.client.create_run(experiment_id, run_name=name, tags=tags).info.run_id
 
     def log_metrics(self, values: Dict[str, float], step: int) -> None:
         from mlflow.entities import Metric
