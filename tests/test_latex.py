@@ -119,3 +119,20 @@ def test_compare_latex_states_the_comparison_and_the_budget(store_db, capsys, tm
 def test_escape_turns_every_special_into_literal_text():
     assert escape(r"a_b & 50% #1 $x$ {y} ~ ^ \ ±") == (r"a\_b \& 50\% \#1 \$x\$ \{y\} \textasciitilde{} "
                                                       r"\textasciicircum{} \textbackslash{} $\pm$")
+
+
+def test_eval_table_caption_states_model_setting_points_and_budgets(tmp_path):
+    from robustbench_aft.leaderboard import format_table
+
+    rows = [{"attack": "clean", "accuracy": 97.5, "correct": 195, "n": 200},
+            {"attack": "pgd", "accuracy": 43.25, "correct": 87, "n": 200}]
+    tex = format_table(rows, "latex", extra={"source": "runs/afd_model", "dataset": "digits", "arch": "smallcnn",
+                                             "eps": 0.15, "norm": "Linf", "n": 200,
+                                             "budgets": {"clean": {"attack": "Clean", "precision": "fp32"}, "pgd": PGD}})
+    header, clean, pgd = check_structure(tex)
+    assert header == ["attack", "accuracy", "correct", "n"] and pgd == ["pgd", "43.25", "87", "200"]
+    caption = re.search(r"\\caption\{(.*)\}\n", tex).group(1)
+    assert caption == (r"smallcnn on digits (runs/afd\_model), Linf eps = 0.15, 200 test points. Attacks clean: Clean "
+                       r"(fp32); pgd: PGD (loss cross\_entropy\_loss, restarts 1, start random, step 0.25$\cdot$eps, "
+                       r"steps 20, fp32).")
+    compile_if_possible(tex, tmp_path)

@@ -55,6 +55,19 @@ def render(rows: List[Dict[str, Any]], caption: str, bold: Optional[List[bool]] 
     return "\n".join(lines)
 
 
+def _evaluation_caption(extra: Dict[str, Any]) -> str:
+    """``bench eval``'s protocol from its document facts (model, setting, points, each attack's budget)."""
+    if "dataset" not in extra or "eps" not in extra:
+        return ""
+    from ..protocol import describe_budget
+
+    budgets = "; ".join(f"{metric}: {describe_budget(budget)}" for metric, budget in
+                        (extra.get("budgets") or {}).items() if budget)
+    return (f"{extra.get('arch', '')} on {extra['dataset']} ({extra.get('source', '')}), {extra.get('norm', '')} "
+            f"eps = {float(extra['eps']):.4g}, {extra.get('n', '?')} test points." + (f" Attacks {budgets}." if budgets
+                                                                                    else ""))
+
+
 @FORMATS.register("latex", "tex")
 class LaTeX(OutputFormat):
     """A booktabs ``table`` for papers: Markdown's cells, rank 1 in bold, the protocol as caption."""
@@ -65,7 +78,7 @@ class LaTeX(OutputFormat):
         if not as_written:
             rows = [{key: f"{value:.2f}" if isinstance(value, float) else value for key, value in row.items()}
                     for row in rows]
-        caption = str(extra.get("caption") or extra.get("comparison") or "")
+        caption = str(extra.get("caption") or extra.get("comparison") or _evaluation_caption(extra))
         return render(rows, caption, label=str(extra.get("label", "")))
 
     def leaderboard(self, frame, columns: Optional[List[str]] = None) -> str:
