@@ -126,9 +126,9 @@ def test_eval_table_caption_states_model_setting_points_and_budgets(tmp_path):
 
     rows = [{"attack": "clean", "accuracy": 97.5, "correct": 195, "n": 200},
             {"attack": "pgd", "accuracy": 43.25, "correct": 87, "n": 200}]
+    budgets = {"clean": {"attack": "Clean", "precision": "fp32"}, "pgd": PGD}
     tex = format_table(rows, "latex", extra={"source": "runs/afd_model", "dataset": "digits", "arch": "smallcnn",
-                                             "eps": 0.15, "norm": "Linf", "n": 200,
-                                             "budgets": {"clean": {"attack": "Clean", "precision": "fp32"}, "pgd": PGD}})
+                                             "eps": 0.15, "norm": "Linf", "n": 200, "budgets": budgets})
     header, clean, pgd = check_structure(tex)
     assert header == ["attack", "accuracy", "correct", "n"] and pgd == ["pgd", "43.25", "87", "200"]
     caption = re.search(r"\\caption\{(.*)\}\n", tex).group(1)
