@@ -225,7 +225,9 @@ def model_card(store, run: Dict[str, Any], config: Dict[str, Any], spec: Dict[st
         "## Threat model and attacks", "",
         f"- Threat model: {run['norm']}, eps = {eps_text} (inputs in [0, 1]).",
         *[f"- {metric}: {', '.join(texts)}" for metric, texts in protocol["budgets"].items()],
-        f"- Evaluated on {run['n_eval']} test points (seeded subset, seed {evaluation.get('seed')}).", "",
+        f"- Evaluated on {run['n_eval']} test points ("
+        + ("the whole test split)." if evaluation.get("n_eval") is None
+           else f"a seeded subset, seed {evaluation.get('seed')})."), "",
         "## Method", "",
         f"- {method}: {method_doc}" if method_doc else f"- {method}",
         f"- Parameters: {', '.join(f'{k} = {_number(v)}' for k, v in sorted(params.items())) or 'none'}", "",
