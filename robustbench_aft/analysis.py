@@ -10,6 +10,7 @@ import html
 import json
 import logging
 import math
+import os
 import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -429,6 +430,40 @@ def _breakdown_section(store: ResultsStore, counted_runs: set) -> List[str]:
     return parts
 
 
+def _folder_link(folder: str, output: Path) -> str:
+    """An ``<a>`` to a model folder's card, relative to the report when it can be, so that the page and
+    the folders can move together."""
+    card = Path(folder) / "README.md"
+    try:
+        target = os.path.relpath(card, Path(output).resolve().parent)
+    except ValueError:  # another drive on Windows
+        target = card.as_uri()
+    return f"<a href='{html.escape(target)}'>{html.escape(Path(folder).name)}</a>"
+
+
+def _leaderboard_with_model_links(db: str, frame, display: List[Dict[str, Any]], store_rows: List[Dict[str, Any]],
+                                  output: Path) -> str:
+    """The leaderboard table with a ``model folder`` column: a link per counted seed whose model was
+    exported (``bench export --model``, or a ``--log`` tracker with artifacts); empty otherwise."""
+    from .leaderboard import KEY, latest_runs_frame
+    from .modelfolder import exported_folders
+
+    folders = exported_folders(db)
+    per_run = latest_runs_frame(store_rows)
+    cells = []
+    for record in frame.to_dict("records"):
+        runs = per_run[(per_run[KEY[0]] == record[KEY[0]]) & (per_run["dataset"] == record["dataset"])
+                       & (per_run["arch"] == record["arch"]) & (per_run["norm"] == record["norm"])
+                       & ((per_run["eps"] - record["eps"]).abs() < 1e-9)].sort_values("seed")
+        links = [_folder_link(folders[run_id], output) for run_id in runs["run_id"] if run_id in folders]
+        cells.append(", ".join(links))
+    table = pd.DataFrame([{k: html.escape(str(v)) for k, v in row.items()} for row in display])
+    if any(cells):
+        table["model folder"] = cells
+    # Every other cell is escaped above; the links are markup.
+    return table.to_html(index=False, escape=False)
+
+
 def render_report(db: str, output: Path, extra_plots: Sequence[Path] = (), title: str = "robustbench-aft report") -> Path:
     """One self-contained HTML page: leaderboard, feature-gap plots, extra plots, every run's config."""
     from ._version import __version__
@@ -447,7 +482,7 @@ def render_report(db: str, output: Path, extra_plots: Sequence[Path] = (), title
              f"<p>Store <code>{html.escape(str(db))}</code>, generated {time.strftime('%Y-%m-%d %H:%M:%S')} by "
              f"robustbench-aft {html.escape(__version__)}. Accuracies in %, mean ± sample std over seeds; "
              "<code>worst</code> = robust against every attack run.</p>",
-             "<h2>Leaderboard</h2>", pd.DataFrame(display_rows(frame)).to_html(index=False, escape=True),
+             "<h2>Leaderboard</h2>", _leaderboard_with_model_links(db, frame, display_rows(frame), rows, output),
              f"<p>{html.escape(INTERVAL_LEGEND)}; rank: methods not significantly below the best share a rank "
              "(exact McNemar, Holm-corrected, α = 0.05).</p>"]
 
@@ -493,14 +528,19 @@ def render_report(db: str, output: Path, extra_plots: Sequence[Path] = (), title
                                       f"{html.escape(flag)}</li>" for r, flags in flagged for flag in flags) + "</ul>")
     else:
         parts.append("<p>None fired.</p>")
+    from .modelfolder import exported_folders
+
+    model_folders = exported_folders(db)
     parts.append(f"<h2>Runs ({len(runs)})</h2>")
     for run in runs:
         provenance = {k: run[k] for k in ("package_version", "git_commit", "torch_version", "device", "wall_seconds",
                                           "train_seconds", "images_per_second")}
         config = json.loads(run["config_json"])
+        folder = model_folders.get(run["run_id"])
+        link = f", model folder {_folder_link(folder, output)}" if folder else ""
         parts.append(f"<details><summary>{html.escape(run['method'])} seed {run['seed']} on "
                      f"{html.escape(run['dataset'])}/{html.escape(run['arch'])}, eps {run['eps']:.4g} "
-                     f"(run {html.escape(run['group_id'])})</summary><pre>"
+                     f"(run {html.escape(run['group_id'])}{link})</summary><pre>"
                      f"{html.escape(json.dumps({'provenance': provenance, 'config': config}, indent=2, default=str))}"
                      "</pre></details>")
     parts.append("</body></html>")

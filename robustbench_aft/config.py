@@ -18,7 +18,8 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 from .errors import ConfigError
 from .params import params_problem
 from .parsing import (non_negative_float, non_negative_int, on_off, parse_arch, parse_attacks, parse_eps,
-                      parse_methods, parse_seeds, parse_value, positive_float, positive_int, type_in_words)
+                      parse_methods, parse_seeds, parse_value, parse_trackers, positive_float, positive_int,
+                      type_in_words)
 from .registry import METHODS
 from .threat import CIFAR_EPS, NORMS, ThreatModel
 from .validation import SELECTIONS
@@ -210,6 +211,8 @@ class RunConfig:
     data_dir: Optional[str] = None
     download: bool = False
     skip_bad_images: bool = False
+    # Experiment trackers (--log; trackers/): not part of the experiment, so a resume may change them.
+    log: List[str] = field(default_factory=list)
 
     def to_dict(self) -> Dict[str, Any]:
         return asdict(self)
@@ -327,6 +330,8 @@ OPTIONS: Dict[str, Option] = {option.name: option for option in [
     Option("device", "auto (CUDA if available), cpu, cuda, cuda:1, ..."),
     Option("data_dir", "root folder of downloadable datasets (default: ./data)"),
     Option("download", "let torchvision download a missing dataset", switch=True),
+    Option("log", "experiment trackers, offline, under the run folder: tensorboard, mlflow, wandb (default: none)",
+           parse_trackers, metavar="TRACKER,..."),
     Option("skip_bad_images", "leave out the images of a folder: dataset that cannot be read (counted in the "
                               "run's record) instead of refusing the dataset", switch=True),
 ]}

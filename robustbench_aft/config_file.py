@@ -53,7 +53,7 @@ def dump_run_config(config: RunConfig, header: str = "") -> str:
     values = config.to_dict()
     content: Dict[str, Any] = {key: values[key] for key in (
         "methods", "dataset", "arch", "preset", "pretrained", "pretrained_seed", "seeds", "db", "out", "device",
-        "data_dir", "download", "skip_bad_images")}
+        "data_dir", "download", "skip_bad_images", "log")}
     content["threat"] = values["threat"]
     content["train"] = values["train"]
     content["eval"] = {key: value for key, value in values["eval"].items() if key not in _THREAT_FIELDS}

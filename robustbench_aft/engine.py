@@ -11,7 +11,7 @@ import logging
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
 from torch import nn
@@ -226,6 +226,7 @@ class _FineTuning:
     checkpoint: Optional[Path]
     stop: Optional[StopSignal]
     progress_bars: bool
+    on_epoch: Optional[Callable[[Dict[str, Any]], None]] = None
     progress: _Progress = field(default_factory=_Progress)
     counter: Optional[PassCounter] = None
     start: float = 0.0
@@ -237,7 +238,8 @@ class _FineTuning:
 def fine_tune(method_name: str, model: nn.Module, data: DataBundle, train: TrainConfig, *, eps: float, seed: int,
               device: torch.device, norm: str = "Linf", params: Optional[Dict[str, Any]] = None, out_dir: Optional[Path] = None,
               progress: bool = True, resume: bool = False, stop: Optional[StopSignal] = None,
-              probe: Optional[FeatureGapProbe] = None, dist: DistContext = SINGLE) -> FineTuneResult:
+              probe: Optional[FeatureGapProbe] = None, dist: DistContext = SINGLE,
+              on_epoch: Optional[Callable[[Dict[str, Any]], None]] = None) -> FineTuneResult:
     """Fine-tune the natural ``model`` with a registered method against the ``norm`` ball of radius
     ``eps`` (its training attacks and the validation PGD); returns the exported classifier.
 
@@ -253,6 +255,9 @@ def fine_tune(method_name: str, model: nn.Module, data: DataBundle, train: Train
     Under torchrun (``dist``), every rank calls this with the same arguments; each trains on its
     shard of the global batch ``train.batch_size`` and only rank 0 writes ``last.pt`` and probes the
     feature gap (see :mod:`robustbench_aft.distributed`).
+
+    ``on_epoch`` (rank 0) receives after every epoch its number, lr, loss terms, cumulative images and
+    seconds and validation point: what ``--log`` trackers record (:mod:`robustbench_aft.trackers`).
     """
     check_method_fits(method_name, model)
     seed_everything(seed)
@@ -272,7 +277,8 @@ def fine_tune(method_name: str, model: nn.Module, data: DataBundle, train: Train
         batch_size=local_batch_size(train.batch_size, dist),
         memory_format=torch.channels_last if use_channels_last(train.channels_last, device) else torch.preserve_format,
         compiled=compiled, ema=ema, validation=validation, probe=probe,
-        checkpoint=out_dir / "last.pt" if out_dir is not None else None, stop=stop, progress_bars=progress)
+        checkpoint=out_dir / "last.pt" if out_dir is not None else None, stop=stop, progress_bars=progress,
+        on_epoch=on_epoch)
     if resume and run.checkpoint is not None and run.checkpoint.is_file():
         _resume(run)
     run.start = time.perf_counter()
@@ -424,6 +430,7 @@ def _end_epoch(run: _FineTuning, epoch: int, seen: torch.Tensor, last_batch: Tup
              " ".join(f"{k}={v:.4f}" for k, v in epoch_terms.items()), progress.images / max(run.elapsed(), 1e-9))
     run.counter.enabled = False
     _check_finite_outputs(method.current_classifier(), last_batch[0], f"{name} seed {seed} epoch {epoch}")
+    point = None
     if run.validation is not None:
         point, weights = _validate(method, run.ema, run.validation, epoch)
         progress.curve.append(point)
@@ -438,6 +445,9 @@ def _end_epoch(run: _FineTuning, epoch: int, seen: torch.Tensor, last_batch: Tup
         log.info("%s seed %d epoch %d: feature gap L2 %.4f, 1-cos %.4f; at the head's input L2 %.4f, "
                  "1-cos %.4f (%.1f s on %d probe images)", name, seed, epoch, gap["l2"], gap["cosine"],
                  gap["head_l2"], gap["head_cosine"], gap["seconds"], len(run.probe))
+    if run.on_epoch is not None and run.dist.is_main:
+        run.on_epoch({"epoch": epoch, "lr": lr, "terms": epoch_terms, "images": progress.images,
+                      "seconds": run.elapsed(), "validation": point})
     run.counter.enabled = True
     _save(run, epoch + 1, 0)
     if run.stop is not None:

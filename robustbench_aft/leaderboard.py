@@ -15,6 +15,7 @@ from typing import Any, Dict, List, Optional
 
 from .attacks import avg_metrics, metric_columns
 from .errors import ConfigError
+from .captions import table_protocol
 from .protocol import setting_label
 from .registry import FORMATS, NATURAL
 
@@ -202,6 +203,8 @@ def leaderboard_frame(store_rows: List[Dict[str, Any]], mix_budgets: bool = Fals
     table = table.reset_index(drop=True)
     table.attrs["left_out"] = per_run.attrs.get("left_out", [])
     table.attrs["protocols"] = protocols
+    # The protocol of the counted runs, for formats that state it with the table (LaTeX's caption).
+    table.attrs["protocol"] = table_protocol(store_rows, set(per_run["run_id"]))
     table.attrs["latest_protocols"] = {tuple(row[k] for k in KEY): row["protocol_id"]
                                        for row in table.to_dict("records")}
     return table

@@ -157,3 +157,24 @@ def parse_arch(name: str, kwargs_text: Optional[str] = None) -> str:
     if kwargs_text and not is_external(name):
         raise ConfigError(f"--arch-kwargs is for external architectures (timm:, torchvision:, py:), not {name}")
     return canonical_external(name, parse_kwargs(kwargs_text)) if is_external(name) else canonical_arch(name)
+
+
+def parse_trackers(text: Optional[str]) -> List[str]:
+    """``--log a,b``: canonical tracker names, each installed; unknown names and missing packages are
+    one-line errors, raised before anything is written. None or empty: no tracking."""
+    from .registry import TRACKERS
+
+    if not text:
+        return []
+    names: List[str] = []
+    for part in (p.strip() for p in text.split(",")):
+        if not part:
+            continue
+        if part.lower() == "none":
+            continue
+        name = TRACKERS.canonical(part)
+        if name not in names:
+            names.append(name)
+    for name in names:
+        TRACKERS.get(name).check_installed(name)
+    return names

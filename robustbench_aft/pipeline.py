@@ -32,6 +32,7 @@ from .evaluate import EvalConfig, evaluate, select_subset
 from .featuregap import FeatureGapProbe
 from .pretrained import NaturalRecipe, default_recipe, load_checkpoint, recipe_with, resolve, save_checkpoint
 from .pretrained import transfer_source
+from .trackers import NO_TRACKERS, CellLogger, Trackers, finish_tracked_cell, open_trackers
 from .results import ResultsStore, RunRecord, new_group_id, outcome_bits
 from .runfolder import (BEST_VAL_CHECKPOINT, CONFIG_FILE, DONE, MANIFEST, RUN_LOG, cell_id, cell_name, open_group,
                         read_manifest)
@@ -135,6 +136,8 @@ class _Context:
     dist: DistContext = SINGLE
     # The model the transfer attack crafts on (``--transfer-from``); None when it does not run.
     transfer_source: Optional[nn.Module] = None
+    # The --log trackers (trackers/): one tracked run per cell.
+    trackers: Trackers = NO_TRACKERS
 
     # Shorthands for the fields of the run that nearly every step reads.
     @property
@@ -212,6 +215,7 @@ class _Cell:
     extra: Dict[str, Any]  # configuration facts stored with the rows
     feature_gap: List[Dict[str, float]]
     tuned: _Tuned = dataclasses.field(default_factory=_Tuned)
+    tracker: CellLogger = dataclasses.field(default_factory=lambda: CellLogger([]))
 
 
 def _run_cell(context: _Context, natural: nn.Module, method: str, seed: int, step: int, total: int) -> str:
@@ -231,7 +235,8 @@ def _run_cell(context: _Context, natural: nn.Module, method: str, seed: int, ste
                  record=dict(group_id=context.group_id, method=method, dataset=context.data.name,
                              arch=context.config.arch, seed=seed, norm=context.run.threat.norm,
                              provenance=context.origin),
-                 extra=_cell_extra(context, natural), feature_gap=list(context.natural_gap))
+                 extra=_cell_extra(context, natural), feature_gap=list(context.natural_gap),
+                 tracker=context.trackers.cell(cell_name(method, seed)) if dist.is_main else CellLogger([]))
     try:
         model, best_model = _cell_model(context, cell, natural)
         if method != NATURAL:
@@ -242,8 +247,11 @@ def _run_cell(context: _Context, natural: nn.Module, method: str, seed: int, ste
     except (Interrupted, NumericalError) as exc:
         if dist.is_main:
             _store_stopped_cell(context, cell, exc)
+        cell.tracker.close()
         raise
     _store_cell(context, cell, evaluations)
+    finish_tracked_cell(cell.tracker, context.config.db, run_id, {**context.run.stored_config, **cell.extra},
+                        evaluations[0][1], cell.folder)
     return run_id
 
 
@@ -302,7 +310,8 @@ def _cell_model(context: _Context, cell: _Cell, natural: nn.Module) -> Tuple[nn.
     tuned = fine_tune(cell.method, natural, data, config.train, eps=context.run.threat.eps,
                       norm=context.run.threat.norm, seed=cell.seed, device=context.device,
                       params=config.method_params.get(cell.method), out_dir=cell.folder, progress=context.progress,
-                      resume=context.resume, stop=context.stop, probe=context.probe, dist=context.dist)
+                      resume=context.resume, stop=context.stop, probe=context.probe, dist=context.dist,
+                      on_epoch=cell.tracker.epoch if cell.tracker else None)
     metadata = dict(method=cell.method, seed=cell.seed, method_version=tuned.method_version, params=tuned.params,
                     train_seconds=tuned.seconds, images_per_second=tuned.images_per_second,
                     feature_gap=tuned.feature_gap, history=tuned.history, validation=tuned.validation,
@@ -468,6 +477,7 @@ def _run_in(run: PreparedRun, options: RunOptions, out_root: Path, device: torch
                  ",".join(config.methods), run.data.name, config.arch, run.threat.describe(), len(cells), config.db,
                  out_root)
         context = _context(run, options, natural, info["source"], store, group_id, out_root, device, dist)
+        context.trackers = open_trackers(config.log, out_root, group_id)
         run_ids, diverged = [], []
         for step, (method, seed) in enumerate(cells, start=1):
             try:

@@ -4,7 +4,9 @@
 
 * ``auto``: the cached natural model for (dataset, arch, seed, recipe); trained on a miss;
 * a checkpoint path: ours, a plain ``state_dict``, or ``module.``-prefixed DataParallel keys;
-* ``robustbench:NAME``: a RobustBench model-zoo entry (the ``zoo`` extra), e.g. ``Standard``.
+* ``robustbench:NAME``: a RobustBench model-zoo entry (the ``zoo`` extra), e.g. ``Standard``;
+* a model folder (``config.json`` + ``model.safetensors``, written by ``bench export --model``) or
+  ``hf-hub:ORG/NAME``, such a folder on the Hugging Face Hub (the ``hub`` extra; see :mod:`.modelfolder`).
 
 The cache lives in ``$ROBUSTBENCH_AFT_CACHE`` (default ``~/.cache/robustbench_aft``).
 """
@@ -17,7 +19,7 @@ import os
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, Optional, Tuple
 
 import torch
 from torch import nn
@@ -88,8 +90,10 @@ def test_accuracy(model: nn.Module, data: DataBundle, device: torch.device, batc
 
 def pretrain(data: DataBundle, arch: str, recipe: NaturalRecipe, seed: int, device: torch.device,
              progress: bool = True, num_workers: int = 0,
-             stop: Optional[StopSignal] = None) -> Tuple[nn.Module, Dict[str, Any]]:
-    """Train ``arch`` naturally on ``data.train``; returns the model and its metadata.
+             stop: Optional[StopSignal] = None,
+             on_epoch: Optional[Callable[[Dict[str, Any]], None]] = None) -> Tuple[nn.Module, Dict[str, Any]]:
+    """Train ``arch`` naturally on ``data.train``; returns the model and its metadata. ``on_epoch``
+    receives each epoch's number, lr, mean ``cross_entropy``, cumulative images and seconds (trackers).
 
     ``stop`` (SIGINT/SIGTERM) ends it after the current batch with :class:`Interrupted`; nothing
     is cached then, and the next run pre-trains again from the start.
@@ -107,6 +111,7 @@ def pretrain(data: DataBundle, arch: str, recipe: NaturalRecipe, seed: int, devi
     with tqdm(total=recipe.epochs * len(loader), desc=f"pretrain {arch} on {data.name}", unit="batch",
               disable=None if progress else True) as bar:
         for epoch in range(recipe.epochs):
+            loss_sum, batches, lr = 0.0, 0, scheduler.get_last_lr()[0]
             for x, y, _ in loader:
                 x, y = x.to(device), y.to(device)
                 loss = F.cross_entropy(model(x), y)
@@ -117,8 +122,12 @@ def pretrain(data: DataBundle, arch: str, recipe: NaturalRecipe, seed: int, devi
                 images += len(y)
                 bar.update(1)
                 bar.set_postfix(epoch=epoch + 1, loss=f"{loss.item():.3f}")
+                loss_sum, batches = loss_sum + loss.item(), batches + 1
                 if stop is not None:
                     stop.check(f"natural pre-training of {arch} on {data.name}")
+            if on_epoch is not None:
+                on_epoch({"epoch": epoch + 1, "lr": lr, "terms": {"cross_entropy": loss_sum / max(batches, 1)},
+                          "images": images, "seconds": time.perf_counter() - start, "validation": None})
     seconds = time.perf_counter() - start
     accuracy = test_accuracy(model, data, device)
     log.info("pretrained %s on %s: test accuracy %.2f%% in %.1f s (%.0f images/s)",
@@ -281,10 +290,16 @@ def _load_robustbench(name: str, data: DataBundle) -> Tuple[nn.Module, Dict[str,
     return adapt(model, data.input_shape), {"source": f"robustbench:{name}"}
 
 
-def resolve(source: str, data: DataBundle, arch: str, seed: int, device: torch.device,
+def resolve(source: str, data: DataBundle, arch: Optional[str], seed: int, device: torch.device,
             recipe: Optional[NaturalRecipe] = None, progress: bool = True,
             stop: Optional[StopSignal] = None) -> Tuple[nn.Module, Dict[str, Any]]:
-    """The natural pre-trained model named by ``source`` (``auto``, a path, or ``robustbench:NAME``)."""
+    """The model named by ``source`` (``auto``, a path, a model folder, ``hf-hub:ORG/NAME`` or
+    ``robustbench:NAME``). A model folder names its own arch; ``arch`` None accepts it, any other must match."""
+    from .modelfolder import is_model_folder, load_model_folder
+
+    if is_model_folder(source):
+        model, info = load_model_folder(source, data, arch)
+        return model.to(device), info
     if source == "auto":
         recipe = recipe or default_recipe(data)
         path = cache_path(data, arch, seed, recipe)
@@ -313,8 +328,12 @@ def transfer_source(spec: Optional[str], data: DataBundle, arch: str, device: to
     if spec in (None, "natural"):
         return natural.to(device) if natural is not None else resolve("auto", data, arch, seed, device,
                                                                       progress=progress)[0]
-    source_arch = arch
-    if not spec.startswith("robustbench:"):
+    from .modelfolder import is_model_folder
+
+    source_arch: Optional[str] = arch
+    if is_model_folder(spec):
+        source_arch = None  # a model folder names its own arch
+    elif not spec.startswith("robustbench:"):
         payload = _read_checkpoint(Path(spec).expanduser())
         if isinstance(payload, dict) and payload.get("format") == CHECKPOINT_FORMAT and payload.get("arch"):
             source_arch = payload["arch"]

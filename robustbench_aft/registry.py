@@ -1,4 +1,4 @@
-"""One small registry class and its five instances.
+"""One small registry class and its instances (methods, archs, datasets, attacks, formats, trackers).
 
 Registering a component is one decorator line next to its definition::
 
@@ -154,3 +154,4 @@ MODELS = Registry("arch")
 DATASETS = Registry("dataset")
 ATTACKS = Registry("attack")
 FORMATS = Registry("output format")
+TRACKERS = Registry("tracker")

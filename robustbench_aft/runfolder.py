@@ -30,7 +30,7 @@ CONFIG_FILE = "config.yaml"
 DONE = "done.json"
 RUN_LOG = "run.log"
 # Fields that may differ between a run and its resumption (where it runs, not what it computes).
-RESUMABLE_DIFFERENCES = ("device", "out")
+RESUMABLE_DIFFERENCES = ("device", "out", "log")
 # Settings a stored configuration may hold under another name (written by an earlier version).
 _RENAMED = {"threat.eps": "eval.eps", "threat.norm": "eval.norm", "threat.eps_text": "eval.eps_text"}
 

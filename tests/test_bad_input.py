@@ -81,7 +81,7 @@ BAD_INPUTS = {
                                             "is not the last operation of its forward: post (LogSoftmax) runs on"),
     # checkpoints
     "missing checkpoint": (["eval", "--checkpoint", "{tmp}/nothing.pt"], "does not exist"),
-    "checkpoint is a directory": (["eval", "--checkpoint", "{tmp}/out"], "is a directory, not a file"),
+    "checkpoint is a directory": (["eval", "--checkpoint", "{tmp}/out"], "is not a model folder: it lacks config.json"),
     "corrupt checkpoint": (["run", "--methods", "ours", "--pretrained", "{tmp}/corrupt.pt",
                             "--db", "{tmp}/results.db"], "truncated or not a torch checkpoint"),
     "truncated checkpoint": (["eval", "--checkpoint", "{tmp}/truncated.pt"], "the file was cut short"),

@@ -46,7 +46,11 @@ def cmd_compare(args: argparse.Namespace) -> int:
         # p-values as written (3.5e-09), not rounded to 0.00 by the table's number format.
         print(format_table(comparison.table(), args.format, as_written=True))
     else:
-        print(format_table(comparison.table(), args.format))
+        from ..captions import comparison_caption
+
+        # Formats that carry a caption (LaTeX) state the protocol with the table; CSV ignores it.
+        caption = comparison_caption(existing_store(args.db), comparison, header, selection(args.select))
+        print(format_table(comparison.table(), args.format, extra={"caption": caption}))
     if human(args.format):
         per_seed = ", ".join(f"{d:+.2f}" for d in result.per_seed_delta)
         print(f"\n{header}\nΔ = {result.delta:+.2f} points, 95 % interval [{result.ci_low:+.2f}, "

@@ -16,8 +16,10 @@ def add_to(commands: argparse._SubParsersAction) -> None:
     evaluate = commands.add_parser("eval", help="evaluate a checkpoint under the uniform protocol")
     add_data_arguments(evaluate)
     evaluate.add_argument("--checkpoint", required=True,
-                          help="checkpoint path, 'auto' (the cached natural model) or robustbench:NAME")
-    evaluate.add_argument("--arch", default="smallcnn", help="architecture of the checkpoint")
+                          help="checkpoint path, a model folder (bench export --model), hf-hub:ORG/NAME, "
+                               "'auto' (the cached natural model) or robustbench:NAME")
+    evaluate.add_argument("--arch", default=None,
+                          help="architecture of the checkpoint (default: a model folder's own, else smallcnn)")
     evaluate.add_argument("--arch-kwargs", default=None, metavar="K=V,...", help=ARCH_KWARGS_HELP)
     evaluate.add_argument("--attacks", default="clean,pgd,cw",
                           help="comma-separated attacks (default: clean,pgd,cw; see `bench list attacks`)")
@@ -47,7 +49,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from ..devices import resolve_device
     from ..files import atomic_write_text
 
-    arch = parse_arch(args.arch, args.arch_kwargs)
+    from ..modelfolder import folder_arch, is_model_folder
+
+    # None means "not given": a model folder names its arch in config.json; anything else is smallcnn's.
+    default_arch = folder_arch(args.checkpoint) if is_model_folder(args.checkpoint) else "smallcnn"
+    arch = parse_arch(args.arch or default_arch, args.arch_kwargs)
     attacks = parse_attacks(args.attacks)
     eps = parse_eps(args.eps, args.norm) if args.eps is not None else None
     output = Path(args.output) if args.output else None
