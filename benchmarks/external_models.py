@@ -16,7 +16,7 @@ import torch
 
 from robustbench_aft.engine import check_method_fits
 from robustbench_aft.errors import UserError
-from robustbench_aft.leaderboard import format_table
+from robustbench_aft.tables import format_table
 from robustbench_aft.models import build_model
 from robustbench_aft.registry import METHODS
 

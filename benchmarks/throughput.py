@@ -45,8 +45,8 @@ from reference_steps import REFERENCE_STEPS  # noqa: E402
 from robustbench_aft.data import DataBundle, TensorImageDataset  # noqa: E402
 from robustbench_aft.engine import build_method  # noqa: E402
 from robustbench_aft.config import TrainConfig  # noqa: E402
-from robustbench_aft.evaluate import EvalConfig, evaluate  # noqa: E402
-from robustbench_aft.leaderboard import format_table  # noqa: E402
+from robustbench_aft.evaluator import EvalConfig, evaluate  # noqa: E402
+from robustbench_aft.tables import format_table  # noqa: E402
 from robustbench_aft.method import Method  # noqa: E402
 from robustbench_aft.models import build_model  # noqa: E402
 from robustbench_aft.registry import ATTACKS, METHODS  # noqa: E402

@@ -11,7 +11,7 @@ import sys
 
 from robustbench_aft.compare import compare_methods
 from robustbench_aft.errors import ConfigError
-from robustbench_aft.leaderboard import published_csv
+from robustbench_aft.tables import published_csv
 
 CLAIMS = [("afd", "vaft", "aa,clean"), ("afd", "trades", "aa,clean"), ("arrest", "afd", "clean,aa"),
           ("free-at", "afd", "aa,clean"), ("fgsm-ga", "afd", "aa"), ("afd", "rift", "aa,clean"),

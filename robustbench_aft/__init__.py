@@ -14,12 +14,13 @@ from ._version import __version__
 from .registry import ATTACKS, DATASETS, FORMATS, METHODS, MODELS  # noqa: E402
 from . import afd, attacks, data, datasets, formats, models  # noqa: E402,F401  (imported so that their components register)
 from .data import DataBundle, load_dataset  # noqa: E402
-from .evaluate import EvalConfig, EvalResult, evaluate  # noqa: E402
+from .evaluator import EvalConfig, EvalResult, evaluate  # noqa: E402
 from .pretrained import NaturalRecipe, pretrain, resolve  # noqa: E402
 from . import baselines  # noqa: E402,F401
 from .config import RunConfig, TrainConfig, build_run_config  # noqa: E402
 from .engine import FineTuneResult, fine_tune  # noqa: E402
-from .pipeline import RunSummary, leaderboard, run  # noqa: E402
+from .pipeline import RunSummary, run  # noqa: E402
+from .tables import leaderboard  # noqa: E402
 
 __all__ = [
     "ATTACKS", "DATASETS", "FORMATS", "METHODS", "MODELS", "DataBundle", "EvalConfig", "EvalResult", "FineTuneResult",

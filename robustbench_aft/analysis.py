@@ -264,7 +264,7 @@ def eps_curve(models: Dict[str, List[torch.nn.Module]], data, eps_values: Sequen
 
     ``models`` maps a label (a method) to one model per seed; one row per (label, seed, eps, attack).
     """
-    from .evaluate import EvalConfig, evaluate
+    from .evaluator import EvalConfig, evaluate
 
     rows = []
     for label, seeds in models.items():
@@ -350,7 +350,7 @@ def tradeoff_frame(db: str, robust: Optional[str] = None) -> Tuple[pd.DataFrame,
     """The leaderboard rows with clean and the robust metric (default as the rank: worst, else aa,
     else pgd) and their 95 % intervals, one row per method × dataset × arch × eps."""
     from .compare import default_rank_metric
-    from .leaderboard import leaderboard_frame
+    from .tables import leaderboard_frame
 
     frame = leaderboard_frame(ResultsStore(db).rows(), mix_budgets=True)
     if frame.empty:
@@ -445,7 +445,7 @@ def _leaderboard_with_model_links(db: str, frame, display: List[Dict[str, Any]],
                                   output: Path) -> str:
     """The leaderboard table with a ``model folder`` column: a link per counted seed whose model was
     exported (``bench export --model``, or a ``--log`` tracker with artifacts); empty otherwise."""
-    from .leaderboard import KEY, latest_runs_frame
+    from .tables import KEY, latest_runs_frame
     from .modelfolder import exported_folders
 
     folders = exported_folders(db)
@@ -468,7 +468,7 @@ def render_report(db: str, output: Path, extra_plots: Sequence[Path] = (), title
     """One self-contained HTML page: leaderboard, feature-gap plots, extra plots, every run's config."""
     from ._version import __version__
     from .compare import add_rank_column
-    from .leaderboard import INTERVAL_LEGEND, display_rows, latest_runs_frame, leaderboard_frame
+    from .tables import INTERVAL_LEGEND, display_rows, latest_runs_frame, leaderboard_frame
 
     store = ResultsStore(db)
     rows = store.rows()

@@ -13,7 +13,7 @@ from typing import Any, Dict, List, Optional
 
 from .attacks import metric_columns
 from .errors import ConfigError, not_a_file_reason
-from .leaderboard import format_table
+from .tables import format_table
 
 
 ROW_KEY = ["method", "dataset", "arch", "eps", "norm"]

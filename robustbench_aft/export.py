@@ -3,7 +3,7 @@
 RobustBench's external-evaluation template asks for the adversarial examples of the evaluated
 points as one tensor and for the model's ``model_info`` JSON. The images are not stored (they would
 dwarf the store), so they are recomputed from the model's checkpoint with the run's own evaluation
-protocol (:func:`.evaluate.worst_case_examples`), and checked: the model's accuracy on them must be
+protocol (:func:`.evaluator.worst_case_examples`), and checked: the model's accuracy on them must be
 the stored ``worst`` accuracy.
 """
 from __future__ import annotations
@@ -41,8 +41,8 @@ def export_adversarial(db: str, method: str, output: Path, device: torch.device,
     to ``output`` (a tensor, RobustBench's template) and ``output`` with ``.json`` (model info, labels,
     indices, the attack behind each image); returns that JSON as a dict."""
     from .data import load_dataset
-    from .evaluate import worst_case_examples
-    from .leaderboard import leaderboard_frame, robustbench_entry
+    from .evaluator import worst_case_examples
+    from .tables import leaderboard_frame, robustbench_entry
     from .pretrained import load_checkpoint, transfer_source
 
     name = method if method == NATURAL else METHODS.canonical(method)

@@ -173,7 +173,7 @@ def model_card(store, run: Dict[str, Any], config: Dict[str, Any], spec: Dict[st
     from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
     from .formats.markdown import Markdown
-    from .leaderboard import INTERVAL_LEGEND, display_rows, leaderboard_frame
+    from .tables import INTERVAL_LEGEND, display_rows, leaderboard_frame
     from .captions import table_protocol
     from .registry import METHODS
     from .stats import interval_for

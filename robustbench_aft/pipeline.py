@@ -28,7 +28,7 @@ from .distributed import SINGLE, DistContext, barrier
 from .engine import NumericalError, check_method_fits, default_val_size, fine_tune
 from .models import build_model
 from .errors import ConfigError, Interrupted
-from .evaluate import EvalConfig, evaluate, select_subset
+from .evaluator import EvalConfig, evaluate, select_subset
 from .featuregap import FeatureGapProbe
 from .pretrained import NaturalRecipe, default_recipe, load_checkpoint, recipe_with, resolve, save_checkpoint
 from .pretrained import transfer_source
@@ -571,24 +571,4 @@ def run_one_cell(config: RunConfig, out_root: Path, method: str, seed: int, sink
         return _run_cell(context, natural, method, seed, 1, 1)
 
 
-def leaderboard(db: str, group_id: Optional[str] = None, rank_by: Optional[str] = None, selection: str = "last",
-                mix_budgets: bool = False, all_protocols: bool = False):
-    """The aggregated leaderboard of a results store as a pandas DataFrame (see leaderboard.py),
-    with the noise-aware ``rank`` column of compare.py; ``selection`` picks the ``last`` or the
-    ``best-val`` weights of each fine-tuned model (validation.py). One row per method × setting and
-    protocol: the latest protocol of each method unless ``all_protocols`` (``frame.attrs["left_out"]``
-    names the runs left out; leaderboard.left_out_line words them)."""
-    from .compare import add_rank_column
-    from .leaderboard import latest_runs_frame, leaderboard_frame
-
-    store = ResultsStore(db)
-    rows = store.rows(group_id, selection=selection)
-    frame = leaderboard_frame(rows, mix_budgets=mix_budgets, all_protocols=all_protocols)
-    if frame.empty:
-        return frame
-    ranked = add_rank_column(frame, store, latest_runs_frame(rows, all_protocols), rank_by)
-    ranked.attrs.update(frame.attrs)
-    return ranked
-
-
-__all__ = ["RunSummary", "leaderboard", "run"]
+__all__ = ["PreparedRun", "RunSummary", "prepare_run", "run"]

@@ -147,7 +147,7 @@ class RunRecord:
     passes_per_image: Optional[Dict[str, float]] = None
     # When the row was first stored (None: now); kept when a record is moved between stores.
     created_at: Optional[float] = None
-    # Per metric, the full budget its attack ran with (evaluate.EvalPlan.budget); empty for older rows.
+    # Per metric, the full budget its attack ran with (evaluator.EvalPlan.budget); empty for older rows.
     budgets: Dict[str, Dict[str, Any]] = field(default_factory=dict)
     # Per metric with parts (corruptions): accuracy in % per part (corruption, corruption@severity).
     breakdown: Dict[str, Dict[str, float]] = field(default_factory=dict)

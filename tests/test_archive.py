@@ -8,7 +8,7 @@ import pytest
 from robustbench_aft.archive import dump_runs, load_runs
 from robustbench_aft.cli import main
 from robustbench_aft.errors import ConfigError
-from robustbench_aft.leaderboard import leaderboard_frame
+from robustbench_aft.tables import leaderboard_frame
 from robustbench_aft.results import ResultsStore, RunRecord
 
 

@@ -4,7 +4,7 @@ import pytest
 
 from robustbench_aft.cli import main
 from robustbench_aft.errors import ConfigError
-from robustbench_aft.pipeline import leaderboard
+from robustbench_aft.tables import leaderboard
 from robustbench_aft.results import ResultsStore, RunRecord
 
 

@@ -78,7 +78,7 @@ def test_channels_last_changes_the_memory_layout_not_the_maths(digits_model, dig
 
 def test_bf16_autocast_runs_on_cpu_and_stays_close_to_fp32(digits_model, digits):
     """The AMP path (bf16 autocast) that CUDA uses by default, exercised on CPU so CI covers it."""
-    from robustbench_aft.evaluate import EvalConfig, evaluate
+    from robustbench_aft.evaluator import EvalConfig, evaluate
 
     tuned = {precision: fine_tune("vaft", digits_model, digits, TrainConfig(epochs=2, batch_size=128,
                                                                             train_subset=512, precision=precision),

@@ -6,7 +6,7 @@ from torch import nn
 from robustbench_aft.attacks import cw_margin_loss
 from robustbench_aft.data import collect
 from robustbench_aft.errors import ConfigError, UnknownNameError
-from robustbench_aft.evaluate import EvalConfig, evaluate, select_subset
+from robustbench_aft.evaluator import EvalConfig, evaluate, select_subset
 from robustbench_aft.parsing import parse_attacks, parse_eps
 
 CPU = torch.device("cpu")
@@ -212,7 +212,7 @@ def test_fp32_is_the_evaluation_default_on_a_cuda_device(digits):
     """Every evaluation attack runs in fp32 unless bf16 is asked for, whatever the device: resolved on a
     CUDA-typed device without needing one (the budget stored with each metric says so)."""
     from robustbench_aft.config import build_run_config
-    from robustbench_aft.evaluate import plan_evaluation
+    from robustbench_aft.evaluator import plan_evaluation
 
     cuda = torch.device("cuda")
     config = build_run_config(["vaft"], train_overrides={"precision": "auto"}).eval

@@ -122,7 +122,7 @@ def test_escape_turns_every_special_into_literal_text():
 
 
 def test_eval_table_caption_states_model_setting_points_and_budgets(tmp_path):
-    from robustbench_aft.leaderboard import format_table
+    from robustbench_aft.tables import format_table
 
     rows = [{"attack": "clean", "accuracy": 97.5, "correct": 195, "n": 200},
             {"attack": "pgd", "accuracy": 43.25, "correct": 87, "n": 200}]

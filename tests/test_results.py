@@ -4,7 +4,7 @@ import io
 import pandas as pd
 import pytest
 
-from robustbench_aft.leaderboard import leaderboard_frame, render_leaderboard
+from robustbench_aft.tables import leaderboard_frame, render_leaderboard
 from robustbench_aft.results import ResultsStore, RunRecord
 from robustbench_aft.errors import ConfigError
 
@@ -79,7 +79,7 @@ def test_a_directory_or_a_non_database_is_refused(tmp_path):
 
 
 def test_published_numbers_parse_and_name_registered_methods():
-    from robustbench_aft.leaderboard import load_published
+    from robustbench_aft.tables import load_published
     from robustbench_aft.registry import METHODS
 
     published = load_published()
@@ -93,7 +93,7 @@ def test_published_numbers_parse_and_name_registered_methods():
 
 
 def test_published_columns_only_where_everything_matches_and_never_for_afkd(tmp_path):
-    from robustbench_aft.leaderboard import load_published, with_published
+    from robustbench_aft.tables import load_published, with_published
 
     db = ResultsStore(str(tmp_path / "r.db"))
     for method, dataset in (("afd", "cifar10"), ("afkd", "cifar10"), ("trades", "digits")):

@@ -9,7 +9,7 @@ from robustbench_aft.attacks.corruptions import CORRUPTIONS, SEVERITIES, corrupt
 from robustbench_aft.config import EvalConfig
 from robustbench_aft.data import collect
 from robustbench_aft.errors import ConfigError
-from robustbench_aft.evaluate import evaluate
+from robustbench_aft.evaluator import evaluate
 
 CPU = torch.device("cpu")
 

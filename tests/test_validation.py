@@ -6,7 +6,7 @@ import torch
 from robustbench_aft.config import TrainConfig
 from robustbench_aft.engine import fine_tune
 from robustbench_aft.errors import ConfigError
-from robustbench_aft.evaluate import EvalConfig
+from robustbench_aft.evaluator import EvalConfig
 from robustbench_aft.validation import (ValidationSet, best_epoch, catastrophic_overfitting, is_better,
                                         split_training_set)
 
@@ -120,7 +120,8 @@ def test_passes_are_counted_per_training_image(digits_model, digits):
 
 def test_best_val_run_stores_both_rows_and_the_curve(digits_model, digits, tmp_path, monkeypatch):
     from robustbench_aft.config import RunConfig
-    from robustbench_aft.pipeline import leaderboard, run
+    from robustbench_aft.pipeline import run
+    from robustbench_aft.tables import leaderboard
     from robustbench_aft.pretrained import save_checkpoint
     from robustbench_aft.results import ResultsStore
 
@@ -152,7 +153,7 @@ def test_best_val_run_stores_both_rows_and_the_curve(digits_model, digits, tmp_p
 
 
 def test_rows_stored_before_selection_existed_count_as_last_with_empty_costs(tmp_path):
-    from robustbench_aft.leaderboard import leaderboard_frame
+    from robustbench_aft.tables import leaderboard_frame
     from robustbench_aft.results import ResultsStore, RunRecord
 
     store = ResultsStore(str(tmp_path / "r.db"))

@@ -65,7 +65,7 @@ STD_HELP = "per-channel std of the model's Normalize layer (as --mean); the data
 
 def human(fmt: str) -> bool:
     """Whether ``--format fmt`` is for people (headers and legends around the table) or for parsing."""
-    from ..leaderboard import output_format
+    from ..tables import output_format
 
     return output_format(fmt).human
 

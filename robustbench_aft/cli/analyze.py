@@ -58,7 +58,7 @@ def add_to(commands: argparse._SubParsersAction) -> None:
 
 def cmd_analyze_feature_gap(args: argparse.Namespace) -> int:
     from ..analysis import analyze_feature_gap
-    from ..leaderboard import format_table
+    from ..tables import format_table
 
     methods = [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else None
     summary, plots = analyze_feature_gap(existing_store(args.db), output_folder(args.output), methods)
@@ -69,7 +69,7 @@ def cmd_analyze_feature_gap(args: argparse.Namespace) -> int:
 
 def cmd_analyze_tradeoff(args: argparse.Namespace) -> int:
     from ..analysis import analyze_tradeoff
-    from ..leaderboard import format_table
+    from ..tables import format_table
 
     frame, plots = analyze_tradeoff(existing_store(args.db), output_folder(args.output), args.metric)
     print(format_table(frame.round(2).to_dict("records"), "md"))
@@ -79,7 +79,7 @@ def cmd_analyze_tradeoff(args: argparse.Namespace) -> int:
 
 def cmd_analyze_training(args: argparse.Namespace) -> int:
     from ..analysis import analyze_training
-    from ..leaderboard import format_table
+    from ..tables import format_table
 
     frame, plots = analyze_training(existing_store(args.db), output_folder(args.output))
     validation = frame[frame["quantity"].str.startswith("validation/")]
@@ -93,7 +93,7 @@ def cmd_analyze_training(args: argparse.Namespace) -> int:
 def cmd_analyze_eps_curve(args: argparse.Namespace) -> int:
     from ..analysis import eps_curve, models_from_store, parse_eps_values, plot_eps_curve
     from ..data import load_dataset
-    from ..leaderboard import format_table
+    from ..tables import format_table
     from ..pretrained import load_checkpoint, resolve
     from ..devices import resolve_device
     from ..files import atomic_write_text

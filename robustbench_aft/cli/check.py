@@ -22,7 +22,7 @@ def add_to(commands: argparse._SubParsersAction) -> None:
 
 def cmd_check(args: argparse.Namespace) -> int:
     from ..check import check_regression, read_leaderboard_csv, render_check
-    from ..pipeline import leaderboard
+    from ..tables import leaderboard
 
     baseline = read_leaderboard_csv(args.baseline, "--baseline")
     if args.current is not None:

@@ -26,7 +26,7 @@ def add_to(commands: argparse._SubParsersAction) -> None:
 def cmd_compare(args: argparse.Namespace) -> int:
     from ..compare import compare_methods
     from ..parsing import parse_eps
-    from ..leaderboard import format_table
+    from ..tables import format_table
 
     comparison = compare_methods(existing_store(args.db), args.first, args.second, metric=args.metric,
                                  dataset=args.dataset, arch=args.arch,

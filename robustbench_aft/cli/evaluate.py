@@ -41,9 +41,9 @@ def add_to(commands: argparse._SubParsersAction) -> None:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from ..data import load_dataset
-    from ..evaluate import EvalConfig, evaluate
+    from ..evaluator import EvalConfig, evaluate
     from ..parsing import parse_attacks, parse_eps
-    from ..leaderboard import format_table
+    from ..tables import format_table
     from ..pretrained import resolve, transfer_source
     from ..registry import ATTACKS
     from ..devices import resolve_device

@@ -30,8 +30,8 @@ def add_to(commands: argparse._SubParsersAction) -> None:
 
 
 def cmd_leaderboard(args: argparse.Namespace) -> int:
-    from ..leaderboard import left_out_line, parse_columns, render_leaderboard
-    from ..pipeline import leaderboard
+    from ..tables import left_out_line, parse_columns, render_leaderboard
+    from ..tables import leaderboard
     from ..files import atomic_write_text
 
     columns = parse_columns(args.columns)
@@ -39,7 +39,7 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
                         mix_budgets=args.mix_budgets, all_protocols=args.all_protocols)
     left_out = left_out_line(frame) if not frame.empty else None
     if args.with_published and not frame.empty:
-        from ..leaderboard import load_published, with_published
+        from ..tables import load_published, with_published
 
         frame = with_published(frame, load_published(args.published))
     table = render_leaderboard(frame, args.format, columns)

@@ -26,7 +26,7 @@ def _preset_rows() -> list:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    from ..leaderboard import format_table
+    from ..tables import format_table
     from ..registry import ATTACKS, DATASETS, FORMATS, METHODS, MODELS
 
     registries = {"methods": METHODS, "datasets": DATASETS, "archs": MODELS, "attacks": ATTACKS, "formats": FORMATS}

@@ -104,8 +104,9 @@ def _run_config(args: argparse.Namespace):
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from ..leaderboard import parse_columns, render_leaderboard
-    from ..pipeline import leaderboard, run
+    from ..tables import parse_columns, render_leaderboard
+    from ..pipeline import run
+    from ..tables import leaderboard
 
     config = _run_config(args)
     if args.print_config:
@@ -147,8 +148,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def _run_grid(args: argparse.Namespace, config, argv: List[str]) -> int:
     from ..launch import SlurmOptions, submit_grid
-    from ..leaderboard import render_leaderboard
-    from ..pipeline import leaderboard
+    from ..tables import render_leaderboard
+    from ..tables import leaderboard
 
     options = SlurmOptions(partition=args.slurm_partition, gpus_per_job=args.slurm_gpus_per_job,
                            time_minutes=args.slurm_time, array_parallelism=args.slurm_array_parallelism)

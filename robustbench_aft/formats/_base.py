@@ -22,6 +22,6 @@ class OutputFormat:
     def leaderboard(self, frame, columns: Optional[List[str]] = None) -> str:
         """The aggregated leaderboard frame (never empty); ``columns``: the cost columns asked for.
         By default the display rows as a table."""
-        from ..leaderboard import display_rows
+        from ..tables import display_rows
 
         return self.table(display_rows(frame, columns))

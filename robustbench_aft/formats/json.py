@@ -18,7 +18,7 @@ class JSON(OutputFormat):
 
     def leaderboard(self, frame, columns: Optional[List[str]] = None) -> str:
         from ..attacks import metric_columns
-        from ..leaderboard import robustbench_entry
+        from ..tables import robustbench_entry
 
         metrics = [m for m in metric_columns() if m in frame.columns]
         return json.dumps([robustbench_entry(record, metrics) for record in frame.to_dict("records")], indent=2)

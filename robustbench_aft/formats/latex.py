@@ -82,7 +82,7 @@ class LaTeX(OutputFormat):
         return render(rows, caption, label=str(extra.get("label", "")))
 
     def leaderboard(self, frame, columns: Optional[List[str]] = None) -> str:
-        from ..leaderboard import INTERVAL_LEGEND, display_rows
+        from ..tables import INTERVAL_LEGEND, display_rows
         from ..captions import protocol_sentence
 
         rows = display_rows(frame, columns)

@@ -22,7 +22,7 @@ class Markdown(OutputFormat):
         return tabulate(rows, headers="keys", tablefmt="github", floatfmt=".2f")
 
     def leaderboard(self, frame, columns: Optional[List[str]] = None) -> str:
-        from ..leaderboard import INTERVAL_LEGEND, display_rows
+        from ..tables import INTERVAL_LEGEND, display_rows
 
         legend = INTERVAL_LEGEND
         if "rank" in frame.columns:

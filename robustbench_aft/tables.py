@@ -416,3 +416,23 @@ def robustbench_entry(record: Dict[str, Any], metrics: List[str]) -> Dict[str, A
         "reconstructed": bool(record.get("reconstructed", False)),
         "rank": None if _missing(record.get("rank")) else int(record["rank"]),
     }
+
+
+def leaderboard(db: str, group_id: Optional[str] = None, rank_by: Optional[str] = None, selection: str = "last",
+                mix_budgets: bool = False, all_protocols: bool = False):
+    """The aggregated leaderboard of a results store as a pandas DataFrame (see leaderboard.py),
+    with the noise-aware ``rank`` column of compare.py; ``selection`` picks the ``last`` or the
+    ``best-val`` weights of each fine-tuned model (validation.py). One row per method × setting and
+    protocol: the latest protocol of each method unless ``all_protocols`` (``frame.attrs["left_out"]``
+    names the runs left out; leaderboard.left_out_line words them)."""
+    from .compare import add_rank_column
+    from .results import ResultsStore
+
+    store = ResultsStore(db)
+    rows = store.rows(group_id, selection=selection)
+    frame = leaderboard_frame(rows, mix_budgets=mix_budgets, all_protocols=all_protocols)
+    if frame.empty:
+        return frame
+    ranked = add_rank_column(frame, store, latest_runs_frame(rows, all_protocols), rank_by)
+    ranked.attrs.update(frame.attrs)
+    return ranked
