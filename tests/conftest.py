@@ -79,6 +79,23 @@ def write_tiny_imagenet(root: Path, wnids=("n01443537", "n01629819", "n01641577"
     return base
 
 
+def write_image_folder(root: Path, classes: int = 3, train_per_class: int = 12, test_per_class: int = 4,
+                       size: int = 32) -> Path:
+    """A miniature ImageFolder tree (train/ and test/) of size × size images whose colour encodes the class."""
+    from PIL import Image
+
+    generator = torch.Generator().manual_seed(0)
+    for split, count in (("train", train_per_class), ("test", test_per_class)):
+        for label in range(classes):
+            folder = root / split / f"class{label}"
+            folder.mkdir(parents=True)
+            for i in range(count):
+                noise = torch.randint(0, 40, (size, size, 3), generator=generator)
+                pixels = (noise + torch.tensor([90 * label, 200 - 90 * label, 60])).clamp(0, 255).to(torch.uint8)
+                Image.fromarray(pixels.numpy()).save(folder / f"{i}.png")
+    return root
+
+
 class StopAfter(StopSignal):
     """A StopSignal that "receives" SIGINT when the engine has finished ``batches`` batches."""
 

@@ -7,20 +7,24 @@ import torch
 
 from robustbench_aft.cli import main
 
-# Measured on 2 CPU cores (quick preset cut to 6 epochs to keep the fast tier fast, eps 0.15, the
-# 200-point subset, fine-tuning on the 1,237 training images left after the 200-image validation
-# split): natural clean 99.5 % / PGD 1.5 %, AFD 98.5 / 65.0 %, TRADES 79.0 / 34.5 % (at the preset's
-# 10 epochs: AFD 98.5 / 69.0 %, TRADES 85.5 / 44.5 %, in twice the time). The bounds below leave
-# room for other CPUs and seeds.
-MARGIN_PP = 20.0
-MIN_CLEAN = 70.0
+# What the run guarantees on any CPU, not one machine's trajectory. The same run (quick preset cut to 6
+# epochs to keep the fast tier fast, eps 0.15, the 200-point subset, fine-tuning on the 1,237 training
+# images left after the 200-image validation split) gives TRADES PGD accuracies from 16 % to 34.5 %
+# depending on the CPU's kernels, the thread count and the seed, AFD 60.5-66 %, the natural model 0-2 %
+# (docs/machine-variation.md has the table and the reason: TRADES starts by collapsing to
+# near-constant predictions and climbs back along a path that rounding differences change). Each bound
+# below sits well below the worst measured value; none is a value one machine happened to produce.
+AFD_MARGIN_PP = 40.0  # AFD PGD - natural PGD: 58.5 to 64 measured
+TRADES_MARGIN_PP = 8.0  # TRADES PGD - natural PGD: 15 to 33 measured
+ORDER_MARGIN_PP = 10.0  # AFD PGD - TRADES PGD, same machine and seed: 28 to 48.5 measured
+MIN_CLEAN = {"afd": 95.0, "trades": 50.0}  # measured 97.5-98.5 and 68.5-85
 
 
 def test_bench_run_ours_trades(capsys, tmp_path, digits_natural):
     db = tmp_path / "results.db"
     # The per-epoch feature-gap probe is off here (test_analysis.py runs it through bench run).
-    code = main(["run", "--methods", "ours,trades", "--seeds", "0", "--epochs", "6", "--attacks", "clean,pgd", "--n-eval", "200",
-                 "--feature-gap-probe", "0", "--db", str(db), "--quiet"])
+    code = main(["run", "--methods", "ours,trades", "--seeds", "0", "--epochs", "6", "--attacks", "clean,pgd",
+                 "--n-eval", "200", "--feature-gap-probe", "0", "--db", str(db), "--quiet"])
     out = capsys.readouterr().out
     assert code == 0
     lines = [line for line in out.splitlines() if line.startswith("| ")]
@@ -40,9 +44,12 @@ def test_bench_run_ours_trades(capsys, tmp_path, digits_natural):
     assert main(["leaderboard", "--db", str(db), "--format", "csv"]) == 0
     table = pd.read_csv(io.StringIO(capsys.readouterr().out)).set_index("method")
     assert table.loc["natural", "clean"] > 95
-    for method in ("afd", "trades"):
-        assert table.loc[method, "pgd"] >= table.loc["natural", "pgd"] + MARGIN_PP, table
-        assert table.loc[method, "clean"] > MIN_CLEAN
+    natural_pgd = table.loc["natural", "pgd"]
+    assert table.loc["afd", "pgd"] >= natural_pgd + AFD_MARGIN_PP, table
+    assert table.loc["trades", "pgd"] >= natural_pgd + TRADES_MARGIN_PP, table
+    assert table.loc["afd", "pgd"] >= table.loc["trades", "pgd"] + ORDER_MARGIN_PP, table
+    for method, bound in MIN_CLEAN.items():
+        assert table.loc[method, "clean"] > bound, table
 
     # The worst-case images for external evaluation reproduce the stored worst accuracy exactly.
     adversarial = tmp_path / "afd-adversarial.pt"

@@ -34,7 +34,7 @@ def _torchvision_cifar(options: DataOptions, name: str, cls_name: str, folder: s
     )
 
 
-@DATASETS.register("cifar10")
+@DATASETS.register("cifar10", input_shape=(3, 32, 32))
 def cifar10(options: DataOptions) -> DataBundle:
     """CIFAR-10 through torchvision (--data-dir, --download); crop 4 + flip; eps 8/255. The
     ``corruptions`` attack reads the released CIFAR-10-C when ``--data-dir`` holds ``CIFAR-10-C/``."""
@@ -42,7 +42,7 @@ def cifar10(options: DataOptions) -> DataBundle:
                               (0.4914, 0.4822, 0.4465), (0.2471, 0.2435, 0.2616), "CIFAR-10-C")
 
 
-@DATASETS.register("cifar100")
+@DATASETS.register("cifar100", input_shape=(3, 32, 32))
 def cifar100(options: DataOptions) -> DataBundle:
     """CIFAR-100 through torchvision (--data-dir, --download); crop 4 + flip; eps 8/255."""
     return _torchvision_cifar(options, "cifar100", "CIFAR100", "cifar-100-python",

@@ -8,7 +8,7 @@ from ..data import DataBundle, DataOptions, TensorImageDataset, no_argument, ran
 from ..registry import DATASETS
 
 
-@DATASETS.register("digits", preset="quick")
+@DATASETS.register("digits", preset="quick", input_shape=(1, 8, 8))
 def digits(options: DataOptions) -> DataBundle:
     """scikit-learn's bundled 8x8 digits (1,797 images, 10 classes), no download; eps 0.15.
 

@@ -20,7 +20,7 @@ def _find_tinyimagenet_root(data_dir: Path) -> Path:
     )
 
 
-@DATASETS.register("tinyimagenet")
+@DATASETS.register("tinyimagenet", input_shape=(3, 64, 64))
 def tinyimagenet(options: DataOptions) -> DataBundle:
     """Tiny-ImageNet (64x64, 200 classes) from the standard extracted tiny-imagenet-200/ layout; eps 8/255.
 

@@ -80,13 +80,13 @@ class ResNetBody(nn.Module):
         return torch.flatten(F.adaptive_avg_pool2d(out, 1), 1)
 
 
-@MODELS.register("resnet18")
+@MODELS.register("resnet18", min_input_size=1)  # padded stride-2 convs keep >= 1 pixel
 def resnet18(num_classes: int, in_channels: int, mean: Sequence[float], std: Sequence[float]) -> ImageClassifier:
     """ResNet-18, CIFAR variant (3x3 stem, no max-pool), 11.2 M parameters; 512-d features."""
     return ImageClassifier(ResNetBody(BasicBlock, [2, 2, 2, 2], in_channels, preact=False), 512, num_classes, mean, std)
 
 
-@MODELS.register("preactresnet18")
+@MODELS.register("preactresnet18", min_input_size=1)
 def preactresnet18(num_classes: int, in_channels: int, mean: Sequence[float], std: Sequence[float]) -> ImageClassifier:
     """Pre-activation ResNet-18, CIFAR variant (the fast-AT papers' backbone); 512-d features."""
     return ImageClassifier(ResNetBody(PreActBlock, [2, 2, 2, 2], in_channels, preact=True), 512, num_classes, mean, std)
@@ -118,14 +118,14 @@ class WideResNetBody(nn.Module):
         return torch.flatten(F.adaptive_avg_pool2d(out, 1), 1)
 
 
-@MODELS.register("wrn-28-10")
+@MODELS.register("wrn-28-10", min_input_size=1)
 def wrn_28_10(num_classes: int, in_channels: int, mean: Sequence[float], std: Sequence[float]) -> ImageClassifier:
     """WideResNet-28-10 (36.5 M parameters), RobustBench's CIFAR backbone; 640-d features."""
     body = WideResNetBody(28, 10, in_channels)
     return ImageClassifier(body, body.feature_dim, num_classes, mean, std)
 
 
-@MODELS.register("wrn-34-10")
+@MODELS.register("wrn-34-10", min_input_size=1)
 def wrn_34_10(num_classes: int, in_channels: int, mean: Sequence[float], std: Sequence[float]) -> ImageClassifier:
     """WideResNet-34-10 (46.2 M parameters), the TRADES/MART/AFD large backbone; 640-d features."""
     body = WideResNetBody(34, 10, in_channels)

@@ -30,13 +30,13 @@ def _plain_cnn(widths: Sequence[int], num_classes: int, in_channels: int, mean: 
     return ImageClassifier(body, fifth, num_classes, mean, std)
 
 
-@MODELS.register("smallcnn")
+@MODELS.register("smallcnn", min_input_size=4)  # two 2x2 max-pools need 4 pixels
 def smallcnn(num_classes: int, in_channels: int, mean: Sequence[float], std: Sequence[float]) -> ImageClassifier:
     """Five 3x3 conv-BN-ReLU layers (32-32-64-64-128), two max-pools, global average pool; 128-d features."""
     return _plain_cnn((32, 32, 64, 64, 128), num_classes, in_channels, mean, std)
 
 
-@MODELS.register("tinycnn")
+@MODELS.register("tinycnn", min_input_size=4)
 def tinycnn(num_classes: int, in_channels: int, mean: Sequence[float], std: Sequence[float]) -> ImageClassifier:
     """smallcnn at half width (16-16-32-32-64); 64-d features. About 3.5× cheaper than smallcnn on
     32×32 images (3,460 vs 1,215 training images/s on 2 CPU cores), for CPU-scale CIFAR runs."""

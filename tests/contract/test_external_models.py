@@ -10,11 +10,13 @@ from robustbench_aft.errors import ConfigError
 from robustbench_aft.models import ImageClassifier, build_model, canonical_arch
 from robustbench_aft.registry import METHODS
 
+from ..conftest import write_image_folder
+
 pytest.importorskip("timm")  # the timm extra; part of [dev], so CI always has it
 
 FACTORIES = "py:tests.contract.external_factories"
-EXTERNAL = ["timm:resnet18", "timm:vit_tiny_patch16_224[img_size=32]", "timm:mobilenetv3_small_100", "torchvision:resnet18",
-            "torchvision:mobilenet_v3_small", f"{FACTORIES}:tiny_cnn", f"{FACTORIES}:unnamed_head"]
+EXTERNAL = ["timm:resnet18", "timm:vit_tiny_patch16_224[img_size=32]", "timm:mobilenetv3_small_100",
+            "torchvision:resnet18", "torchvision:mobilenet_v3_small", f"{FACTORIES}:tiny_cnn", f"{FACTORIES}:unnamed_head"]
 SHAPE = (3, 32, 32)
 
 
@@ -114,22 +116,6 @@ def test_every_method_takes_one_step_on_a_timm_resnet(name, timm_resnet):
     exported = method.export().eval()
     with torch.no_grad():
         assert exported(x).shape == (8, 10)
-
-
-def write_image_folder(root, classes=3, train_per_class=12, test_per_class=4, size=32):
-    """A miniature ImageFolder tree (train/ and test/) of size × size images whose colour encodes the class."""
-    from PIL import Image
-
-    generator = torch.Generator().manual_seed(0)
-    for split, count in (("train", train_per_class), ("test", test_per_class)):
-        for label in range(classes):
-            folder = root / split / f"class{label}"
-            folder.mkdir(parents=True)
-            for i in range(count):
-                noise = torch.randint(0, 40, (size, size, 3), generator=generator)
-                pixels = (noise + torch.tensor([90 * label, 200 - 90 * label, 60])).clamp(0, 255).to(torch.uint8)
-                Image.fromarray(pixels.numpy()).save(folder / f"{i}.png")
-    return root
 
 
 @pytest.mark.slow
