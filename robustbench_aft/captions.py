@@ -80,4 +80,4 @@ def comparison_caption(db: str, comparison: Any, header: str, selection: str = "
     return (f"{header}.{budget} Paired difference with its 95 % interval ({r.test}); {comparison.verdict()}.")
 
 
-__all__ = ["comparison_caption", "describe_budget", "protocol_of", "protocol_sentence"]
+__all__ = ["comparison_caption", "describe_budget", "protocol_sentence", "table_protocol"]

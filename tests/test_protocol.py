@@ -112,3 +112,23 @@ def test_every_run_stores_its_split_and_it_rebuilds_independently(capsys, tmp_pa
     assert len(split["dataset_fingerprint"]) == 12
     code, _, err = _run(capsys, "dump", "--db", db, "--split", "nosuchrun")
     assert code == 2 and "no run in" in err
+
+
+def test_third_party_progress_lines_go_to_the_run_log_not_the_terminal(capsys, tmp_path, digits_natural):
+    """pyautoattack logs "setting parameters for custom version" at INFO: it belongs in run.log."""
+    out = tmp_path / "out"
+    code, _, err = _run(capsys, "run", "--methods", "vaft", "--epochs", "1", "--n-eval", "10", "--attacks",
+                        "clean,aa-fast", "--feature-gap-probe", "0", "--db", str(tmp_path / "r.db"), "--out", str(out))
+    assert code == 0, err
+    assert "setting parameters" not in err and "bench: run " in err  # our own log lines stay
+    log = (out / "run.log").read_text()
+    assert "setting parameters for custom version" in log and "robustbench_aft.thirdparty.auto-attack" in log
+    assert (out / "run.json").stat().st_mode & 0o777 == 0o666 & ~_umask()
+
+
+def _umask() -> int:
+    import os
+
+    current = os.umask(0)
+    os.umask(current)
+    return current
