@@ -30,6 +30,7 @@ from .errors import ConfigError
 from .registry import ATTACKS
 from .devices import autocast, resolve_precision
 from .files import atomic_torch_save
+from .passes import PassCounter
 from .signals import StopSignal
 
 log = logging.getLogger(__name__)
@@ -189,6 +190,7 @@ def evaluate(model: nn.Module, data: DataBundle, config: EvalConfig, device: tor
     model.eval()
     correct: Dict[str, List[torch.Tensor]] = {name: [] for name in attack_names}
     seconds = {name: 0.0 for name in attack_names}
+    passes: Dict[str, Optional[List[int]]] = {name: [0, 0, 0] for name in attack_names}
     flags: List[str] = []
     evaluated: List[int] = []
     bar = tqdm(total=len(loader) * len(attack_names), desc="evaluate", unit="attack-batch",
@@ -211,27 +213,35 @@ def evaluate(model: nn.Module, data: DataBundle, config: EvalConfig, device: tor
                     # convention), so attacks that can skip points only work on the correct ones.
                     clean_correct = saved["correct"].get("clean")
                     attack_flags: List[str] = []
-                    if attack.kind == "corruption":  # not an attack on the clean-correct points: every point
-                        saved["correct"][name] = attack.outcomes(model, x, y, _attack_seed(config, batch_number),
-                                                                 positions.tolist()).cpu()
-                    elif clean_correct is not None and not bool(clean_correct.any()):
-                        saved["correct"][name] = clean_correct.clone()
-                    else:
-                        active = clean_correct.to(device) if clean_correct is not None else None
-                        with autocast(device, precision):
-                            x_adv = attack(model, x, y, seed=_attack_seed(config, batch_number), active=active)
-                            _check_perturbation(name, x, x_adv.float(), eps, config.norm)
-                            still_correct = _predict(model, x_adv) == y
-                        if active is not None:
-                            still_correct &= active
-                        saved["correct"][name] = still_correct.cpu()
-                        attack_flags = list(attack.flags)
+                    # Every attack's cost is counted the same way (passes.py: images through the model's
+                    # stem), so that columns compare in passes as well as in seconds.
+                    with PassCounter([model]) as counter:
+                        if attack.kind == "corruption":  # not an attack on the clean-correct points: every point
+                            saved["correct"][name] = attack.outcomes(model, x, y, _attack_seed(config, batch_number),
+                                                                     positions.tolist()).cpu()
+                        elif clean_correct is not None and not bool(clean_correct.any()):
+                            saved["correct"][name] = clean_correct.clone()
+                        else:
+                            active = clean_correct.to(device) if clean_correct is not None else None
+                            with autocast(device, precision):
+                                x_adv = attack(model, x, y, seed=_attack_seed(config, batch_number), active=active)
+                                counter.enabled = False  # the re-classification below is the evaluator's pass
+                                _check_perturbation(name, x, x_adv.float(), eps, config.norm)
+                                still_correct = _predict(model, x_adv) == y
+                            if active is not None:
+                                still_correct &= active
+                            saved["correct"][name] = still_correct.cpu()
+                            attack_flags = list(attack.flags)
                     saved["seconds"][name] = time.perf_counter() - start
+                    saved.setdefault("passes", {})[name] = (counter.forward, counter.backward, len(y))
                     saved["flags"][name] = attack_flags
                     if path is not None:
                         atomic_torch_save(saved, path)
                 correct[name].append(saved["correct"][name])
                 seconds[name] += saved["seconds"][name]
+                counted = saved.get("passes", {}).get(name)  # None in batch files written before passes were counted
+                passes[name] = None if counted is None or passes[name] is None else \
+                    [total + part for total, part in zip(passes[name], counted)]
                 flags.extend(f for f in saved["flags"][name] if f not in flags)
                 bar.update(1)
                 if stop is not None:
@@ -266,10 +276,18 @@ def evaluate(model: nn.Module, data: DataBundle, config: EvalConfig, device: tor
         per_sample[name] = outcomes.flatten()
     flags.extend(_accuracy_flags(accuracy))
     flags.extend(_transfer_flags(accuracy, attacks))
+    budgets = {name: _budget(attack, config, device, data.num_classes) for name, attack in attacks.items()}
+    for name, counted in passes.items():
+        # What the column cost per evaluated image, kept with its budget (the leaderboard does not
+        # compare it across rows); no passes when some batch came from a file written before they were.
+        cost: Dict[str, float] = {"seconds": round(seconds[name], 3)}
+        if counted is not None:
+            cost.update(forward_per_image=counted[0] / max(1, counted[2]),
+                        backward_per_image=counted[1] / max(1, counted[2]))
+        budgets[name]["cost"] = cost
     return EvalResult(eps=eps, norm=config.norm, indices=evaluated, accuracy=accuracy, correct=per_sample,
                       seconds=seconds, flags=flags, config={**asdict(config), "eps": eps, "attacks": attack_names},
-                      breakdown=breakdown, budgets={name: _budget(attack, config, device, data.num_classes)
-                               for name, attack in attacks.items()})
+                      breakdown=breakdown, budgets=budgets)
 
 
 def worst_case_examples(model: nn.Module, data: DataBundle, config: EvalConfig, device: torch.device,

@@ -57,8 +57,9 @@ def latest_runs_frame(store_rows: List[Dict[str, Any]]):
     return per_run.sort_values("created_at").drop_duplicates([*KEY, "seed"], keep="last")
 
 
-# Budget fields that identify a row (its eps and norm columns), not the column's attack.
-ROW_BUDGET_FIELDS = ("eps", "eps_given", "norm")
+# Budget fields that identify a row (its eps and norm columns), not the column's attack, and what the
+# attack spent on the row's model (``cost``: seconds and passes per image, which differ by model).
+ROW_BUDGET_FIELDS = ("eps", "eps_given", "norm", "cost")
 MIXED_MARK = "†"
 
 
