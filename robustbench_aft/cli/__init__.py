@@ -14,10 +14,11 @@ from typing import List, Optional
 
 from ..errors import UserError
 from . import analyze, check, collect, compare, dump, evaluate, export, leaderboard, listing, load, pretrain, report, run
+from . import audit, verify  # noqa: E402 - issue 31's sub-commands, kept on their own line
 from ._common import BenchArgumentParser, setup_logging
 
 SUBCOMMANDS = (listing, pretrain, evaluate, run, collect, leaderboard, dump, load, compare, check, analyze, report,
-               export)
+               export, audit, verify)
 
 
 def build_parser() -> argparse.ArgumentParser:
