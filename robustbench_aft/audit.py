@@ -4,8 +4,8 @@ stored model and a registered attack (methods.md §18).
 
 Per test point x the model is turned into a binary classifier that provably has an adversarial example
 inside the eps-ball: the original model's features φ, then a new linear readout trained so that x and
-``inner`` random points of the ball (within 0.95·eps) are class 0 and one point on the ball's surface is class 1. When the
-readout separates them (the test is *feasible*), the boundary point is an adversarial example of that
+``inner`` random points of the ball (within 0.95·eps) are class 0 and one point on the ball's surface is
+class 1. When the readout separates them (the test is *feasible*), the boundary point is an adversarial example of that
 classifier, so a correct attack must find one. The audit reports the share of feasible points where the
 attack does; below the threshold, the model × attack pair gets a sanity flag: the attack misses
 adversarial examples that exist, so its accuracy on this model overestimates robustness.

@@ -2,7 +2,7 @@
 
 The inverse of ``bench export --adversarial`` (export.py): the tensor holds one adversarial image per
 evaluated point of the stored run, in the order of its stored test indices. Each check is a row of one
-table (methods.md §18): the file holds a tensor of the points' shape and a floating dtype, finite, in
+table (methods.md §18.5): the file holds a tensor of the points' shape and a floating dtype, finite, in
 [0, 1], inside the eps-ball of the stated norm around the clean images (up to a stated tolerance, since
 a tensor written in float32 rounds x + δ); then the stored model re-classifies it, and its per-point
 outcomes are compared with the stored ones. A failed check makes the verdict FAIL (exit 1); a file that
