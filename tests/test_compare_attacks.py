@@ -61,3 +61,16 @@ def test_two_methods_still_compare_as_before(db, capsys):
     with pytest.raises(ConfigError, match="no finished run of natural"):
         from robustbench_aft.compare import compare_methods
         compare_methods(str(db), "afd", "natural")
+
+
+def test_the_fidelity_benchmark_reads_both_attacks_and_their_cost_from_the_store(db):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "attack_fidelity.py"
+    spec = importlib.util.spec_from_file_location("attack_fidelity", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    row, = module.fidelity_rows(str(db))
+    assert row["model"] == "afd" and row["Δ a3 − aa"] == -10.0 and row["agreement %"] == 90.0
+    assert row["aa/a3 passes"] == round(520 / 75, 1) and row["target"] == "missed"
