@@ -74,3 +74,17 @@ def test_the_fidelity_benchmark_reads_both_attacks_and_their_cost_from_the_store
     row, = module.fidelity_rows(str(db))
     assert row["model"] == "afd" and row["Δ a3 − aa"] == -10.0 and row["agreement %"] == 90.0
     assert row["aa/a3 passes"] == round(520 / 75, 1) and row["target"] == "missed"
+
+
+def test_a_column_whose_models_cost_differently_is_still_one_budget(db):
+    from dataclasses import replace
+
+    from robustbench_aft.leaderboard import leaderboard_frame
+
+    store = ResultsStore(str(db))
+    other = _record(list(range(10)), {"clean": "1111111111", "aa": "1000000000", "a3": "1000000000"},
+                    {"aa": {"seconds": 9.0, "forward_per_image": 900.0, "backward_per_image": 300.0},
+                     "a3": {"seconds": 1.0, "forward_per_image": 90.0, "backward_per_image": 80.0}}, created_at=3.0)
+    store.add(replace(other, method="vaft"))
+    frame = leaderboard_frame(store.rows())  # would raise "column aa would mix attack budgets" if cost counted
+    assert set(frame["method"]) == {"afd", "vaft"}

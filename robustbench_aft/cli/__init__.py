@@ -14,7 +14,7 @@ from typing import List, Optional
 
 from ..errors import UserError
 from . import analyze, check, collect, compare, dump, evaluate, export, leaderboard, listing, load, pretrain, report, run
-from . import audit, verify  # noqa: E402 - issue 31's sub-commands, kept on their own line
+from . import audit, verify  # the sub-commands of issue 31
 from ._common import BenchArgumentParser, setup_logging
 
 SUBCOMMANDS = (listing, pretrain, evaluate, run, collect, leaderboard, dump, load, compare, check, analyze, report,
