@@ -47,8 +47,10 @@ def cosine_step(step: int, steps: int, eps: float) -> float:
 
 @ATTACKS.register("a3")
 class AdaptiveAutoAttack(Attack):
-    """A3 (Liu et al., CVPR 2022): margin-loss PGD restarts from adaptive output-diversified starts,
-    cosine step decay, early stop per point, and online discarding of the points least likely to break.
+    """A3, Adaptive Auto Attack (Liu et al., CVPR 2022): margin PGD from adaptive ODI starts, own column.
+
+    Margin-loss PGD restarts from adaptive output-diversified starts, cosine step decay, early stop per
+    point, and online discarding of the points least likely to break.
 
     Threat model L∞ or L2, white-box. Defaults are the official ones: 100 backward passes per image on
     average over the batch, 13 rounds (:data:`ALPHAS`, :data:`MAX_STEPS`), 7 ADI steps of size eps.
