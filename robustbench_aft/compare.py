@@ -280,3 +280,107 @@ def add_rank_column(frame, store: ResultsStore, per_run, rank_by: Optional[str])
     frame.insert(0, "rank", ranks)
     frame.attrs["rank_by"] = metric
     return frame
+
+
+COST_KEYS = ("forward_per_image", "backward_per_image", "seconds")
+
+
+@dataclass
+class AttackComparison:
+    """``bench compare MODEL --attacks A,B``'s answer: attack A's accuracy − attack B's on one model, point by
+    point, with what each attack cost (means over the paired seeds of the counted passes and seconds)."""
+
+    method: str
+    first: str
+    second: str
+    setting: Dict[str, Any]
+    first_accuracy: float
+    second_accuracy: float
+    result: PairedComparison
+    costs: Dict[str, Dict[str, Optional[float]]]
+
+    @property
+    def significant(self) -> bool:
+        return self.result.p_value < ALPHA
+
+    def table(self) -> List[Dict[str, Any]]:
+        r = self.result
+
+        def cost(attack: str, key: str) -> Any:
+            value = self.costs[attack].get(key)
+            return "" if value is None else round(value, 1 if key != "seconds" else 2)
+
+        return [{"model": self.method, self.first: round(self.first_accuracy, 2),
+                 self.second: round(self.second_accuracy, 2), "delta": round(r.delta, 2),
+                 "ci95 low": round(r.ci_low, 2), "ci95 high": round(r.ci_high, 2), "p": f"{r.p_value:.3g}",
+                 f"significant (p < {ALPHA})": "yes" if self.significant else "no", "seeds": r.seeds,
+                 "points": r.points, f"only {self.first}": r.only_first, f"only {self.second}": r.only_second,
+                 **{f"{attack} {label}": cost(attack, key) for attack in (self.first, self.second)
+                    for key, label in zip(COST_KEYS, ("fwd/img", "bwd/img", "s"))}}]
+
+
+def _stored_cost(store: ResultsStore, run_id: str, metric: str) -> Dict[str, Optional[float]]:
+    """What ``metric``'s attack cost on one run, from its stored budget (empty for runs stored before)."""
+    cost = store.record(run_id).budgets.get(metric, {}).get("cost", {})
+    return {key: cost.get(key) for key in COST_KEYS}
+
+
+def compare_attacks(db: str, method: str, first: str, second: str, dataset: Optional[str] = None,
+                    arch: Optional[str] = None, eps: Optional[float] = None,
+                    selection: str = "last") -> AttackComparison:
+    """The paired difference ``first − second`` between two attacks on the stored model(s) of ``method``:
+    per seed, the latest finished run holding each attack's per-sample outcomes (one run, or two runs that
+    must have evaluated the same points)."""
+    from .registry import ATTACKS, METHODS
+
+    name = method if method == NATURAL else METHODS.canonical(method)
+    attacks = tuple(metric if metric in ("worst", "clean") else ATTACKS.canonical(metric) for metric in (first, second))
+    for metric in attacks:
+        refuse_unpaired_metric(metric)
+    if attacks[0] == attacks[1]:
+        raise ConfigError(f"compare two different attacks, got {attacks[0]} twice")
+    store = ResultsStore(db)
+    runs = [run for run in store.runs(selection) if run["status"] == "finished" and run["method"] == name
+            and (dataset is None or run["dataset"] == dataset) and (arch is None or run["arch"] == arch)
+            and (eps is None or abs(run["eps"] - eps) < 1e-6)]
+    settings = {_setting_key(run) for run in runs}
+    if not settings:
+        raise ConfigError(f"no finished run of {name} in {db}" + (" with the given --dataset/--arch/--eps"
+                                                                  if dataset or arch or eps is not None else ""))
+    if len(settings) > 1:
+        raise ConfigError(f"{name} has runs in several settings ({_describe(settings)}); choose one with --dataset, "
+                          "--arch and --eps")
+    key = next(iter(settings))
+    # The natural model is one run without a seed of its own (pair_seeds): its latest runs pair as one.
+    seeds = [None] if name == NATURAL else sorted({run["seed"] for run in runs})
+    first_outcomes, second_outcomes = [], []
+    costs: Dict[str, List[Dict[str, Optional[float]]]] = {attack: [] for attack in attacks}
+    for seed in seeds:
+        chosen = []
+        for attack in attacks:
+            holding = [(run, stored) for run in runs if seed is None or run["seed"] == seed
+                       for stored in [store.samples(run["run_id"])] if stored is not None and attack in stored.correct]
+            if not holding:
+                raise ConfigError(f"{name}{'' if seed is None else f' seed {seed}'} has no stored per-sample results "
+                                  f"of {attack!r}; evaluate it with --attacks ...,{attack}")
+            chosen.append(holding[-1])  # runs come oldest first
+        (run_a, samples_a), (run_b, samples_b) = chosen
+        if samples_a.indices != samples_b.indices:
+            raise ConfigError(f"{attacks[0]} and {attacks[1]} were not evaluated on the same points of {name}"
+                              f"{'' if seed is None else f' seed {seed}'} ({len(samples_a.indices)} vs "
+                              f"{len(samples_b.indices)} test points, different subsets); evaluate both in one run, "
+                              "or with the same --n-eval and evaluation seed")
+        first_outcomes.append(samples_a.correct[attacks[0]])
+        second_outcomes.append(samples_b.correct[attacks[1]])
+        costs[attacks[0]].append(_stored_cost(store, run_a["run_id"], attacks[0]))
+        costs[attacks[1]].append(_stored_cost(store, run_b["run_id"], attacks[1]))
+    result = paired_comparison(first_outcomes, second_outcomes, CONFIDENCE)
+
+    def mean_cost(values: List[Dict[str, Optional[float]]]) -> Dict[str, Optional[float]]:
+        return {k: None if any(v[k] is None for v in values) else float(np.mean([v[k] for v in values]))
+                for k in COST_KEYS}
+
+    return AttackComparison(method=name, first=attacks[0], second=attacks[1], setting=dict(zip(SETTING, key)),
+                            first_accuracy=100.0 * float(np.mean([o.mean() for o in first_outcomes])),
+                            second_accuracy=100.0 * float(np.mean([o.mean() for o in second_outcomes])),
+                            result=result, costs={attack: mean_cost(values) for attack, values in costs.items()})

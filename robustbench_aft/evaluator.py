@@ -30,6 +30,7 @@ from .data import DataBundle, default_eps, make_loader
 from .devices import autocast, evaluation_precision, resolve_precision
 from .errors import ConfigError
 from .files import atomic_torch_save
+from .passes import PassCounter
 from .modes import eval_mode
 from .registry import ATTACKS
 from .signals import StopSignal
@@ -234,6 +235,7 @@ def evaluate(model: nn.Module, data: DataBundle, config: EvalConfig, device: tor
     folder = plan.state_folder(state_dir, device) if state_dir is not None else None
     outcomes: Dict[str, List[torch.Tensor]] = {name: [] for name in plan.attacks}
     seconds = dict.fromkeys(plan.attacks, 0.0)
+    passes: Dict[str, List[Tuple[int, int, int]]] = {name: [] for name in plan.attacks}
     flags: List[str] = []
     evaluated: List[int] = []
     bar = tqdm(total=len(plan.loader) * len(plan.attacks), desc="evaluate", unit="attack-batch",
@@ -256,6 +258,7 @@ def evaluate(model: nn.Module, data: DataBundle, config: EvalConfig, device: tor
                             atomic_torch_save(saved, path)
                     outcomes[name].append(saved["correct"][name])
                     seconds[name] += saved["seconds"][name]
+                    passes[name].append(saved.get("passes", {}).get(name))  # None: a file from before counting
                     _extend_unique(flags, saved["flags"][name])
                     bar.update(1)
                     if stop is not None:
@@ -264,7 +267,7 @@ def evaluate(model: nn.Module, data: DataBundle, config: EvalConfig, device: tor
                     _extend_unique(flags, _first_batch_flags(plan, model, x, y, saved, path))
     finally:
         bar.close()
-    return _result(plan, outcomes, seconds, flags, evaluated, device)
+    return _result(plan, outcomes, seconds, flags, evaluated, device, passes)
 
 
 def _run_attack(plan: EvalPlan, name: str, attack: Attack, model: nn.Module,
@@ -274,10 +277,15 @@ def _run_attack(plan: EvalPlan, name: str, attack: Attack, model: nn.Module,
     results. Attacks after clean know which points are already misclassified."""
     x, y, positions = batch
     start = time.perf_counter()
-    correct = attack.outcomes(model, x, y, plan.seed(batch_number), positions.tolist(),
-                              clean_correct=saved["correct"].get("clean"), precision=plan.precision(attack))
+    # Every attack's cost is counted the same way (passes.py: images through the model's stem), so
+    # that columns compare in passes as well as in seconds; it includes the one forward pass that
+    # re-classifies the attack's images, as every attack has it.
+    with PassCounter([model]) as counter:
+        correct = attack.outcomes(model, x, y, plan.seed(batch_number), positions.tolist(),
+                                  clean_correct=saved["correct"].get("clean"), precision=plan.precision(attack))
     saved["correct"][name] = correct.cpu()
     saved["seconds"][name] = time.perf_counter() - start
+    saved.setdefault("passes", {})[name] = (counter.forward, counter.backward, len(y))
     saved["flags"][name] = list(attack.flags)
 
 
@@ -296,8 +304,20 @@ def _first_batch_flags(plan: EvalPlan, model: nn.Module, x: torch.Tensor, y: tor
     return flags + _randomness_flags(model, x, plan.attacks)
 
 
+def _cost(seconds: float, counted: List[Optional[Tuple[int, int, int]]]) -> Dict[str, float]:
+    """What a column cost per evaluated image (kept with its budget; the leaderboard does not compare
+    it across rows); no passes when some batch came from a file written before they were counted."""
+    cost: Dict[str, float] = {"seconds": round(seconds, 3)}
+    if counted and all(part is not None for part in counted):
+        images = max(1, sum(part[2] for part in counted))
+        cost.update(forward_per_image=sum(part[0] for part in counted) / images,
+                    backward_per_image=sum(part[1] for part in counted) / images)
+    return cost
+
+
 def _result(plan: EvalPlan, batches: Dict[str, List[torch.Tensor]], seconds: Dict[str, float], flags: List[str],
-            evaluated: List[int], device: torch.device) -> EvalResult:
+            evaluated: List[int], device: torch.device,
+            passes: Optional[Dict[str, List[Optional[Tuple[int, int, int]]]]] = None) -> EvalResult:
     """Accuracies and per-sample outcomes of the evaluated batches; ``worst`` is the per-point AND over
     the eps-ball attacks. Other attacks (corruptions) keep their own outcomes, one bit per (part, point)."""
     outcomes = {name: torch.cat(values, dim=-1) if values else torch.zeros(0, dtype=torch.bool)
@@ -314,7 +334,9 @@ def _result(plan: EvalPlan, batches: Dict[str, List[torch.Tensor]], seconds: Dic
     return EvalResult(eps=plan.eps, norm=plan.config.norm, indices=evaluated, accuracy=accuracy, correct=correct,
                       seconds=seconds, config=config, breakdown={name: b for name, b in breakdown.items() if b},
                       flags=flags + _accuracy_flags(accuracy, plan.attacks) + _transfer_flags(accuracy, plan.attacks),
-                      budgets={name: plan.budget(attack, device) for name, attack in plan.attacks.items()})
+                      budgets={name: {**plan.budget(attack, device), "cost": _cost(seconds[name], (passes or {})
+                                                                                    .get(name, []))}
+                               for name, attack in plan.attacks.items()})
 
 
 def worst_case_examples(model: nn.Module, data: DataBundle, config: EvalConfig, device: torch.device,

@@ -22,8 +22,9 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence
 
 PROTOCOL_VERSION = 1
 UNKNOWN = "unknown"
-# Budget fields that belong to the row (its eps and norm columns), not to the column's attack.
-_ROW_BUDGET_FIELDS = ("eps", "eps_given", "norm")
+# Budget fields that belong to the row (its eps and norm columns) or to the run (what the attack
+# spent on its model), not to how the column's attack was run.
+_ROW_BUDGET_FIELDS = ("eps", "eps_given", "norm", "cost")
 # The fine-tuning settings that change what is computed (not where or how fast).
 _RECIPE_FIELDS = ("epochs", "batch_size", "lr", "momentum", "weight_decay", "ema", "train_subset", "val_size",
                   "select")

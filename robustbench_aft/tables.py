@@ -103,8 +103,9 @@ def _grouped(runs: List[Dict[str, Any]]):
     return groups.items()
 
 
-# Budget fields that identify a row (its eps and norm columns), not the column's attack.
-ROW_BUDGET_FIELDS = ("eps", "eps_given", "norm")
+# Budget fields that identify a row (its eps and norm columns), not the column's attack, and what the
+# attack spent on the row's model (``cost``: seconds and passes per image, which differ by model).
+ROW_BUDGET_FIELDS = ("eps", "eps_given", "norm", "cost")
 MIXED_MARK = "†"
 
 

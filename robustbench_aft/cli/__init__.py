@@ -14,10 +14,11 @@ from typing import List, Optional
 
 from ..errors import UserError
 from . import analyze, check, collect, compare, dump, evaluate, export, leaderboard, listing, load, pretrain, report, run
+from . import audit, verify  # the sub-commands of issue 31
 from ._common import BenchArgumentParser, setup_logging
 
 SUBCOMMANDS = (listing, pretrain, evaluate, run, collect, leaderboard, dump, load, compare, check, analyze, report,
-               export)
+               export, audit, verify)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,167 @@
+"""``bench verify --adversarial FILE.pt``: check a third-party adversarial-example tensor against a stored model.
+
+The inverse of ``bench export --adversarial`` (export.py): the tensor holds one adversarial image per
+evaluated point of the stored run, in the order of its stored test indices. Each check is a row of one
+table (methods.md §18.5): the file holds a tensor of the points' shape and a floating dtype, finite, in
+[0, 1], inside the eps-ball of the stated norm around the clean images (up to a stated tolerance, since
+a tensor written in float32 rounds x + δ); then the stored model re-classifies it, and its per-point
+outcomes are compared with the stored ones. A failed check makes the verdict FAIL (exit 1); a file that
+is not a tensor is bad input (one line, exit 2).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import torch
+
+from .errors import ConfigError, not_a_file_reason
+from .registry import METHODS, NATURAL
+from .results import ResultsStore
+
+# float32 rounding of x + δ near 1 is ~6e-8; 1e-5 also covers tensors saved in float16 only for range.
+DEFAULT_TOLERANCE = 1e-5
+
+
+@dataclass
+class Verification:
+    """The rows of the table (check, status ok/FAIL/info, detail) and what the verdict rests on."""
+
+    method: str
+    seed: int
+    eps: float
+    norm: str
+    tolerance: float
+    rows: List[Dict[str, str]] = field(default_factory=list)
+
+    def add(self, check: str, passed: Optional[bool], detail: str) -> bool:
+        self.rows.append({"check": check, "status": "info" if passed is None else "ok" if passed else "FAIL",
+                          "detail": detail})
+        return passed is not False
+
+    @property
+    def failed(self) -> List[str]:
+        return [row["check"] for row in self.rows if row["status"] == "FAIL"]
+
+    def verdict(self) -> str:
+        subject = f"{self.method} seed {self.seed}, {self.norm} eps={self.eps:.4g} (tolerance {self.tolerance:g})"
+        if self.failed:
+            return f"verdict: FAIL ({', '.join(self.failed)}) for {subject}"
+        return f"verdict: PASS, a valid set of adversarial examples for {subject}"
+
+
+def load_tensor(path: Path) -> torch.Tensor:
+    """The tensor in ``path``; anything else is one ConfigError line (a pickle is never executed)."""
+    reason = not_a_file_reason(path)
+    if reason:
+        raise ConfigError(f"--adversarial {path} {reason}")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - whatever the file is, the message is one line
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(f"--adversarial {path} is not a tensor file torch.load can read ({first[:160]})") from None
+    if not isinstance(payload, torch.Tensor):
+        raise ConfigError(f"--adversarial {path} holds a {type(payload).__name__}, not a tensor of images")
+    return payload
+
+
+def _stored_model(store: ResultsStore, method: str, seed: Optional[int], device: torch.device):
+    """The chosen run, its dataset, its model in eval mode and its evaluation config."""
+    from .config import EvalConfig
+    from .data import load_dataset
+    from .export import _chosen_run
+    from .pretrained import load_checkpoint
+
+    run = _chosen_run(store, method, seed)
+    config = json.loads(run["config_json"])
+    checkpoint = config.get("checkpoint") or config.get("pretrained_source")
+    if not checkpoint or not Path(checkpoint).is_file():
+        raise ConfigError(f"the checkpoint of {method} seed {run['seed']} is gone ({checkpoint}); verification "
+                          "re-classifies with it")
+    known = {f.name for f in dataclasses.fields(EvalConfig)}
+    eval_config = EvalConfig(**{k: v for k, v in config.get("eval", {}).items() if k in known})
+    data = load_dataset(run["dataset"], data_dir=config.get("data_dir"))
+    model, _ = load_checkpoint(checkpoint, data, run["arch"])
+    return run, data, model.to(device).eval(), eval_config
+
+
+def _predictions(model: torch.nn.Module, images: torch.Tensor, device: torch.device) -> torch.Tensor:
+    with torch.no_grad():
+        return torch.cat([model(images[i:i + 256].to(device)).argmax(1).cpu() for i in range(0, len(images), 256)])
+
+
+def verify_adversarial(db: str, method: str, path: Path, device: torch.device, seed: Optional[int] = None,
+                       eps: Optional[float] = None, norm: Optional[str] = None, metric: str = "worst",
+                       tolerance: float = DEFAULT_TOLERANCE) -> Verification:
+    """Check the tensor at ``path`` against the stored model of ``method`` (its lowest stored seed unless
+    ``seed``): eps and norm default to the run's; ``metric`` names the stored outcomes to agree with."""
+    from .data import collect
+
+    if tolerance < 0:
+        raise ConfigError(f"--tolerance must be >= 0, got {tolerance}")
+    name = method if method == NATURAL else METHODS.canonical(method)
+    images = load_tensor(path)
+    store = ResultsStore(db)
+    run, data, model, _ = _stored_model(store, name, seed, device)
+    stored = store.samples(run["run_id"])
+    if stored is None:
+        raise ConfigError(f"{name} seed {run['seed']} has no stored per-sample results to verify against")
+    if metric not in stored.correct:
+        raise ConfigError(f"{name} seed {run['seed']} has no stored {metric!r} outcomes (it has "
+                          f"{', '.join(sorted(stored.correct))}); choose one with --metric")
+    eps = float(run["eps"]) if eps is None else float(eps)
+    norm = run["norm"] if norm is None else norm
+    report = Verification(method=name, seed=run["seed"], eps=eps, norm=norm, tolerance=tolerance)
+    sidecar = path.with_suffix(".json")  # bench export writes the points' indices next to the tensor
+    if sidecar.is_file():
+        try:
+            indices = json.loads(sidecar.read_text()).get("indices")
+        except (ValueError, AttributeError):
+            indices = None
+        if indices is not None:
+            report.add("indices", list(indices) == list(stored.indices),
+                       f"{sidecar.name} lists {len(indices)} test indices; the stored run {len(stored.indices)}"
+                       + ("" if list(indices) == list(stored.indices) else ", not the same points or order"))
+    x, y = collect(data.test, stored.indices)
+    expected = (len(stored.indices), *x.shape[1:])
+    shape_ok = report.add("shape", tuple(images.shape) == expected,
+                          f"{tuple(images.shape)}; the stored run evaluated {expected} (points × image)")
+    dtype_ok = report.add("dtype", images.is_floating_point(), f"{images.dtype}; a floating-point dtype is needed")
+    finite = bool(torch.isfinite(images).all()) if dtype_ok else False
+    report.add("finite", finite, "no NaN or ±inf" if finite else
+               f"{int((~torch.isfinite(images)).sum()) if dtype_ok else 'n/a'} values are NaN or ±inf")
+    if not (shape_ok and dtype_ok and finite):
+        for check in ("range [0, 1]", f"{norm} ball", "re-classification", f"agreement with stored {metric}"):
+            report.add(check, False, "not checked: the tensor has the wrong shape, dtype or non-finite values")
+        return report
+    images = images.float()
+    low, high = float(images.min()), float(images.max())
+    report.add("range [0, 1]", low >= -tolerance and high <= 1 + tolerance, f"min {low:.6g}, max {high:.6g}")
+    delta = (images - x).flatten(1)
+    sizes = delta.abs().max(dim=1).values if norm == "Linf" else delta.norm(dim=1)
+    outside = int((sizes > eps + tolerance).sum())
+    report.add(f"{norm} ball", outside == 0, f"largest perturbation {float(sizes.max()):.6g} (eps {eps:.6g}); "
+                                             f"{outside} of {len(sizes)} points outside eps + tolerance")
+    clean_correct = _predictions(model, x, device) == y
+    correct = (_predictions(model, images, device) == y) & clean_correct  # wrong clean: broken by convention
+    accuracy = 100.0 * float(correct.float().mean())
+    stored_outcomes = torch.as_tensor(stored.correct[metric].copy())
+    stored_accuracy = 100.0 * float(stored_outcomes.float().mean())
+    report.add("re-classification", None, f"the stored model is right on {int(correct.sum())} of {len(y)} "
+                                          f"({accuracy:.2f} %); stored {metric}: {stored_accuracy:.2f} %")
+    stronger = int((~correct & stored_outcomes).sum())
+    weaker = int((correct & ~stored_outcomes).sum())
+    report.add(f"agreement with stored {metric}", stronger == 0 and weaker == 0,
+               f"{len(y) - stronger - weaker} of {len(y)} points agree; {stronger} broken here but robust in the "
+               f"store (a stronger attack than the stored one), {weaker} robust here but broken in the store")
+    return report
+
+
+def describe(report: Verification) -> Dict[str, Any]:
+    """The verification as a JSON-able dict (``--format json``)."""
+    return {"method": report.method, "seed": report.seed, "eps": report.eps, "norm": report.norm,
+            "tolerance": report.tolerance, "checks": report.rows, "failed": report.failed,
+            "verdict": "FAIL" if report.failed else "PASS"}
