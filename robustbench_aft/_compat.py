@@ -93,6 +93,7 @@ def _third_party_to_debug(name: str) -> None:
     if not any(isinstance(handler, _ToDebug) for handler in logger.handlers):
         logger.addHandler(_ToDebug(name))
     logger.propagate = False
+    logger.setLevel(logging.DEBUG)  # whatever the terminal shows, the run's log gets every line
 
 
 def _adversary(model: torch.nn.Module, *, eps: float, norm: str, version: str, attacks: Optional[Sequence[str]],

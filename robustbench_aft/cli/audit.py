@@ -5,7 +5,8 @@ import argparse
 
 from ..config import DEFAULT_DB
 from ..registry import FORMATS
-from ._common import existing_store, human, non_negative_int, positive_int
+from ..parsing import non_negative_int, positive_int
+from ._common import existing_store, human
 
 
 def _fraction(text: str) -> float:

@@ -7,7 +7,8 @@ from pathlib import Path
 from ..attacks import NORMS
 from ..config import DEFAULT_DB
 from ..registry import FORMATS
-from ._common import existing_store, human, non_negative_float, non_negative_int
+from ..parsing import non_negative_float, non_negative_int
+from ._common import existing_store, human
 
 
 def add_to(commands: argparse._SubParsersAction) -> None:
