@@ -12,9 +12,8 @@ from torch.nn import functional as F
 
 from robustbench_aft.attacks import random_in_ball
 from robustbench_aft.method import Method, afd_lr
-from robustbench_aft.params import training_attack_params
 from robustbench_aft.modes import eval_mode
-from robustbench_aft.params import COUNT_OR_ZERO, FLAG, NONNEGATIVE, Range, param
+from robustbench_aft.params import COUNT_OR_ZERO, FLAG, NONNEGATIVE, Range, param, training_attack_params
 from robustbench_aft.registry import METHODS
 
 

@@ -10,10 +10,10 @@ from torch.utils.data import Dataset
 
 from robustbench_aft.attacks import ascent_direction, into_ball_and_box, random_in_ball
 from robustbench_aft.method import Method, afd_lr
-from robustbench_aft.threat import CIFAR_EPS
 from robustbench_aft.modes import eval_mode
 from robustbench_aft.params import COUNT, COUNT_OR_ZERO, POSITIVE, PROBABILITY, param
 from robustbench_aft.registry import METHODS
+from robustbench_aft.threat import CIFAR_EPS
 
 
 def adaptive_step_size(gradient_norm_ema: torch.Tensor, c: float, numerator: float, low: float,

@@ -9,9 +9,9 @@ from torch.nn import functional as F
 
 from robustbench_aft.attacks import ascent_direction, project
 from robustbench_aft.method import Method, OptimConfig, afd_lr
-from robustbench_aft.threat import CIFAR_EPS
 from robustbench_aft.params import COUNT, POSITIVE, param
 from robustbench_aft.registry import METHODS
+from robustbench_aft.threat import CIFAR_EPS
 
 
 def free_perturbation_step(delta: torch.Tensor, input_gradient: torch.Tensor, step: float, eps: float,

@@ -8,8 +8,7 @@ import torch
 from torch.nn import functional as F
 
 from robustbench_aft.method import Method, afd_lr
-from robustbench_aft.params import training_attack_params
-from robustbench_aft.params import NONNEGATIVE, param
+from robustbench_aft.params import NONNEGATIVE, param, training_attack_params
 from robustbench_aft.registry import METHODS
 
 

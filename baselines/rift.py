@@ -13,10 +13,9 @@ from torch.nn import functional as F
 from torch.utils.data import Dataset
 
 from robustbench_aft.method import Method, OptimConfig, afd_lr
-from robustbench_aft.params import training_attack_params
-from robustbench_aft.threat import CIFAR_EPS
-from robustbench_aft.params import COUNT, NONNEGATIVE, POSITIVE, PROBABILITY, param
+from robustbench_aft.params import COUNT, NONNEGATIVE, POSITIVE, PROBABILITY, param, training_attack_params
 from robustbench_aft.registry import METHODS
+from robustbench_aft.threat import CIFAR_EPS
 
 log = logging.getLogger(__name__)
 

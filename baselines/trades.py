@@ -8,9 +8,8 @@ import torch
 from torch.nn import functional as F
 
 from robustbench_aft.method import Method, afd_lr, summed_kl
-from robustbench_aft.params import training_attack_params
 from robustbench_aft.modes import eval_mode
-from robustbench_aft.params import NONNEGATIVE, param
+from robustbench_aft.params import NONNEGATIVE, param, training_attack_params
 from robustbench_aft.registry import METHODS
 
 

@@ -10,8 +10,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from robustbench_aft.method import Method, afd_lr, summed_kl
-from robustbench_aft.params import training_attack_params
-from robustbench_aft.params import NONNEGATIVE, POSITIVE, param
+from robustbench_aft.params import NONNEGATIVE, POSITIVE, param, training_attack_params
 from robustbench_aft.registry import METHODS
 
 

@@ -20,8 +20,8 @@ from typing import Any, Callable, Dict, List, Optional
 import numpy as np
 
 from robustbench_aft.compare import AttackComparison, compare_attacks
-from robustbench_aft.tables import format_table
 from robustbench_aft.results import ResultsStore
+from robustbench_aft.tables import format_table
 
 TARGET_RATIO = 5.0
 TARGET_DELTA = 0.5

@@ -16,9 +16,9 @@ import torch
 
 from robustbench_aft.engine import check_method_fits
 from robustbench_aft.errors import UserError
-from robustbench_aft.tables import format_table
 from robustbench_aft.models import build_model
 from robustbench_aft.registry import METHODS
+from robustbench_aft.tables import format_table
 
 MODELS = [
     "timm:resnet18", "timm:resnet50", "timm:wide_resnet50_2", "timm:efficientnet_b0", "timm:mobilenetv3_small_100",

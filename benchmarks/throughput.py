@@ -13,9 +13,10 @@ Prints, for the machine it runs on:
    whose ``auto`` resolves as in ``bench run``: what a user gets by default on that device);
    their ratio; the method's floor (``FloorStep``: the passes of ``FLOOR_PASSES`` it must do and
    nothing else, run as one block in our precision and layout, timed alternately with ours) and
-   ours/floor (≤ 1 up to noise; the seconds of one pass of each kind are printed first); with ``--compile``, also ours with the
-   networks compiled as ``bench run --compile`` does, its ratio to eager, and the seconds of its
-   first step (the compilation; a fresh inductor cache per run, shared by the methods of one arch);
+   ours/floor (≤ 1 up to noise; the seconds of one pass of each kind are printed first); with
+   ``--compile``, also ours with the networks compiled as ``bench run --compile`` does, its ratio
+   to eager, and the seconds of its first step (the compilation; a fresh inductor cache per run,
+   shared by the methods of one arch);
 2. evaluator images/s per attack, the full protocol against running every attack separately, and
    our ``aa`` against calling AutoAttack directly;
 3. peak memory per method (CPU: peak RSS since the method started; GPU: max allocated).
@@ -42,16 +43,21 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from reference_steps import REFERENCE_STEPS  # noqa: E402
 
-from robustbench_aft.data import DataBundle, TensorImageDataset  # noqa: E402
-from robustbench_aft.engine import build_method  # noqa: E402
 from robustbench_aft.config import TrainConfig  # noqa: E402
+from robustbench_aft.data import DataBundle, TensorImageDataset  # noqa: E402
+from robustbench_aft.devices import (  # noqa: E402
+    autocast,
+    compile_bodies,
+    resolve_precision,
+    use_channels_last,
+    without_buffer_donation,
+)
+from robustbench_aft.engine import build_method  # noqa: E402
 from robustbench_aft.evaluator import EvalConfig, evaluate  # noqa: E402
-from robustbench_aft.tables import format_table  # noqa: E402
 from robustbench_aft.method import Method  # noqa: E402
 from robustbench_aft.models import build_model  # noqa: E402
 from robustbench_aft.registry import ATTACKS, METHODS  # noqa: E402
-from robustbench_aft.devices import (autocast, compile_bodies, resolve_precision, use_channels_last,  # noqa: E402
-                                     without_buffer_donation)
+from robustbench_aft.tables import format_table  # noqa: E402
 
 EPS = 8 / 255
 # Per training batch, what each method cannot avoid with its official settings, in the passes that
@@ -276,7 +282,8 @@ def synthetic_bundle(model: torch.nn.Module, n: int, device: torch.device, clean
                       class_names=[str(i) for i in range(10)])
 
 
-def naive_protocol(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, attacks: List[str]) -> Dict[str, torch.Tensor]:
+def naive_protocol(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
+                   attacks: List[str]) -> Dict[str, torch.Tensor]:
     """Every attack on every point, each attack on its own (the usual evaluation script), then the
     convention that a point misclassified clean is broken."""
     correct = {}
@@ -318,8 +325,8 @@ def evaluation_table(arch: str, n: int, device: torch.device, clean_accuracy: fl
         naive_seconds, together = statistics.median(naive_times), statistics.median(together_times)
         same = all(torch.equal(results[-1].correct[a].to(device), naive[a]) for a in attacks)
         label = ",".join(attacks)
-        rows.append({"arch": arch, "what": f"{label}, each attack on every point", "images/s": round(n / naive_seconds, 1),
-                     "seconds": round(naive_seconds, 2)})
+        rows.append({"arch": arch, "what": f"{label}, each attack on every point",
+                     "images/s": round(n / naive_seconds, 1), "seconds": round(naive_seconds, 2)})
         rows.append({"arch": arch, "what": f"{label} in one evaluate call", "images/s": round(n / together, 1),
                      "seconds": round(together, 2),
                      "ratio": f"{naive_seconds / together:.2f}× naive, per-sample outcomes "
@@ -390,8 +397,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     print(f"An untrained model labels its own inputs, except {100 * (1 - args.eval_clean_accuracy):.0f} % of them "
           "given another label (its clean accuracy). Its near-constant outputs keep most correct points robust "
           "to APGD, so every AutoAttack component runs on nearly all of them (the slowest case).\n")
-    print(format_table([row for arch in eval_archs
-                        for row in evaluation_table(arch, args.eval_n, device, args.eval_clean_accuracy, args.rounds)], "md"))
+    rows = [row for arch in eval_archs
+            for row in evaluation_table(arch, args.eval_n, device, args.eval_clean_accuracy, args.rounds)]
+    print(format_table(rows, "md"))
     return 0
 
 

@@ -9,17 +9,23 @@ The public API::
 
 Importing the package registers every built-in model, dataset, attack and method.
 """
+from . import (  # noqa: E402,F401  (imported so that their components register)
+    afd,
+    attacks,
+    baselines,  # noqa: E402,F401
+    data,
+    datasets,
+    formats,
+    models,
+)
 from ._version import __version__
-
-from .registry import ATTACKS, DATASETS, FORMATS, METHODS, MODELS  # noqa: E402
-from . import afd, attacks, data, datasets, formats, models  # noqa: E402,F401  (imported so that their components register)
-from .data import DataBundle, load_dataset  # noqa: E402
-from .evaluator import EvalConfig, EvalResult, evaluate  # noqa: E402
-from .pretrained import NaturalRecipe, pretrain, resolve  # noqa: E402
-from . import baselines  # noqa: E402,F401
 from .config import RunConfig, TrainConfig, build_run_config  # noqa: E402
+from .data import DataBundle, load_dataset  # noqa: E402
 from .engine import FineTuneResult, fine_tune  # noqa: E402
+from .evaluator import EvalConfig, EvalResult, evaluate  # noqa: E402
 from .pipeline import RunSummary, run  # noqa: E402
+from .pretrained import NaturalRecipe, pretrain, resolve  # noqa: E402
+from .registry import ATTACKS, DATASETS, FORMATS, METHODS, MODELS  # noqa: E402
 from .tables import leaderboard  # noqa: E402
 
 __all__ = [

@@ -15,8 +15,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from .method import Method, afd_lr
-from .params import training_attack_params
-from .params import NONNEGATIVE, param
+from .params import NONNEGATIVE, param, training_attack_params
 from .registry import METHODS
 
 

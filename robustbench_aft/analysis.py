@@ -19,9 +19,9 @@ import pandas as pd
 import torch
 
 from .errors import ConfigError
-from .results import ResultsStore
 from .files import atomic_write, atomic_write_text
 from .registry import NATURAL
+from .results import ResultsStore
 
 log = logging.getLogger(__name__)
 
@@ -144,7 +144,8 @@ def plot_feature_gap(summary: pd.DataFrame, path: Path, title: str) -> Tuple[Pat
     return _save_figure(figure, path), drawn
 
 
-def analyze_feature_gap(db: str, output: Path, methods: Optional[Sequence[str]] = None) -> Tuple[pd.DataFrame, List[Path]]:
+def analyze_feature_gap(db: str, output: Path,
+                        methods: Optional[Sequence[str]] = None) -> Tuple[pd.DataFrame, List[Path]]:
     """Write ``feature_gap.csv`` (per seed) and one PNG per (dataset, arch, eps); returns the summary and PNGs."""
     frame = feature_gap_frame(db, methods)
     summary = feature_gap_summary(frame)
@@ -303,7 +304,8 @@ def plot_eps_curve(frame: pd.DataFrame, path: Path, title: str) -> Path:
     return _save_figure(figure, path)
 
 
-def models_from_store(db: str, methods: Optional[Sequence[str]] = None) -> Tuple[Dict[str, List[Tuple[str, str, str]]], str, str]:
+def models_from_store(db: str, methods: Optional[Sequence[str]] = None
+                      ) -> Tuple[Dict[str, List[Tuple[str, str, str]]], str, str]:
     """The checkpoints of the newest run of every (method, seed) in ``db``: {method: [(path, dataset, arch)]}."""
     runs = pd.DataFrame(ResultsStore(db).runs(selection="last"))
     if runs.empty:
@@ -445,8 +447,8 @@ def _leaderboard_with_model_links(db: str, frame, display: List[Dict[str, Any]],
                                   output: Path) -> str:
     """The leaderboard table with a ``model folder`` column: a link per counted seed whose model was
     exported (``bench export --model``, or a ``--log`` tracker with artifacts); empty otherwise."""
-    from .tables import KEY, latest_runs_frame
     from .modelfolder import exported_folders
+    from .tables import KEY, latest_runs_frame
 
     folders = exported_folders(db)
     per_run = latest_runs_frame(store_rows)
@@ -464,7 +466,8 @@ def _leaderboard_with_model_links(db: str, frame, display: List[Dict[str, Any]],
     return table.to_html(index=False, escape=False)
 
 
-def render_report(db: str, output: Path, extra_plots: Sequence[Path] = (), title: str = "robustbench-aft report") -> Path:
+def render_report(db: str, output: Path, extra_plots: Sequence[Path] = (),
+                  title: str = "robustbench-aft report") -> Path:
     """One self-contained HTML page: leaderboard, feature-gap plots, extra plots, every run's config."""
     from ._version import __version__
     from .compare import add_rank_column

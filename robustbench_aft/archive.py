@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import List
 
 from .errors import ConfigError
-from .results import ResultsStore, RunRecord
 from .files import atomic_write_text
+from .results import ResultsStore, RunRecord
 
 FORMAT = "robustbench-aft-run/1"
 

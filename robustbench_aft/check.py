@@ -15,7 +15,6 @@ from .attacks import metric_columns
 from .errors import ConfigError, not_a_file_reason
 from .tables import format_table
 
-
 ROW_KEY = ["method", "dataset", "arch", "eps", "norm"]
 
 
@@ -165,9 +164,9 @@ def check_regression(baseline, current, tolerance: float = 2.0, metrics: Optiona
                 delta = value - base_value
                 verdict = "REGRESSED" if delta < -allowed else "IMPROVED" if delta > allowed else "ok"
             rows.append({"method": record["method"], "dataset": record["dataset"], "arch": record["arch"],
-                         "eps": round(float(record["eps"]), 6), "norm": record["norm"], "metric": metric, "baseline": round(base_value, 2),
-                         "current": round(value, 2), "delta": round(delta, 2) + 0.0, "allowed_drop": round(allowed, 2),
-                         "verdict": verdict})
+                         "eps": round(float(record["eps"]), 6), "norm": record["norm"], "metric": metric,
+                         "baseline": round(base_value, 2), "current": round(value, 2),
+                         "delta": round(delta, 2) + 0.0, "allowed_drop": round(allowed, 2), "verdict": verdict})
     baseline_keys = {_row_key(r) for r in baseline.to_dict("records")}
     for record in current.to_dict("records"):
         known_row = _row_key(record) in baseline_keys
@@ -176,9 +175,9 @@ def check_regression(baseline, current, tolerance: float = 2.0, metrics: Optiona
             if math.isnan(value) or (known_row and metric in baseline.columns) or (metrics and metric not in metrics):
                 continue
             rows.append({"method": record["method"], "dataset": record["dataset"], "arch": record["arch"],
-                         "eps": round(float(record["eps"]), 6), "norm": record["norm"], "metric": metric, "baseline": float("nan"),
-                         "current": round(value, 2), "delta": float("nan"), "allowed_drop": float("nan"),
-                         "verdict": "NEW"})
+                         "eps": round(float(record["eps"]), 6), "norm": record["norm"], "metric": metric,
+                         "baseline": float("nan"), "current": round(value, 2), "delta": float("nan"),
+                         "allowed_drop": float("nan"), "verdict": "NEW"})
     has_protocol = "protocol" in baseline.columns and any(_protocol(r) for r in baseline.to_dict("records"))
     return CheckResult(rows, has_protocol)
 

@@ -15,9 +15,9 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from .errors import ConfigError
+from .registry import NATURAL
 from .results import PerSample, ResultsStore
 from .stats import CONFIDENCE, PairedComparison, holm, paired_comparison
-from .registry import NATURAL
 
 ALPHA = 0.05
 SETTING = ("dataset", "arch", "eps", "norm")
@@ -72,7 +72,8 @@ class MethodComparison:
             return (f"{points} at α = {ALPHA} on the pooled points; every seed gives the same Δ, so there is no "
                     f"seed-to-seed spread to test it against (p seeds n/a; the interval is that of the pooled points)")
         if r.seed_interval_excludes_zero:
-            return f"{points} at α = {ALPHA} on the pooled points; the seed interval excludes 0 (p seeds = {r.seed_p_value:.3g})"
+            return (f"{points} at α = {ALPHA} on the pooled points; the seed interval excludes 0 "
+                    f"(p seeds = {r.seed_p_value:.3g})")
         return (f"{points} at α = {ALPHA} on the pooled points; the seed interval includes 0 (p seeds = "
                 f"{r.seed_p_value:.3g}): not distinguishable from seed-to-seed variation with {r.seeds} seeds")
 
@@ -93,7 +94,8 @@ def _seed_p_text(seed_p_value: Optional[float]) -> str:
     return "n/a" if math.isnan(seed_p_value) else f"{seed_p_value:.3g}"
 
 
-def pair_seeds(first: Sequence[Optional[int]], second: Sequence[Optional[int]]) -> List[Tuple[Optional[int], Optional[int]]]:
+def pair_seeds(first: Sequence[Optional[int]],
+               second: Sequence[Optional[int]]) -> List[Tuple[Optional[int], Optional[int]]]:
     """Which seed of ``first`` pairs with which of ``second``: seed with the same seed, in order. The
     natural model is one run without a seed of its own (every fine-tuned seed starts from it), given
     as the seed None; it pairs with every seed of the other side. Two methods that both have seeds

@@ -17,9 +17,21 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
 from .errors import ConfigError
 from .params import params_problem
-from .parsing import (non_negative_float, non_negative_int, on_off, parse_arch, parse_attacks, parse_eps,
-                      parse_methods, parse_seeds, parse_value, parse_trackers, positive_float, positive_int,
-                      type_in_words)
+from .parsing import (
+    non_negative_float,
+    non_negative_int,
+    on_off,
+    parse_arch,
+    parse_attacks,
+    parse_eps,
+    parse_methods,
+    parse_seeds,
+    parse_trackers,
+    parse_value,
+    positive_float,
+    positive_int,
+    type_in_words,
+)
 from .registry import METHODS
 from .threat import CIFAR_EPS, NORMS, ThreatModel
 from .validation import SELECTIONS
@@ -278,7 +290,8 @@ def _field_option(section: str, spec: dataclasses.Field) -> Option:
         parse = {"positive": positive_int, "non-negative": non_negative_int}.get(meta.get("valid"), int)
     else:
         parse = None
-    return Option(spec.name, meta["flag"], parse, meta.get("choices"), bool(meta.get("switch")), ((section, spec.name),))
+    return Option(spec.name, meta["flag"], parse, meta.get("choices"), bool(meta.get("switch")),
+                  ((section, spec.name),))
 
 
 # The options of `bench run` that configure the run (the others — --resume, --format, --launcher … —

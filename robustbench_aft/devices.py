@@ -1,12 +1,9 @@
 """Where and how tensors run: device selection, precision (autocast), memory format, torch.compile."""
 from __future__ import annotations
 
-
 import torch
 
 from .errors import ConfigError
-
-
 
 
 def resolve_device(name: str = "auto") -> torch.device:

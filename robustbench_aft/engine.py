@@ -20,17 +20,27 @@ from tqdm.auto import tqdm
 
 from .config import TrainConfig
 from .data import DataBundle, make_epoch_loader
-from .distributed import (SINGLE, DistContext, GradientAveraging, any_rank, broadcast_buffers, broadcast_parameters,
-                          average_over_ranks, convert_sync_batchnorm, gather_objects, local_batch_size,
-                          merge_per_example)
+from .devices import autocast, compile_bodies, use_channels_last, without_buffer_donation
+from .distributed import (
+    SINGLE,
+    DistContext,
+    GradientAveraging,
+    any_rank,
+    average_over_ranks,
+    broadcast_buffers,
+    broadcast_parameters,
+    convert_sync_batchnorm,
+    gather_objects,
+    local_batch_size,
+    merge_per_example,
+)
 from .errors import CheckpointError, ConfigError, UserError
 from .featuregap import FeatureGapProbe
+from .files import atomic_torch_save
 from .method import Method, OptimConfig
 from .modes import eval_mode
 from .passes import PassCounter, method_networks
 from .registry import METHODS
-from .devices import autocast, compile_bodies, use_channels_last, without_buffer_donation
-from .files import atomic_torch_save
 from .reproducibility import rng_state, seed_everything, set_rng_state
 from .signals import StopSignal
 from .validation import VALIDATION_PGD_STEPS, ValidationSet, is_better, split_training_set
@@ -125,7 +135,8 @@ def default_val_size(dataset_default: int, n_train: int, train_subset: Optional[
     """The validation split when ``--val-size`` is not given: the dataset's default where it fits,
     else a tenth of the images it may come from (a small dataset must not fail on a default)."""
     available = n_train - train_subset if train_subset is not None and train_subset < n_train else n_train
-    fits = dataset_default < available if train_subset is None or train_subset >= n_train else dataset_default <= available
+    whole_set = train_subset is None or train_subset >= n_train
+    fits = dataset_default < available if whole_set else dataset_default <= available
     if fits:
         return dataset_default
     fallback = available // 10
@@ -236,7 +247,8 @@ class _FineTuning:
 
 
 def fine_tune(method_name: str, model: nn.Module, data: DataBundle, train: TrainConfig, *, eps: float, seed: int,
-              device: torch.device, norm: str = "Linf", params: Optional[Dict[str, Any]] = None, out_dir: Optional[Path] = None,
+              device: torch.device, norm: str = "Linf", params: Optional[Dict[str, Any]] = None,
+              out_dir: Optional[Path] = None,
               progress: bool = True, resume: bool = False, stop: Optional[StopSignal] = None,
               probe: Optional[FeatureGapProbe] = None, dist: DistContext = SINGLE,
               on_epoch: Optional[Callable[[Dict[str, Any]], None]] = None) -> FineTuneResult:

@@ -30,8 +30,8 @@ from .data import DataBundle, default_eps, make_loader
 from .devices import autocast, evaluation_precision, resolve_precision
 from .errors import ConfigError
 from .files import atomic_torch_save
-from .passes import PassCounter
 from .modes import eval_mode
+from .passes import PassCounter
 from .registry import ATTACKS
 from .signals import StopSignal
 

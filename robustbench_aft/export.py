@@ -42,8 +42,8 @@ def export_adversarial(db: str, method: str, output: Path, device: torch.device,
     indices, the attack behind each image); returns that JSON as a dict."""
     from .data import load_dataset
     from .evaluator import worst_case_examples
-    from .tables import leaderboard_frame, robustbench_entry
     from .pretrained import load_checkpoint, transfer_source
+    from .tables import leaderboard_frame, robustbench_entry
 
     name = method if method == NATURAL else METHODS.canonical(method)
     store = ResultsStore(db)
@@ -62,7 +62,8 @@ def export_adversarial(db: str, method: str, output: Path, device: torch.device,
     source = None
     if any(ATTACKS.get(attack).needs_source for attack in eval_config.attacks):
         spec = eval_config.transfer_from
-        if spec in (None, "natural") and config.get("pretrained_source") and Path(config["pretrained_source"]).is_file():
+        natural_file = config.get("pretrained_source")
+        if spec in (None, "natural") and natural_file and Path(natural_file).is_file():
             spec = config["pretrained_source"]
         source = transfer_source(spec, data, run["arch"], device, progress=progress)
     images, labels, indices, origins = worst_case_examples(model, data, eval_config, device, source, progress)

@@ -26,13 +26,13 @@ from typing import Any, Dict, List, Optional
 from . import _compat
 from .config import LAUNCHERS, RunConfig
 from .errors import ConfigError
+from .files import atomic_write_text, check_writable
 from .pipeline import prepare_run, run_one_cell
 from .pretrained import cache_path
-from .runfolder import DONE, MANIFEST, cell_name, open_run_folder
-from .results import ResultsStore, RunRecord
-from .files import atomic_write_text, check_writable
-from .signals import StopSignal
 from .registry import NATURAL
+from .results import ResultsStore, RunRecord
+from .runfolder import DONE, MANIFEST, cell_name, open_run_folder
+from .signals import StopSignal
 
 log = logging.getLogger(__name__)
 

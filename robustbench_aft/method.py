@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import copy
 import math
-from dataclasses import dataclass, make_dataclass
+from dataclasses import dataclass
 from typing import Any, Callable, ClassVar, Dict, List, Optional, Tuple
 
 import torch
@@ -46,6 +46,7 @@ from .errors import ConfigError
 from .modes import module_mode
 from .params import check_params
 from .threat import CIFAR_EPS
+
 
 @dataclass
 class OptimConfig:

@@ -172,11 +172,11 @@ def model_card(store, run: Dict[str, Any], config: Dict[str, Any], spec: Dict[st
     """The README: the Hub's YAML header (via ``huggingface_hub``), then the evaluation in words."""
     from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-    from .formats.markdown import Markdown
-    from .tables import INTERVAL_LEGEND, display_rows, leaderboard_frame
     from .captions import table_protocol
+    from .formats.markdown import Markdown
     from .registry import METHODS
     from .stats import interval_for
+    from .tables import INTERVAL_LEGEND, display_rows, leaderboard_frame
 
     record = store.record(run["run_id"])
     setting_rows = [row for row in store.rows() if row["method"] == run["method"] and row["dataset"] == run["dataset"]

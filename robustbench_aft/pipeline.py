@@ -20,30 +20,46 @@ from typing import Any, Dict, List, Optional, Tuple
 import torch
 from torch import nn
 
+from . import distributed
 from .config import RunConfig
 from .config_file import dump_run_config
 from .data import DataBundle, default_eps, load_dataset
-from . import distributed
+from .devices import evaluation_precision, resolve_device, resolve_precision
 from .distributed import SINGLE, DistContext, barrier
 from .engine import NumericalError, check_method_fits, default_val_size, fine_tune
-from .models import build_model
 from .errors import ConfigError, Interrupted
 from .evaluator import EvalConfig, evaluate, select_subset
 from .featuregap import FeatureGapProbe
-from .pretrained import NaturalRecipe, default_recipe, load_checkpoint, recipe_with, resolve, save_checkpoint
-from .pretrained import transfer_source
-from .trackers import NO_TRACKERS, CellLogger, Trackers, finish_tracked_cell, open_trackers
-from .results import ResultsStore, RunRecord, new_group_id, outcome_bits
-from .runfolder import (BEST_VAL_CHECKPOINT, CONFIG_FILE, DONE, MANIFEST, RUN_LOG, cell_id, cell_name, open_group,
-                        read_manifest)
-from .protocol import dataset_fingerprint, encode_indices, protocol_of
-from .threat import ThreatModel
-from .validation import catastrophic_overfitting, split_training_set
-from .registry import ATTACKS, NATURAL
-from .devices import evaluation_precision, resolve_device, resolve_precision
 from .files import RunLock, atomic_write_text, check_writable
+from .models import build_model
+from .pretrained import (
+    NaturalRecipe,
+    default_recipe,
+    load_checkpoint,
+    recipe_with,
+    resolve,
+    save_checkpoint,
+    transfer_source,
+)
+from .protocol import dataset_fingerprint, encode_indices, protocol_of
+from .registry import ATTACKS, NATURAL
 from .reproducibility import provenance
+from .results import ResultsStore, RunRecord, new_group_id, outcome_bits
+from .runfolder import (
+    BEST_VAL_CHECKPOINT,
+    CONFIG_FILE,
+    DONE,
+    MANIFEST,
+    RUN_LOG,
+    cell_id,
+    cell_name,
+    open_group,
+    read_manifest,
+)
 from .signals import StopSignal
+from .threat import ThreatModel
+from .trackers import NO_TRACKERS, CellLogger, Trackers, finish_tracked_cell, open_trackers
+from .validation import catastrophic_overfitting, split_training_set
 
 log = logging.getLogger(__name__)
 

@@ -28,8 +28,8 @@ from tqdm.auto import tqdm
 
 from .data import DataBundle, make_loader
 from .errors import CheckpointError, ConfigError, not_a_file_reason
-from .models import adapt, build_model
 from .files import atomic_torch_save, atomic_write_text
+from .models import adapt, build_model
 from .reproducibility import provenance, seed_everything
 from .signals import StopSignal
 

@@ -223,8 +223,8 @@ class ResultsStore:
                 connection.execute(f"DELETE FROM {table} WHERE run_id = ?", (run_id,))
             connection.execute(
                 "INSERT OR REPLACE INTO runs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (run_id, record.group_id, record.created_at or time.time(), record.method, record.method_version, record.dataset,
-                 record.arch, record.seed, record.eps, record.norm, record.n_eval, record.status,
+                (run_id, record.group_id, record.created_at or time.time(), record.method, record.method_version,
+                 record.dataset, record.arch, record.seed, record.eps, record.norm, record.n_eval, record.status,
                  json.dumps(record.config, default=str, sort_keys=True), json.dumps(record.flags),
                  record.provenance.get("package_version", ""), record.provenance.get("git_commit", ""),
                  record.provenance.get("torch_version", ""), record.provenance.get("device", ""),
@@ -319,7 +319,8 @@ class ResultsStore:
                  "FROM runs r JOIN feature_gap g ON r.run_id = g.run_id "
                  "LEFT JOIN head_gap h ON g.run_id = h.run_id AND g.epoch = h.epoch "
                  "LEFT JOIN selection s ON r.run_id = s.run_id "
-                 "WHERE r.status = 'finished' AND COALESCE(s.selection, 'last') = 'last' ORDER BY r.created_at, g.epoch")
+                 "WHERE r.status = 'finished' AND COALESCE(s.selection, 'last') = 'last' "
+                 "ORDER BY r.created_at, g.epoch")
         with self._connect() as connection:
             connection.row_factory = sqlite3.Row
             return [dict(row) for row in connection.execute(query)]
@@ -342,7 +343,8 @@ class ResultsStore:
                  "k.value, b.budget_json FROM runs r JOIN breakdown k ON r.run_id = k.run_id "
                  "LEFT JOIN budgets b ON k.run_id = b.run_id AND k.metric = b.metric "
                  "LEFT JOIN selection s ON r.run_id = s.run_id "
-                 "WHERE r.status = 'finished' AND COALESCE(s.selection, 'last') = 'last' ORDER BY r.created_at, k.rowid")
+                 "WHERE r.status = 'finished' AND COALESCE(s.selection, 'last') = 'last' "
+                 "ORDER BY r.created_at, k.rowid")
         with self._connect() as connection:
             connection.row_factory = sqlite3.Row
             return [dict(row) for row in connection.execute(query)]

@@ -58,8 +58,9 @@ def _flatten(settings: Dict[str, Any], prefix: str = "") -> Dict[str, Any]:
 def configuration_differences(stored: Dict[str, Any], current: Dict[str, Any]) -> List[str]:
     """Settings that differ between a stored run and the command resuming it (dotted names).
 
-    A setting stored under its earlier name (``_RENAMED``) is compared under its current one. A setting the stored run does not know was added by a newer version of the package; it keeps
-    its default and is reported in the log, not as a difference.
+    A setting stored under its earlier name (``_RENAMED``) is compared under its current one. A
+    setting the stored run does not know was added by a newer version of the package; it keeps its
+    default and is reported in the log, not as a difference.
     """
     old, new = _flatten(stored), _flatten(current)
     for key, earlier_name in _RENAMED.items():

@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from .attacks import avg_metrics, metric_columns
-from .errors import ConfigError
 from .captions import table_protocol
+from .errors import ConfigError
 from .protocol import setting_label
 from .registry import FORMATS, NATURAL
 

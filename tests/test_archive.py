@@ -8,8 +8,8 @@ import pytest
 from robustbench_aft.archive import dump_runs, load_runs
 from robustbench_aft.cli import main
 from robustbench_aft.errors import ConfigError
-from robustbench_aft.tables import leaderboard_frame
 from robustbench_aft.results import ResultsStore, RunRecord
+from robustbench_aft.tables import leaderboard_frame
 
 
 def record(method: str, seed: int, clean_bits: str, **extra) -> RunRecord:
@@ -17,7 +17,8 @@ def record(method: str, seed: int, clean_bits: str, **extra) -> RunRecord:
     return RunRecord(group_id="g", method=method, method_version=1, dataset="digits", arch="smallcnn", seed=seed,
                      eps=0.15, norm="Linf", n_eval=len(clean_bits), metrics={"clean": accuracy},
                      config={"checkpoint": "x.pt", "training_history": [{"epoch": 1, "loss": 0.5}]}, flags=[],
-                     provenance={"package_version": "0.2.0", "git_commit": "abc", "torch_version": "2", "device": "cpu"},
+                     provenance={"package_version": "0.2.0", "git_commit": "abc", "torch_version": "2",
+                                 "device": "cpu"},
                      wall_seconds=3.0, train_seconds=2.0, images_per_second=10.0,
                      feature_gap=[{"epoch": 1, "l2": 1.5, "cosine": 0.1, "seconds": 0.2, "head_l2": 1.2,
                                    "head_cosine": 0.05}],

@@ -4,8 +4,8 @@ import pytest
 
 from robustbench_aft.cli import main
 from robustbench_aft.errors import ConfigError
-from robustbench_aft.tables import leaderboard
 from robustbench_aft.results import ResultsStore, RunRecord
+from robustbench_aft.tables import leaderboard
 
 
 def _pgd_budget(steps):

@@ -2,9 +2,9 @@
 import pandas as pd
 import pytest
 
+from robustbench_aft.check import allowed_drop, check_regression
 from robustbench_aft.cli import main
 from robustbench_aft.errors import ConfigError
-from robustbench_aft.check import allowed_drop, check_regression
 
 COLUMNS = ["method", "dataset", "arch", "eps", "norm", "seeds", "version", "clean", "clean_std", "pgd", "pgd_std",
            "aa", "aa_std", "worst", "worst_std", "avg", "avg_std", "flagged_runs", "reconstructed"]
@@ -92,7 +92,8 @@ def test_baseline_pgd_raised_by_5_points_fails_naming_method_and_metric(files, c
     code = main(["check", "--baseline", files("b.csv", baseline), "--current", files("c.csv", table())])
     out = capsys.readouterr().out
     assert code == 1
-    assert "REGRESSED: afd on digits/smallcnn Linf eps=0.15 pgd: 75.00 -> 70.00 (-5.00 points, allowed drop 2.00)" in out
+    assert ("REGRESSED: afd on digits/smallcnn Linf eps=0.15 pgd: 75.00 -> 70.00 (-5.00 points, allowed drop 2.00)"
+            in out)
 
 
 def test_missing_method_fails(files, capsys):

@@ -97,7 +97,8 @@ def test_output_to_a_directory_is_refused_before_any_work(capsys, checkpoint, tm
     assert code == 2 and "is a directory" in err
 
 
-@pytest.mark.skipif(shutil.which("bench") is None and not os.path.exists(os.path.join(os.path.dirname(sys.executable), "bench")),
+@pytest.mark.skipif(shutil.which("bench") is None
+                    and not os.path.exists(os.path.join(os.path.dirname(sys.executable), "bench")),
                     reason="the bench console script is not installed in this environment")
 def test_console_script_reports_errors_without_traceback():
     bench = shutil.which("bench") or os.path.join(os.path.dirname(sys.executable), "bench")

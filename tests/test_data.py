@@ -44,7 +44,8 @@ def test_digits_training_augmentation_shifts_by_at_most_one_pixel():
 
 def test_loader_order_is_fixed_by_seed_and_batches_carry_indices():
     data = load_dataset("digits")
-    orders = [[int(i) for _, _, idx in make_loader(data.test, 50, shuffle=True, seed=s) for i in idx] for s in (7, 7, 8)]
+    orders = [[int(i) for _, _, idx in make_loader(data.test, 50, shuffle=True, seed=s) for i in idx]
+              for s in (7, 7, 8)]
     assert orders[0] == orders[1] != orders[2]
     assert sorted(orders[0]) == list(range(len(data.test)))
 

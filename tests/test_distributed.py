@@ -17,8 +17,14 @@ from torch.nn import functional as F
 import robustbench_aft
 from robustbench_aft.cli import main
 from robustbench_aft.data import EpochOrderSampler, epoch_seed
-from robustbench_aft.distributed import (CPUSyncBatchNorm, DistContext, GradientAveraging, ShardedEpochSampler,
-                                         convert_sync_batchnorm, merge_per_example)
+from robustbench_aft.distributed import (
+    CPUSyncBatchNorm,
+    DistContext,
+    GradientAveraging,
+    ShardedEpochSampler,
+    convert_sync_batchnorm,
+    merge_per_example,
+)
 from robustbench_aft.launch import local_job_threads
 from robustbench_aft.models import build_model
 
@@ -109,7 +115,8 @@ def _history_and_metrics(db: Path):
     metrics = {run_id: dict(connection.execute("select metric, value from metrics where run_id = ?", (run_id,)))
                for run_id, _, _ in rows}
     connection.close()
-    return {method: (json.loads(config).get("training_history", []), metrics[run_id]) for run_id, method, config in rows}
+    return {method: (json.loads(config).get("training_history", []), metrics[run_id])
+            for run_id, method, config in rows}
 
 
 # Measured on digits (ci preset, vaft, seed 0): single-process seeds 0, 1, 2 differ per epoch in

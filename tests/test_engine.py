@@ -12,7 +12,8 @@ TINY = TrainConfig(epochs=1, batch_size=64, train_subset=128)
 
 
 def test_fine_tune_writes_last_checkpoint_and_is_reproducible(digits_model, digits, tmp_path):
-    first = fine_tune("vaft", digits_model, digits, TINY, eps=0.15, seed=3, device=CPU, out_dir=tmp_path, progress=False)
+    first = fine_tune("vaft", digits_model, digits, TINY, eps=0.15, seed=3, device=CPU, out_dir=tmp_path,
+                      progress=False)
     checkpoint = torch.load(tmp_path / "last.pt", weights_only=False)
     assert checkpoint["next_epoch"] == 2 and checkpoint["method"] == "vaft" and checkpoint["ema"] is None
     assert not list(tmp_path.glob(".*.tmp"))  # the temporary file was renamed away
@@ -50,8 +51,8 @@ def test_unknown_method_parameter_is_a_config_error():
 
 
 def test_channels_last_auto_is_on_for_cuda_and_onednn_cpus_and_explicit_settings_win(monkeypatch):
-    from robustbench_aft.errors import ConfigError
     from robustbench_aft.devices import use_channels_last
+    from robustbench_aft.errors import ConfigError
 
     assert use_channels_last("auto", torch.device("cuda")) and not use_channels_last("off", torch.device("cuda"))
     monkeypatch.setattr(torch.backends.mkldnn, "is_available", lambda: True)

@@ -193,7 +193,8 @@ def test_random_outputs_are_flagged_when_a_deterministic_autoattack_ran(digits_m
     # eps 0: AutoAttack returns at once, and the check of the outputs runs all the same.
     config = EvalConfig(attacks=["clean", "aa-fast"], n_eval=16, eps=0.0, sanity=True)
     torch.manual_seed(0)
-    random_result = evaluate(_DropoutAtTestTime(digits_model).eval(), digits, config, torch.device("cpu"), progress=False)
+    random_result = evaluate(_DropoutAtTestTime(digits_model).eval(), digits, config, torch.device("cpu"),
+                             progress=False)
     assert any("outputs are random" in flag and "aa-rand" in flag for flag in random_result.flags)
     deterministic = evaluate(digits_model, digits, config, torch.device("cpu"), progress=False)
     assert not any("outputs are random" in flag for flag in deterministic.flags)

@@ -60,7 +60,8 @@ def throwaway_components():
         """Tab-separated values: a throw-away output format registered by a test."""
 
         def table(self, rows, extra=None, as_written=False):
-            return "\n".join("\t".join(str(value) for value in row) for row in [list(rows[0])] + [list(r.values()) for r in rows])
+            lines = [list(rows[0])] + [list(r.values()) for r in rows]
+            return "\n".join("\t".join(str(value) for value in row) for row in lines)
 
     yield
     FORMATS.unregister("tsv")

@@ -30,4 +30,5 @@ def test_gpu_check_dry_run_writes_every_section(tmp_path):
 def test_gpu_check_refuses_unknown_options(tmp_path):
     result = subprocess.run(["bash", str(SCRIPT), "--fast"], capture_output=True, text=True, timeout=60)
     assert result.returncode == 2
-    assert result.stderr.strip() == "gpu_check.sh: error: unknown option --fast (use --dry-run, --output FILE, --data DIR)"
+    assert result.stderr.strip() == ("gpu_check.sh: error: unknown option --fast "
+                                     "(use --dry-run, --output FILE, --data DIR)")

@@ -12,8 +12,7 @@ import pytest
 
 from robustbench_aft.cli import main
 from robustbench_aft.formats.latex import escape
-from robustbench_aft.results import ResultsStore, RunRecord
-from robustbench_aft.results import outcome_bits
+from robustbench_aft.results import ResultsStore, RunRecord, outcome_bits
 
 PGD = {"attack": "PGD", "steps": 20, "restarts": 1, "step": "0.25·eps", "loss": "cross_entropy_loss",
        "start": "random", "precision": "fp32", "eps": 0.15, "eps_given": "0.15", "norm": "Linf"}

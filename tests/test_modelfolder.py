@@ -13,8 +13,8 @@ pytest.importorskip("safetensors")
 pytest.importorskip("huggingface_hub")
 
 from robustbench_aft.cli import main  # noqa: E402
-from robustbench_aft.models import build_model  # noqa: E402
 from robustbench_aft.modelfolder import exported_folders  # noqa: E402
+from robustbench_aft.models import build_model  # noqa: E402
 from robustbench_aft.pretrained import resolve, save_checkpoint  # noqa: E402
 from robustbench_aft.results import ResultsStore, RunRecord  # noqa: E402
 

@@ -6,8 +6,14 @@ import torch
 
 from robustbench_aft.errors import CheckpointError, DependencyError
 from robustbench_aft.models import build_model
-from robustbench_aft.pretrained import (NaturalRecipe, cache_path, default_recipe, load_checkpoint,
-                                        resolve, save_checkpoint)
+from robustbench_aft.pretrained import (
+    NaturalRecipe,
+    cache_path,
+    default_recipe,
+    load_checkpoint,
+    resolve,
+    save_checkpoint,
+)
 
 CPU = torch.device("cpu")
 

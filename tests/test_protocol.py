@@ -6,8 +6,15 @@ import pytest
 import torch
 
 from robustbench_aft.cli import main
-from robustbench_aft.protocol import (decode_indices, describe_difference, differences, encode_indices, protocol_id,
-                                      protocol_of, setting_label)
+from robustbench_aft.protocol import (
+    decode_indices,
+    describe_difference,
+    differences,
+    encode_indices,
+    protocol_id,
+    protocol_of,
+    setting_label,
+)
 
 
 def _protocol(**changes):
@@ -122,7 +129,8 @@ def test_third_party_progress_lines_go_to_the_run_log_not_the_terminal(capsys, t
                         "clean,aa-fast", "--feature-gap-probe", "0", "--db", str(tmp_path / "r.db"), "--out", str(out))
     assert code == 0, err
     log = (out / "run.log").read_text()
-    third_party = [line.split(": ", 1)[1] for line in log.splitlines() if "robustbench_aft.thirdparty.auto-attack" in line]
+    third_party = [line.split(": ", 1)[1] for line in log.splitlines()
+                   if "robustbench_aft.thirdparty.auto-attack" in line]
     assert third_party and not any(message in err for message in third_party)
     import logging
 

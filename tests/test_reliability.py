@@ -19,11 +19,11 @@ import pytest
 import torch
 
 from robustbench_aft.cli import main
-from robustbench_aft.errors import Interrupted
 from robustbench_aft.config import TrainConfig
 from robustbench_aft.engine import NumericalError, fine_tune, read_training_checkpoint
-from robustbench_aft.registry import METHODS
+from robustbench_aft.errors import Interrupted
 from robustbench_aft.files import atomic_torch_save, atomic_write, atomic_write_text
+from robustbench_aft.registry import METHODS
 
 from .conftest import StopAfter
 

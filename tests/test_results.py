@@ -4,9 +4,9 @@ import io
 import pandas as pd
 import pytest
 
-from robustbench_aft.tables import leaderboard_frame, render_leaderboard
-from robustbench_aft.results import ResultsStore, RunRecord
 from robustbench_aft.errors import ConfigError
+from robustbench_aft.results import ResultsStore, RunRecord
+from robustbench_aft.tables import leaderboard_frame, render_leaderboard
 
 
 def record(method, seed, clean, pgd, aa, group="g1", flags=()):
@@ -79,8 +79,8 @@ def test_a_directory_or_a_non_database_is_refused(tmp_path):
 
 
 def test_published_numbers_parse_and_name_registered_methods():
-    from robustbench_aft.tables import load_published
     from robustbench_aft.registry import METHODS
+    from robustbench_aft.tables import load_published
 
     published = load_published()
     assert set(published["method"]) <= set(METHODS.names())

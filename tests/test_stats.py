@@ -9,10 +9,9 @@ from scipy.stats import t as student_t
 
 from robustbench_aft.cli import main
 from robustbench_aft.compare import pair_seeds, rank_groups
-from robustbench_aft.tables import leaderboard_frame
-from robustbench_aft.tables import leaderboard
 from robustbench_aft.results import ResultsStore, RunRecord, outcome_bits
 from robustbench_aft.stats import holm, interval_for, mcnemar_exact, paired_comparison, t_interval, wilson_interval
+from robustbench_aft.tables import leaderboard, leaderboard_frame
 
 Z = 1.959963984540054  # the 97.5 % normal quantile
 

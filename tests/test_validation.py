@@ -7,8 +7,13 @@ from robustbench_aft.config import TrainConfig
 from robustbench_aft.engine import fine_tune
 from robustbench_aft.errors import ConfigError
 from robustbench_aft.evaluator import EvalConfig
-from robustbench_aft.validation import (ValidationSet, best_epoch, catastrophic_overfitting, is_better,
-                                        split_training_set)
+from robustbench_aft.validation import (
+    ValidationSet,
+    best_epoch,
+    catastrophic_overfitting,
+    is_better,
+    split_training_set,
+)
 
 CPU = torch.device("cpu")
 
@@ -121,9 +126,9 @@ def test_passes_are_counted_per_training_image(digits_model, digits):
 def test_best_val_run_stores_both_rows_and_the_curve(digits_model, digits, tmp_path, monkeypatch):
     from robustbench_aft.config import RunConfig
     from robustbench_aft.pipeline import run
-    from robustbench_aft.tables import leaderboard
     from robustbench_aft.pretrained import save_checkpoint
     from robustbench_aft.results import ResultsStore
+    from robustbench_aft.tables import leaderboard
 
     scripted_validation(monkeypatch, {1: 50.0, 2: 10.0})
     natural = save_checkpoint(digits_model, tmp_path / "natural.pt", "smallcnn", digits)
@@ -153,8 +158,8 @@ def test_best_val_run_stores_both_rows_and_the_curve(digits_model, digits, tmp_p
 
 
 def test_rows_stored_before_selection_existed_count_as_last_with_empty_costs(tmp_path):
-    from robustbench_aft.tables import leaderboard_frame
     from robustbench_aft.results import ResultsStore, RunRecord
+    from robustbench_aft.tables import leaderboard_frame
 
     store = ResultsStore(str(tmp_path / "r.db"))
     record = RunRecord(group_id="g", method="vaft", method_version=1, dataset="digits", arch="smallcnn", seed=0,

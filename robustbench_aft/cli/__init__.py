@@ -13,8 +13,23 @@ import sys
 from typing import List, Optional
 
 from ..errors import UserError
-from . import analyze, check, collect, compare, dump, evaluate, export, leaderboard, listing, load, pretrain, report, run
-from . import audit, verify  # the sub-commands of issue 31
+from . import (  # the sub-commands of issue 31
+    analyze,
+    audit,
+    check,
+    collect,
+    compare,
+    dump,
+    evaluate,
+    export,
+    leaderboard,
+    listing,
+    load,
+    pretrain,
+    report,
+    run,
+    verify,
+)
 from ._common import BenchArgumentParser, setup_logging
 
 SUBCOMMANDS = (listing, pretrain, evaluate, run, collect, leaderboard, dump, load, compare, check, analyze, report,
@@ -22,7 +37,8 @@ SUBCOMMANDS = (listing, pretrain, evaluate, run, collect, leaderboard, dump, loa
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = BenchArgumentParser(prog="bench", description="Benchmark adversarial fine-tuning of pre-trained classifiers.")
+    parser = BenchArgumentParser(prog="bench",
+                                 description="Benchmark adversarial fine-tuning of pre-trained classifiers.")
     from .._version import __version__
 
     parser.add_argument("--version", action="version", version=f"robustbench-aft {__version__}")

@@ -52,8 +52,8 @@ SELECT_HELP = ("which weights of each fine-tuned model: last (default) or best-v
                "stored by runs with --select best-val)")
 
 
-COLUMNS_HELP = ("cost columns to show in Markdown, comma-separated: cost (all), fine_tune_s, eval_s, forward_per_image, "
-                "backward_per_image, epoch (CSV and JSON always carry them)")
+COLUMNS_HELP = ("cost columns to show in Markdown, comma-separated: cost (all), fine_tune_s, eval_s, "
+                "forward_per_image, backward_per_image, epoch (CSV and JSON always carry them)")
 
 
 MEAN_HELP = ("per-channel mean of the model's Normalize layer, overriding the dataset's and any the model "

@@ -6,8 +6,15 @@ from pathlib import Path
 
 from ..config import DEFAULT_DB
 from ..parsing import parse_arch, positive_int
-from ._common import (ARCH_KWARGS_HELP, MEAN_HELP, SKIP_BAD_IMAGES_HELP, STD_HELP, BenchArgumentParser, existing_store,
-                      output_folder)
+from ._common import (
+    ARCH_KWARGS_HELP,
+    MEAN_HELP,
+    SKIP_BAD_IMAGES_HELP,
+    STD_HELP,
+    BenchArgumentParser,
+    existing_store,
+    output_folder,
+)
 
 
 def add_to(commands: argparse._SubParsersAction) -> None:
@@ -93,10 +100,10 @@ def cmd_analyze_training(args: argparse.Namespace) -> int:
 def cmd_analyze_eps_curve(args: argparse.Namespace) -> int:
     from ..analysis import eps_curve, models_from_store, parse_eps_values, plot_eps_curve
     from ..data import load_dataset
-    from ..tables import format_table
-    from ..pretrained import load_checkpoint, resolve
     from ..devices import resolve_device
     from ..files import atomic_write_text
+    from ..pretrained import load_checkpoint, resolve
+    from ..tables import format_table
 
     device = resolve_device(args.device)
     output = output_folder(args.output)

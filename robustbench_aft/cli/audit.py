@@ -4,8 +4,8 @@ from __future__ import annotations
 import argparse
 
 from ..config import DEFAULT_DB
-from ..registry import FORMATS
 from ..parsing import non_negative_int, positive_int
+from ..registry import FORMATS
 from ._common import existing_store, human
 
 

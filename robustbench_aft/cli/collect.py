@@ -20,8 +20,7 @@ def add_to(commands: argparse._SubParsersAction) -> None:
 
 def cmd_collect(args: argparse.Namespace) -> int:
     from ..launch import collect
-    from ..tables import render_leaderboard
-    from ..tables import leaderboard
+    from ..tables import leaderboard, render_leaderboard
 
     if not Path(args.out).is_dir():
         raise ConfigError(f"--out {args.out} is not a folder; give the --out folder of a bench run")

@@ -47,10 +47,10 @@ def cmd_compare(args: argparse.Namespace) -> int:
               f"{setting['norm']} eps={setting['eps']:.4g}, {comparison.metric}: {result.seeds} seed(s) × "
               f"{result.points} points")
     if args.format == "json":
+        seed_p = None if result.seed_interval_excludes_zero is None else result.seed_p_value
         print(format_table(comparison.table(), "json", extra={"comparison": header, "test": result.test,
                                                                "per_seed_delta": result.per_seed_delta,
-                                                               "seed_p_value": None if result.seed_interval_excludes_zero is None
-                                                               else result.seed_p_value}))
+                                                               "seed_p_value": seed_p}))
         return 0
     if human(args.format):
         # p-values as written (3.5e-09), not rounded to 0.00 by the table's number format.

@@ -7,8 +7,8 @@ from pathlib import Path
 
 from ..attacks import NORMS
 from ..errors import ConfigError
-from ..registry import FORMATS
 from ..parsing import non_negative_int, parse_arch, positive_int
+from ..registry import FORMATS
 from ._common import ARCH_KWARGS_HELP, add_data_arguments, add_precision_arguments, human
 
 
@@ -41,15 +41,14 @@ def add_to(commands: argparse._SubParsersAction) -> None:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from ..data import load_dataset
+    from ..devices import resolve_device
     from ..evaluator import EvalConfig, evaluate
+    from ..files import atomic_write_text
+    from ..modelfolder import folder_arch, is_model_folder
     from ..parsing import parse_attacks, parse_eps
-    from ..tables import format_table
     from ..pretrained import resolve, transfer_source
     from ..registry import ATTACKS
-    from ..devices import resolve_device
-    from ..files import atomic_write_text
-
-    from ..modelfolder import folder_arch, is_model_folder
+    from ..tables import format_table
 
     # None means "not given": a model folder names its arch in config.json; anything else is smallcnn's.
     default_arch = folder_arch(args.checkpoint) if is_model_folder(args.checkpoint) else "smallcnn"

@@ -25,14 +25,14 @@ def add_to(commands: argparse._SubParsersAction) -> None:
                        help="allow a column to hold numbers measured with different attack budgets (marked †)")
     board.add_argument("--all-protocols", action="store_true",
                        help="show the runs of every protocol, each as its own row with a setting label naming what "
-                            "differs (default: the latest protocol of each method, and a line naming what was left out)")
+                            "differs (default: the latest protocol of each method, and a line naming what was left "
+                            "out)")
     board.set_defaults(handler=cmd_leaderboard)
 
 
 def cmd_leaderboard(args: argparse.Namespace) -> int:
-    from ..tables import left_out_line, parse_columns, render_leaderboard
-    from ..tables import leaderboard
     from ..files import atomic_write_text
+    from ..tables import leaderboard, left_out_line, parse_columns, render_leaderboard
 
     columns = parse_columns(args.columns)
     frame = leaderboard(existing_store(args.db), rank_by=args.rank_by, selection=selection(args.select),

@@ -26,8 +26,8 @@ def _preset_rows() -> list:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    from ..tables import format_table
     from ..registry import ATTACKS, DATASETS, FORMATS, METHODS, MODELS
+    from ..tables import format_table
 
     registries = {"methods": METHODS, "datasets": DATASETS, "archs": MODELS, "attacks": ATTACKS, "formats": FORMATS}
     kinds = [args.kind] if args.kind else list(KINDS)

@@ -25,17 +25,16 @@ def add_to(commands: argparse._SubParsersAction) -> None:
 
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+    from pathlib import Path
+
     import torch  # noqa: F401
 
     from ..data import load_dataset
-    from ..pretrained import cache_path, default_recipe, pretrain, recipe_with, save_checkpoint
     from ..devices import resolve_device
-    from ..reproducibility import provenance
-    from dataclasses import asdict
-
-    from pathlib import Path
-
     from ..parsing import parse_trackers
+    from ..pretrained import cache_path, default_recipe, pretrain, recipe_with, save_checkpoint
+    from ..reproducibility import provenance
     from ..trackers import open_trackers
 
     arch = parse_arch(args.arch, args.arch_kwargs)

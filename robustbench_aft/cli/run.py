@@ -14,7 +14,6 @@ from ..parsing import non_negative_float, non_negative_int, on_off, positive_flo
 from ..registry import FORMATS
 from ._common import COLUMNS_HELP, human, report_collect, resume_command
 
-
 # Options of this command that are not part of the run's configuration: how it runs and prints.
 # A --config file may set them too (the command line wins).
 COMMAND_OPTIONS = ("launcher", "slurm_partition", "slurm_gpus_per_job", "slurm_time", "slurm_array_parallelism",
@@ -72,7 +71,7 @@ COMMAND_DEFAULTS = {"launcher": "local", "slurm_gpus_per_job": 1, "slurm_time": 
 def _command_options(args: argparse.Namespace, content: dict, path: str) -> dict:
     """Move the file's command options (launcher, format, …) out of ``content`` into ``args`` where
     the command line did not give them, and fill the rest with their defaults."""
-    from ..config import _parse_option, Option
+    from ..config import Option, _parse_option
 
     parser_actions = {a.dest: a for a in args.command_parser._actions}
     for key in list(content):
@@ -104,9 +103,8 @@ def _run_config(args: argparse.Namespace):
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from ..tables import parse_columns, render_leaderboard
     from ..pipeline import run
-    from ..tables import leaderboard
+    from ..tables import leaderboard, parse_columns, render_leaderboard
 
     config = _run_config(args)
     if args.print_config:
@@ -148,8 +146,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def _run_grid(args: argparse.Namespace, config, argv: List[str]) -> int:
     from ..launch import SlurmOptions, submit_grid
-    from ..tables import render_leaderboard
-    from ..tables import leaderboard
+    from ..tables import leaderboard, render_leaderboard
 
     options = SlurmOptions(partition=args.slurm_partition, gpus_per_job=args.slurm_gpus_per_job,
                            time_minutes=args.slurm_time, array_parallelism=args.slurm_array_parallelism)

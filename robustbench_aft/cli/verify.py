@@ -6,8 +6,8 @@ from pathlib import Path
 
 from ..attacks import NORMS
 from ..config import DEFAULT_DB
-from ..registry import FORMATS
 from ..parsing import non_negative_float, non_negative_int
+from ..registry import FORMATS
 from ._common import existing_store, human
 
 

@@ -18,7 +18,8 @@ def _torchvision_cifar(options: DataOptions, name: str, cls_name: str, folder: s
     if not options.download and not (root / folder).is_dir():
         raise DataNotFoundError(
             f"{name} not found: looked for {root / folder}; fetch it with "
-            f"`bench pretrain --dataset {name} --data-dir {root} --download` (or pass the folder that holds it with --data-dir)"
+            f"`bench pretrain --dataset {name} --data-dir {root} --download` (or pass the folder that holds it "
+            "with --data-dir)"
         )
     cls = getattr(torchvision.datasets, cls_name)
     try:

@@ -6,8 +6,15 @@ import os
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from ..data import (IMAGE_EXTENSIONS, DataBundle, DataOptions, IndexedDataset, channel_stats, crop_flip_transform,
-                    plain_transform)
+from ..data import (
+    IMAGE_EXTENSIONS,
+    DataBundle,
+    DataOptions,
+    IndexedDataset,
+    channel_stats,
+    crop_flip_transform,
+    plain_transform,
+)
 from ..errors import ConfigError, DataNotFoundError
 from ..registry import DATASETS
 

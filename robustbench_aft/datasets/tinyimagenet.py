@@ -3,8 +3,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..data import (IMAGE_EXTENSIONS, DataBundle, DataOptions, FileListDataset, IndexedDataset, crop_flip_transform, no_argument,
-                    plain_transform)
+from ..data import (
+    IMAGE_EXTENSIONS,
+    DataBundle,
+    DataOptions,
+    FileListDataset,
+    IndexedDataset,
+    crop_flip_transform,
+    no_argument,
+    plain_transform,
+)
 from ..errors import DataNotFoundError
 from ..registry import DATASETS
 
@@ -47,7 +55,8 @@ def tinyimagenet(options: DataOptions) -> DataBundle:
             continue
         parts = line.split("\t")
         if len(parts) < 2 or parts[1] not in label_of:
-            raise DataNotFoundError(f"tinyimagenet: {annotations}:{line_number} is not '<file>\\t<wnid>\\t...' with a known wnid")
+            raise DataNotFoundError(f"tinyimagenet: {annotations}:{line_number} is not '<file>\\t<wnid>\\t...' "
+                                    "with a known wnid")
         test_samples.append((str(root / "val" / "images" / parts[0]), label_of[parts[1]]))
     return DataBundle(
         name="tinyimagenet", key="tinyimagenet",

@@ -82,8 +82,8 @@ class LaTeX(OutputFormat):
         return render(rows, caption, label=str(extra.get("label", "")))
 
     def leaderboard(self, frame, columns: Optional[List[str]] = None) -> str:
-        from ..tables import INTERVAL_LEGEND, display_rows
         from ..captions import protocol_sentence
+        from ..tables import INTERVAL_LEGEND, display_rows
 
         rows = display_rows(frame, columns)
         bold = [row.get("rank") == 1 for row in rows]

@@ -75,7 +75,8 @@ def split_arch(arch: str) -> Tuple[str, str, Dict[str, Any]]:
     source, _, rest = arch.partition(":")
     name, bracket, kwargs_text = rest.partition("[")
     if bracket and not kwargs_text.endswith("]"):
-        raise ConfigError(f"--arch {arch}: keyword arguments go in brackets, e.g. timm:vit_tiny_patch16_224[img_size=32]")
+        raise ConfigError(f"--arch {arch}: keyword arguments go in brackets, e.g. "
+                          "timm:vit_tiny_patch16_224[img_size=32]")
     if not name:
         raise ConfigError(f"--arch {arch}: give a model name after {source}:")
     if source == "py" and ":" not in name:

@@ -13,7 +13,7 @@ which names, is decided once here (:class:`CellLogger`), so every tracker shows 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, ClassVar, Dict, List, Optional, Sequence
+from typing import Any, ClassVar, Dict, Optional, Sequence
 
 from ..extras import require
 from ..registry import TRACKERS

@@ -16,7 +16,8 @@ pytest.importorskip("timm")  # the timm extra; part of [dev], so CI always has i
 
 FACTORIES = "py:tests.contract.external_factories"
 EXTERNAL = ["timm:resnet18", "timm:vit_tiny_patch16_224[img_size=32]", "timm:mobilenetv3_small_100",
-            "torchvision:resnet18", "torchvision:mobilenet_v3_small", f"{FACTORIES}:tiny_cnn", f"{FACTORIES}:unnamed_head"]
+            "torchvision:resnet18", "torchvision:mobilenet_v3_small", f"{FACTORIES}:tiny_cnn",
+            f"{FACTORIES}:unnamed_head"]
 SHAPE = (3, 32, 32)
 
 

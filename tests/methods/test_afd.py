@@ -6,9 +6,9 @@ import torch
 from torch.nn import functional as F
 
 from robustbench_aft.afd import AFD, confused_label, separation_loss
+from robustbench_aft.config import TrainConfig
 from robustbench_aft.data import collect
 from robustbench_aft.engine import EMA, build_method, ema_decay, lr_table
-from robustbench_aft.config import TrainConfig
 
 LR, WD = 0.025, 5e-4
 
@@ -197,8 +197,8 @@ def test_training_attack_is_bounded_and_leaves_bn_statistics_alone(afd, batch):
     afd.train()
     buffers = {k: v.clone() for k, v in afd.student.state_dict().items() if "running" in k}
     eps = 0.15
-    x_adv = pgd_attack(afd.student, afd.student, x, y, loss_fn=F.cross_entropy, eps=eps, step_size=0.007 / (8 / 255) * eps,
-                       steps=10, start="uniform", bn_mode="eval")
+    x_adv = pgd_attack(afd.student, afd.student, x, y, loss_fn=F.cross_entropy, eps=eps,
+                       step_size=0.007 / (8 / 255) * eps, steps=10, start="uniform", bn_mode="eval")
     assert (x_adv - x).abs().max().item() <= eps + 1e-7
     assert x_adv.min() >= 0 and x_adv.max() <= 1
     assert afd.student.training  # mode restored
