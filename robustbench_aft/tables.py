@@ -166,7 +166,8 @@ def leaderboard_frame(store_rows: List[Dict[str, Any]], mix_budgets: bool = Fals
     present_avg = [m for m in avg_metrics() if m in per_run.columns]
     per_run["avg"] = per_run[present_avg].mean(axis=1)
     per_run["flagged"] = per_run["flags_json"].map(lambda text: bool(json.loads(text)))
-    metrics = [m for m in metric_columns() if m in per_run.columns]
+    # A column none of the counted runs measured (its runs were left out) is not shown.
+    metrics = [m for m in metric_columns() if m in per_run.columns and per_run[m].notna().any()]
     first_seen = per_run.groupby(ROW_KEY, sort=False)["created_at"].min().rename("first_seen")
     grouped = per_run.groupby(ROW_KEY, sort=False)
     table = grouped[metrics].mean()
