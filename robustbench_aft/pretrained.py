@@ -6,7 +6,7 @@
 * a checkpoint path: ours, a plain ``state_dict``, or ``module.``-prefixed DataParallel keys;
 * ``robustbench:NAME``: a RobustBench model-zoo entry (the ``zoo`` extra), e.g. ``Standard``;
 * a model folder (``config.json`` + ``model.safetensors``, written by ``bench export --model``) or
-  ``hf-hub:ORG/NAME``, such a folder on the Hugging Face Hub (the ``hub`` extra; see :mod:`.modelfolder`).
+  ``hf-hub:ORG/NAME``, such a folder on the Hugging Face Hub (the ``hub`` extra; see :mod:`.models.hub`).
 
 The cache lives in ``$ROBUSTBENCH_AFT_CACHE`` (default ``~/.cache/robustbench_aft``).
 """
@@ -295,7 +295,7 @@ def resolve(source: str, data: DataBundle, arch: Optional[str], seed: int, devic
             stop: Optional[StopSignal] = None) -> Tuple[nn.Module, Dict[str, Any]]:
     """The model named by ``source`` (``auto``, a path, a model folder, ``hf-hub:ORG/NAME`` or
     ``robustbench:NAME``). A model folder names its own arch; ``arch`` None accepts it, any other must match."""
-    from .modelfolder import is_model_folder, load_model_folder
+    from .models.hub import is_model_folder, load_model_folder
 
     if is_model_folder(source):
         model, info = load_model_folder(source, data, arch)
@@ -328,7 +328,7 @@ def transfer_source(spec: Optional[str], data: DataBundle, arch: str, device: to
     if spec in (None, "natural"):
         return natural.to(device) if natural is not None else resolve("auto", data, arch, seed, device,
                                                                       progress=progress)[0]
-    from .modelfolder import is_model_folder
+    from .models.hub import is_model_folder
 
     source_arch: Optional[str] = arch
     if is_model_folder(spec):

@@ -44,7 +44,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from ..devices import resolve_device
     from ..evaluator import EvalConfig, evaluate
     from ..files import atomic_write_text
-    from ..modelfolder import folder_arch, is_model_folder
+    from ..models.hub import folder_arch, is_model_folder
     from ..parsing import parse_attacks, parse_eps
     from ..pretrained import resolve, transfer_source
     from ..registry import ATTACKS
