@@ -466,31 +466,31 @@ def _leaderboard_with_model_links(db: str, frame, display: List[Dict[str, Any]],
     return table.to_html(index=False, escape=False)
 
 
-def render_report(db: str, output: Path, extra_plots: Sequence[Path] = (),
-                  title: str = "robustbench-aft report") -> Path:
-    """One self-contained HTML page: leaderboard, feature-gap plots, extra plots, every run's config."""
+def _report_head(db: str, output: Path, title: str, store: ResultsStore, rows: List[Dict[str, Any]]) -> List[str]:
+    """The page's head, title, store line and the leaderboard with its legend."""
     from ._version import __version__
     from .compare import add_rank_column
     from .tables import INTERVAL_LEGEND, display_rows, latest_runs_frame, leaderboard_frame
 
-    store = ResultsStore(db)
-    rows = store.rows()
     frame = leaderboard_frame(rows, mix_budgets=True)  # a report shows every run; mixed cells are marked †
     if frame.empty:
         raise ConfigError(f"--db {db} has no finished runs to report")
     frame = add_rank_column(frame, store, latest_runs_frame(rows), None)
-    parts = [f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
-             f"<style>{STYLE}</style></head><body>",
-             f"<h1>{html.escape(title)}</h1>",
-             f"<p>Store <code>{html.escape(str(db))}</code>, generated {time.strftime('%Y-%m-%d %H:%M:%S')} by "
-             f"robustbench-aft {html.escape(__version__)}. Accuracies in %, mean ± sample std over seeds; "
-             "<code>worst</code> = robust against every attack run.</p>",
-             "<h2>Leaderboard</h2>", _leaderboard_with_model_links(db, frame, display_rows(frame), rows, output),
-             f"<p>{html.escape(INTERVAL_LEGEND)}; rank: methods not significantly below the best share a rank "
-             "(exact McNemar, Holm-corrected, α = 0.05).</p>"]
+    return [f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+            f"<style>{STYLE}</style></head><body>",
+            f"<h1>{html.escape(title)}</h1>",
+            f"<p>Store <code>{html.escape(str(db))}</code>, generated {time.strftime('%Y-%m-%d %H:%M:%S')} by "
+            f"robustbench-aft {html.escape(__version__)}. Accuracies in %, mean ± sample std over seeds; "
+            "<code>worst</code> = robust against every attack run.</p>",
+            "<h2>Leaderboard</h2>", _leaderboard_with_model_links(db, frame, display_rows(frame), rows, output),
+            f"<p>{html.escape(INTERVAL_LEGEND)}; rank: methods not significantly below the best share a rank "
+            "(exact McNemar, Holm-corrected, α = 0.05).</p>"]
 
+
+def _plot_sections(db: str, scratch: Path, extra_plots: Sequence[Path]) -> Tuple[List[str], List[Path]]:
+    """The plot sections of the page, and the plots drawn into ``scratch`` for them (to delete once written)."""
+    parts: List[str] = []
     plots: List[Path] = []
-    scratch = output.parent / f".{output.stem}-plots"
     _, tradeoff_plots = analyze_tradeoff(db, scratch)
     parts.append("<h2>Clean against robust accuracy</h2><p>One point per method, 95 % intervals as bars "
                  "(Wilson over the evaluated points for one seed, Student-t over seeds).</p>")
@@ -521,20 +521,27 @@ def render_report(db: str, output: Path, extra_plots: Sequence[Path] = (),
     if extra:
         parts.append("<h2>More plots</h2>")
         parts.extend(_image_tag(p) for p in extra)
+    return parts, plots
 
-    parts.extend(_breakdown_section(store, set(latest_runs_frame(rows)["run_id"])))
-    runs = [r for r in store.runs() if r["status"] == "finished"]
+
+def _flags_section(runs: List[Dict[str, Any]]) -> List[str]:
+    """The "Sanity flags" section: every flag of every finished run, or a line saying none fired."""
     flagged = [(r, json.loads(r["flags_json"])) for r in runs if json.loads(r["flags_json"])]
-    parts.append("<h2>Sanity flags</h2>")
+    parts = ["<h2>Sanity flags</h2>"]
     if flagged:
         parts.append("<ul>" + "".join(f"<li class='flag'><b>{html.escape(r['method'])} seed {r['seed']}</b>: "
                                       f"{html.escape(flag)}</li>" for r, flags in flagged for flag in flags) + "</ul>")
     else:
         parts.append("<p>None fired.</p>")
+    return parts
+
+
+def _runs_section(db: str, runs: List[Dict[str, Any]], output: Path) -> List[str]:
+    """The "Runs" section: one collapsible block per finished run with its provenance and config."""
     from .modelfolder import exported_folders
 
     model_folders = exported_folders(db)
-    parts.append(f"<h2>Runs ({len(runs)})</h2>")
+    parts = [f"<h2>Runs ({len(runs)})</h2>"]
     for run in runs:
         provenance = {k: run[k] for k in ("package_version", "git_commit", "torch_version", "device", "wall_seconds",
                                           "train_seconds", "images_per_second")}
@@ -546,12 +553,35 @@ def render_report(db: str, output: Path, extra_plots: Sequence[Path] = (),
                      f"(run {html.escape(run['group_id'])}{link})</summary><pre>"
                      f"{html.escape(json.dumps({'provenance': provenance, 'config': config}, indent=2, default=str))}"
                      "</pre></details>")
-    parts.append("</body></html>")
-    atomic_write_text("\n".join(parts) + "\n", output)
+    return parts
+
+
+def _remove_plots(plots: Sequence[Path], scratch: Path) -> None:
+    """Delete the plots drawn for the page and their scratch folder (the page holds them inline)."""
     for plot in plots:
         plot.unlink(missing_ok=True)
     if scratch.is_dir():
         for leftover in scratch.iterdir():
             leftover.unlink()
         scratch.rmdir()
+
+
+def render_report(db: str, output: Path, extra_plots: Sequence[Path] = (),
+                  title: str = "robustbench-aft report") -> Path:
+    """One self-contained HTML page: leaderboard, feature-gap plots, extra plots, every run's config."""
+    from .tables import latest_runs_frame
+
+    store = ResultsStore(db)
+    rows = store.rows()
+    parts = _report_head(db, output, title, store, rows)
+    scratch = output.parent / f".{output.stem}-plots"
+    plot_parts, plots = _plot_sections(db, scratch, extra_plots)
+    parts.extend(plot_parts)
+    parts.extend(_breakdown_section(store, set(latest_runs_frame(rows)["run_id"])))
+    runs = [r for r in store.runs() if r["status"] == "finished"]
+    parts.extend(_flags_section(runs))
+    parts.extend(_runs_section(db, runs, output))
+    parts.append("</body></html>")
+    atomic_write_text("\n".join(parts) + "\n", output)
+    _remove_plots(plots, scratch)
     return output

@@ -25,7 +25,7 @@ import sqlite3
 import time
 from contextlib import closing
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 from torch import nn
@@ -153,27 +153,16 @@ def _number(value: Any) -> str:
     return f"{value:.6g}" if isinstance(value, float) else str(value)
 
 
-def model_card(store, run: Dict[str, Any], config: Dict[str, Any], spec: Dict[str, Any]) -> str:
-    """The README: the Hub's YAML header (via ``huggingface_hub``), then the evaluation in words."""
-    from huggingface_hub import EvalResult, ModelCard, ModelCardData
+def _card_results(record, run: Dict[str, Any], protocol: Dict[str, Any], task: str,
+                  eps_text: str) -> Tuple[List[Any], List[str]]:
+    """The Hub's eval results of the stored run and the rows of the card's "This model" table."""
+    from huggingface_hub import EvalResult
 
-    from .captions import table_protocol
-    from .formats.markdown import Markdown
-    from .registry import METHODS
-    from .stats import interval_for
-    from .tables import INTERVAL_LEGEND, display_rows, leaderboard_frame
-
-    record = store.record(run["run_id"])
-    setting_rows = [row for row in store.rows() if row["method"] == run["method"] and row["dataset"] == run["dataset"]
-                    and row["arch"] == run["arch"] and row["norm"] == run["norm"]
-                    and abs(row["eps"] - run["eps"]) < 1e-6]
-    board = leaderboard_frame(setting_rows, mix_budgets=True)
-    protocol = table_protocol([row for row in setting_rows if row["run_id"] == run["run_id"]])
-    method = run["method"]
-    task, dataset, eps_text = "image-classification", run["dataset"], f"{run['eps']:.4g}"
-    results, this_model = [], []
     from .attacks import metric_columns
+    from .stats import interval_for
 
+    dataset = run["dataset"]
+    results, this_model = [], []
     order = {metric: position for position, metric in enumerate(metric_columns())}
     for metric, value in sorted(record.metrics.items(), key=lambda item: (order.get(item[0], len(order)), item[0])):
         low, high = interval_for([value], run["n_eval"]) if metric != "avg" else (math.nan, math.nan)
@@ -185,18 +174,19 @@ def model_card(store, run: Dict[str, Any], config: Dict[str, Any], spec: Dict[st
                                   metric_config=budget))
         interval = "" if math.isnan(low) else f" [{low:.1f}, {high:.1f}]"
         this_model.append(f"| {metric} | {_percent(value)}{interval} | {budget or ''} |")
-    tags = [LIBRARY_NAME, "adversarial-robustness", "adversarial-fine-tuning", method, run["norm"]]
-    card_data = ModelCardData(library_name=LIBRARY_NAME, tags=tags, datasets=[dataset], metrics=["accuracy"],
-                              model_name=f"{method}-{run['arch']}-{dataset}-seed{run['seed']}".replace(":", "-"),
-                              pipeline_tag=task, eval_results=results)
-    method_doc = ""
-    if method in METHODS:
-        method_doc = (METHODS.entry(method).description or "").strip()
-    params = config.get("method_params_used") or {}
-    train = config.get("train", {})
+    return results, this_model
+
+
+def _card_evaluation_lines(run: Dict[str, Any], config: Dict[str, Any], board, protocol: Dict[str, Any],
+                           this_model: List[str], eps_text: str) -> List[str]:
+    """The card's markdown from its title through the threat model and attacks."""
+    from .formats.markdown import Markdown
+    from .tables import INTERVAL_LEGEND, display_rows
+
+    method, dataset = run["method"], run["dataset"]
     evaluation = config.get("eval", {})
     leaderboard_row = Markdown().table(display_rows(board)) if not board.empty else "(no row)"
-    lines = [
+    return [
         f"# {method} fine-tuned {run['arch']} on {dataset} ({run['norm']} eps = {eps_text})", "",
         f"Adversarially fine-tuned with **{method}** (method version {run['method_version']}) by robustbench-aft "
         f"from the natural model `{config.get('pretrained_source')}`.",
@@ -213,6 +203,21 @@ def model_card(store, run: Dict[str, Any], config: Dict[str, Any], spec: Dict[st
         f"- Evaluated on {run['n_eval']} test points ("
         + ("the whole test split)." if evaluation.get("n_eval") is None
            else f"a seeded subset, seed {evaluation.get('seed')})."), "",
+    ]
+
+
+def _card_recipe_lines(record, run: Dict[str, Any], config: Dict[str, Any], spec: Dict[str, Any]) -> List[str]:
+    """The card's markdown from the method through training, provenance and use."""
+    from .registry import METHODS
+
+    method, dataset = run["method"], run["dataset"]
+    method_doc = ""
+    if method in METHODS:
+        method_doc = (METHODS.entry(method).description or "").strip()
+    params = config.get("method_params_used") or {}
+    train = config.get("train", {})
+    evaluation = config.get("eval", {})
+    return [
         "## Method", "",
         f"- {method}: {method_doc}" if method_doc else f"- {method}",
         f"- Parameters: {', '.join(f'{k} = {_number(v)}' for k, v in sorted(params.items())) or 'none'}", "",
@@ -244,6 +249,30 @@ def model_card(store, run: Dict[str, Any], config: Dict[str, Any], spec: Dict[st
         f"model, info = resolve('PATH_OR_hf-hub:ORG/NAME', data, {run['arch']!r}, seed=0, device='cpu')",
         "```",
     ]
+
+
+def model_card(store, run: Dict[str, Any], config: Dict[str, Any], spec: Dict[str, Any]) -> str:
+    """The README: the Hub's YAML header (via ``huggingface_hub``), then the evaluation in words."""
+    from huggingface_hub import ModelCard, ModelCardData
+
+    from .captions import table_protocol
+    from .tables import leaderboard_frame
+
+    record = store.record(run["run_id"])
+    setting_rows = [row for row in store.rows() if row["method"] == run["method"] and row["dataset"] == run["dataset"]
+                    and row["arch"] == run["arch"] and row["norm"] == run["norm"]
+                    and abs(row["eps"] - run["eps"]) < 1e-6]
+    board = leaderboard_frame(setting_rows, mix_budgets=True)
+    protocol = table_protocol([row for row in setting_rows if row["run_id"] == run["run_id"]])
+    method = run["method"]
+    task, dataset, eps_text = "image-classification", run["dataset"], f"{run['eps']:.4g}"
+    results, this_model = _card_results(record, run, protocol, task, eps_text)
+    tags = [LIBRARY_NAME, "adversarial-robustness", "adversarial-fine-tuning", method, run["norm"]]
+    card_data = ModelCardData(library_name=LIBRARY_NAME, tags=tags, datasets=[dataset], metrics=["accuracy"],
+                              model_name=f"{method}-{run['arch']}-{dataset}-seed{run['seed']}".replace(":", "-"),
+                              pipeline_tag=task, eval_results=results)
+    lines = (_card_evaluation_lines(run, config, board, protocol, this_model, eps_text)
+             + _card_recipe_lines(record, run, config, spec))
     content = f"---\n{card_data.to_yaml()}\n---\n\n" + "\n".join(lines) + "\n"
     return str(ModelCard(content))
 

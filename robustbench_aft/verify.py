@@ -93,6 +93,74 @@ def _predictions(model: torch.nn.Module, images: torch.Tensor, device: torch.dev
         return torch.cat([model(images[i:i + 256].to(device)).argmax(1).cpu() for i in range(0, len(images), 256)])
 
 
+def _stored_samples(store: ResultsStore, name: str, run: Dict[str, Any], metric: str):
+    """The run's stored per-sample results, which must hold ``metric``'s outcomes."""
+    stored = store.samples(run["run_id"])
+    if stored is None:
+        raise ConfigError(f"{name} seed {run['seed']} has no stored per-sample results to verify against")
+    if metric not in stored.correct:
+        raise ConfigError(f"{name} seed {run['seed']} has no stored {metric!r} outcomes (it has "
+                          f"{', '.join(sorted(stored.correct))}); choose one with --metric")
+    return stored
+
+
+def _check_indices(report: Verification, path: Path, stored) -> None:
+    """The "indices" row, where a readable sidecar next to the tensor lists the points' indices."""
+    sidecar = path.with_suffix(".json")  # bench export writes the points' indices next to the tensor
+    if sidecar.is_file():
+        try:
+            indices = json.loads(sidecar.read_text()).get("indices")
+        except (ValueError, AttributeError):
+            indices = None
+        if indices is not None:
+            report.add("indices", list(indices) == list(stored.indices),
+                       f"{sidecar.name} lists {len(indices)} test indices; the stored run {len(stored.indices)}"
+                       + ("" if list(indices) == list(stored.indices) else ", not the same points or order"))
+
+
+def _check_tensor(report: Verification, images: torch.Tensor, expected: tuple, norm: str, metric: str) -> bool:
+    """The shape, dtype and finite rows; False (with the later rows marked not checked) if any fails."""
+    shape_ok = report.add("shape", tuple(images.shape) == expected,
+                          f"{tuple(images.shape)}; the stored run evaluated {expected} (points × image)")
+    dtype_ok = report.add("dtype", images.is_floating_point(), f"{images.dtype}; a floating-point dtype is needed")
+    finite = bool(torch.isfinite(images).all()) if dtype_ok else False
+    report.add("finite", finite, "no NaN or ±inf" if finite else
+               f"{int((~torch.isfinite(images)).sum()) if dtype_ok else 'n/a'} values are NaN or ±inf")
+    if not (shape_ok and dtype_ok and finite):
+        for check in ("range [0, 1]", f"{norm} ball", "re-classification", f"agreement with stored {metric}"):
+            report.add(check, False, "not checked: the tensor has the wrong shape, dtype or non-finite values")
+        return False
+    return True
+
+
+def _check_ball(report: Verification, images: torch.Tensor, x: torch.Tensor) -> None:
+    """The range row and the eps-ball row of the float tensor around the clean images ``x``."""
+    eps, norm, tolerance = report.eps, report.norm, report.tolerance
+    low, high = float(images.min()), float(images.max())
+    report.add("range [0, 1]", low >= -tolerance and high <= 1 + tolerance, f"min {low:.6g}, max {high:.6g}")
+    delta = (images - x).flatten(1)
+    sizes = delta.abs().max(dim=1).values if norm == "Linf" else delta.norm(dim=1)
+    outside = int((sizes > eps + tolerance).sum())
+    report.add(f"{norm} ball", outside == 0, f"largest perturbation {float(sizes.max()):.6g} (eps {eps:.6g}); "
+                                             f"{outside} of {len(sizes)} points outside eps + tolerance")
+
+
+def _check_outcomes(report: Verification, model: torch.nn.Module, images: torch.Tensor, x: torch.Tensor,
+                    y: torch.Tensor, stored_outcomes: torch.Tensor, metric: str, device: torch.device) -> None:
+    """The re-classification row and the row comparing its per-point outcomes with the stored ones."""
+    clean_correct = _predictions(model, x, device) == y
+    correct = (_predictions(model, images, device) == y) & clean_correct  # wrong clean: broken by convention
+    accuracy = 100.0 * float(correct.float().mean())
+    stored_accuracy = 100.0 * float(stored_outcomes.float().mean())
+    report.add("re-classification", None, f"the stored model is right on {int(correct.sum())} of {len(y)} "
+                                          f"({accuracy:.2f} %); stored {metric}: {stored_accuracy:.2f} %")
+    stronger = int((~correct & stored_outcomes).sum())
+    weaker = int((correct & ~stored_outcomes).sum())
+    report.add(f"agreement with stored {metric}", stronger == 0 and weaker == 0,
+               f"{len(y) - stronger - weaker} of {len(y)} points agree; {stronger} broken here but robust in the "
+               f"store (a stronger attack than the stored one), {weaker} robust here but broken in the store")
+
+
 def verify_adversarial(db: str, method: str, path: Path, device: torch.device, seed: Optional[int] = None,
                        eps: Optional[float] = None, norm: Optional[str] = None, metric: str = "worst",
                        tolerance: float = DEFAULT_TOLERANCE) -> Verification:
@@ -106,57 +174,17 @@ def verify_adversarial(db: str, method: str, path: Path, device: torch.device, s
     images = load_tensor(path)
     store = ResultsStore(db)
     run, data, model, _ = _stored_model(store, name, seed, device)
-    stored = store.samples(run["run_id"])
-    if stored is None:
-        raise ConfigError(f"{name} seed {run['seed']} has no stored per-sample results to verify against")
-    if metric not in stored.correct:
-        raise ConfigError(f"{name} seed {run['seed']} has no stored {metric!r} outcomes (it has "
-                          f"{', '.join(sorted(stored.correct))}); choose one with --metric")
+    stored = _stored_samples(store, name, run, metric)
     eps = float(run["eps"]) if eps is None else float(eps)
     norm = run["norm"] if norm is None else norm
     report = Verification(method=name, seed=run["seed"], eps=eps, norm=norm, tolerance=tolerance)
-    sidecar = path.with_suffix(".json")  # bench export writes the points' indices next to the tensor
-    if sidecar.is_file():
-        try:
-            indices = json.loads(sidecar.read_text()).get("indices")
-        except (ValueError, AttributeError):
-            indices = None
-        if indices is not None:
-            report.add("indices", list(indices) == list(stored.indices),
-                       f"{sidecar.name} lists {len(indices)} test indices; the stored run {len(stored.indices)}"
-                       + ("" if list(indices) == list(stored.indices) else ", not the same points or order"))
+    _check_indices(report, path, stored)
     x, y = collect(data.test, stored.indices)
-    expected = (len(stored.indices), *x.shape[1:])
-    shape_ok = report.add("shape", tuple(images.shape) == expected,
-                          f"{tuple(images.shape)}; the stored run evaluated {expected} (points × image)")
-    dtype_ok = report.add("dtype", images.is_floating_point(), f"{images.dtype}; a floating-point dtype is needed")
-    finite = bool(torch.isfinite(images).all()) if dtype_ok else False
-    report.add("finite", finite, "no NaN or ±inf" if finite else
-               f"{int((~torch.isfinite(images)).sum()) if dtype_ok else 'n/a'} values are NaN or ±inf")
-    if not (shape_ok and dtype_ok and finite):
-        for check in ("range [0, 1]", f"{norm} ball", "re-classification", f"agreement with stored {metric}"):
-            report.add(check, False, "not checked: the tensor has the wrong shape, dtype or non-finite values")
+    if not _check_tensor(report, images, (len(stored.indices), *x.shape[1:]), norm, metric):
         return report
     images = images.float()
-    low, high = float(images.min()), float(images.max())
-    report.add("range [0, 1]", low >= -tolerance and high <= 1 + tolerance, f"min {low:.6g}, max {high:.6g}")
-    delta = (images - x).flatten(1)
-    sizes = delta.abs().max(dim=1).values if norm == "Linf" else delta.norm(dim=1)
-    outside = int((sizes > eps + tolerance).sum())
-    report.add(f"{norm} ball", outside == 0, f"largest perturbation {float(sizes.max()):.6g} (eps {eps:.6g}); "
-                                             f"{outside} of {len(sizes)} points outside eps + tolerance")
-    clean_correct = _predictions(model, x, device) == y
-    correct = (_predictions(model, images, device) == y) & clean_correct  # wrong clean: broken by convention
-    accuracy = 100.0 * float(correct.float().mean())
-    stored_outcomes = torch.as_tensor(stored.correct[metric].copy())
-    stored_accuracy = 100.0 * float(stored_outcomes.float().mean())
-    report.add("re-classification", None, f"the stored model is right on {int(correct.sum())} of {len(y)} "
-                                          f"({accuracy:.2f} %); stored {metric}: {stored_accuracy:.2f} %")
-    stronger = int((~correct & stored_outcomes).sum())
-    weaker = int((correct & ~stored_outcomes).sum())
-    report.add(f"agreement with stored {metric}", stronger == 0 and weaker == 0,
-               f"{len(y) - stronger - weaker} of {len(y)} points agree; {stronger} broken here but robust in the "
-               f"store (a stronger attack than the stored one), {weaker} robust here but broken in the store")
+    _check_ball(report, images, x)
+    _check_outcomes(report, model, images, x, y, torch.as_tensor(stored.correct[metric].copy()), metric, device)
     return report
 
 
