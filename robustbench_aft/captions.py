@@ -10,8 +10,9 @@ from __future__ import annotations
 import json
 from typing import Any, Dict, Iterable, List, Optional
 
-# Budget fields the setting already states (eps and norm are columns of every row).
-SETTING_FIELDS = ("eps", "eps_given", "norm")
+# Budget fields the setting already states (eps and norm are columns of every row) and what an attack
+# spent on one model (``cost``, which differs from model to model): neither describes how it was run.
+SETTING_FIELDS = ("eps", "eps_given", "norm", "cost")
 
 
 def describe_budget(budget: Dict[str, Any]) -> str:
