@@ -398,6 +398,8 @@ def _section_values(name: str, values: Any, where: str) -> Dict[str, Any]:
             raise ConfigError(f"{where}{name}.{key} is not a {cls.__name__} field; known: {', '.join(sorted(known))}")
         if (name, key) == ("eval", "attacks") and isinstance(value, (str, list)):
             parsed[key] = parse_attacks(_as_text(value))
+        elif key == "eps" and name in ("eval", "threat") and value is not None:
+            parsed[key] = str(value)  # read with the norm once known, and kept as written (``8/255``)
         elif value is None or isinstance(value, (list, dict)):
             parsed[key] = value
         else:

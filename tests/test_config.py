@@ -58,3 +58,15 @@ def test_paper_presets_come_from_each_method():
     assert config.method_params == {"twins-at": {"lambda_twins": 0.4, "weight_decay": 1e-3}}
     assert build_run_config(["afd"], dataset="cifar10").method_params == {}
     assert build_run_config(["afd"], dataset="cifar100", preset="quick").method_params == {}
+
+
+def test_config_files_written_before_the_threat_section_still_load():
+    """`eval: {eps: …, norm: …}` (config.yaml of earlier runs) becomes the threat model, eps as written."""
+    from robustbench_aft.config import RunConfig
+
+    legacy = {"methods": ["ours"], "eval": {"eps": "8/255", "norm": "Linf", "attacks": ["clean", "pgd"]}}
+    config = RunConfig.from_cli({}, legacy, "old.yaml")
+    assert config.threat.eps == pytest.approx(8 / 255) and config.threat.eps_text == "8/255"
+    assert config.threat.norm == "Linf" and config.eval.attacks == ["clean", "pgd"] and config.eval.eps is None
+    # The command line wins over the file, option by option.
+    assert RunConfig.from_cli({"eps": "4/255", "epochs": 2}, legacy, "old.yaml").threat.eps == pytest.approx(4 / 255)
