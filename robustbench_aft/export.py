@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Tuple
 
 import torch
 
@@ -20,6 +20,29 @@ from .errors import ConfigError
 from .files import atomic_torch_save, atomic_write_text
 from .registry import ATTACKS, METHODS, NATURAL
 from .results import ResultsStore
+
+
+def load_stored_model(run: Dict[str, Any], purpose: str) -> Tuple[Dict[str, Any], Path, Any, torch.nn.Module]:
+    """A stored run's configuration, checkpoint path, dataset (read as the run read it) and model, or a
+    one-line error when the checkpoint is gone (``purpose`` says what needs it)."""
+    from .data import load_dataset
+    from .pretrained import load_checkpoint
+
+    config = json.loads(run["config_json"])
+    checkpoint = config.get("checkpoint") or config.get("pretrained_source")
+    if not checkpoint or not Path(checkpoint).is_file():
+        raise ConfigError(f"the checkpoint of {run['method']} seed {run['seed']} is gone ({checkpoint}); "
+                          f"{purpose}")
+    data = load_dataset(run["dataset"], data_dir=config.get("data_dir"),
+                        skip_bad_images=bool(config.get("skip_bad_images")))
+    model, _ = load_checkpoint(checkpoint, data, run["arch"])
+    return config, Path(checkpoint), data, model
+
+
+def stored_eval_config(config: Dict[str, Any]) -> EvalConfig:
+    """The evaluation settings a run stored, as an EvalConfig (fields added since keep their defaults)."""
+    known = {f.name for f in dataclasses.fields(EvalConfig)}
+    return EvalConfig(**{k: v for k, v in config.get("eval", {}).items() if k in known})
 
 
 def _chosen_run(store: ResultsStore, method: str, seed: Optional[int]) -> Dict[str, Any]:
@@ -40,24 +63,15 @@ def export_adversarial(db: str, method: str, output: Path, device: torch.device,
     """Write the worst-case adversarial images of ``method`` (its lowest stored seed unless ``seed``)
     to ``output`` (a tensor, RobustBench's template) and ``output`` with ``.json`` (model info, labels,
     indices, the attack behind each image); returns that JSON as a dict."""
-    from .data import load_dataset
     from .evaluator import worst_case_examples
-    from .pretrained import load_checkpoint, transfer_source
+    from .pretrained import transfer_source
     from .tables import leaderboard_frame, robustbench_entry
 
     name = method if method == NATURAL else METHODS.canonical(method)
     store = ResultsStore(db)
     run = _chosen_run(store, name, seed)
-    config = json.loads(run["config_json"])
-    checkpoint = config.get("checkpoint") or config.get("pretrained_source")
-    if not checkpoint or not Path(checkpoint).is_file():
-        raise ConfigError(f"the checkpoint of {name} seed {run['seed']} is gone ({checkpoint}); the images are "
-                          "recomputed from it")
-    known = {f.name for f in dataclasses.fields(EvalConfig)}
-    eval_config = EvalConfig(**{k: v for k, v in config["eval"].items() if k in known})
-    data = load_dataset(run["dataset"], data_dir=config.get("data_dir"),
-                        skip_bad_images=bool(config.get("skip_bad_images")))
-    model, _ = load_checkpoint(checkpoint, data, run["arch"])
+    config, checkpoint, data, model = load_stored_model(run, "the images are recomputed from it")
+    eval_config = stored_eval_config(config)
     model = model.to(device).eval()
     source = None
     if any(ATTACKS.get(attack).needs_source for attack in eval_config.attacks):
@@ -75,7 +89,7 @@ def export_adversarial(db: str, method: str, output: Path, device: torch.device,
     rows = [row for row in store.rows() if row["run_id"] == run["run_id"]]
     entry = robustbench_entry(leaderboard_frame(rows, mix_budgets=True).to_dict("records")[0],
                               [m for m in ("clean", "pgd", "cw", "aa") if any(r["metric"] == m for r in rows)])
-    info = {"model_info": entry, "checkpoint": checkpoint, "seed": run["seed"], "run_id": run["run_id"],
+    info = {"model_info": entry, "checkpoint": str(checkpoint), "seed": run["seed"], "run_id": run["run_id"],
             "images": str(output), "shape": list(images.shape), "indices": indices, "labels": labels.tolist(),
             "attack_of_each_image": origins, "attacks": eval_config.attacks,
             "worst_accuracy_stored": stored, "worst_accuracy_of_the_images": accuracy}

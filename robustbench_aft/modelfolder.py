@@ -76,10 +76,8 @@ def export_model_folder(db: str, method: Optional[str], folder: Path, seed: Opti
 
     Everything is read and checked before the first file is written; returns ``config.json`` as a dict
     with ``folder`` and ``card`` (the README text) added."""
-    from .data import load_dataset
-    from .export import _chosen_run
+    from .export import _chosen_run, load_stored_model
     from .files import atomic_write, atomic_write_text
-    from .pretrained import load_checkpoint
     from .registry import METHODS, NATURAL
     from .results import ResultsStore
 
@@ -96,14 +94,8 @@ def export_model_folder(db: str, method: Optional[str], folder: Path, seed: Opti
     else:
         name = method if method == NATURAL else METHODS.canonical(str(method))
         run = _chosen_run(store, name, seed)
-    config = json.loads(run["config_json"])
-    checkpoint = config.get("checkpoint") or config.get("pretrained_source")
-    if not checkpoint or not Path(checkpoint).is_file():
-        raise ConfigError(f"the checkpoint of {name} seed {run['seed']} is gone ({checkpoint}); the model folder "
-                          "is written from it")
-    data = load_dataset(run["dataset"], data_dir=config.get("data_dir"))
-    model, _ = load_checkpoint(checkpoint, data, run["arch"])
-    run_config = _run_config_yaml(Path(checkpoint), config)
+    config, checkpoint, data, model = load_stored_model(run, "the model folder is written from it")
+    run_config = _run_config_yaml(checkpoint, config)
     facts = {"method": name, "seed": run["seed"], "run_id": run["run_id"], "group_id": run["group_id"],
              "eps": run["eps"], "norm": run["norm"], "package_version": run["package_version"],
              "git_commit": run["git_commit"], "torch_version": run["torch_version"]}

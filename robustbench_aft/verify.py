@@ -10,7 +10,6 @@ is not a tensor is bad input (one line, exit 2).
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -70,22 +69,11 @@ def load_tensor(path: Path) -> torch.Tensor:
 
 def _stored_model(store: ResultsStore, method: str, seed: Optional[int], device: torch.device):
     """The chosen run, its dataset, its model in eval mode and its evaluation config."""
-    from .config import EvalConfig
-    from .data import load_dataset
-    from .export import _chosen_run
-    from .pretrained import load_checkpoint
+    from .export import _chosen_run, load_stored_model, stored_eval_config
 
     run = _chosen_run(store, method, seed)
-    config = json.loads(run["config_json"])
-    checkpoint = config.get("checkpoint") or config.get("pretrained_source")
-    if not checkpoint or not Path(checkpoint).is_file():
-        raise ConfigError(f"the checkpoint of {method} seed {run['seed']} is gone ({checkpoint}); verification "
-                          "re-classifies with it")
-    known = {f.name for f in dataclasses.fields(EvalConfig)}
-    eval_config = EvalConfig(**{k: v for k, v in config.get("eval", {}).items() if k in known})
-    data = load_dataset(run["dataset"], data_dir=config.get("data_dir"))
-    model, _ = load_checkpoint(checkpoint, data, run["arch"])
-    return run, data, model.to(device).eval(), eval_config
+    config, _, data, model = load_stored_model(run, "verification re-classifies with it")
+    return run, data, model.to(device).eval(), stored_eval_config(config)
 
 
 def _predictions(model: torch.nn.Module, images: torch.Tensor, device: torch.device) -> torch.Tensor:
