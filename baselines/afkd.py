@@ -34,6 +34,7 @@ class AFKD(Method):
     """
 
     reference = "RECONSTRUCTION: no definition found (methods.md §8)"
+    capturable = True
 
     reconstructed = True
 

@@ -55,6 +55,7 @@ class MART(Method):
     """
 
     reference = "OpenReview rklOg6EFwS; YisenWang/MART mart.py"
+    capturable = True
     attack_start = "gaussian"
 
     @dataclass

@@ -54,6 +54,7 @@ class TRADES(Method):
     """
 
     reference = "arXiv 1901.08573; yaodongyu/TRADES trades.py"
+    capturable = True
     attack_start = "gaussian"
 
     @dataclass

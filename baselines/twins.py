@@ -142,6 +142,7 @@ class TWINSAT(_TWINS):
     """
 
     reference = "arXiv 2303.11135; ziquanliu/CVPR2023-TWINS train-TWINS-AT.py"
+    capturable = True
 
     def training_step(self, batch: Tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> Dict[str, torch.Tensor]:
         x, y, _ = batch
@@ -167,6 +168,7 @@ class TWINSTRADES(_TWINS):
     """
 
     reference = "arXiv 2303.11135; ziquanliu/CVPR2023-TWINS train-TWINS-TRADES.py"
+    capturable = True
 
     @dataclass
     class Params(_TWINS.Params):

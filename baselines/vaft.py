@@ -34,6 +34,7 @@ class VanillaAFT(Method):
     """
 
     reference = "arXiv 1706.06083; AFD re-implementation ARREST.py (flags off)"
+    capturable = True
 
     @dataclass
     class Params(training_attack_params(steps=10, step="2/255", eps="8/255", source="AFD ARREST.py default",

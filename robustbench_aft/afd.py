@@ -111,6 +111,7 @@ class AFD(Method):
     """
 
     reference = "arXiv 2401.14707; changzhang777/AFD tl+sl.py"
+    capturable = True
 
     uses_ema = True
     # INFERRED from the result-folder names in AFD's scripts (methods.md §1.6); CIFAR-10 and

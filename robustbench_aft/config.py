@@ -94,6 +94,8 @@ class TrainConfig:
             The first batches pay the compilation (tens of seconds per network and BN mode); off
             by default because it did not pay on the CPUs measured (benchmarks/RESULTS.md). The
             evaluated model is always run eagerly.
+        capture: ``on`` records a capturable method's update as a CUDA graph (capture.py); ``auto``
+            stays eager until capture has been measured on a GPU; ``off``.
         val_size: training images held out for validation (clean + PGD-10 after every epoch);
             None → the dataset's default (200 on digits, 500 elsewhere); 0 turns validation off.
             With ``train_subset`` they come from the images outside the subset (see validation.py).
@@ -134,6 +136,10 @@ class TrainConfig:
     compile: bool = field(default=False, metadata={
         "flag": "fine-tune with the networks compiled by torch.compile (off by default: the compilation costs tens "
                 "of seconds and did not pay on CPU; see benchmarks/RESULTS.md)", "switch": True})
+    capture: str = field(default="auto", metadata={
+        "flag": "record each fine-tuning update once as a CUDA graph and replay it per batch: on (CUDA and a "
+                "capturable method only), off, or auto (default; eager until capture is measured on a GPU)",
+        "choices": ("auto", "on", "off")})
     val_size: Optional[int] = field(default=None, metadata={
         "flag": "training images held out for validation, clean + PGD-10 after every epoch (default: 200 on "
                 "digits, 500 elsewhere; taken outside --train-subset; 0: no validation)", "valid": "non-negative"})

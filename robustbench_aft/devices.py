@@ -39,9 +39,13 @@ def evaluation_precision(precision: str) -> str:
     return "bf16" if precision == "bf16" else "fp32"
 
 
-def autocast(device: torch.device, precision: str):
-    """A bf16 autocast context for ``precision`` (resolved on ``device``); a no-op for fp32."""
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=resolve_precision(precision, device) == "bf16")
+def autocast(device: torch.device, precision: str, cache: bool = True):
+    """A bf16 autocast context for ``precision`` (resolved on ``device``); a no-op for fp32.
+
+    ``cache=False`` for a step recorded as a CUDA graph: autocast's cache of bf16 weight copies made
+    before the recording would be replayed stale after the weights change."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=resolve_precision(precision, device) == "bf16",
+                          cache_enabled=cache)
 
 
 def use_channels_last(setting: str, device: torch.device) -> bool:

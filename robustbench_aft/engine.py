@@ -18,6 +18,7 @@ from torch import nn
 from torch.utils.data import Dataset, Subset
 from tqdm.auto import tqdm
 
+from .capture import WARM_UP_BATCHES, CapturedUpdate, CudaGraphs, resolve_capture
 from .config import TrainConfig
 from .data import DataBundle, make_epoch_loader
 from .devices import autocast, compile_bodies, use_channels_last, without_buffer_donation
@@ -240,6 +241,8 @@ class _FineTuning:
     on_epoch: Optional[Callable[[Dict[str, Any]], None]] = None
     progress: _Progress = field(default_factory=_Progress)
     counter: Optional[PassCounter] = None
+    # The update as run per batch: ``method.update`` or its captured replay (--capture on).
+    step: Optional[Callable[[Tuple[torch.Tensor, ...]], Dict[str, torch.Tensor]]] = None
     start: float = 0.0
 
     def elapsed(self) -> float:
@@ -298,11 +301,30 @@ def fine_tune(method_name: str, model: nn.Module, data: DataBundle, train: Train
     seen = torch.zeros(len(data.train), dtype=torch.bool)
     # Hooks inside compiled bodies would break their graphs: compiled runs are not counted.
     run.counter = PassCounter([] if compiled else method_networks(method))
+    captured = _captured_update(run)
+    run.step = captured or method.update
     with run.counter, GradientAveraging(dist), without_buffer_donation() if compiled else contextlib.nullcontext():
         for epoch in range(run.progress.next_epoch, train.epochs + 1):
             last_batch, lr = _train_epoch(run, epoch, seen)
             _end_epoch(run, epoch, seen, last_batch, lr)
+    if captured is not None:
+        captured.close()
+        log.info("%s seed %d: --capture on: %d capture(s), %d replayed update(s), %d eager (%d warm-up, %d partial "
+                 "batches)", run.name, seed, captured.counts.captures, captured.counts.replays,
+                 captured.counts.warm_up + captured.counts.eager_partial, captured.counts.warm_up,
+                 captured.counts.eager_partial)
     return _finish(run)
+
+
+def _captured_update(run: _FineTuning) -> Optional[CapturedUpdate]:
+    """The run's update recorded as a CUDA graph when ``--capture`` resolves on (capture.py)."""
+    method = run.method
+    if not resolve_capture(run.train.capture, run.device, run.name, method.capturable, compiled=bool(run.compiled),
+                           distributed=run.dist.enabled):
+        return None
+    log.info("%s seed %d: --capture on: each epoch's update is recorded once as a CUDA graph after %d eager "
+             "warm-up batches; partial batches run eagerly", run.name, run.seed, WARM_UP_BATCHES)
+    return CapturedUpdate(method.update, CudaGraphs(run.device), run.counter)
 
 
 def _build(method_name: str, model: nn.Module, params: Optional[Dict[str, Any]], eps: float, norm: str,
@@ -393,6 +415,8 @@ def _train_epoch(run: _FineTuning, epoch: int, seen: torch.Tensor) -> Tuple[Tupl
     the epoch's learning rate."""
     method, train, progress, dist = run.method, run.train, run.progress, run.dist
     method.on_epoch_start(epoch, train.epochs)
+    if isinstance(run.step, CapturedUpdate):
+        run.step.new_epoch()  # the lr and the method's epoch rules are baked into a recorded update
     lr = method.lr_at(epoch, train.epochs, train.lr)
     for optimizer in method.optimizers:
         for group in optimizer.param_groups:
@@ -408,8 +432,8 @@ def _train_epoch(run: _FineTuning, epoch: int, seen: torch.Tensor) -> Tuple[Tupl
     for batch_number, (x, y, index) in enumerate(bar, start=skip + 1):
         batch = (x.to(run.device, non_blocking=True, memory_format=run.memory_format) if x.dim() == 4
                  else x.to(run.device, non_blocking=True), y.to(run.device, non_blocking=True), index.to(run.device))
-        with autocast(run.device, train.precision):
-            terms = method.update(batch)
+        with autocast(run.device, train.precision, cache=not isinstance(run.step, CapturedUpdate)):
+            terms = run.step(batch)
         _check_finite(terms, f"{run.name} seed {run.seed} epoch {epoch} batch {batch_number}")
         if dist.enabled and not train.sync_bn:
             broadcast_buffers(method.trainable_state(), dist)

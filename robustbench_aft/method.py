@@ -83,6 +83,11 @@ class Method(nn.Module):
     uses_ema: ClassVar[bool] = False
     # Why torch.compile cannot run this method's step (empty: it can); `--compile` then runs it eagerly.
     compile_unsupported: ClassVar[str] = ""
+    # Whether ``update`` may be recorded once as a CUDA graph and replayed per batch (``--capture on``,
+    # capture.py): true only for an update that reads no tensor value in Python (no ``.item()``, no
+    # branching on a tensor), keeps no Python state between batches and indexes no per-example state.
+    # Off by default: a step that breaks these rules would replay its first batch's decisions silently.
+    capturable: ClassVar[bool] = False
     # The start rule of :meth:`training_attack` (see :func:`pgd_attack`).
     attack_start: ClassVar[str] = "uniform"
 

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from . import distributed
+from .capture import resolve_capture
 from .config import RunConfig
 from .config_file import dump_run_config
 from .data import DataBundle, default_eps, load_dataset
@@ -42,7 +43,7 @@ from .pretrained import (
     transfer_source,
 )
 from .protocol import dataset_fingerprint, encode_indices, protocol_of
-from .registry import ATTACKS, NATURAL
+from .registry import ATTACKS, METHODS, NATURAL
 from .reproducibility import provenance
 from .results import ResultsStore, RunRecord, new_group_id, outcome_bits
 from .runfolder import (
@@ -460,19 +461,24 @@ def run(config: RunConfig, progress: bool = True, resume: bool = False, stop: Op
     return summary
 
 
-def _check_methods_fit(run: PreparedRun) -> None:
-    """Refuse, before any pre-training, a method that cannot fine-tune the run's architecture."""
+def _check_methods_fit(run: PreparedRun, device: torch.device, dist: DistContext) -> None:
+    """Refuse, before any pre-training, a method that cannot fine-tune the run's architecture or be
+    captured as ``--capture on`` asks."""
     data = run.data
     shape_only = build_model(run.config.arch, data.num_classes, data.input_shape[0], data.mean, data.std,
                              data.input_shape)
+    train = run.config.train
     for method in run.config.methods:
         check_method_fits(method, shape_only, run.config.arch)
+        resolve_capture(train.capture, device, METHODS.canonical(method), METHODS.get(method).capturable,
+                        compiled=train.compile and not METHODS.get(method).compile_unsupported,
+                        distributed=dist.enabled)
 
 
 def _run_in(run: PreparedRun, options: RunOptions, out_root: Path, device: torch.device, group_id: str,
             dist: DistContext) -> RunSummary:
     config = run.config
-    _check_methods_fit(run)
+    _check_methods_fit(run, device, dist)
     if not dist.is_main:
         barrier(dist)  # rank 0 pre-trains (or loads) the natural model first; the others load its cache
     natural, info = _natural_model(run, device, options.progress and dist.is_main, options.stop)
