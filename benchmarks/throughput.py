@@ -17,6 +17,9 @@ Prints, for the machine it runs on:
    ``--compile``, also ours with the networks compiled as ``bench run --compile`` does, its ratio
    to eager, and the seconds of its first step (the compilation; a fresh inductor cache per run,
    shared by the methods of one arch);
+   with ``--real-data SPEC``, also the real-pipeline rate: one epoch of ``bench run``'s fine-tuning
+   (``fine_tune``) on ``--real-images`` images of that dataset per method, and its ratio to the
+   synthetic step's rate (what the data path and the loop cost beyond the step);
 2. evaluator images/s per attack, the full protocol against running every attack separately, and
    our ``aa`` against calling AutoAttack directly;
 3. peak memory per method (CPU: peak RSS since the method started; GPU: max allocated).
@@ -27,6 +30,7 @@ Timings are medians over ``--rounds``; ratios come from the same run.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import platform
 import statistics
@@ -34,7 +38,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -125,8 +129,10 @@ class FloorStep:
     """
 
     def __init__(self, arch: str, passes: Dict[str, int], batch: torch.Tensor, labels: torch.Tensor,
-                 device: torch.device, precision: str, channels_last: bool) -> None:
-        self.model = build_model(arch, 10, 3, (0.5,) * 3, (0.25,) * 3).to(device)
+                 device: torch.device, precision: str, channels_last: bool, num_classes: int = 10) -> None:
+        channels = batch.shape[1]
+        self.model = build_model(arch, num_classes, channels, (0.5,) * channels, (0.25,) * channels,
+                                 tuple(batch.shape[1:])).to(device)
         if channels_last:
             self.model.to(memory_format=torch.channels_last)
             batch = batch.contiguous(memory_format=torch.channels_last)
@@ -195,12 +201,14 @@ def _prepared_method(name: str, natural: torch.nn.Module, batch_size: int, devic
 
 
 def training_table(arch: str, methods: List[str], batch_size: int, rounds: int, device: torch.device,
-                   precision: str = "fp32", channels_last: bool = False, compiled_too: bool = False) -> List[dict]:
+                   precision: str = "fp32", channels_last: bool = False, compiled_too: bool = False,
+                   input_shape: Tuple[int, int, int] = (3, 32, 32), num_classes: int = 10) -> List[dict]:
     torch.manual_seed(0)
-    x = torch.rand(batch_size, 3, 32, 32, device=device)
-    y = torch.randint(0, 10, (batch_size,), device=device)
+    x = torch.rand(batch_size, *input_shape, device=device)
+    y = torch.randint(0, num_classes, (batch_size,), device=device)
     index = torch.arange(batch_size, device=device)
-    natural = build_model(arch, 10, 3, (0.5,) * 3, (0.25,) * 3).to(device)
+    channels = input_shape[0]
+    natural = build_model(arch, num_classes, channels, (0.5,) * channels, (0.25,) * channels, input_shape).to(device)
     train_set = TensorImageDataset(x.cpu(), y.cpu())
     x_ours = x.contiguous(memory_format=torch.channels_last) if channels_last else x
     rows = []
@@ -225,7 +233,8 @@ def training_table(arch: str, methods: List[str], batch_size: int, rounds: int, 
             compiled_step()  # a second warm-up: guards settled, allocator warm
         reference = REFERENCE_STEPS.get(name)
         reference_step = reference(natural, EPS, device) if reference else None
-        floor_step = FloorStep(arch, FLOOR_PASSES.get(name, DEFAULT_FLOOR), x, y, device, precision, channels_last)
+        floor_step = FloorStep(arch, FLOOR_PASSES.get(name, DEFAULT_FLOOR), x, y, device, precision, channels_last,
+                               num_classes)
         ours_step()  # warm-up (lazy buffers, allocator)
         floor_step()
         if reference_step:
@@ -264,6 +273,39 @@ def training_table(arch: str, methods: List[str], batch_size: int, rounds: int, 
         rows.append(row)
         print(f"  {arch} {name}: {row}", file=sys.stderr, flush=True)
     return rows
+
+
+def real_pipeline_rates(arch: str, methods: List[str], data_spec: str, images: int, batch_size: int,
+                        device: torch.device, precision: str, channels_last: bool) -> Dict[str, float]:
+    """Images/s of one epoch of ``bench run``'s fine-tuning (:func:`fine_tune`: the data path, the loop,
+    EMA, checks; no validation or probe) on ``images`` training images of the real dataset, per method."""
+    from robustbench_aft.data import load_dataset
+    from robustbench_aft.engine import fine_tune
+
+    data = load_dataset(data_spec)
+    channels, *size = data.input_shape
+    natural = build_model(arch, data.num_classes, channels, data.mean, data.std, tuple(data.input_shape))
+    train = TrainConfig(epochs=1, batch_size=batch_size, train_subset=min(images, len(data.train)), val_size=0,
+                        feature_gap_probe=0, precision=precision, channels_last="on" if channels_last else "off")
+    # One short unmeasured epoch first: the process's one-time costs (kernel selection, allocator,
+    # lazy imports) would otherwise fall on the first method's rate.
+    warm_up = dataclasses.replace(train, train_subset=min(2 * batch_size, len(data.train)))
+    fine_tune(methods[0], natural, data, warm_up, eps=EPS, seed=0, device=device, progress=False)
+    rates = {}
+    for name in methods:
+        result = fine_tune(name, natural, data, train, eps=EPS, seed=0, device=device, progress=False)
+        rates[name] = result.images_per_second
+        print(f"  {arch} {name}: real pipeline {rates[name]:.1f} img/s on {data_spec}", file=sys.stderr, flush=True)
+    return rates
+
+
+def add_real_pipeline(rows: List[dict], rates: Dict[str, float]) -> None:
+    """The real-pipeline rate next to the synthetic step's, and their ratio (1.0: the data path and the
+    loop cost nothing beyond the step)."""
+    for row in rows:
+        rate = rates.get(row["method"])
+        row["real img/s"] = "-" if rate is None else round(rate, 1)
+        row["real/synthetic"] = "-" if rate is None else round(rate / row["ours img/s"], 2)
 
 
 def synthetic_bundle(model: torch.nn.Module, n: int, device: torch.device, clean_accuracy: float) -> DataBundle:
@@ -358,6 +400,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--channels-last", default="auto", choices=("auto", "on", "off"),
                         help="our training steps in channels_last memory format (default auto, as bench run); "
                              "the reference stays NCHW")
+    parser.add_argument("--real-data", default=None, metavar="SPEC",
+                        help="also time one epoch of real fine-tuning on this dataset (e.g. folder:PATH) per method")
+    parser.add_argument("--real-images", type=int, default=5000,
+                        help="training images of that epoch (default: 5000)")
     parser.add_argument("--compile", action="store_true",
                         help="also time our steps with the networks compiled by torch.compile")
     args = parser.parse_args(argv)
@@ -387,8 +433,26 @@ def main(argv: Optional[List[str]] = None) -> int:
         pass_rows.append({"arch": arch, **{f"{kind} ms": round(1000 * value, 2) for kind, value in seconds.items()}})
     print(format_table(pass_rows, "md"))
     print("\n## Training\n")
-    rows = [row for arch in archs for row in training_table(arch, methods, args.batch, args.rounds, device,
-                                                            precision, channels_last, args.compile)]
+    # With --real-data the synthetic batches take that dataset's image shape and classes, so that the
+    # real/synthetic ratio compares the same step.
+    shape, classes = (3, 32, 32), 10
+    if args.real_data:
+        from robustbench_aft.data import load_dataset
+
+        real = load_dataset(args.real_data)
+        shape, classes = tuple(real.input_shape), real.num_classes
+    rows = []
+    for arch in archs:
+        arch_rows = training_table(arch, methods, args.batch, args.rounds, device, precision, channels_last,
+                                   args.compile, shape, classes)
+        if args.real_data:
+            add_real_pipeline(arch_rows, real_pipeline_rates(arch, methods, args.real_data, args.real_images,
+                                                             args.batch, device, precision, channels_last))
+        rows += arch_rows
+    if args.real_data:
+        print(f"real img/s: one epoch of `bench run`'s fine-tuning (fine_tune: data path, loop, EMA, checks; no "
+              f"validation or probe) on {args.real_images} training images of {args.real_data}, batch {args.batch}; "
+              "real/synthetic: its ratio to the synthetic step's median rate\n")
     print(format_table(rows, "md"))
     eval_archs = [a.strip() for a in args.eval_archs.split(",") if a.strip()]
     if not eval_archs:
