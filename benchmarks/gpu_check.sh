@@ -2,17 +2,22 @@
 # The GPU check, for the day a GPU is lent: on one GPU, in under 8 minutes,
 #   1. the machine (GPU, driver, torch, CUDA);
 #   2. the training throughput table for resnet18: the official code's fp32 NCHW step (reference)
-#      against ours in bf16 + channels_last, every method, batch 128;
-#   3. a one-epoch `bench run --methods ours,vaft --arch resnet18` on CIFAR-10 (JPEG), 5,000
-#      training images, 500 test points, with its timings;
-#   4. the same run under `torchrun --nproc_per_node=1`;
+#      against ours in bf16 + channels_last, every method, batch 128, with the real-pipeline rate
+#      (one epoch of `bench run`'s fine-tuning on 5,000 CIFAR-10 JPEG images) and real/synthetic;
+#   3. natural pre-training images/s (2 epochs on the 50,000 training images);
+#   4. a one-epoch `bench run --methods ours,vaft --arch resnet18` on CIFAR-10 (JPEG), 5,000
+#      training images, clean/PGD/CW/AutoAttack on 500 test points, with its timings;
+#   5. the same fine-tuning with `--capture on` (CUDA graphs), its timings against 4.;
+#   6. the same run under `torchrun --nproc_per_node=1`;
+#   7. from the measured rates (benchmarks/grid_estimate.py): the H200-hours of the `paper` preset's
+#      grid (every method × 3 seeds) and the minutes of one Table-1 pair (benchmarks/table1_pair.sh);
 # and writes everything to benchmarks/RESULTS-gpu.md (or --output FILE).
 #
 #   benchmarks/gpu_check.sh [--dry-run] [--output FILE] [--data DIR]
 #
-# --dry-run runs the same four steps tiny on the CPU (smallcnn on digits, batch 4, two methods, 64
-# training images, 20 test points), so that CI keeps the script working on machines without a GPU
-# (tests/test_gpu_check.py).
+# --dry-run runs the same steps tiny on the CPU (smallcnn on digits, batch 4, two methods, 64
+# training images, 20 test points; step 5 is skipped, capture needs CUDA), so that CI keeps the
+# script working on machines without a GPU (tests/test_gpu_check.py).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -31,10 +36,11 @@ done
 
 if [ "$dry_run" = 1 ]; then
     device=cpu arch=smallcnn batch=4 methods=vaft,afd rounds=1 subset=64 n_eval=20 pretrain_epochs=1
-    attacks=clean,pgd
+    attacks=clean,pgd,cw,aa device_name=CPU
 else
     device=cuda arch=resnet18 batch=128 methods=all rounds=3 subset=5000 n_eval=500 pretrain_epochs=2
-    attacks=clean,pgd,cw,aa-fast
+    attacks=clean,pgd,cw,aa device_name=$(python -c "import torch; print(torch.cuda.get_device_name().split()[-1])" \
+                                          2>/dev/null || echo GPU)
     if ! python -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then
         echo "gpu_check.sh: error: no CUDA device is visible to torch; use --dry-run to check the script on a CPU" >&2
         exit 2
@@ -81,16 +87,25 @@ echo "gpu_check: throughput table ($arch, batch $batch)" >&2
     echo "## Training throughput: reference fp32 NCHW against ours in bf16 + channels_last"
     echo
     python benchmarks/throughput.py --archs "$arch" --methods "$methods" --batch "$batch" --rounds "$rounds" \
-        --device "$device" --precision bf16 --channels-last on --eval-archs "" | sed -e 's/^# /### /' -e 's/^## /### /'
+        --device "$device" --precision bf16 --channels-last on --eval-archs "" --real-data "$dataset" \
+        --real-images "$subset" --json "$work/rates.json" | sed -e 's/^# /### /' -e 's/^## /### /'
     echo
     echo "($(seconds_since "$step") s)"
 } >> "$report"
 
 step=$(date +%s)
 echo "gpu_check: natural $arch on $dataset ($pretrain_epochs epochs, only a starting point for the timing)" >&2
-natural=$(bench pretrain --dataset "$dataset" --arch "$arch" --epochs "$pretrain_epochs" --device "$device" --quiet \
-          | sed -n 's/^saved: //p')
+pretrained=$(bench pretrain --dataset "$dataset" --arch "$arch" --epochs "$pretrain_epochs" --device "$device" --quiet)
+natural=$(echo "$pretrained" | sed -n 's/^saved: //p')
+natural_rate=$(echo "$pretrained" | sed -n 's/.*, \([0-9.]*\) images\/s)$/\1/p')
 pretrain_seconds=$(seconds_since "$step")
+{
+    echo
+    echo "## Natural pre-training"
+    echo
+    echo "\`bench pretrain --dataset $dataset --arch $arch --epochs $pretrain_epochs\`: $(echo "$pretrained" | head -1)"
+    echo "($pretrain_seconds s with start-up and the test-set accuracy)"
+} >> "$report"
 run_args=(run --methods ours,vaft --arch "$arch" --dataset "$dataset" --pretrained "$natural" --epochs 1
           --train-subset "$subset" --n-eval "$n_eval" --attacks "$attacks" --device "$device" --quiet)
 
@@ -105,17 +120,25 @@ for method, train, speed, wall in rows:
 EOF
 }
 
-for launcher in single torchrun; do
+launchers=(single capture torchrun)
+[ "$dry_run" = 1 ] && launchers=(single torchrun)  # capture needs CUDA: `--capture on` is refused on a CPU
+for launcher in "${launchers[@]}"; do
     step=$(date +%s)
-    if [ "$launcher" = single ]; then
-        echo "gpu_check: one-epoch bench run" >&2
-        title="One-epoch \`bench run\`, one process"
-        command=(bench "${run_args[@]}")
-    else
-        echo "gpu_check: the same under torchrun --nproc_per_node=1" >&2
-        title="The same under \`torchrun --standalone --nproc_per_node=1\`"
-        command=(torchrun --standalone --nproc_per_node=1 -m robustbench_aft.cli "${run_args[@]}")
-    fi
+    case "$launcher" in
+        single)
+            echo "gpu_check: one-epoch bench run" >&2
+            title="One-epoch \`bench run\`, one process"
+            command=(bench "${run_args[@]}" --capture off) ;;
+        capture)
+            echo "gpu_check: the same fine-tuning with --capture on" >&2
+            title="The same fine-tuning with \`--capture on\` (CUDA graphs; clean and PGD only)"
+            command=(bench "${run_args[@]}" --capture on --attacks clean,pgd) ;;
+        torchrun)
+            echo "gpu_check: the same under torchrun --nproc_per_node=1" >&2
+            title="The same under \`torchrun --standalone --nproc_per_node=1\` (clean and PGD only)"
+            command=(torchrun --standalone --nproc_per_node=1 -m robustbench_aft.cli "${run_args[@]}"
+                     --attacks clean,pgd) ;;
+    esac
     command+=(--db "$work/$launcher/results.db" --out "$work/$launcher/out")
     printed=$("${command[@]}")
     {
@@ -131,6 +154,31 @@ for launcher in single torchrun; do
         echo "($(seconds_since "$step") s)"
     } >> "$report"
 done
+
+if [ "$dry_run" = 0 ]; then
+    python - "$work/single/results.db" "$work/capture/results.db" >> "$report" <<'EOF'
+import sqlite3, sys
+speed = [dict(sqlite3.connect(db).execute("SELECT method, images_per_second FROM runs WHERE method != 'natural'"))
+         for db in sys.argv[1:]]
+print("\n| method | eager img/s | captured img/s | captured/eager |\n|---|---|---|---|")
+for method, eager in sorted(speed[0].items()):
+    captured = speed[1].get(method)
+    print(f"| {method} | {eager:.0f} | {captured:.0f} | {captured / eager:.2f} |" if captured
+          else f"| {method} | {eager:.0f} | - | - |")
+EOF
+fi
+
+{
+    echo
+    echo "## Estimates from the measured rates"
+    echo
+    python benchmarks/grid_estimate.py --natural-rate "$natural_rate" --rates "$work/rates.json" \
+        --db "$work/single/results.db" --device-name "$device_name" | sed -e 's/^/- /'
+    echo
+    echo "(fine-tuning at the real-pipeline rates of the throughput table, eager; natural pre-training at the rate"
+    echo "above; evaluation at the seconds per point of the one-epoch run, whose models are less robust than 20-epoch"
+    echo "ones, so that AutoAttack's share is a lower bound: see benchmarks/grid_estimate.py)"
+} >> "$report"
 
 echo >> "$report"
 echo "Total: $(seconds_since "$started") s." >> "$report"

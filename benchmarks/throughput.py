@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import os
 import platform
 import statistics
@@ -404,6 +405,9 @@ def main(argv: Optional[List[str]] = None) -> int:
                         help="also time one epoch of real fine-tuning on this dataset (e.g. folder:PATH) per method")
     parser.add_argument("--real-images", type=int, default=5000,
                         help="training images of that epoch (default: 5000)")
+    parser.add_argument("--json", default=None, metavar="FILE",
+                        help="with --real-data: write the real-pipeline rates {method: img/s} of the first arch there "
+                             "(benchmarks/grid_estimate.py reads it)")
     parser.add_argument("--compile", action="store_true",
                         help="also time our steps with the networks compiled by torch.compile")
     args = parser.parse_args(argv)
@@ -446,8 +450,11 @@ def main(argv: Optional[List[str]] = None) -> int:
         arch_rows = training_table(arch, methods, args.batch, args.rounds, device, precision, channels_last,
                                    args.compile, shape, classes)
         if args.real_data:
-            add_real_pipeline(arch_rows, real_pipeline_rates(arch, methods, args.real_data, args.real_images,
-                                                             args.batch, device, precision, channels_last))
+            rates = real_pipeline_rates(arch, methods, args.real_data, args.real_images, args.batch, device,
+                                        precision, channels_last)
+            add_real_pipeline(arch_rows, rates)
+            if args.json and arch == archs[0]:
+                Path(args.json).write_text(json.dumps({name: round(rate, 1) for name, rate in rates.items()}))
         rows += arch_rows
     if args.real_data:
         print(f"real img/s: one epoch of `bench run`'s fine-tuning (fine_tune: data path, loop, EMA, checks; no "
