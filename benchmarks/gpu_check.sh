@@ -36,7 +36,7 @@ done
 
 if [ "$dry_run" = 1 ]; then
     device=cpu arch=smallcnn batch=4 methods=vaft,afd rounds=1 subset=64 n_eval=20 pretrain_epochs=1
-    attacks=clean,pgd,cw,aa device_name=CPU
+    attacks=clean,pgd,cw,aa-fast device_name=CPU
 else
     device=cuda arch=resnet18 batch=128 methods=all rounds=3 subset=5000 n_eval=500 pretrain_epochs=2
     attacks=clean,pgd,cw,aa device_name=$(python -c "import torch; print(torch.cuda.get_device_name().split()[-1])" \

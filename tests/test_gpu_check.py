@@ -50,7 +50,7 @@ def test_table1_pair_dry_run_writes_the_leaderboard_and_every_phase(tmp_path):
         assert heading in report, heading
     # the leaderboard bench run printed, and one timing row per model with each attack's seconds
     assert "| afd " in report and "| vaft " in report and "| natural " in report
-    assert "| model | fine-tuning s | images/s | aa s | cw s | pgd s | cell wall s |" in report
+    assert "| model | fine-tuning s | images/s | aa-fast s | clean s | cw s | pgd s | cell wall s |" in report
 
 
 @pytest.mark.parametrize("arguments, message", [
