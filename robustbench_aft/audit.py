@@ -95,6 +95,11 @@ class PointTest:
     found: bool
 
 
+def audit_flag_prefix(attack: str) -> str:
+    """How every stored audit flag of ``attack`` begins (a new audit of the same attack replaces it)."""
+    return f"audit of {attack}: "
+
+
 @dataclass
 class AuditResult:
     method: str
@@ -106,6 +111,9 @@ class AuditResult:
     threshold: float
     tests: List[PointTest]
     seconds: float
+    run_id: str = ""
+    # Whether the audit ran at the run's own eps: only then is its verdict about the stored column.
+    at_run_eps: bool = True
 
     @property
     def feasible(self) -> int:
@@ -127,8 +135,9 @@ class AuditResult:
         if self.passed:
             return None
         if not self.feasible:
-            return f"audit: no binarized test was feasible for {self.method} × {self.attack}; nothing was tested"
-        return (f"audit: {self.attack} found the guaranteed adversarial example on only {self.found} of "
+            return (f"{audit_flag_prefix(self.attack)}no binarized test was feasible for {self.method}; nothing was "
+                    "tested")
+        return (f"{audit_flag_prefix(self.attack)}found the guaranteed adversarial example on only {self.found} of "
                 f"{self.feasible} binarized {self.method} points ({100 * self.share:.1f} % < "
                 f"{100 * self.threshold:.0f} %): the attack is too weak for this model, its accuracy overestimates "
                 "robustness")
@@ -200,6 +209,7 @@ def audit_stored(db: str, method: str, attack_name: str, device: torch.device, s
     run, data, model, _ = _stored_model(store, name, seed, device)
     stored = store.samples(run["run_id"])
     indices = stored.indices[:points] if stored is not None else list(range(min(points, len(data.test))))
+    at_run_eps = eps is None or abs(float(eps) - float(run["eps"])) < 1e-12
     eps = float(run["eps"]) if eps is None else float(eps)
     try:
         attack = attack_class(eps, run["norm"], **(options or {}))
@@ -209,4 +219,19 @@ def audit_stored(db: str, method: str, attack_name: str, device: torch.device, s
     start = time.perf_counter()
     tests = audit_attack(model, x.to(device), attack, indices, seed=0, inner=inner)
     return AuditResult(method=name, seed=run["seed"], attack=attack_name, eps=eps, norm=run["norm"], inner=inner,
-                       threshold=threshold, tests=tests, seconds=time.perf_counter() - start)
+                       threshold=threshold, tests=tests, seconds=time.perf_counter() - start, run_id=run["run_id"],
+                       at_run_eps=at_run_eps)
+
+
+def store_verdict(db: str, result: AuditResult) -> Optional[str]:
+    """Keep the audit's verdict with the audited run: a failed audit adds its sanity flag (the leaderboard
+    then counts the run as flagged), a passed one removes an earlier flag of the same attack. Returns
+    what was done, or None when the audit was not at the run's eps (then it says nothing about the
+    stored column, and nothing is stored)."""
+    if not result.at_run_eps:
+        return None
+    flag = result.flag()
+    previous = ResultsStore(db).replace_flags(result.run_id, audit_flag_prefix(result.attack), flag)
+    if flag:
+        return f"flag stored with run {result.run_id}"
+    return f"earlier {result.attack} audit flag removed from run {result.run_id}" if previous else None

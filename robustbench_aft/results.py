@@ -363,6 +363,26 @@ class ResultsStore:
                          correct={metric: np.frombuffer(bits.encode(), dtype=np.uint8) == ord("1")
                                   for metric, bits in rows})
 
+    def replace_flags(self, run_id: str, prefix: str, flag: Optional[str]) -> int:
+        """Replace the run's flags that begin with ``prefix`` by ``flag`` (none when None); returns how
+        many were removed. A later check of the same kind (``bench audit`` of one attack) supersedes
+        the earlier one instead of piling up."""
+        removed = 0
+
+        def write(connection: sqlite3.Connection) -> None:
+            nonlocal removed
+            row = connection.execute("SELECT flags_json FROM runs WHERE run_id = ?", (run_id,)).fetchone()
+            if row is None:
+                raise KeyError(run_id)
+            flags = json.loads(row[0])
+            kept = [f for f in flags if not f.startswith(prefix)]
+            removed = len(flags) - len(kept)
+            connection.execute("UPDATE runs SET flags_json = ? WHERE run_id = ?",
+                               (json.dumps(kept + ([flag] if flag else [])), run_id))
+
+        self._write(write)
+        return removed
+
     def record(self, run_id: str) -> RunRecord:
         """The stored run ``run_id`` as the RunRecord that would store it again (what ``bench dump`` writes)."""
         with self._connect() as connection:

@@ -97,6 +97,19 @@ def test_audit_fails_a_crippled_attack_and_flags_it(stored, digits, digits_model
     crippled = audit_stored(str(db), "natural", "pgd", CPU, points=8, options={"steps": 0})
     assert crippled.feasible >= 6 and crippled.found == 0 and not crippled.passed
     assert "too weak" in crippled.flag()
+    # Stored with the run, the flag counts it as flagged; a passing audit of the same attack removes it.
+    from robustbench_aft.audit import store_verdict
+    from robustbench_aft.results import ResultsStore
+
+    assert store_verdict(str(db), crippled) == f"flag stored with run {crippled.run_id}"
+    assert store_verdict(str(db), crippled) == f"flag stored with run {crippled.run_id}"  # replaced, not piled up
+    flags = ResultsStore(str(db)).record(crippled.run_id).flags
+    assert [f for f in flags if f.startswith("audit of pgd: ")] == [crippled.flag()]
+    sound = audit_stored(str(db), "natural", "pgd", CPU, points=8)
+    assert sound.passed and store_verdict(str(db), sound).startswith("earlier pgd audit flag removed")
+    assert not [f for f in ResultsStore(str(db)).record(crippled.run_id).flags if f.startswith("audit of")]
+    elsewhere = audit_stored(str(db), "natural", "pgd", CPU, points=2, eps=0.05, options={"steps": 0})
+    assert not elsewhere.at_run_eps and store_verdict(str(db), elsewhere) is None
     x, _ = collect(digits.test, result.indices[:4])
     assert all(t.found for t in audit_attack(digits_model, x, PGD(EPS), list(range(4))) if t.feasible)
 

@@ -42,7 +42,7 @@ def add_to(commands: argparse._SubParsersAction) -> None:
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
-    from ..audit import audit_stored
+    from ..audit import audit_stored, store_verdict
     from ..devices import resolve_device
     from ..parsing import parse_eps
     from ..tables import format_table
@@ -51,6 +51,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
                           seed=args.seed, points=args.points, inner=args.inner, threshold=args.threshold,
                           eps=parse_eps(args.eps) if args.eps is not None else None)
     flag = result.flag()
+    stored = store_verdict(args.db, result)
     if args.format == "json":
         print(format_table([result.row()], "json", extra={"flag": flag, "inner": result.inner,
                                                            "tests": [t.__dict__ for t in result.tests]}))
@@ -60,4 +61,8 @@ def cmd_audit(args: argparse.Namespace) -> int:
             print(f"\nsanity flag: {flag}" if flag else
                   f"\nsanity flags: none ({result.attack} found the guaranteed adversarial example on "
                   f"{result.found} of {result.feasible} feasible binarized points)")
+            if stored:
+                print(stored)
+            elif not result.at_run_eps:
+                print(f"not stored: audited at eps {result.eps:.4g}, not the run's eps")
     return 0 if result.passed else 1
