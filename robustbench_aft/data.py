@@ -11,6 +11,10 @@ Add a dataset with one new file in ``robustbench_aft/datasets/`` holding one dec
     @DATASETS.register("mydata", preset="quick")   # the run preset when none is given (default: paper)
     def mydata(options: DataOptions) -> DataBundle: ...   # its natural recipe: DataBundle.natural_recipe
 
+A builder that also sets ``DataBundle.augmentation`` and ``DataBundle.plain_train`` lets its images
+be decoded once into a uint8 tensor cache held on the run's device (:mod:`.tensorcache`), where the
+augmentation runs as batched tensor ops; without them the DataLoader path is used.
+
 ``folder:PATH`` (``datasets/folder.py``) shows how a builder takes an argument (the text after the colon).
 """
 from __future__ import annotations
@@ -51,6 +55,20 @@ class DataOptions:
     skip_bad_images: bool = False
 
 
+@dataclass(frozen=True)
+class Augmentation:
+    """A training split's augmentation as the tensor cache replays it (:func:`.tensorcache.augment`).
+
+    Attributes:
+        shift: a random translation by up to ``shift`` pixels in each direction, the uncovered
+            border zero (torchvision's ``RandomCrop(size, padding=shift)``, digits' ``random_shift``).
+        flip: then a horizontal flip with probability 1/2 (``RandomHorizontalFlip``).
+    """
+
+    shift: int
+    flip: bool
+
+
 @dataclass
 class DataBundle:
     """A dataset ready for training and evaluation.
@@ -77,6 +95,13 @@ class DataBundle:
             100-epoch "Standard" recipe) for this dataset's natural model.
         metadata: facts about how the data was read that a run's record should keep, e.g.
             ``skipped_bad_images`` (``{"train": 2, "test": 0}``, ``folder:`` with ``skip_bad_images``).
+        augmentation: what ``train`` does to an image of ``plain_train`` (None: unknown, so the
+            data stays on the DataLoader path).
+        plain_train: ``train`` without its augmentation (same images, order and labels). With
+            ``augmentation`` it makes the bundle cacheable (:mod:`.tensorcache`): every image must then
+            be integers divided by ``pixel_divisor`` exactly, as ``ToTensor`` gives (x / 255).
+        pixel_divisor: the integer that pixel values are multiples of the reciprocal of (255 for
+            8-bit images; digits: 16).
     """
 
     name: str
@@ -95,6 +120,9 @@ class DataBundle:
     released_corruptions: Optional[str] = None
     natural_recipe: Dict[str, Any] = field(default_factory=dict)
     metadata: Dict[str, Any] = field(default_factory=dict)
+    augmentation: Optional[Augmentation] = None
+    plain_train: Optional[Dataset] = None
+    pixel_divisor: int = 255
 
 
 def default_eps(data: DataBundle, norm: str) -> float:
@@ -324,8 +352,9 @@ def load_dataset(spec: str, data_dir: Optional[str] = None, download: bool = Fal
     if size is not None:
         changes["key"] += f"-{size}px"
         if tuple(data.input_shape[1:]) != (size, size):
+            # Interpolated pixels are no longer multiples of 1/255: the resized bundle is not cacheable.
             changes.update(train=ResizedDataset(data.train, size), test=ResizedDataset(data.test, size),
-                           input_shape=(data.input_shape[0], size, size))
+                           input_shape=(data.input_shape[0], size, size), augmentation=None, plain_train=None)
     if options.mean is not None or options.std is not None:
         channels = data.input_shape[0]
         changes["mean"] = _per_channel(options.mean, channels, "--mean", spec) if options.mean else data.mean
@@ -374,6 +403,15 @@ class EpochOrderSampler(Sampler[int]):
         return max(0, self.size - self.skip)
 
 
+def epoch_sampler(size: int, batch_size: int, seed: int, epoch: int, skip_batches: int = 0,
+                  dist: Optional[DistContext] = None) -> Sampler[int]:
+    """The positions of one epoch's examples in training order (this rank's shard under torchrun),
+    after the first ``skip_batches`` batches: a pure function of (seed, epoch)."""
+    if dist is not None and dist.enabled:
+        return ShardedEpochSampler(size, epoch_seed(seed, epoch), dist, skip=skip_batches * batch_size)
+    return EpochOrderSampler(size, seed, epoch, skip=skip_batches * batch_size)
+
+
 def make_epoch_loader(dataset: Dataset, batch_size: int, seed: int, epoch: int, skip_batches: int = 0,
                       num_workers: int = 0, dist: Optional[DistContext] = None,
                       pin_memory: bool = False) -> DataLoader:
@@ -385,11 +423,7 @@ def make_epoch_loader(dataset: Dataset, batch_size: int, seed: int, epoch: int, 
     ``batch_size`` is this process's share and the loader yields its shard of the same order.
     ``pin_memory`` (the engine sets it on CUDA) lets the copies to the GPU run asynchronously.
     """
-    if dist is not None and dist.enabled:
-        sampler: Sampler[int] = ShardedEpochSampler(len(dataset), epoch_seed(seed, epoch), dist,
-                                                    skip=skip_batches * batch_size)
-    else:
-        sampler = EpochOrderSampler(len(dataset), seed, epoch, skip=skip_batches * batch_size)
+    sampler = epoch_sampler(len(dataset), batch_size, seed, epoch, skip_batches, dist)  # type: ignore[arg-type]
     generator = torch.Generator().manual_seed(epoch_seed(seed, epoch))
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, generator=generator, num_workers=num_workers,
                       pin_memory=pin_memory)

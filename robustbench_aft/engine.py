@@ -44,6 +44,7 @@ from .passes import PassCounter, method_networks
 from .registry import METHODS
 from .reproducibility import rng_state, seed_everything, set_rng_state
 from .signals import StopSignal
+from .tensorcache import DeviceEpoch, TensorCache, tensor_cache
 from .validation import VALIDATION_PGD_STEPS, ValidationSet, is_better, split_training_set
 
 log = logging.getLogger(__name__)
@@ -51,6 +52,11 @@ log = logging.getLogger(__name__)
 
 class NumericalError(UserError):
     """A loss became NaN or infinite; the message names where."""
+
+
+# Loss terms, counters and the NaN check stay on the device between these reads (a read waits for the
+# device): every LOG_INTERVAL batches, before a checkpoint is written and at the end of an epoch.
+LOG_INTERVAL = 25
 
 
 def ema_decay(updates_done: int) -> float:
@@ -165,10 +171,49 @@ def _check_finite_outputs(model: nn.Module, x: torch.Tensor, where: str) -> None
                              "the last good checkpoint is kept")
 
 
-def _check_finite(terms: Dict[str, torch.Tensor], where: str) -> None:
-    for name, value in terms.items():
-        if not bool(torch.isfinite(value).all()):
-            raise NumericalError(f"{where}: loss term {name!r} is {value.item()}; the last good checkpoint is kept")
+class _EpochTerms:
+    """An epoch's loss terms kept on the device: their running means and, per term, the first batch
+    where it was not finite and its value then. Nothing here waits for the device but :meth:`read`."""
+
+    def __init__(self, running: Dict[str, float], device: torch.device) -> None:
+        self.device = device
+        # float32 like the terms: a mean read into the checkpoint and restored on resume is the same number.
+        self.means = {k: torch.tensor(v, dtype=torch.float32, device=device) for k, v in running.items()}
+        self.first_bad: Dict[str, torch.Tensor] = {}
+        self.bad_value: Dict[str, torch.Tensor] = {}
+
+    def add(self, terms: Dict[str, torch.Tensor], batch_number: int) -> None:
+        for name, value in terms.items():
+            value = value.detach().float().sum()  # a scalar term is itself; NaN and inf survive the sum
+            if name not in self.means:
+                self.means[name] = torch.zeros((), device=self.device)
+                self.first_bad[name] = torch.zeros((), dtype=torch.long, device=self.device)
+                self.bad_value[name] = torch.zeros((), device=self.device)
+            elif name not in self.first_bad:
+                self.first_bad[name] = torch.zeros((), dtype=torch.long, device=self.device)
+                self.bad_value[name] = torch.zeros((), device=self.device)
+            mean = self.means[name]
+            mean.add_((value - mean) / batch_number)
+            newly_bad = (self.first_bad[name] == 0) & ~torch.isfinite(value)
+            self.first_bad[name] = torch.where(newly_bad, batch_number, self.first_bad[name])
+            self.bad_value[name] = torch.where(newly_bad, value, self.bad_value[name])
+
+    def read(self, where: str) -> Dict[str, float]:
+        """The running means as floats; a NumericalError naming the first batch (``where`` + its
+        number) and term that was not finite, if any was."""
+        names = list(self.first_bad)
+        if names:
+            firsts = torch.stack([self.first_bad[k] for k in names]).tolist()
+            bad = [(batch, i) for i, batch in enumerate(firsts) if batch > 0]
+            if bad:
+                batch, i = min(bad)
+                value = float(self.bad_value[names[i]])
+                raise NumericalError(f"{where} batch {batch}: loss term {names[i]!r} is {value}; "
+                                     "the last good checkpoint is kept")
+        if not self.means:
+            return {}
+        names = list(self.means)
+        return dict(zip(names, torch.stack([self.means[k] for k in names]).tolist()))
 
 
 CHECKPOINT_FORMAT = "robustbench-aft-train/1"
@@ -244,6 +289,10 @@ class _FineTuning:
     # The update as run per batch: ``method.update`` or its captured replay (--capture on).
     step: Optional[Callable[[Tuple[torch.Tensor, ...]], Dict[str, torch.Tensor]]] = None
     start: float = 0.0
+    # The training split on the device (tensorcache.py), or None: the DataLoader path.
+    device_data: Optional[TensorCache] = None
+    # The fine-tuning subset's indices into the training split (None: all of it).
+    train_indices: Optional[List[int]] = None
 
     def elapsed(self) -> float:
         return self.progress.seconds_before + time.perf_counter() - self.start
@@ -282,7 +331,9 @@ def fine_tune(method_name: str, model: nn.Module, data: DataBundle, train: Train
     val_size = train.val_size if train.val_size is not None else default_val_size(
         data.default_val_size, len(data.train), train.train_subset)
     train_indices, val_indices = split_training_set(len(data.train), train.train_subset, val_size, seed)
-    validation = ValidationSet(data.train, val_indices, eps, norm, seed) if val_indices else None
+    # With --num-workers the user asked for DataLoader workers: that path stays theirs.
+    cache = tensor_cache(data, progress=progress and dist.is_main) if train.num_workers == 0 else None
+    validation = ValidationSet(data.train, val_indices, eps, norm, seed, cache=cache) if val_indices else None
     if validation is None and train.select == "best-val":
         raise ConfigError("--select best-val needs a validation split; --val-size 0 turns it off")
     method.on_fit_start(data.train)
@@ -293,12 +344,16 @@ def fine_tune(method_name: str, model: nn.Module, data: DataBundle, train: Train
         memory_format=torch.channels_last if use_channels_last(train.channels_last, device) else torch.preserve_format,
         compiled=compiled, ema=ema, validation=validation, probe=probe,
         checkpoint=out_dir / "last.pt" if out_dir is not None else None, stop=stop, progress_bars=progress,
-        on_epoch=on_epoch)
+        on_epoch=on_epoch, device_data=cache.to(device) if cache is not None else None,
+        train_indices=train_indices)
+    if cache is not None:
+        log.info("%s seed %d: the training split is on %s (tensor cache, batched augmentation)", run.name, seed,
+                 device)
     if resume and run.checkpoint is not None and run.checkpoint.is_file():
         _resume(run)
     run.start = time.perf_counter()
     method.train()
-    seen = torch.zeros(len(data.train), dtype=torch.bool)
+    seen = torch.zeros(len(data.train), dtype=torch.bool, device=device)
     # Hooks inside compiled bodies would break their graphs: compiled runs are not counted.
     run.counter = PassCounter([] if compiled else method_networks(method))
     captured = _captured_update(run)
@@ -425,8 +480,18 @@ def _train_epoch(run: _FineTuning, epoch: int, seen: torch.Tensor) -> Tuple[Tupl
     if skip == 0:
         progress.running = {}
     seen.zero_()
-    loader = make_epoch_loader(run.dataset, run.batch_size, run.seed, epoch, skip_batches=skip,
-                               num_workers=train.num_workers, dist=dist, pin_memory=run.device.type == "cuda")
+    if run.device_data is not None:
+        loader: Any = DeviceEpoch(run.device_data, run.train_indices, run.batch_size, run.seed, epoch,
+                                  skip_batches=skip, dist=dist)
+    else:
+        loader = make_epoch_loader(run.dataset, run.batch_size, run.seed, epoch, skip_batches=skip,
+                                   num_workers=train.num_workers, dist=dist, pin_memory=run.device.type == "cuda")
+    where = f"{run.name} seed {run.seed} epoch {epoch}"
+    accumulated = _EpochTerms(progress.running, run.device)
+
+    def read_terms() -> None:
+        progress.running = accumulated.read(where)
+        bar.set_postfix({k: f"{v:.3f}" for k, v in progress.running.items()}, refresh=False)
     bar = tqdm(loader, desc=f"{run.name} seed {run.seed} epoch {epoch}/{train.epochs}", unit="batch", leave=False,
                disable=None if run.progress_bars and dist.is_main else True, initial=skip, total=skip + len(loader))
     for batch_number, (x, y, index) in enumerate(bar, start=skip + 1):
@@ -434,22 +499,22 @@ def _train_epoch(run: _FineTuning, epoch: int, seen: torch.Tensor) -> Tuple[Tupl
                  else x.to(run.device, non_blocking=True), y.to(run.device, non_blocking=True), index.to(run.device))
         with autocast(run.device, train.precision, cache=not isinstance(run.step, CapturedUpdate)):
             terms = run.step(batch)
-        _check_finite(terms, f"{run.name} seed {run.seed} epoch {epoch} batch {batch_number}")
+        accumulated.add(terms, batch_number)
         if dist.enabled and not train.sync_bn:
             broadcast_buffers(method.trainable_state(), dist)
         if run.ema is not None:
             run.ema.update(method.trainable_state())
         progress.images += len(y) * dist.world_size
-        seen[index] = True
-        running = progress.running
-        for key, value in terms.items():
-            running[key] = running.get(key, 0.0) + (float(value) - running.get(key, 0.0)) / batch_number
-        bar.set_postfix({k: f"{v:.3f}" for k, v in running.items()}, refresh=False)
+        seen[batch[2]] = True
+        if batch_number % LOG_INTERVAL == 0:
+            read_terms()
         if run.stop is not None and any_rank(run.stop.requested, dist):
             bar.close()
+            read_terms()  # a non-finite term stops here, before the checkpoint
             run.stop.request()
             _save(run, epoch, batch_number)
             run.stop.check(f"fine-tuning {run.name} seed {run.seed} (epoch {epoch}, batch {batch_number})")
+    read_terms()
     bar.close()
     return batch, lr
 

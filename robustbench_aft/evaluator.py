@@ -34,6 +34,7 @@ from .modes import eval_mode
 from .passes import PassCounter
 from .registry import ATTACKS
 from .signals import StopSignal
+from .tensorcache import evaluation_split
 
 log = logging.getLogger(__name__)
 
@@ -170,7 +171,8 @@ def plan_evaluation(data: DataBundle, config: EvalConfig, source_model: Optional
         raise ConfigError(f"--eps must be >= 0, got {eps}")
     attacks = {name: _build_attack(name, eps, config, data, source_model) for name in dict.fromkeys(names)}
     indices = select_subset(len(data.test), config.n_eval, config.seed)
-    loader = make_loader(Subset(data.test, indices), batch_size=config.batch_size, shuffle=False)
+    # The tensor cache's test split where the dataset has one: the same pixels, decoded once.
+    loader = make_loader(Subset(evaluation_split(data), indices), batch_size=config.batch_size, shuffle=False)
     return EvalPlan(config=config, eps=eps, attacks=attacks, indices=indices, loader=loader,
                     num_classes=data.num_classes)
 

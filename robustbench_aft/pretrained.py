@@ -32,6 +32,7 @@ from .files import atomic_torch_save, atomic_write_text
 from .models import adapt, build_model
 from .reproducibility import provenance, seed_everything
 from .signals import StopSignal
+from .tensorcache import evaluation_split, shuffled_batches, tensor_cache
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +82,7 @@ def test_accuracy(model: nn.Module, data: DataBundle, device: torch.device, batc
     model.eval()
     correct = total = 0
     with torch.no_grad():
-        for x, y, _ in make_loader(data.test, batch_size, shuffle=False):
+        for x, y, _ in make_loader(evaluation_split(data), batch_size, shuffle=False):
             correct += int((model(x.to(device)).argmax(1) == y.to(device)).sum())
             total += len(y)
     model.train(was_training)
@@ -97,10 +98,17 @@ def pretrain(data: DataBundle, arch: str, recipe: NaturalRecipe, seed: int, devi
 
     ``stop`` (SIGINT/SIGTERM) ends it after the current batch with :class:`Interrupted`; nothing
     is cached then, and the next run pre-trains again from the start.
+
+    A dataset with a tensor cache (:mod:`.tensorcache`) trains from it on ``device`` unless
+    ``num_workers`` asks for DataLoader workers; the loss stays on the device between the progress
+    bar's reads (every ``LOG_INTERVAL`` batches and at the end of an epoch).
     """
+    from .engine import LOG_INTERVAL
+
     seed_everything(seed)
     model = build_model(arch, data.num_classes, data.input_shape[0], data.mean, data.std, data.input_shape,
                         data.user_normalisation).to(device)
+    cache = tensor_cache(data, device, progress=progress) if num_workers == 0 else None
     loader = make_loader(data.train, recipe.batch_size, shuffle=True, seed=seed, num_workers=num_workers)
     optimizer = torch.optim.SGD(model.parameters(), lr=recipe.lr, momentum=recipe.momentum,
                                 weight_decay=recipe.weight_decay)
@@ -111,8 +119,9 @@ def pretrain(data: DataBundle, arch: str, recipe: NaturalRecipe, seed: int, devi
     with tqdm(total=recipe.epochs * len(loader), desc=f"pretrain {arch} on {data.name}", unit="batch",
               disable=None if progress else True) as bar:
         for epoch in range(recipe.epochs):
-            loss_sum, batches, lr = 0.0, 0, scheduler.get_last_lr()[0]
-            for x, y, _ in loader:
+            loss_sum, batches, lr = torch.zeros((), device=device), 0, scheduler.get_last_lr()[0]
+            epoch_batches = shuffled_batches(cache, recipe.batch_size, seed, epoch) if cache is not None else loader
+            for x, y, _ in epoch_batches:
                 x, y = x.to(device), y.to(device)
                 loss = F.cross_entropy(model(x), y)
                 optimizer.zero_grad(set_to_none=True)
@@ -120,13 +129,16 @@ def pretrain(data: DataBundle, arch: str, recipe: NaturalRecipe, seed: int, devi
                 optimizer.step()
                 scheduler.step()
                 images += len(y)
+                loss_sum, batches = loss_sum + loss.detach(), batches + 1
                 bar.update(1)
-                bar.set_postfix(epoch=epoch + 1, loss=f"{loss.item():.3f}")
-                loss_sum, batches = loss_sum + loss.item(), batches + 1
+                if batches % LOG_INTERVAL == 0:
+                    bar.set_postfix(epoch=epoch + 1, loss=f"{float(loss):.3f}")
                 if stop is not None:
                     stop.check(f"natural pre-training of {arch} on {data.name}")
+            mean_loss = float(loss_sum) / max(batches, 1)
+            bar.set_postfix(epoch=epoch + 1, loss=f"{mean_loss:.3f}")
             if on_epoch is not None:
-                on_epoch({"epoch": epoch + 1, "lr": lr, "terms": {"cross_entropy": loss_sum / max(batches, 1)},
+                on_epoch({"epoch": epoch + 1, "lr": lr, "terms": {"cross_entropy": mean_loss},
                           "images": images, "seconds": time.perf_counter() - start, "validation": None})
     seconds = time.perf_counter() - start
     accuracy = test_accuracy(model, data, device)

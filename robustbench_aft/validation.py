@@ -11,7 +11,7 @@ PGD accuracy; both results are kept in the store.
 from __future__ import annotations
 
 import time
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -19,6 +19,9 @@ from torch.utils.data import Dataset
 
 from .attacks import PGD, attacked_chunks
 from .errors import ConfigError
+
+if TYPE_CHECKING:
+    from .tensorcache import TensorCache
 
 SELECTIONS = ("last", "best-val")
 VALIDATION_PGD_STEPS = 10
@@ -57,16 +60,27 @@ class ValidationSet:
 
     Like the feature-gap probe, the training split's augmentation (if any) is applied once under a
     fixed seed and then frozen, and the attack has its own seeded generator: validating never
-    touches a global random generator, so it does not change training.
+    touches a global random generator, so it does not change training. With ``cache`` (the dataset's
+    tensor cache) the images come from it and the augmentation is its batched one, drawn from a
+    generator seeded by ``seed``: the same recipe, other draws than the per-image transforms'.
     """
 
-    def __init__(self, train_set: Dataset, indices: Sequence[int], eps: float, norm: str, seed: int) -> None:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            items = [train_set[i] for i in indices]
+    def __init__(self, train_set: Dataset, indices: Sequence[int], eps: float, norm: str, seed: int,
+                 cache: Optional["TensorCache"] = None) -> None:
         self.indices = list(indices)
-        self.x = torch.stack([item[0] for item in items])
-        self.y = torch.tensor([int(item[1]) for item in items])
+        if cache is not None:
+            from .tensorcache import augment, to_float
+
+            positions = torch.as_tensor(self.indices, dtype=torch.long)
+            images = cache.train_images.cpu()[positions]
+            self.x = to_float(augment(images, cache.augmentation, torch.Generator().manual_seed(seed)), cache.divisor)
+            self.y = cache.train_labels.cpu()[positions]
+        else:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                items = [train_set[i] for i in indices]
+            self.x = torch.stack([item[0] for item in items])
+            self.y = torch.tensor([int(item[1]) for item in items])
         self.attack = PGD(eps, norm, steps=VALIDATION_PGD_STEPS)
         self.seed = seed
 

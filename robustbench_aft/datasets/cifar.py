@@ -1,10 +1,19 @@
 """CIFAR-10 and CIFAR-100 through torchvision (``--data-dir``, ``--download``)."""
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Tuple
 
-from ..data import DataBundle, DataOptions, IndexedDataset, crop_flip_transform, no_argument, plain_transform
+from ..data import (
+    Augmentation,
+    DataBundle,
+    DataOptions,
+    IndexedDataset,
+    crop_flip_transform,
+    no_argument,
+    plain_transform,
+)
 from ..errors import DataNotFoundError
 from ..registry import DATASETS
 
@@ -27,11 +36,14 @@ def _torchvision_cifar(options: DataOptions, name: str, cls_name: str, folder: s
         test = cls(str(root), train=False, download=options.download, transform=plain_transform((32, 32)))
     except RuntimeError as exc:
         raise DataNotFoundError(f"{name} in {root} could not be read ({exc}); re-fetch it with --download") from None
+    plain_train = copy.copy(train)  # shares the decoded arrays; only the transform differs
+    plain_train.transform = plain_transform((32, 32))
     return DataBundle(
         name=name, key=name, train=IndexedDataset(train), test=IndexedDataset(test),
         num_classes=len(train.classes), input_shape=(3, 32, 32), mean=mean, std=std,
         default_eps=8 / 255, class_names=list(train.classes),
         released_corruptions=str(root / corrupted) if (root / corrupted / "labels.npy").is_file() else None,
+        augmentation=Augmentation(shift=4, flip=True), plain_train=IndexedDataset(plain_train),
     )
 
 

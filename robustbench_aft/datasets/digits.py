@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..data import DataBundle, DataOptions, TensorImageDataset, no_argument, random_shift
+from ..data import Augmentation, DataBundle, DataOptions, TensorImageDataset, no_argument, random_shift
 from ..registry import DATASETS
 
 
@@ -49,4 +49,7 @@ def digits(options: DataOptions) -> DataBundle:
         class_names=[str(d) for d in range(10)],
         default_val_size=200,
         natural_recipe={"epochs": 30, "batch_size": 64, "lr": 0.05},  # a few seconds on a CPU
+        augmentation=Augmentation(shift=1, flip=False),
+        plain_train=TensorImageDataset(train_images, labels[train_idx]),
+        pixel_divisor=16,  # the raw values 0..16 / 16, exact in float32
     )

@@ -8,6 +8,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from ..data import (
     IMAGE_EXTENSIONS,
+    Augmentation,
     DataBundle,
     DataOptions,
     IndexedDataset,
@@ -163,7 +164,8 @@ def folder(options: DataOptions) -> DataBundle:
                     (bad["train"] or bad["test"])[0][0])
     with Image.open(train.samples[0][0]) as first:
         size = (first.height, first.width)
-    train.transform = crop_flip_transform(size, max(1, size[0] // 8))
+    padding = max(1, size[0] // 8)
+    train.transform = crop_flip_transform(size, padding)
     test.transform = plain_transform(size)
     plain_train = datasets.ImageFolder(str(root / "train"), transform=plain_transform(size))
     _leave_out(plain_train, bad_paths)
@@ -175,4 +177,5 @@ def folder(options: DataOptions) -> DataBundle:
         num_classes=len(train.classes), input_shape=(3, *size), mean=mean, std=std,
         default_eps=8 / 255, class_names=list(train.classes),
         metadata={"skipped_bad_images": {split: len(found) for split, found in bad.items()}},
+        augmentation=Augmentation(shift=padding, flip=True), plain_train=IndexedDataset(plain_train),
     )

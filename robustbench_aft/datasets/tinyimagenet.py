@@ -5,6 +5,7 @@ from pathlib import Path
 
 from ..data import (
     IMAGE_EXTENSIONS,
+    Augmentation,
     DataBundle,
     DataOptions,
     FileListDataset,
@@ -65,4 +66,6 @@ def tinyimagenet(options: DataOptions) -> DataBundle:
         num_classes=len(wnids), input_shape=(3, 64, 64),
         mean=(0.4802, 0.4481, 0.3975), std=(0.2770, 0.2691, 0.2821),
         default_eps=8 / 255, class_names=wnids,
+        augmentation=Augmentation(shift=8, flip=True),
+        plain_train=IndexedDataset(FileListDataset(train_samples, plain_transform((64, 64)))),
     )

@@ -60,6 +60,33 @@ def test_dataset_contract(name, tmp_path):
             assert 0 <= y < data.num_classes
 
 
+@pytest.mark.parametrize("name", DATASETS.names())
+def test_a_cacheable_dataset_caches_its_pixels_exactly_and_declares_its_augmentation(name, tmp_path):
+    """Where a bundle declares ``augmentation`` and ``plain_train``: the cache holds the plain images
+    bit for bit, and every augmented training image is one the declared recipe can make from it."""
+    from robustbench_aft.tensorcache import tensor_cache
+
+    data = _load(name, tmp_path)
+    if data.augmentation is None or data.plain_train is None:
+        pytest.skip(f"{name} declares no augmentation: it stays on the DataLoader path")
+    assert len(data.plain_train) == len(data.train)
+    cache = tensor_cache(data, progress=False)
+    assert cache is not None, f"{name} is cacheable but its cache was not made"
+    shift, flip = data.augmentation.shift, data.augmentation.flip
+    height, width = data.input_shape[1:]
+    for index in sorted({0, len(data.train) // 2, len(data.train) - 1}):
+        plain, label, _ = data.plain_train[index]
+        assert torch.equal(cache.split("train")[index][0], plain) and data.train[index][1] == label
+        padded = torch.nn.functional.pad(plain, (shift,) * 4)
+        crops = [padded[:, dy:dy + height, dx:dx + width] for dy in range(2 * shift + 1) for dx in range(2 * shift + 1)]
+        reachable = crops + ([c.flip(-1) for c in crops] if flip else [])
+        torch.manual_seed(index)
+        augmented = data.train[index][0]
+        assert any(torch.equal(augmented, c) for c in reachable), f"{name}: not {data.augmentation}"
+    for index in (0, len(data.test) - 1):
+        assert torch.equal(cache.split("test")[index][0], data.test[index][0])
+
+
 def test_declared_input_shapes_are_channels_height_width():
     for entry in DATASETS.entries():
         shape = entry.metadata.get("input_shape")
