@@ -30,6 +30,7 @@ from .parsing import (
     parse_value,
     positive_float,
     positive_int,
+    share,
     type_in_words,
 )
 from .registry import METHODS
@@ -54,6 +55,11 @@ class EvalConfig:
         precision: every evaluation attack but AutoAttack: ``fp32`` (the default on every device) or
             ``bf16`` (autocast; only when asked, ``--eval-precision bf16``).
         aa_precision: AutoAttack's; fp32 unless asked, so that leaderboard AA numbers are full precision.
+            bf16 (either of the two) is *verified* bf16 (docs/protocol.md): a point counts as broken only if
+            the fp32 model misclassifies the bf16 attack's image too, and a seeded share of the points is
+            attacked in fp32 as well, to measure what bf16 costs in attack strength.
+        bf16_check_share, bf16_check_min: that share of the evaluated points (default 10 %), at least
+            ``bf16_check_min`` of them (default 200), capped at all of them.
         eps_text: eps as the user wrote it (``8/255``), kept in every metric's budget; None: the default.
         transfer_from: the ``transfer`` attack's source model: ``natural`` (the run's natural model)
             or a checkpoint path; None when no transfer attack runs.
@@ -69,6 +75,8 @@ class EvalConfig:
     attack_options: Dict[str, Dict[str, float]] = field(default_factory=dict)
     precision: str = "fp32"
     aa_precision: str = "fp32"
+    bf16_check_share: float = 0.1
+    bf16_check_min: int = 200
     eps_text: Optional[str] = None
     transfer_from: Optional[str] = None
 
@@ -300,6 +308,17 @@ def _field_option(section: str, spec: dataclasses.Field) -> Option:
                   ((section, spec.name),))
 
 
+# Help of the precision options, shared by `bench run` (below) and `bench eval` (cli/_common.py).
+EVAL_PRECISION_HELP = ("PGD, CW and every evaluation attack but AutoAttack: fp32 (default, on every device) or "
+                       "verified bf16 (attacks under bf16 autocast; a point counts as broken only if the fp32 model "
+                       "misclassifies the attack's image too; a seeded share is also attacked in fp32 and a flag "
+                       "fires when the two differ significantly); clean accuracy is always fp32")
+AA_PRECISION_HELP = ("AutoAttack: fp32 (default, so that leaderboard AA numbers are full precision) or verified bf16 "
+                     "(as --eval-precision)")
+BF16_CHECK_SHARE_HELP = ("verified bf16: the share of the evaluated points also attacked in fp32 (default: 0.1; at "
+                         "least --bf16-check-min points, at most all)")
+BF16_CHECK_MIN_HELP = "verified bf16: the fewest points attacked in fp32 as well (default: 200, at most all)"
+
 # The options of `bench run` that configure the run (the others — --resume, --format, --launcher … —
 # say how this command runs or prints, see cli/run.py). The table is the one place that knows how a
 # flag's text becomes a configuration value.
@@ -335,11 +354,10 @@ OPTIONS: Dict[str, Option] = {option.name: option for option in [
            positive_int, targets=(("eval", "n_eval"),)),
     Option("eval_batch_size", "evaluation batch size (default: 256)", positive_int,
            targets=(("eval", "batch_size"),)),
-    Option("eval_precision", "clean, PGD, CW and every evaluation attack but AutoAttack (default: fp32 on every "
-                             "device; bf16 only when asked)", choices=("fp32", "bf16"),
-           targets=(("eval", "precision"),)),
-    Option("aa_precision", "AutoAttack (default: fp32, so that leaderboard AA numbers are full precision)",
-           choices=("fp32", "bf16"), targets=(("eval", "aa_precision"),)),
+    Option("eval_precision", EVAL_PRECISION_HELP, choices=("fp32", "bf16"), targets=(("eval", "precision"),)),
+    Option("aa_precision", AA_PRECISION_HELP, choices=("fp32", "bf16"), targets=(("eval", "aa_precision"),)),
+    Option("bf16_check_share", BF16_CHECK_SHARE_HELP, share, targets=(("eval", "bf16_check_share"),)),
+    Option("bf16_check_min", BF16_CHECK_MIN_HELP, positive_int, targets=(("eval", "bf16_check_min"),)),
     Option("transfer_from", "source model of the transfer attack (default: the run's natural model)",
            metavar="natural|PATH", targets=(("eval", "transfer_from"),)),
     Option("set", "override a method parameter, e.g. --set afd.alpha=0.1 (repeatable)", None,
@@ -643,6 +661,12 @@ def validate(config: RunConfig) -> None:
     for where, value in (("eval.precision", evaluation.precision), ("eval.aa_precision", evaluation.aa_precision)):
         if value not in ("auto", "fp32", "bf16"):
             raise ConfigError(f"{where} must be auto, fp32 or bf16, got {value!r}")
+    share_value = evaluation.bf16_check_share
+    if isinstance(share_value, bool) or not isinstance(share_value, (int, float)) or not 0 < share_value <= 1:
+        raise ConfigError(f"eval.bf16_check_share must be a share in (0, 1], got {share_value!r}")
+    minimum = evaluation.bf16_check_min
+    if isinstance(minimum, bool) or not isinstance(minimum, int) or minimum <= 0:
+        raise ConfigError(f"eval.bf16_check_min must be a positive integer, got {minimum!r}")
     if config.threat.norm not in NORMS:
         raise ConfigError(f"--norm must be one of {', '.join(NORMS)}, got {config.threat.norm!r}")
     if config.threat.eps is not None:

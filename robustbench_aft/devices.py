@@ -39,6 +39,16 @@ def evaluation_precision(precision: str) -> str:
     return "bf16" if precision == "bf16" else "fp32"
 
 
+# How a budget names an evaluation attack run in bf16: always verified in fp32 (evaluator.py), so never
+# the bare "bf16" of fine-tuning.
+VERIFIED_BF16 = "verified-bf16"
+
+
+def evaluation_precision_label(precision: str) -> str:
+    """``fp32`` or ``verified-bf16``: an evaluation precision as budgets and run records name it."""
+    return VERIFIED_BF16 if evaluation_precision(precision) == "bf16" else "fp32"
+
+
 def autocast(device: torch.device, precision: str, cache: bool = True):
     """A bf16 autocast context for ``precision`` (resolved on ``device``); a no-op for fp32.
 

@@ -8,12 +8,20 @@ failed on it; corruptions are reported beside it); and sanity checks that flag l
 masking next to the numbers instead of hiding it. What differs from attack to attack is asked of
 the attack (:class:`.attacks.Attack`), never decided here from its kind; only the sanity checks
 built on PGD itself look for it by name.
+
+Verified bf16 (``--eval-precision``/``--aa-precision bf16``, docs/protocol.md): the attacks run under
+bf16 autocast and a point counts as broken only if the fp32 model misclassifies the attack's image
+too (:func:`.attacks._base.classified_correctly`); a seeded share of the points
+(:func:`select_check_points`) is attacked in fp32 as well, and each attack's budget stores the paired
+difference fp32 − verified bf16 on those points (:func:`_verification`), flagged when its 95 % interval
+excludes 0.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import logging
+import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -25,15 +33,17 @@ from torch.utils.data import DataLoader, Subset
 from tqdm.auto import tqdm
 
 from .attacks import Attack
+from .attacks._base import classified_correctly
 from .config import EvalConfig
 from .data import DataBundle, default_eps, make_loader
-from .devices import autocast, evaluation_precision, resolve_precision
+from .devices import VERIFIED_BF16, autocast, evaluation_precision
 from .errors import ConfigError
 from .files import atomic_torch_save
 from .modes import eval_mode
 from .passes import PassCounter
 from .registry import ATTACKS
 from .signals import StopSignal
+from .stats import CONFIDENCE, paired_comparison
 from .tensorcache import evaluation_split
 
 log = logging.getLogger(__name__)
@@ -42,6 +52,9 @@ log = logging.getLogger(__name__)
 PGD_AA_GAP_PP = 10.0
 # An unbounded L∞ attack (eps = 1 covers the whole image cube) must break nearly every point.
 UNBOUNDED_MAX_ACCURACY = 10.0
+# The fp32 check points of verified bf16 are drawn from a stream of their own, so that they are not the
+# first points of the evaluation subset's permutation (drawn with the evaluation seed itself).
+CHECK_SEED_OFFSET = 1_000_003
 
 
 @dataclass
@@ -65,6 +78,12 @@ class EvalResult:
     def n(self) -> int:
         return len(self.indices)
 
+    @property
+    def verification(self) -> Dict[str, Dict[str, Any]]:
+        """Per attack run in verified bf16: its fp32 check (points, accuracies, Δ = fp32 − verified bf16,
+        95 % interval, exact McNemar p), as stored in its budget."""
+        return {name: budget["verification"] for name, budget in self.budgets.items() if "verification" in budget}
+
     def rows(self) -> List[dict]:
         """One row per attack plus ``worst``, for tables."""
         rows = []
@@ -84,6 +103,16 @@ class EvalResult:
             "seconds": self.seconds, "flags": self.flags, "config": self.config,
             "breakdown": self.breakdown, "budgets": self.budgets,
         }
+
+
+def select_check_points(indices: List[int], share: float, minimum: int, seed: int) -> List[int]:
+    """The sorted test indices, among the evaluated ``indices``, that verified bf16 also attacks in fp32:
+    a seeded random ``share`` of them, at least ``minimum``, at most all."""
+    # ceil of share·n, less a rounding margin: 0.1 · 300 is 30.000000000000004 in floats, and means 30.
+    size = min(len(indices), max(minimum, math.ceil(share * len(indices) - 1e-9)))
+    generator = torch.Generator().manual_seed(seed + CHECK_SEED_OFFSET)
+    chosen = torch.randperm(len(indices), generator=generator)[:size].tolist()
+    return sorted(indices[i] for i in chosen)
 
 
 def select_subset(n_total: int, n_eval: Optional[int], seed: int) -> List[int]:
@@ -113,6 +142,14 @@ class EvalPlan:
     indices: List[int]
     loader: DataLoader
     num_classes: int
+    # Verified bf16: the test indices also attacked in fp32 (select_check_points); empty when every
+    # attack runs in fp32.
+    check_indices: List[int] = field(default_factory=list)
+
+    def check_mask(self, batch_number: int, size: int) -> torch.Tensor:
+        """Booleans over the ``size`` points of batch ``batch_number``: which are fp32 check points."""
+        chosen = set(self.check_indices)
+        return torch.tensor([index in chosen for index in self.batch_indices(batch_number, size)], dtype=torch.bool)
 
     def seed(self, batch_number: int) -> int:
         """The seed of every attack on one batch: fixed by the evaluation seed and the batch, so a resumed
@@ -125,18 +162,29 @@ class EvalPlan:
         return self.indices[begin:begin + size]
 
     def precision(self, attack: Attack) -> str:
-        """``fp32`` or ``bf16``: the evaluation's precision is fp32 on every device unless bf16 was asked
-        for (``auto``, the setting of configurations written before, means fp32 here too)."""
+        """``fp32`` or ``bf16`` (verified): the evaluation's precision is fp32 on every device unless bf16
+        was asked for (``auto``, the setting of configurations written before, means fp32 here too);
+        attacks without ``runs_in_bf16`` (clean, corruptions) are fp32 always."""
+        if not attack.runs_in_bf16:
+            return "fp32"
         return evaluation_precision(self.config.aa_precision if attack.autoattack else self.config.precision)
+
+    @property
+    def verifies_bf16(self) -> bool:
+        """Whether some attack of the plan runs in verified bf16."""
+        return any(self.precision(attack) == "bf16" for attack in self.attacks.values())
 
     def budget(self, attack: Attack, device: torch.device) -> Dict[str, Any]:
         """The full budget an attack ran with (what makes two numbers of one column comparable): its
-        class, precision, every setting the attack declares, its threat model (eps as a float and as
-        given, norm) and, for a transfer attack, the source model."""
+        class, precision (``fp32`` or ``verified-bf16``, with the share of its fp32 check, so that the
+        two never share a column unmarked), every setting the attack declares, its threat model (eps as
+        a float and as given, norm) and, for a transfer attack, the source model."""
         config = self.config
-        budget: Dict[str, Any] = {"attack": type(attack).__name__,
-                                  "precision": resolve_precision(self.precision(attack), device),
+        verified = self.precision(attack) == "bf16"
+        budget: Dict[str, Any] = {"attack": type(attack).__name__, "precision": VERIFIED_BF16 if verified else "fp32",
                                   **attack.budget(self.num_classes)}
+        if verified:
+            budget["fp32_check"] = {"share": config.bf16_check_share, "min_points": config.bf16_check_min}
         budget.update(attack.threat_budget(
             config.eps_text or (f"{config.eps:g}" if config.eps is not None else "dataset default")))
         if attack.needs_source:
@@ -155,6 +203,8 @@ class EvalPlan:
         precisions = (evaluation_precision(config.precision), evaluation_precision(config.aa_precision))
         if precisions != ("fp32", "fp32"):
             protocol["precision"] = precisions  # fp32, the original protocol, keeps its original fingerprint
+            # bf16 files of versions before verified bf16 hold unverified outcomes: never read them.
+            protocol["verified_bf16_check"] = [config.bf16_check_share, config.bf16_check_min]
         fingerprint = json.dumps(protocol, sort_keys=True)
         return state_dir / f"eval-{hashlib.sha256(fingerprint.encode()).hexdigest()[:12]}"
 
@@ -173,8 +223,11 @@ def plan_evaluation(data: DataBundle, config: EvalConfig, source_model: Optional
     indices = select_subset(len(data.test), config.n_eval, config.seed)
     # The tensor cache's test split where the dataset has one: the same pixels, decoded once.
     loader = make_loader(Subset(evaluation_split(data), indices), batch_size=config.batch_size, shuffle=False)
-    return EvalPlan(config=config, eps=eps, attacks=attacks, indices=indices, loader=loader,
+    plan = EvalPlan(config=config, eps=eps, attacks=attacks, indices=indices, loader=loader,
                     num_classes=data.num_classes)
+    if plan.verifies_bf16:
+        plan.check_indices = select_check_points(indices, config.bf16_check_share, config.bf16_check_min, config.seed)
+    return plan
 
 
 def _predict(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -238,6 +291,7 @@ def evaluate(model: nn.Module, data: DataBundle, config: EvalConfig, device: tor
     outcomes: Dict[str, List[torch.Tensor]] = {name: [] for name in plan.attacks}
     seconds = dict.fromkeys(plan.attacks, 0.0)
     passes: Dict[str, List[Tuple[int, int, int]]] = {name: [] for name in plan.attacks}
+    checks: Dict[str, List[Optional[Dict[str, Any]]]] = {name: [] for name in plan.attacks}
     flags: List[str] = []
     evaluated: List[int] = []
     bar = tqdm(total=len(plan.loader) * len(plan.attacks), desc="evaluate", unit="attack-batch",
@@ -261,6 +315,7 @@ def evaluate(model: nn.Module, data: DataBundle, config: EvalConfig, device: tor
                     outcomes[name].append(saved["correct"][name])
                     seconds[name] += saved["seconds"][name]
                     passes[name].append(saved.get("passes", {}).get(name))  # None: a file from before counting
+                    checks[name].append(saved.get("check", {}).get(name))  # None: not verified bf16
                     _extend_unique(flags, saved["flags"][name])
                     bar.update(1)
                     if stop is not None:
@@ -269,26 +324,58 @@ def evaluate(model: nn.Module, data: DataBundle, config: EvalConfig, device: tor
                     _extend_unique(flags, _first_batch_flags(plan, model, x, y, saved, path))
     finally:
         bar.close()
-    return _result(plan, outcomes, seconds, flags, evaluated, device, passes)
+    return _result(plan, outcomes, seconds, flags, evaluated, device, passes, checks)
 
 
 def _run_attack(plan: EvalPlan, name: str, attack: Attack, model: nn.Module,
                 batch: Tuple[torch.Tensor, torch.Tensor, torch.Tensor], batch_number: int,
                 saved: Dict[str, Any]) -> None:
     """One attack on one batch: its per-point outcomes, seconds and flags, into the batch's ``saved``
-    results. Attacks after clean know which points are already misclassified."""
+    results. Attacks after clean know which points are already misclassified. In verified bf16 the
+    batch's fp32 check points are attacked in fp32 too (:func:`_fp32_check`); the column's seconds and
+    passes include that check, which is also kept on its own."""
     x, y, positions = batch
     start = time.perf_counter()
     # Every attack's cost is counted the same way (passes.py: images through the model's stem), so
-    # that columns compare in passes as well as in seconds; it includes the one forward pass that
-    # re-classifies the attack's images, as every attack has it.
+    # that columns compare in passes as well as in seconds; it includes the forward pass that
+    # re-classifies the attack's images, as every attack has it (and verified bf16's fp32 re-check).
     with PassCounter([model]) as counter:
         correct = attack.outcomes(model, x, y, plan.seed(batch_number), positions.tolist(),
                                   clean_correct=saved["correct"].get("clean"), precision=plan.precision(attack))
+        saved["flags"][name] = list(attack.flags)  # before the check, whose run of the attack resets them
+        if plan.precision(attack) == "bf16":
+            saved.setdefault("check", {})[name] = _fp32_check(plan, attack, model, batch, batch_number, saved)
     saved["correct"][name] = correct.cpu()
     saved["seconds"][name] = time.perf_counter() - start
     saved.setdefault("passes", {})[name] = (counter.forward, counter.backward, len(y))
-    saved["flags"][name] = list(attack.flags)
+
+
+def _fp32_check(plan: EvalPlan, attack: Attack, model: nn.Module,
+                batch: Tuple[torch.Tensor, torch.Tensor, torch.Tensor], batch_number: int,
+                saved: Dict[str, Any]) -> Dict[str, Any]:
+    """Verified bf16's fp32 check on one batch: ``attack`` in fp32 on the batch's check points, with the
+    batch's seed. Returns the check mask, the fp32 outcomes (False off the mask), seconds and passes."""
+    x, y, positions = batch
+    mask = plan.check_mask(batch_number, len(y))
+    clean = saved["correct"].get("clean")
+    correct = torch.zeros(len(y), dtype=torch.bool)
+    start = time.perf_counter()
+    with PassCounter([model]) as counter:
+        if bool(mask.any()) and attack.attacks_subsets:
+            # The whole batch with only the check points active: their random starts are drawn as in
+            # the fp32 evaluation of this batch, so each outcome is the one that evaluation stores.
+            active = mask if clean is None else mask & clean
+            correct = attack.outcomes(model, x, y, plan.seed(batch_number), positions.tolist(),
+                                      clean_correct=active, precision="fp32").cpu() & mask
+        elif bool(mask.any()):
+            # An attack of the whole batch at once (AutoAttack): the check points as a batch of their own.
+            on_device = mask.to(x.device)
+            correct[mask] = attack.outcomes(model, x[on_device], y[on_device], plan.seed(batch_number),
+                                            positions[mask].tolist(),
+                                            clean_correct=None if clean is None else clean[mask],
+                                            precision="fp32").cpu()
+    return {"mask": mask, "correct": correct, "seconds": time.perf_counter() - start,
+            "passes": (counter.forward, counter.backward)}
 
 
 def _first_batch_flags(plan: EvalPlan, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
@@ -306,20 +393,65 @@ def _first_batch_flags(plan: EvalPlan, model: nn.Module, x: torch.Tensor, y: tor
     return flags + _randomness_flags(model, x, plan.attacks)
 
 
-def _cost(seconds: float, counted: List[Optional[Tuple[int, int, int]]]) -> Dict[str, float]:
+def _cost(seconds: float, counted: List[Optional[Tuple[int, int, int]]],
+          checks: Optional[List[Optional[Dict[str, Any]]]] = None) -> Dict[str, float]:
     """What a column cost per evaluated image (kept with its budget; the leaderboard does not compare
-    it across rows); no passes when some batch came from a file written before they were counted."""
+    it across rows); no passes when some batch came from a file written before they were counted.
+    Verified bf16: the totals include the fp32 check, whose own part is kept as ``check_*``."""
     cost: Dict[str, float] = {"seconds": round(seconds, 3)}
     if counted and all(part is not None for part in counted):
         images = max(1, sum(part[2] for part in counted))
         cost.update(forward_per_image=sum(part[0] for part in counted) / images,
                     backward_per_image=sum(part[1] for part in counted) / images)
+        if checks and all(check is not None for check in checks):
+            cost.update(check_seconds=round(sum(check["seconds"] for check in checks), 3),
+                        check_forward_per_image=sum(check["passes"][0] for check in checks) / images,
+                        check_backward_per_image=sum(check["passes"][1] for check in checks) / images)
     return cost
+
+
+def _verification(name: str, correct: torch.Tensor, checks: List[Optional[Dict[str, Any]]],
+                  clean: torch.Tensor) -> Optional[Dict[str, Any]]:
+    """Verified bf16's fp32 check of one attack over the evaluated batches: on the check points, the fp32
+    and the verified-bf16 accuracies and their paired difference fp32 − verified bf16 (percentage
+    points, the t-interval of the per-point differences and the exact McNemar p, stats.paired_comparison);
+    None when the attack ran in fp32 or some batch has no check (a shard without check points has
+    an empty one)."""
+    if not checks or any(check is None for check in checks):
+        return None
+    mask = torch.cat([check["mask"] for check in checks])
+    if not bool(mask.any()):
+        return None
+    fp32 = (torch.cat([check["correct"] for check in checks]) & clean)[mask].numpy()
+    verified = correct[mask].numpy()
+    result = paired_comparison([fp32], [verified], CONFIDENCE)
+    return {"points": int(mask.sum()), "fp32": 100.0 * float(fp32.mean()),
+            "verified_bf16": 100.0 * float(verified.mean()), "delta": result.delta,
+            "ci95": [result.ci_low, result.ci_high], "p": result.p_value,
+            # Points only one side classifies correctly: broken by the bf16 attack only (verified in fp32),
+            # and broken by the fp32 attack only (where bf16 was the weaker attack).
+            "broken_by_bf16_only": result.only_first, "broken_by_fp32_only": result.only_second}
+
+
+def _verification_flags(verification: Dict[str, Dict[str, Any]]) -> List[str]:
+    """A flag (and a logged warning) per attack whose fp32 check differs from its verified-bf16
+    outcomes beyond noise: the 95 % interval of fp32 − verified bf16 excludes 0."""
+    flags = []
+    for name, check in verification.items():
+        low, high = check["ci95"]
+        if low > 0.0 or high < 0.0:
+            flag = (f"verified bf16 {name}: fp32 − verified-bf16 accuracy on the {check['points']} fp32-checked "
+                    f"points is {check['delta']:+.2f} points [{low:+.2f}, {high:+.2f}] (McNemar p = "
+                    f"{check['p']:.3g}): bf16 changes what {name} finds on this model; evaluate it in fp32")
+            log.warning(flag)
+            flags.append(flag)
+    return flags
 
 
 def _result(plan: EvalPlan, batches: Dict[str, List[torch.Tensor]], seconds: Dict[str, float], flags: List[str],
             evaluated: List[int], device: torch.device,
-            passes: Optional[Dict[str, List[Optional[Tuple[int, int, int]]]]] = None) -> EvalResult:
+            passes: Optional[Dict[str, List[Optional[Tuple[int, int, int]]]]] = None,
+            checks: Optional[Dict[str, List[Optional[Dict[str, Any]]]]] = None) -> EvalResult:
     """Accuracies and per-sample outcomes of the evaluated batches; ``worst`` is the per-point AND over
     the eps-ball attacks. Other attacks (corruptions) keep their own outcomes, one bit per (part, point)."""
     outcomes = {name: torch.cat(values, dim=-1) if values else torch.zeros(0, dtype=torch.bool)
@@ -333,12 +465,20 @@ def _result(plan: EvalPlan, batches: Dict[str, List[torch.Tensor]], seconds: Dic
     breakdown = {name: plan.attacks[name].breakdown(outcomes[name]) for name in plan.attacks
                  if outcomes[name].numel()}
     config = {**asdict(plan.config), "eps": plan.eps, "attacks": list(plan.attacks)}
+    checks = checks or {}
+    verification = {name: check for name in plan.attacks if plan.precision(plan.attacks[name]) == "bf16"
+                    for check in [_verification(name, correct[name], checks.get(name, []), correct["clean"])]
+                    if check is not None}
+    budgets = {name: {**plan.budget(attack, device),
+                      "cost": _cost(seconds[name], (passes or {}).get(name, []), checks.get(name))}
+               for name, attack in plan.attacks.items()}
+    for name, check in verification.items():
+        budgets[name]["verification"] = check
     return EvalResult(eps=plan.eps, norm=plan.config.norm, indices=evaluated, accuracy=accuracy, correct=correct,
                       seconds=seconds, config=config, breakdown={name: b for name, b in breakdown.items() if b},
-                      flags=flags + _accuracy_flags(accuracy, plan.attacks) + _transfer_flags(accuracy, plan.attacks),
-                      budgets={name: {**plan.budget(attack, device), "cost": _cost(seconds[name], (passes or {})
-                                                                                    .get(name, []))}
-                               for name, attack in plan.attacks.items()})
+                      flags=(flags + _accuracy_flags(accuracy, plan.attacks) + _transfer_flags(accuracy, plan.attacks)
+                             + _verification_flags(verification)),
+                      budgets=budgets)
 
 
 def worst_case_examples(model: nn.Module, data: DataBundle, config: EvalConfig, device: torch.device,
@@ -362,9 +502,11 @@ def worst_case_examples(model: nn.Module, data: DataBundle, config: EvalConfig, 
             for name, attack in attacks.items():
                 if name == "clean":
                     continue
-                with autocast(device, plan.precision(attack)):
+                precision = plan.precision(attack)
+                with autocast(device, precision):
                     x_adv = attack(model, x, y, seed=plan.seed(batch_number), active=clean_correct).float()
-                    wrong = _predict(model, x_adv) != y
+                # Classified as the evaluation classified it (verified bf16: broken only if fp32 agrees).
+                wrong = ~classified_correctly(model, x_adv, y, precision, clean_correct)
                 take = ~settled if name == last else ~settled & wrong
                 chosen[take] = x_adv[take]
                 for i in take.nonzero().flatten().tolist():

@@ -114,6 +114,17 @@ positive_float = _number_type(float, True, "a positive number")
 non_negative_float = _number_type(float, False, "a number >= 0")
 
 
+def share(text: str) -> float:
+    """An argparse ``type``: a share of a set, a number in (0, 1] (``0.1`` is ten per cent)."""
+    try:
+        value = float(text)
+    except (TypeError, ValueError):
+        raise argparse.ArgumentTypeError(f"expected a share in (0, 1], got {text!r}") from None
+    if not 0.0 < value <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a share in (0, 1], got {text!r}")
+    return value
+
+
 def on_off(text: str) -> bool:
     """``on``/``off`` (and the YAML-ish true/false, yes/no, 1/0) → bool."""
     lowered = str(text).strip().lower()

@@ -25,7 +25,7 @@ from .capture import resolve_capture
 from .config import RunConfig
 from .config_file import dump_run_config
 from .data import DataBundle, default_eps, load_dataset
-from .devices import evaluation_precision, resolve_device, resolve_precision
+from .devices import evaluation_precision_label, resolve_device, resolve_precision
 from .distributed import SINGLE, DistContext, barrier
 from .engine import NumericalError, check_method_fits, default_val_size, fine_tune
 from .errors import ConfigError, Interrupted
@@ -294,8 +294,8 @@ def _cell_extra(context: _Context, natural: nn.Module) -> Dict[str, Any]:
     device = context.device
     extra: Dict[str, Any] = {"pretrained_source": context.source, "precision": {
         "fine_tuning": resolve_precision(context.config.train.precision, device),
-        "clean_pgd_cw": evaluation_precision(context.eval_config.precision),
-        "autoattack": evaluation_precision(context.eval_config.aa_precision)},
+        "clean_pgd_cw": evaluation_precision_label(context.eval_config.precision),
+        "autoattack": evaluation_precision_label(context.eval_config.aa_precision)},
         "processes": context.dist.world_size, "input_shape": list(context.data.input_shape),
         "skipped_bad_images": context.data.metadata.get("skipped_bad_images"),
         "dataset_fingerprint": context.run.fingerprint}

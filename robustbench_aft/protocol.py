@@ -23,8 +23,9 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence
 PROTOCOL_VERSION = 1
 UNKNOWN = "unknown"
 # Budget fields that belong to the row (its eps and norm columns) or to the run (what the attack
-# spent on its model), not to how the column's attack was run.
-_ROW_BUDGET_FIELDS = ("eps", "eps_given", "norm", "cost")
+# spent on its model; what verified bf16's fp32 check measured on it), not to how the column's attack
+# was run.
+_ROW_BUDGET_FIELDS = ("eps", "eps_given", "norm", "cost", "verification")
 # The fine-tuning settings that change what is computed (not where or how fast).
 _RECIPE_FIELDS = ("epochs", "batch_size", "lr", "momentum", "weight_decay", "ema", "train_subset", "val_size",
                   "select")
@@ -100,6 +101,8 @@ def differences(first: Dict[str, Any], second: Dict[str, Any]) -> List[str]:
 def _short(key: str) -> str:
     if key in _SHORT:
         return _SHORT[key]
+    if _is_precision(key):
+        return f"{key.split('.')[1]} precision"
     return key.split(".")[-1] if key.startswith(("recipe.", "points.", "threat.")) else key
 
 
@@ -114,13 +117,23 @@ def _attack_set(flat: Dict[str, Any]) -> str:
     return ",".join(attacks) if isinstance(attacks, list) else UNKNOWN
 
 
+def _is_precision(key: str) -> bool:
+    return key.startswith("attacks.") and key.endswith(".precision")
+
+
 def _readable(keys: List[str]) -> List[str]:
     """The differing fields in the order a reader wants them (recipe, points, threat, then the rest),
-    with every attack-budget field folded into one ``attacks`` entry."""
+    with every attack-budget field folded into one ``attacks`` entry but an attack's precision (fp32 or
+    verified-bf16), which is named on its own (``aa precision``)."""
     order = ("recipe.", "points.", "threat.", "dataset", "arch")
     folded = [key for key in keys if not (key.startswith("attacks") or key == "worst_over")]
     folded.sort(key=lambda key: next((i for i, prefix in enumerate(order) if key.startswith(prefix)), len(order)))
-    return folded + (["attacks"] if len(folded) < len(keys) else [])
+    precisions = [key for key in keys if _is_precision(key)]
+    rest = [key for key in keys if key not in folded and key not in precisions]
+    # What is left of the attack budgets once the precision is named is mostly what comes with it (the
+    # fp32 check's share): named as ``attacks`` only when something else differs too.
+    others = [key for key in rest if not (key.endswith(".fp32_check") or ".fp32_check." in key)]
+    return folded + precisions + (["attacks"] if others else [])
 
 
 def _value(flat: Dict[str, Any], key: str) -> str:

@@ -104,8 +104,9 @@ def _grouped(runs: List[Dict[str, Any]]):
 
 
 # Budget fields that identify a row (its eps and norm columns), not the column's attack, and what the
-# attack spent on the row's model (``cost``: seconds and passes per image, which differ by model).
-ROW_BUDGET_FIELDS = ("eps", "eps_given", "norm", "cost")
+# attack spent on or measured of the row's model (``cost``: seconds and passes per image, which differ by
+# model; ``verification``: verified bf16's fp32 check, a measurement, not a setting).
+ROW_BUDGET_FIELDS = ("eps", "eps_given", "norm", "cost", "verification")
 MIXED_MARK = "†"
 
 
@@ -139,15 +140,35 @@ def _mixed_budget_cells(store_rows: List[Dict[str, Any]], per_run, mix_budgets: 
             continue
         ranked = sorted(budgets, key=lambda text: -len(budgets[text]))
         common, other = ranked[0], ranked[1]
+        precisions = _column_precisions(ranked)
         if not mix_budgets:
             mine, theirs = _budget_difference(common, other)
             methods = {text: ", ".join(sorted({key[0] for key in budgets[text]})) for text in (common, other)}
-            raise ConfigError(f"column {metric} would mix attack budgets: {mine} ({methods[common]}) vs {theirs} "
+            # Verified bf16 against fp32 is said in so many words: it is the difference people act on.
+            what = f"precisions ({' and '.join(precisions)}) and attack budgets" if len(precisions) > 1 else \
+                "attack budgets"
+            raise ConfigError(f"column {metric} would mix {what}: {mine} ({methods[common]}) vs {theirs} "
                               f"({methods[other]}); evaluate them alike, or pass --mix-budgets to show them marked")
         for text in ranked[1:]:
             for key in budgets[text]:
                 marked.setdefault(key, []).append(metric)
     return marked
+
+
+def _column_precisions(budget_texts: List[str]) -> List[str]:
+    """The distinct precisions (``fp32``, ``verified-bf16``…) of a column's budgets, most common first."""
+    return list(dict.fromkeys(str(json.loads(text).get("precision", "unknown")) for text in budget_texts))
+
+
+def mixed_precisions(store_rows: List[Dict[str, Any]], counted_runs: set) -> Dict[str, List[str]]:
+    """Per metric whose counted cells were measured at more than one precision, those precisions (most
+    common first): what a leaderboard with ``--mix-budgets`` states under the table."""
+    mixed = {}
+    for metric, budgets in column_budgets(store_rows, counted_runs).items():
+        precisions = _column_precisions(sorted(budgets, key=lambda text: -len(budgets[text])))
+        if len(precisions) > 1:
+            mixed[metric] = precisions
+    return mixed
 
 
 def leaderboard_frame(store_rows: List[Dict[str, Any]], mix_budgets: bool = False, all_protocols: bool = False):
@@ -205,6 +226,7 @@ def leaderboard_frame(store_rows: List[Dict[str, Any]], mix_budgets: bool = Fals
     table = table.reset_index(drop=True)
     table.attrs["left_out"] = per_run.attrs.get("left_out", [])
     table.attrs["protocols"] = protocols
+    table.attrs["mixed_precisions"] = mixed_precisions(store_rows, set(per_run["run_id"]))
     # The protocol of the counted runs, for formats that state it with the table (LaTeX's caption).
     table.attrs["protocol"] = table_protocol(store_rows, set(per_run["run_id"]))
     table.attrs["latest_protocols"] = {tuple(row[k] for k in KEY): row["protocol_id"]

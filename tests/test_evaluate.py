@@ -224,4 +224,4 @@ def test_fp32_is_the_evaluation_default_on_a_cuda_device(digits):
     legacy = plan_evaluation(digits, EvalConfig(attacks=["pgd"], eps=0.15, n_eval=8, precision="auto"))
     assert legacy.budget(legacy.attacks["pgd"], cuda)["precision"] == "fp32"  # configs written before
     asked = plan_evaluation(digits, EvalConfig(attacks=["pgd"], eps=0.15, n_eval=8, precision="bf16"))
-    assert asked.budget(asked.attacks["pgd"], cuda)["precision"] == "bf16"
+    assert asked.budget(asked.attacks["pgd"], cuda)["precision"] == "verified-bf16"

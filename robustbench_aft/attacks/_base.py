@@ -76,6 +76,10 @@ class Attack:
     averages_randomness: ClassVar[bool] = False
     # Crafts on a second model, which the evaluator passes to the constructor as ``source``.
     needs_source: ClassVar[bool] = False
+    # Runs in verified bf16 when ``--eval-precision``/``--aa-precision bf16`` asks for it
+    # (:func:`classified_correctly`); False for what has no attack to speed up and stays fp32 always
+    # (clean, the reference every attack starts from; corruptions).
+    runs_in_bf16: ClassVar[bool] = True
 
     def __init__(self, eps: float, norm: str = "Linf", batch_size: int = 256) -> None:
         if norm not in NORMS:
@@ -125,9 +129,10 @@ class Attack:
 
         ``clean_correct`` (None for clean itself): the points classified correctly without attack.
         A point misclassified clean counts as broken by every attack (AutoAttack's convention), so
-        only the correct ones are attacked, and nothing runs when there are none. The attack and the
-        prediction run under ``precision`` (autocast); the images must stay in the eps-ball and the
-        [0, 1] box. ``positions``: the points' test-set indices, for attacks seeded per image.
+        only the correct ones are attacked, and nothing runs when there are none. The attack runs
+        under ``precision`` (autocast) and its images are classified as :func:`classified_correctly`
+        says (bf16: verified in fp32); the images must stay in the eps-ball and the [0, 1] box.
+        ``positions``: the points' test-set indices, for attacks seeded per image.
         """
         self.flags = []
         if clean_correct is not None and not bool(clean_correct.any()):
@@ -135,12 +140,8 @@ class Attack:
         active = clean_correct.to(x.device) if clean_correct is not None else None
         with autocast(x.device, precision):
             x_adv = self(model, x, y, seed=seed, active=active)
-            self.check_perturbation(x, x_adv.float())
-            with torch.no_grad():
-                still_correct = model(x_adv).argmax(dim=1) == y
-        if active is not None:
-            still_correct &= active
-        return still_correct
+        self.check_perturbation(x, x_adv.float())
+        return classified_correctly(model, x_adv, y, precision, active)
 
     def check_perturbation(self, x: torch.Tensor, x_adv: torch.Tensor) -> None:
         """Raise when ``x_adv`` has another shape than ``x`` or leaves the eps-ball or the [0, 1] box:
@@ -174,6 +175,32 @@ class Attack:
         against the strongest white-box attack that ran (``white_box`` at ``white_box_accuracy``);
         none by default (the transfer attack has one)."""
         return []
+
+
+def classified_correctly(model: nn.Module, x_adv: torch.Tensor, y: torch.Tensor, precision: str,
+                         active: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Booleans, one per point: whether ``model`` still classifies the attack's image ``x_adv`` as ``y``
+    (False for the points outside ``active``, which were not attacked).
+
+    ``fp32``: one fp32 forward pass. ``bf16`` is *verified* bf16: the images are classified under bf16
+    autocast, and every point that bf16 prediction calls broken is classified again with autocast off
+    (the model's own fp32 weights); it counts as broken only if the fp32 model is wrong on that same
+    image too. So verified bf16 never counts a point broken that the fp32 model classifies correctly,
+    and it can only count fewer breaks than the bf16 attack found, never more (docs/protocol.md).
+    """
+    with torch.no_grad():
+        with autocast(x_adv.device, precision):
+            correct = model(x_adv).argmax(dim=1) == y
+        if active is not None:
+            correct &= active
+        if precision != "bf16":
+            return correct
+        broken = ~correct if active is None else ~correct & active
+        if bool(broken.any()):
+            # Autocast off explicitly: a caller's own autocast region must not make this a bf16 pass again.
+            with torch.autocast(x_adv.device.type, enabled=False):
+                correct[broken] = model(x_adv[broken].float()).argmax(dim=1) == y[broken]
+    return correct
 
 
 def cross_entropy_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

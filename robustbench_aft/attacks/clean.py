@@ -15,6 +15,8 @@ class Clean(Attack):
     kind = "none"
     white_box = False
     in_avg = True
+    # One forward pass and the mask every attack starts from: fp32 in every mode (nothing to speed up).
+    runs_in_bf16 = False
 
     def perturb(self, model, x, y, generator):
         return x.clone()

@@ -83,6 +83,8 @@ class Corruptions(Attack):
     kind = "corruption"
     eps_ball = False
     white_box = False
+    # Always classified in full precision (outcomes below), so its budget must never say bf16.
+    runs_in_bf16 = False
     column_position = 60
 
     def __init__(self, eps: float, norm: str = "Linf", batch_size: int = 256,

@@ -34,11 +34,15 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress bars or log lines")
 
 
-def add_precision_arguments(parser: argparse.ArgumentParser, what: str) -> None:
-    parser.add_argument("--eval-precision", default=None, choices=("fp32", "bf16"),
-                        help=f"{what} (default: fp32 on every device; bf16 only when asked)")
-    parser.add_argument("--aa-precision", default=None, choices=("fp32", "bf16"),
-                        help="AutoAttack (default: fp32, so that leaderboard AA numbers are full precision)")
+def add_precision_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--eval-precision``, ``--aa-precision`` and the verified-bf16 check share, as `bench run` has them."""
+    from ..config import AA_PRECISION_HELP, BF16_CHECK_MIN_HELP, BF16_CHECK_SHARE_HELP, EVAL_PRECISION_HELP
+    from ..parsing import share
+
+    parser.add_argument("--eval-precision", default=None, choices=("fp32", "bf16"), help=EVAL_PRECISION_HELP)
+    parser.add_argument("--aa-precision", default=None, choices=("fp32", "bf16"), help=AA_PRECISION_HELP)
+    parser.add_argument("--bf16-check-share", type=share, default=0.1, help=BF16_CHECK_SHARE_HELP)
+    parser.add_argument("--bf16-check-min", type=positive_int, default=200, help=BF16_CHECK_MIN_HELP)
 
 
 SKIP_BAD_IMAGES_HELP = ("leave out the images of a folder: dataset that cannot be read (counted in the run's record) "

@@ -33,7 +33,7 @@ def add_to(commands: argparse._SubParsersAction) -> None:
     evaluate.add_argument("--batch-size", type=positive_int, default=256, help="evaluation batch size")
     evaluate.add_argument("--seed", type=non_negative_int, default=0, help="subset and attack seed (default: 0)")
     evaluate.add_argument("--no-sanity", action="store_true", help="skip the extra eps checks on the first batch")
-    add_precision_arguments(evaluate, "clean, PGD and CW")
+    add_precision_arguments(evaluate)
     evaluate.add_argument("--format", default="md", choices=FORMATS.names(), help="output format")
     evaluate.add_argument("--output", default=None, help="also write the table to this file")
     evaluate.set_defaults(handler=cmd_eval)
@@ -67,7 +67,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
               if transfer else None)
     config = EvalConfig(attacks=attacks, eps=eps, norm=args.norm, n_eval=args.n_eval, seed=args.seed,
                         batch_size=args.batch_size, sanity=not args.no_sanity, precision=args.eval_precision or "fp32",
-                        aa_precision=args.aa_precision or "fp32", eps_text=args.eps,
+                        aa_precision=args.aa_precision or "fp32", bf16_check_share=args.bf16_check_share,
+                        bf16_check_min=args.bf16_check_min, eps_text=args.eps,
                         transfer_from=args.transfer_from if transfer else None)
     start = time.perf_counter()
     result = evaluate(model, data, config, device, progress=not args.quiet, source_model=source)

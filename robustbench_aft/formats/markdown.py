@@ -37,4 +37,7 @@ class Markdown(OutputFormat):
         if "mixed_budgets" in frame.columns and frame["mixed_budgets"].astype(bool).any():
             legend += ("; † measured with another attack budget than the rest of its column (--mix-budgets; "
                        "the budgets are in the store)")
+        for metric, precisions in (frame.attrs.get("mixed_precisions") or {}).items():
+            legend += (f"; column {metric} mixes precisions: {precisions[0]} cells and † {', '.join(precisions[1:])} "
+                       "cells")
         return self.table(display_rows(frame, columns)) + "\n\n" + legend
