@@ -117,8 +117,10 @@ def verified_bf16_columns(store: ResultsStore, method: str, check_share: float, 
         return {}
     config, data, model = _model_and_data(run)
     stored = store.samples(run["run_id"])
+    # The stored points, seed, batches and threat model; only aa's precision (and its check) changes.
     eval_config = dataclasses.replace(stored_eval_config(config), attacks=["clean", "aa"], aa_precision="bf16",
-                                      bf16_check_share=check_share, bf16_check_min=check_min, sanity=False)
+                                      eps=run["eps"], norm=run["norm"], bf16_check_share=check_share,
+                                      bf16_check_min=check_min, sanity=False)
     result = evaluate(model, data, eval_config, torch.device("cpu"), progress=False)
     if result.indices != stored.indices:
         raise RuntimeError(f"{method}: the verified-bf16 evaluation did not cover the stored points")
