@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from robustbench_aft.attacks import PGD
+from robustbench_aft.attacks import PGD, AutoAttack
 from robustbench_aft.attacks._base import classified_correctly
 from robustbench_aft.cli import main
 from robustbench_aft.errors import ConfigError
@@ -81,6 +81,21 @@ def test_verified_bf16_never_counts_a_point_broken_that_fp32_classifies_correctl
     assert torch.equal(verified, clean & (bf16_correct | fp32_correct))
     if wrap == "flips":
         assert bool((clean & ~bf16_correct & fp32_correct).any())  # the case the re-check is there for
+
+
+def test_autoattack_standard_runs_square_under_bf16_on_points_left_after_apgd():
+    """Square keeps its running loss in the logits' dtype; with bf16 logits its ``index_put`` into fp32
+    buffers failed. At an eps too small to break anything every point reaches Square, which must run
+    and leave all of them correct."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 10)).eval()
+    x = torch.rand(12, 1, 8, 8)
+    y = model(x).argmax(1)
+    attack = AutoAttack(eps=0.0005)
+    correct = attack.outcomes(model, x, y, seed=0, positions=list(range(12)),
+                              clean_correct=torch.ones(12, dtype=torch.bool), precision="bf16")
+    assert correct.dtype == torch.bool and correct.shape == (12,)
+    assert bool(correct.all())
 
 
 @pytest.mark.parametrize("n, share, minimum, expected", [(1000, 0.1, 200, 200), (3000, 0.1, 200, 300),

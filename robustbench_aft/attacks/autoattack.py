@@ -5,10 +5,26 @@ from __future__ import annotations
 from typing import List, Optional
 
 import torch
+from torch import nn
 
 from .. import _compat
 from ..registry import ATTACKS
 from ._base import Attack
+
+
+class _Fp32Logits(nn.Module):
+    """``model`` with its logits cast to fp32. pyautoattack keeps its running losses in the logits'
+    dtype and mixes them with fp32 tensors, so under bf16 autocast Square's ``index_put`` fails on
+    any model with points left after APGD; fp32 logits keep that bookkeeping in fp32 while the
+    model's layers still run under the caller's bf16 autocast."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self.train(model.training)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x).float()
 
 
 class AutoAttackVersion(Attack):
@@ -33,7 +49,7 @@ class AutoAttackVersion(Attack):
             num_classes = model(x[:1]).shape[1]
         with _compat.captured_autoattack_flags() as records:
             x_adv = _compat.run_autoattack(
-                model, x, y, eps=self.eps, norm=self.norm, version=self.version, attacks=self.attack_names,
+                _Fp32Logits(model), x, y, eps=self.eps, norm=self.norm, version=self.version, attacks=self.attack_names,
                 seed=seed, device=x.device, batch_size=self.batch_size, num_classes=num_classes,
             )
         self.flags = [f"AutoAttack: {message}" for message in records]
