@@ -58,7 +58,7 @@ from robustbench_aft.devices import (  # noqa: E402
     without_buffer_donation,
 )
 from robustbench_aft.engine import build_method  # noqa: E402
-from robustbench_aft.evaluator import EvalConfig, evaluate  # noqa: E402
+from robustbench_aft.evaluator import EvalConfig, evaluate, plan_evaluation  # noqa: E402
 from robustbench_aft.method import Method  # noqa: E402
 from robustbench_aft.models import build_model  # noqa: E402
 from robustbench_aft.registry import ATTACKS, METHODS  # noqa: E402
@@ -342,7 +342,6 @@ def median_time(step: Callable[[], None], device: torch.device, rounds: int) -> 
 
 
 def evaluation_table(arch: str, n: int, device: torch.device, clean_accuracy: float, rounds: int) -> List[dict]:
-    from robustbench_aft import _compat
 
     torch.manual_seed(0)
     model = build_model(arch, 10, 3, (0.5,) * 3, (0.25,) * 3).to(device).eval()
@@ -374,54 +373,40 @@ def evaluation_table(arch: str, n: int, device: torch.device, clean_accuracy: fl
                      "seconds": round(together, 2),
                      "ratio": f"{naive_seconds / together:.2f}× naive, per-sample outcomes "
                               f"{'equal' if same else 'DIFFERENT'}"})
-    direct = median_time(lambda: _compat.run_autoattack(model, x, y, eps=EPS, norm="Linf", version="standard",
-                                                        attacks=None, seed=0, device=device, batch_size=n,
-                                                        num_classes=10), device, rounds)
-    ours_aa = rows[2]["seconds"]
-    rows.append({"arch": arch, "what": "pyautoattack called directly", "images/s": round(n / direct, 1),
-                 "seconds": round(direct, 2), "ratio": f"our aa at {direct / ours_aa:.2f}× its speed"})
+    rows.append(direct_autoattack_row(model, data, x, y, device, rounds, arch))
     return rows
 
 
-def main(argv: Optional[List[str]] = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--archs", default="smallcnn,resnet18")
-    parser.add_argument("--methods", default="all", help="comma-separated methods (default: all)")
-    parser.add_argument("--batch", type=int, default=32, help="training batch size")
-    parser.add_argument("--rounds", type=int, default=3, help="timed repetitions (the median is reported)")
-    parser.add_argument("--eval-n", type=int, default=32, help="images for the evaluator timings")
-    parser.add_argument("--eval-archs", default="smallcnn",
-                        help="archs for the evaluator timings (AutoAttack on resnet18 takes many minutes on a CPU)")
-    parser.add_argument("--eval-clean-accuracy", type=float, default=0.5,
-                        help="share of the evaluation images the model classifies correctly")
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"),
-                        help="our training steps in fp32 or under bf16 autocast (default auto, as bench run: "
-                             "bf16 on CUDA, fp32 on CPU); the reference stays fp32")
-    parser.add_argument("--channels-last", default="auto", choices=("auto", "on", "off"),
-                        help="our training steps in channels_last memory format (default auto, as bench run); "
-                             "the reference stays NCHW")
-    parser.add_argument("--real-data", default=None, metavar="SPEC",
-                        help="also time one epoch of real fine-tuning on this dataset (e.g. folder:PATH) per method")
-    parser.add_argument("--real-images", type=int, default=5000,
-                        help="training images of that epoch (default: 5000)")
-    parser.add_argument("--json", default=None, metavar="FILE",
-                        help="with --real-data: write the real-pipeline rates {method: img/s} of the first arch there "
-                             "(benchmarks/grid_estimate.py reads it)")
-    parser.add_argument("--compile", action="store_true",
-                        help="also time our steps with the networks compiled by torch.compile")
-    args = parser.parse_args(argv)
-    device = torch.device(args.device)
-    precision = resolve_precision(args.precision, device)
-    channels_last = use_channels_last(args.channels_last, device)
-    if args.compile and "TORCHINDUCTOR_CACHE_DIR" not in os.environ:
-        # A fresh cache, so the first compiled step shows the compilation a new user pays.
-        os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="throughput-inductor-")
-    methods = METHODS.names() if args.methods == "all" else [METHODS.canonical(m) for m in args.methods.split(",")]
-    archs = [a.strip() for a in args.archs.split(",") if a.strip()]
-    print(f"# Throughput: {platform.node() or 'machine'}, {platform.processor() or platform.machine()}, "
-          f"{os.cpu_count()} CPUs, {torch.get_num_threads()} torch threads, torch {torch.__version__}, "
-          f"device {device}{' (' + torch.cuda.get_device_name(device) + ')' if device.type == 'cuda' else ''}")
+def direct_autoattack_row(model: torch.nn.Module, data: DataBundle, x: torch.Tensor, y: torch.Tensor,
+                          device: torch.device, rounds: int, arch: str) -> dict:
+    """Our ``aa`` (an ``evaluate`` call) against pyautoattack called directly on the same points with the
+    seed our evaluation gives it, timed alternately; their per-sample outcomes must be equal."""
+    from robustbench_aft import _compat
+    from robustbench_aft.attacks import AutoAttackVersion
+
+    config = EvalConfig(attacks=["aa"], eps=EPS, batch_size=len(y), sanity=False)
+    plan = plan_evaluation(data, config)
+    generator = torch.Generator(device=device).manual_seed(plan.seed(0))
+    seed = AutoAttackVersion.library_seed(generator, device)
+    ours, direct, results, direct_images = [], [], [], []
+    for _ in range(rounds):
+        direct.append(timed(lambda: direct_images.append(_compat.run_autoattack(
+            model, x, y, eps=EPS, norm="Linf", version="standard", attacks=None, seed=seed, device=device,
+            batch_size=len(y), num_classes=10)), device))
+        ours.append(timed(lambda: results.append(evaluate(model, data, config, device, progress=False)), device))
+    with torch.no_grad():
+        direct_correct = model(direct_images[-1].to(device)).argmax(1) == y
+    same = torch.equal(results[-1].correct["aa"].to(device), direct_correct)
+    ours_seconds, direct_seconds = statistics.median(ours), statistics.median(direct)
+    return {"arch": arch, "what": "pyautoattack called directly (same points, same seed)",
+            "images/s": round(len(y) / direct_seconds, 1), "seconds": round(direct_seconds, 2),
+            "ratio": f"our aa ({ours_seconds:.2f} s, alternated) at {direct_seconds / ours_seconds:.2f}× its speed, "
+                     f"per-sample outcomes {'equal' if same else 'DIFFERENT'}"}
+
+
+def training_tables(args: argparse.Namespace, archs: List[str], methods: List[str], device: torch.device,
+                    precision: str, channels_last: bool) -> None:
+    """The pass and training tables of ``archs``, printed."""
     print(f"\nbatch {args.batch}, eps 8/255, official training attacks (PGD-10 for most methods), "
           f"median of {args.rounds} rounds, 3×32×32 synthetic inputs; ours (and the floor's passes) in {precision}, "
           f"{'channels_last' if channels_last else 'NCHW'}; the reference in fp32, NCHW\n")
@@ -461,6 +446,50 @@ def main(argv: Optional[List[str]] = None) -> int:
               f"validation or probe) on {args.real_images} training images of {args.real_data}, batch {args.batch}; "
               "real/synthetic: its ratio to the synthetic step's median rate\n")
     print(format_table(rows, "md"))
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--archs", default="smallcnn,resnet18",
+                        help="archs for the pass and training tables; empty: only the evaluation table")
+    parser.add_argument("--methods", default="all", help="comma-separated methods (default: all)")
+    parser.add_argument("--batch", type=int, default=32, help="training batch size")
+    parser.add_argument("--rounds", type=int, default=3, help="timed repetitions (the median is reported)")
+    parser.add_argument("--eval-n", type=int, default=32, help="images for the evaluator timings")
+    parser.add_argument("--eval-archs", default="smallcnn",
+                        help="archs for the evaluator timings (AutoAttack on resnet18 takes many minutes on a CPU)")
+    parser.add_argument("--eval-clean-accuracy", type=float, default=0.5,
+                        help="share of the evaluation images the model classifies correctly")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"),
+                        help="our training steps in fp32 or under bf16 autocast (default auto, as bench run: "
+                             "bf16 on CUDA, fp32 on CPU); the reference stays fp32")
+    parser.add_argument("--channels-last", default="auto", choices=("auto", "on", "off"),
+                        help="our training steps in channels_last memory format (default auto, as bench run); "
+                             "the reference stays NCHW")
+    parser.add_argument("--real-data", default=None, metavar="SPEC",
+                        help="also time one epoch of real fine-tuning on this dataset (e.g. folder:PATH) per method")
+    parser.add_argument("--real-images", type=int, default=5000,
+                        help="training images of that epoch (default: 5000)")
+    parser.add_argument("--json", default=None, metavar="FILE",
+                        help="with --real-data: write the real-pipeline rates {method: img/s} of the first arch there "
+                             "(benchmarks/grid_estimate.py reads it)")
+    parser.add_argument("--compile", action="store_true",
+                        help="also time our steps with the networks compiled by torch.compile")
+    args = parser.parse_args(argv)
+    device = torch.device(args.device)
+    precision = resolve_precision(args.precision, device)
+    channels_last = use_channels_last(args.channels_last, device)
+    if args.compile and "TORCHINDUCTOR_CACHE_DIR" not in os.environ:
+        # A fresh cache, so the first compiled step shows the compilation a new user pays.
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="throughput-inductor-")
+    methods = METHODS.names() if args.methods == "all" else [METHODS.canonical(m) for m in args.methods.split(",")]
+    archs = [a.strip() for a in args.archs.split(",") if a.strip()]
+    print(f"# Throughput: {platform.node() or 'machine'}, {platform.processor() or platform.machine()}, "
+          f"{os.cpu_count()} CPUs, {torch.get_num_threads()} torch threads, torch {torch.__version__}, "
+          f"device {device}{' (' + torch.cuda.get_device_name(device) + ')' if device.type == 'cuda' else ''}")
+    if archs:
+        training_tables(args, archs, methods, device, precision, channels_last)
     eval_archs = [a.strip() for a in args.eval_archs.split(",") if a.strip()]
     if not eval_archs:
         return 0

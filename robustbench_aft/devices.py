@@ -69,6 +69,16 @@ def use_channels_last(setting: str, device: torch.device) -> bool:
     return device.type == "cuda" or (device.type == "cpu" and torch.backends.mkldnn.is_available())
 
 
+def in_preferred_memory_format(module: torch.nn.Module, setting: str, device: torch.device) -> torch.nn.Module:
+    """``module``, converted in place to channels_last where :func:`use_channels_last` says so for
+    ``setting`` on ``device``. Evaluation puts every model in it, natural and loaded ones as well as
+    fine-tuned ones (which train in it), so every row of a run is computed alike; on 2 CPU cores
+    AutoAttack on the natural digits smallcnn took 12.3 s in NCHW and 10.0 s in channels_last."""
+    if use_channels_last(setting, device):
+        module.to(memory_format=torch.channels_last)
+    return module
+
+
 def compile_bodies(module: torch.nn.Module) -> int:
     """Compile, in place, the body of every classifier in ``module`` (our architectures'
     :class:`~robustbench_aft.models.ImageClassifier`); returns how many were compiled.

@@ -39,6 +39,7 @@ from .data import DataBundle, default_eps, make_loader
 from .devices import VERIFIED_BF16, autocast, evaluation_precision
 from .errors import ConfigError
 from .files import atomic_torch_save
+from .folding import folded_for_attacks
 from .modes import eval_mode
 from .passes import PassCounter
 from .registry import ATTACKS
@@ -298,6 +299,7 @@ def evaluate(model: nn.Module, data: DataBundle, config: EvalConfig, device: tor
                disable=None if progress else True, leave=False)
     try:
         with eval_mode(model):
+            folded = folded_for_attacks(model, data.input_shape, device)
             for batch_number, (x, y, positions) in enumerate(plan.loader):
                 if shard is not None and batch_number % shard[1] != shard[0]:
                     bar.update(len(plan.attacks))
@@ -309,7 +311,7 @@ def evaluate(model: nn.Module, data: DataBundle, config: EvalConfig, device: tor
                 for name, attack in plan.attacks.items():
                     bar.set_postfix_str(name)
                     if name not in saved["correct"]:
-                        _run_attack(plan, name, attack, model, (x, y, positions), batch_number, saved)
+                        _run_attack(plan, name, attack, (model, folded), (x, y, positions), batch_number, saved)
                         if path is not None:
                             atomic_torch_save(saved, path)
                     outcomes[name].append(saved["correct"][name])
@@ -327,53 +329,59 @@ def evaluate(model: nn.Module, data: DataBundle, config: EvalConfig, device: tor
     return _result(plan, outcomes, seconds, flags, evaluated, device, passes, checks)
 
 
-def _run_attack(plan: EvalPlan, name: str, attack: Attack, model: nn.Module,
+def _run_attack(plan: EvalPlan, name: str, attack: Attack, models: Tuple[nn.Module, nn.Module],
                 batch: Tuple[torch.Tensor, torch.Tensor, torch.Tensor], batch_number: int,
                 saved: Dict[str, Any]) -> None:
     """One attack on one batch: its per-point outcomes, seconds and flags, into the batch's ``saved``
-    results. Attacks after clean know which points are already misclassified. In verified bf16 the
-    batch's fp32 check points are attacked in fp32 too (:func:`_fp32_check`); the column's seconds and
-    passes include that check, which is also kept on its own."""
+    results. Attacks after clean know which points are already misclassified. ``models``: the model and
+    the copy fp32 attacks run on (folding.py; the model itself when nothing folds); outcomes are judged
+    by the model. In verified bf16 the batch's fp32 check points are attacked in fp32 too
+    (:func:`_fp32_check`); the column's seconds and passes include that check, which is also kept on its own."""
+    model, folded = models
     x, y, positions = batch
     start = time.perf_counter()
+    precision = plan.precision(attack)
     # Every attack's cost is counted the same way (passes.py: images through the model's stem), so
     # that columns compare in passes as well as in seconds; it includes the forward pass that
     # re-classifies the attack's images, as every attack has it (and verified bf16's fp32 re-check).
-    with PassCounter([model]) as counter:
+    with PassCounter(list({id(m): m for m in models}.values())) as counter:
         correct = attack.outcomes(model, x, y, plan.seed(batch_number), positions.tolist(),
-                                  clean_correct=saved["correct"].get("clean"), precision=plan.precision(attack))
+                                  clean_correct=saved["correct"].get("clean"), precision=precision,
+                                  attacked=folded if precision == "fp32" else model)
         saved["flags"][name] = list(attack.flags)  # before the check, whose run of the attack resets them
-        if plan.precision(attack) == "bf16":
-            saved.setdefault("check", {})[name] = _fp32_check(plan, attack, model, batch, batch_number, saved)
+        if precision == "bf16":
+            saved.setdefault("check", {})[name] = _fp32_check(plan, attack, models, batch, batch_number, saved)
     saved["correct"][name] = correct.cpu()
     saved["seconds"][name] = time.perf_counter() - start
     saved.setdefault("passes", {})[name] = (counter.forward, counter.backward, len(y))
 
 
-def _fp32_check(plan: EvalPlan, attack: Attack, model: nn.Module,
+def _fp32_check(plan: EvalPlan, attack: Attack, models: Tuple[nn.Module, nn.Module],
                 batch: Tuple[torch.Tensor, torch.Tensor, torch.Tensor], batch_number: int,
                 saved: Dict[str, Any]) -> Dict[str, Any]:
     """Verified bf16's fp32 check on one batch: ``attack`` in fp32 on the batch's check points, with the
-    batch's seed. Returns the check mask, the fp32 outcomes (False off the mask), seconds and passes."""
+    batch's seed, as an fp32 evaluation runs it (on the folded copy of ``models``). Returns the check
+    mask, the fp32 outcomes (False off the mask), seconds and passes."""
+    model, folded = models
     x, y, positions = batch
     mask = plan.check_mask(batch_number, len(y))
     clean = saved["correct"].get("clean")
     correct = torch.zeros(len(y), dtype=torch.bool)
     start = time.perf_counter()
-    with PassCounter([model]) as counter:
+    with PassCounter(list({id(m): m for m in models}.values())) as counter:
         if bool(mask.any()) and attack.attacks_subsets:
             # The whole batch with only the check points active: their random starts are drawn as in
             # the fp32 evaluation of this batch, so each outcome is the one that evaluation stores.
             active = mask if clean is None else mask & clean
             correct = attack.outcomes(model, x, y, plan.seed(batch_number), positions.tolist(),
-                                      clean_correct=active, precision="fp32").cpu() & mask
+                                      clean_correct=active, precision="fp32", attacked=folded).cpu() & mask
         elif bool(mask.any()):
             # An attack of the whole batch at once (AutoAttack): the check points as a batch of their own.
             on_device = mask.to(x.device)
             correct[mask] = attack.outcomes(model, x[on_device], y[on_device], plan.seed(batch_number),
                                             positions[mask].tolist(),
                                             clean_correct=None if clean is None else clean[mask],
-                                            precision="fp32").cpu()
+                                            precision="fp32", attacked=folded).cpu()
     return {"mask": mask, "correct": correct, "seconds": time.perf_counter() - start,
             "passes": (counter.forward, counter.backward)}
 
@@ -494,6 +502,7 @@ def worst_case_examples(model: nn.Module, data: DataBundle, config: EvalConfig, 
     last = list(attacks)[-1]
     images, labels, origins = [], [], []
     with eval_mode(model):
+        folded = folded_for_attacks(model, data.input_shape, device)
         for batch_number, (x, y, _) in enumerate(tqdm(plan.loader, desc="export", disable=None if progress else True)):
             x, y = x.to(device), y.to(device)
             chosen, origin = x.clone(), ["clean"] * len(y)
@@ -504,7 +513,8 @@ def worst_case_examples(model: nn.Module, data: DataBundle, config: EvalConfig, 
                     continue
                 precision = plan.precision(attack)
                 with autocast(device, precision):
-                    x_adv = attack(model, x, y, seed=plan.seed(batch_number), active=clean_correct).float()
+                    x_adv = attack(folded if precision == "fp32" else model, x, y, seed=plan.seed(batch_number),
+                                   active=clean_correct).float()
                 # Classified as the evaluation classified it (verified bf16: broken only if fp32 agrees).
                 wrong = ~classified_correctly(model, x_adv, y, precision, clean_correct)
                 take = ~settled if name == last else ~settled & wrong

@@ -25,7 +25,7 @@ from .capture import resolve_capture
 from .config import RunConfig
 from .config_file import dump_run_config
 from .data import DataBundle, default_eps, load_dataset
-from .devices import evaluation_precision_label, resolve_device, resolve_precision
+from .devices import evaluation_precision_label, in_preferred_memory_format, resolve_device, resolve_precision
 from .distributed import SINGLE, DistContext, barrier
 from .engine import NumericalError, check_method_fits, default_val_size, fine_tune
 from .errors import ConfigError, Interrupted
@@ -195,6 +195,7 @@ def _evaluate(context: _Context, model: nn.Module, state_dir: Path):
     """Evaluate ``model`` with the run's protocol (every rank its shard under torchrun); the result on
     rank 0, None on the others."""
     dist = context.dist
+    in_preferred_memory_format(model, context.run.config.train.channels_last, context.device)
     if dist.enabled:
         evaluate(model, context.data, context.eval_config, context.device, progress=context.progress and dist.is_main,
                  state_dir=state_dir, stop=context.stop, shard=(dist.rank, dist.world_size),

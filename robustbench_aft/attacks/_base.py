@@ -23,7 +23,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..devices import autocast
-from ..modes import eval_mode
+from ..modes import eval_mode, frozen_parameters
 
 if TYPE_CHECKING:
     from ..data import DataBundle
@@ -104,18 +104,14 @@ class Attack:
         ``active`` (optional boolean mask): the points worth attacking. Attacks with
         ``attacks_subsets`` skip the others, which then hold no adversarial example.
         """
-        was_training = model.training
-        model.eval()
         self.flags = []
         generator = torch.Generator(device=x.device)
         generator.manual_seed(seed)
-        try:
+        with eval_mode(model), frozen_parameters(model):
             if self.attacks_subsets and active is not None:
                 x_adv = self.perturb(model, x, y, generator, active=active)
             else:
                 x_adv = self.perturb(model, x, y, generator)
-        finally:
-            model.train(was_training)
         return x_adv.detach()
 
     def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
@@ -123,7 +119,8 @@ class Attack:
         raise NotImplementedError
 
     def outcomes(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, seed: int, positions: Sequence[int],
-                 clean_correct: Optional[torch.Tensor] = None, precision: str = "fp32") -> torch.Tensor:
+                 clean_correct: Optional[torch.Tensor] = None, precision: str = "fp32",
+                 attacked: Optional[nn.Module] = None) -> torch.Tensor:
         """Booleans, one per point of the batch: whether ``model`` still classifies the point
         correctly under this attack (the per-sample results the evaluator stores and combines).
 
@@ -132,14 +129,16 @@ class Attack:
         only the correct ones are attacked, and nothing runs when there are none. The attack runs
         under ``precision`` (autocast) and its images are classified as :func:`classified_correctly`
         says (bf16: verified in fp32); the images must stay in the eps-ball and the [0, 1] box.
-        ``positions``: the points' test-set indices, for attacks seeded per image.
+        ``positions``: the points' test-set indices, for attacks seeded per image. ``attacked``: the
+        model the attack runs on, by default ``model`` (the evaluator gives the BatchNorm-folded copy of
+        folding.py in fp32); the images are always classified by ``model``.
         """
         self.flags = []
         if clean_correct is not None and not bool(clean_correct.any()):
             return clean_correct.clone()
         active = clean_correct.to(x.device) if clean_correct is not None else None
         with autocast(x.device, precision):
-            x_adv = self(model, x, y, seed=seed, active=active)
+            x_adv = self(model if attacked is None else attacked, x, y, seed=seed, active=active)
         self.check_perturbation(x, x_adv.float())
         return classified_correctly(model, x_adv, y, precision, active)
 

@@ -41,10 +41,16 @@ class AutoAttackVersion(Attack):
         return {"version": self.version, **settings,
                 "library": f"pyautoattack {_compat.package_version('pyautoattack')}"}
 
+    @staticmethod
+    def library_seed(generator: torch.Generator, device: torch.device) -> int:
+        """The seed pyautoattack gets, drawn from the batch's generator (benchmarks/throughput.py calls
+        pyautoattack directly with it to compare outcomes)."""
+        return int(torch.randint(0, 2**31 - 1, (1,), generator=generator, device=device).item())
+
     def perturb(self, model, x, y, generator):
         if self.eps == 0:
             return x.clone()
-        seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator, device=x.device).item())
+        seed = self.library_seed(generator, x.device)
         with torch.no_grad():
             num_classes = model(x[:1]).shape[1]
         with _compat.captured_autoattack_flags() as records:

@@ -132,12 +132,13 @@ class Corruptions(Attack):
                             for image, p in zip(x.cpu(), positions)]).to(x.device)
 
     def outcomes(self, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, seed: int, positions: Sequence[int],
-                 clean_correct: Optional[torch.Tensor] = None, precision: str = "fp32") -> torch.Tensor:
+                 clean_correct: Optional[torch.Tensor] = None, precision: str = "fp32",
+                 attacked: Optional[torch.nn.Module] = None) -> torch.Tensor:
         """Booleans (variants, batch): whether ``model`` classifies each corrupted point correctly.
 
         Every point, also one misclassified clean: this is not an attack on the clean-correct points
         but the accuracy on other images (``clean_correct`` is not used). Always in full precision,
-        without autocast (``precision`` is not used).
+        without autocast (``precision`` is not used); nothing is attacked (``attacked`` is not used).
         """
         rows = []
         with eval_mode(model), torch.no_grad():

@@ -5,7 +5,7 @@ from typing import List, Optional
 
 from torch import nn
 
-from ..modes import eval_mode
+from ..modes import eval_mode, frozen_parameters
 from ..registry import ATTACKS
 from ._base import Attack, cross_entropy_loss, pgd
 
@@ -40,7 +40,7 @@ class Transfer(Attack):
                 "start": "random"}
 
     def perturb(self, model, x, y, generator, active=None):
-        with eval_mode(self.source):
+        with eval_mode(self.source), frozen_parameters(self.source):
             return pgd(self.source, x, y, eps=self.eps, norm=self.norm, steps=self.steps,
                        step_size=self.relative_step * self.eps, loss_fn=cross_entropy_loss, generator=generator,
                        active=active)

@@ -41,7 +41,7 @@ def add_to(commands: argparse._SubParsersAction) -> None:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from ..data import load_dataset
-    from ..devices import resolve_device
+    from ..devices import in_preferred_memory_format, resolve_device
     from ..evaluator import EvalConfig, evaluate
     from ..files import atomic_write_text
     from ..models.hub import folder_arch, is_model_folder
@@ -62,6 +62,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     data = load_dataset(args.dataset, data_dir=args.data_dir, download=args.download,
                         skip_bad_images=args.skip_bad_images)
     model, info = resolve(args.checkpoint, data, arch, seed=args.seed, device=device, progress=not args.quiet)
+    in_preferred_memory_format(model, "auto", device)  # as bench run evaluates (--channels-last auto)
     transfer = any(ATTACKS.get(name).needs_source for name in attacks)
     source = (transfer_source(args.transfer_from, data, arch, device, progress=not args.quiet)
               if transfer else None)

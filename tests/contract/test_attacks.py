@@ -84,6 +84,26 @@ def test_attack_runs_in_eval_mode_and_restores_the_mode(digits_model, batch, nam
 
 
 @pytest.mark.parametrize("name", ATTACK_NAMES)
+def test_attack_needs_no_weight_gradient_and_restores_requires_grad(digits_model, batch, name):
+    """Attacks see the model with frozen parameters (only the input gradient is wanted; pyautoattack's FAB
+    calls backward(), which would compute and accumulate every weight gradient), and get them back."""
+    x, y = batch
+    digits_model = copy.deepcopy(digits_model)
+    digits_model.zero_grad(set_to_none=True)
+    trainable_during = []
+    handle = digits_model.register_forward_pre_hook(
+        lambda module, inputs: trainable_during.append(any(p.requires_grad for p in module.parameters())))
+    before = {key: parameter.requires_grad for key, parameter in digits_model.named_parameters()}
+    try:
+        _attack(name, digits_model, EPS)(digits_model, x[:8], y[:8], seed=1)
+    finally:
+        handle.remove()
+    assert not any(trainable_during)
+    assert {key: parameter.requires_grad for key, parameter in digits_model.named_parameters()} == before
+    assert all(parameter.grad is None for parameter in digits_model.parameters())
+
+
+@pytest.mark.parametrize("name", ATTACK_NAMES)
 def test_outcomes_are_one_bit_per_point_and_a_point_wrong_clean_stays_broken(digits_model, batch, name):
     """``Attack.outcomes``, what the evaluator stores: one boolean per point, never right where the
     model is wrong clean, equal to classifying the attack's own images, and nothing attacked (the
