@@ -540,6 +540,16 @@ def _canonical_methods(methods: List[str]) -> List[str]:
     return parse_methods(",".join(methods))
 
 
+def default_eval_batch_size(dataset: str) -> int:
+    """The evaluation batch size of ``dataset``'s default preset (digits' ``quick``: 512; otherwise
+    EvalConfig's 256), so that ``bench eval`` batches a model's points, and so seeds its attacks, as
+    ``bench run`` does."""
+    from .data import default_preset
+
+    preset = PRESETS.get(default_preset(dataset), {})
+    return int(preset.get("eval", {}).get("batch_size", EvalConfig.batch_size))
+
+
 def _preset(name: Optional[str], dataset: str) -> Tuple[str, Dict[str, Any]]:
     from .data import default_preset
 

@@ -30,7 +30,9 @@ def add_to(commands: argparse._SubParsersAction) -> None:
                                "(default) or a checkpoint")
     evaluate.add_argument("--n-eval", type=positive_int, default=None,
                           help="size of the seeded test subset (default: the whole test set)")
-    evaluate.add_argument("--batch-size", type=positive_int, default=256, help="evaluation batch size")
+    evaluate.add_argument("--batch-size", type=positive_int, default=None,
+                          help="evaluation batch size (default: that of the dataset's preset, as bench run: "
+                               "512 for digits, else 256)")
     evaluate.add_argument("--seed", type=non_negative_int, default=0, help="subset and attack seed (default: 0)")
     evaluate.add_argument("--no-sanity", action="store_true", help="skip the extra eps checks on the first batch")
     add_precision_arguments(evaluate)
@@ -40,6 +42,7 @@ def add_to(commands: argparse._SubParsersAction) -> None:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    from ..config import default_eval_batch_size
     from ..data import load_dataset
     from ..devices import in_preferred_memory_format, resolve_device
     from ..evaluator import EvalConfig, evaluate
@@ -67,7 +70,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     source = (transfer_source(args.transfer_from, data, arch, device, progress=not args.quiet)
               if transfer else None)
     config = EvalConfig(attacks=attacks, eps=eps, norm=args.norm, n_eval=args.n_eval, seed=args.seed,
-                        batch_size=args.batch_size, sanity=not args.no_sanity, precision=args.eval_precision or "fp32",
+                        batch_size=args.batch_size or default_eval_batch_size(args.dataset),
+                        sanity=not args.no_sanity, precision=args.eval_precision or "fp32",
                         aa_precision=args.aa_precision or "fp32", bf16_check_share=args.bf16_check_share,
                         bf16_check_min=args.bf16_check_min, eps_text=args.eps,
                         transfer_from=args.transfer_from if transfer else None)
