@@ -57,6 +57,33 @@ def test_one_bad_image_says_it(tmp_path):
         load_dataset(f"folder:{root}")
 
 
+def test_a_later_load_decodes_only_the_images_that_changed(tmp_path, monkeypatch):
+    """The scan is kept in the cache folder: a second load (another process, a later run) decodes
+    nothing, and an image rewritten since is decoded again, so a file spoilt later is still caught."""
+    from robustbench_aft.datasets import folder as folder_module
+
+    root = make_tree(tmp_path / "tree")
+    decoded = []
+    decode = folder_module._why_unreadable
+    monkeypatch.setattr(folder_module, "_why_unreadable", lambda path: decoded.append(path) or decode(path))
+    load_dataset(f"folder:{root}")
+    assert len(decoded) == 12  # 2 classes × 3 images × 2 splits
+    assert folder_module.scan_record(root).is_file()
+    decoded.clear()
+    load_dataset(f"folder:{root}")
+    assert decoded == []
+    victim = root / "test" / "dog" / "1.png"
+    victim.write_bytes(victim.read_bytes()[:40])
+    with pytest.raises(ConfigError, match=r"cannot read .*1\.png"):
+        load_dataset(f"folder:{root}")
+    assert decoded == [str(victim)]
+    folder_module.scan_record(root).write_text("{not json")  # a spoilt record only costs a decode
+    decoded.clear()
+    with pytest.raises(ConfigError, match=r"cannot read .*1\.png"):
+        load_dataset(f"folder:{root}")
+    assert len(decoded) == 12
+
+
 def test_bad_images_are_skipped_on_request_and_counted(tmp_path, caplog):
     root = make_tree(tmp_path / "tree")
     bad = spoil(root)

@@ -1,6 +1,8 @@
 """``folder:PATH``: any ImageFolder tree with train/ and test/ (or val/)."""
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
 from pathlib import Path
@@ -57,42 +59,70 @@ def _why_unreadable(path: str) -> Optional[str]:
     return None
 
 
-# path -> (size, mtime_ns, reason or None): a tree loaded again in the same process (the pipeline,
-# the tests) is decoded again only where a file changed.
-_SCANNED: Dict[str, Tuple[int, int, Optional[str]]] = {}
+# A folder's scan is kept between processes: the path, size and mtime of every image with Pillow's
+# verdict, so a later run (or `bench eval`) decodes only the files that changed.
+SCAN_FORMAT = "robustbench_aft.scan/1"
+Verdicts = Dict[str, Tuple[int, int, Optional[str]]]  # path -> (size, mtime_ns, reason or None)
 
 
-def _check_cached(path: str) -> Optional[str]:
+def scan_record(root: Path) -> Path:
+    """Where the scan of the tree at ``root`` is kept: ``<cache>/scans/<digest of its path>.json``."""
+    from ..pretrained import cache_dir
+
+    return cache_dir() / "scans" / f"{hashlib.sha256(str(root.resolve()).encode()).hexdigest()[:16]}.json"
+
+
+def _read_record(path: Path) -> Verdicts:
+    """The verdicts kept at ``path``; none when it is missing, unreadable or of another format."""
+    try:
+        payload = json.loads(path.read_text(encoding="utf-8"))
+        if payload.get("format") != SCAN_FORMAT:
+            return {}
+        return {name: (int(size), int(mtime), reason) for name, (size, mtime, reason) in payload["files"].items()}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return {}
+
+
+def _verdict(path: str, known: Verdicts) -> Tuple[str, Tuple[int, int, Optional[str]]]:
     try:
         info = os.stat(path)
     except OSError as exc:
-        return f"cannot be read ({exc.strerror})"
-    known = _SCANNED.get(path)
-    if known is not None and known[:2] == (info.st_size, info.st_mtime_ns):
-        return known[2]
-    reason = _why_unreadable(path)
-    _SCANNED[path] = (info.st_size, info.st_mtime_ns, reason)
-    return reason
+        return path, (-1, -1, f"cannot be read ({exc.strerror})")
+    entry = known.get(path)
+    if entry is not None and entry[:2] == (info.st_size, info.st_mtime_ns):
+        return path, entry
+    return path, (info.st_size, info.st_mtime_ns, _why_unreadable(path))
 
 
-def _scan(splits: Sequence[Tuple[str, Sequence[Tuple[str, int]]]]) -> Dict[str, List[Tuple[str, str]]]:
+def _scan(splits: Sequence[Tuple[str, Sequence[Tuple[str, int]]]], record: Path) -> Dict[str, List[Tuple[str, str]]]:
     """Every image of every split decoded once: {split: [(path, reason), ...]} of the bad ones.
 
-    Threads when this process may use several cores, because Pillow's decoders release the GIL:
-    CIFAR-10's 60,000 JPEGs take about 0.2 ms each (12 s on one core); on one core the pool only
-    adds overhead.
+    An image whose path, size and mtime are in ``record`` keeps its verdict without a decode; the
+    record is rewritten when any image was decoded (a cache that cannot be written only costs the
+    next load its decode). Threads when this process may use several cores, because Pillow's decoders
+    release the GIL: CIFAR-10's 60,000 JPEGs take about 0.2 ms each (12 s on one core); on one core
+    the pool only adds overhead.
     """
     from concurrent.futures import ThreadPoolExecutor
 
+    from ..files import atomic_write_text
+
+    known = _read_record(record)
     paths = [[path for path, _ in samples] for _, samples in splits]
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     if cores > 1 and sum(map(len, paths)) > 256:
         with ThreadPoolExecutor(max_workers=min(8, cores)) as pool:
-            reasons = [list(pool.map(_check_cached, split_paths)) for split_paths in paths]
+            verdicts = [dict(pool.map(lambda path: _verdict(path, known), split_paths)) for split_paths in paths]
     else:
-        reasons = [[_check_cached(path) for path in split_paths] for split_paths in paths]
-    return {split: [(path, reason) for path, reason in zip(split_paths, split_reasons) if reason]
-            for (split, _), split_paths, split_reasons in zip(splits, paths, reasons)}
+        verdicts = [dict(_verdict(path, known) for path in split_paths) for split_paths in paths]
+    scanned = {path: entry for split in verdicts for path, entry in split.items()}
+    if any(known.get(path) != entry for path, entry in scanned.items()):
+        try:
+            atomic_write_text(json.dumps({"format": SCAN_FORMAT, "files": scanned}), record)
+        except OSError as exc:
+            log.debug("could not keep the scan of the image folder at %s: %s", record, exc)
+    return {split: [(path, split_verdicts[path][2]) for path in split_paths if split_verdicts[path][2]]
+            for (split, _), split_paths, split_verdicts in zip(splits, paths, verdicts)}
 
 
 def _leave_out(dataset: Any, bad: set) -> None:
@@ -144,7 +174,7 @@ def folder(options: DataOptions) -> DataBundle:
     test = datasets.ImageFolder(str(test_dir))
     # Scanned before anything reads an image, so that a bad file is one line naming it, not a PIL
     # traceback from a DataLoader worker in the middle of pre-training.
-    bad = _scan([("train", train.samples), ("test", test.samples)])
+    bad = _scan([("train", train.samples), ("test", test.samples)], scan_record(root))
     bad_paths = {path for found in bad.values() for path, _ in found}
     if bad_paths and not options.skip_bad_images:
         path, reason = next(item for found in bad.values() for item in found)
