@@ -85,8 +85,9 @@ def test_folding_keeps_the_counted_passes_and_the_outcomes(digits_model, digits,
     monkeypatch.setattr(evaluator, "folded_for_attacks", lambda model, shape, device: model)
     as_given = evaluate(digits_model, digits, config, CPU, progress=False)
     for attack in ("pgd", "cw"):
-        assert folded.budgets[attack]["cost"]["forward_per_image"] > 10
-        assert folded.budgets[attack]["cost"]["forward_per_image"] == as_given.budgets[attack]["cost"]["forward_per_image"]
-        assert folded.budgets[attack]["cost"]["backward_per_image"] == as_given.budgets[attack]["cost"]["backward_per_image"]
+        cost, cost_as_given = folded.budgets[attack]["cost"], as_given.budgets[attack]["cost"]
+        assert cost["forward_per_image"] > 10
+        assert cost["forward_per_image"] == cost_as_given["forward_per_image"]
+        assert cost["backward_per_image"] == cost_as_given["backward_per_image"]
         agreement = (folded.correct[attack] == as_given.correct[attack]).float().mean()
         assert agreement >= 0.9
