@@ -37,6 +37,12 @@ def _create_temporary(path: Path) -> str:
     raise FileExistsError(f"could not create a temporary file next to {path}")
 
 
+def cache_dir() -> Path:
+    """Where natural models, tensor caches and folder scans are kept: ``$ROBUSTBENCH_AFT_CACHE`` or
+    ``~/.cache/robustbench_aft``."""
+    return Path(os.environ.get("ROBUSTBENCH_AFT_CACHE", "~/.cache/robustbench_aft")).expanduser()
+
+
 def atomic_write(path: PathLike, write: Callable[[str], Any]) -> Path:
     """Call ``write(tmp_path)`` then rename the temporary file onto ``path``.
 

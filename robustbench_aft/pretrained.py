@@ -15,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -28,7 +27,7 @@ from tqdm.auto import tqdm
 
 from .data import DataBundle, make_loader
 from .errors import CheckpointError, ConfigError, not_a_file_reason
-from .files import atomic_torch_save, atomic_write_text
+from .files import atomic_torch_save, atomic_write_text, cache_dir
 from .models import adapt, build_model
 from .reproducibility import provenance, seed_everything
 from .signals import StopSignal
@@ -37,11 +36,6 @@ from .tensorcache import evaluation_split, shuffled_batches, tensor_cache
 log = logging.getLogger(__name__)
 
 CHECKPOINT_FORMAT = "robustbench_aft.checkpoint/1"
-
-
-def cache_dir() -> Path:
-    """``$ROBUSTBENCH_AFT_CACHE`` or ``~/.cache/robustbench_aft``."""
-    return Path(os.environ.get("ROBUSTBENCH_AFT_CACHE", "~/.cache/robustbench_aft")).expanduser()
 
 
 @dataclass(frozen=True)

@@ -225,7 +225,7 @@ def evaluation_split(data: DataBundle, name: str = "test") -> Dataset:
 
 def cache_file(data: DataBundle) -> Path:
     """Where the bundle's cache lives: ``<cache>/data/<key>-<digest of fingerprint and source>.pt``."""
-    from .pretrained import cache_dir
+    from .files import cache_dir
     from .protocol import dataset_fingerprint, digest
 
     key = digest({"format": CACHE_FORMAT, "fingerprint": dataset_fingerprint(data), "divisor": data.pixel_divisor,

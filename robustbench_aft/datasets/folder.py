@@ -67,7 +67,7 @@ Verdicts = Dict[str, Tuple[int, int, Optional[str]]]  # path -> (size, mtime_ns,
 
 def scan_record(root: Path) -> Path:
     """Where the scan of the tree at ``root`` is kept: ``<cache>/scans/<digest of its path>.json``."""
-    from ..pretrained import cache_dir
+    from ..files import cache_dir
 
     return cache_dir() / "scans" / f"{hashlib.sha256(str(root.resolve()).encode()).hexdigest()[:16]}.json"
 
