@@ -5,9 +5,11 @@
                                    [--rounds 3] [--threads 2]
 
 For CIFAR-10 (JPEG q75) as ``folder:`` (the first ``--train-images`` training images) and for digits,
-prints natural pre-training images/s (one epoch of the dataset's recipe batch; digits: ``--digits-epochs`` of its
-recipe) and the images/s of one vAFT fine-tuning epoch (``--finetune-images``, no
-validation split), in three set-ups, each in a fresh process with ``--threads`` torch threads:
+prints natural pre-training images/s (one epoch of the dataset's recipe batch; digits:
+``--digits-epochs`` of its recipe), the images/s of one vAFT fine-tuning epoch (``--finetune-images``,
+no validation split) and the pre-training floor (the same step on one random batch with no data path,
+which no data path can beat; :func:`pretrain_floor`), in three set-ups, each in a fresh process
+with ``--threads`` torch threads:
 
 - ``before``: the code of ``--baseline-rev`` (``git archive`` into a temporary folder): the per-image
   PIL/ToTensor DataLoader path with a host read of every loss term per batch;
@@ -34,6 +36,7 @@ from typing import Dict, List, Optional
 
 REPO = Path(__file__).resolve().parents[1]
 SETUPS = ("before", "loader", "cache")
+MEASURES = ("pretrain", "pretrain_floor", "finetune")
 
 
 def measure(spec: str, arch: str, train_images: Optional[int], finetune_images: int, threads: int,
@@ -74,12 +77,47 @@ def measure(spec: str, arch: str, train_images: Optional[int], finetune_images: 
         result["cached"] = float(built is not None)
     _, info = pretrain(data, arch, recipe, seed=0, device=torch.device("cpu"), progress=False)
     result["pretrain"] = info["images_per_second"]
+    result["pretrain_floor"] = pretrain_floor(data, arch, recipe)
     model = build_model(arch, data.num_classes, data.input_shape[0], data.mean, data.std, data.input_shape)
     train = TrainConfig(epochs=1, batch_size=128, train_subset=min(finetune_images, len(data.train) - 1), val_size=0)
     tuned = fine_tune("vaft", model.eval(), data, train, eps=data.default_eps, seed=0, device=torch.device("cpu"),
                       progress=False)
     result["finetune"] = tuned.images_per_second
     return result
+
+
+def pretrain_floor(data, arch: str, recipe, blocks: int = 3, steps: int = 10) -> float:
+    """Images/s of natural pre-training's step alone, with no data path: forward, cross-entropy,
+    backward and the recipe's SGD step on one fixed random batch of the dataset's shape, on the model
+    pre-training builds. The fastest of ``blocks`` blocks of ``steps`` steps (the least disturbed),
+    after two warm-up steps. Pre-training cannot run faster than this on the same threads."""
+    import torch
+    import torch.nn.functional as F
+
+    from robustbench_aft.models import build_model
+
+    generator = torch.Generator().manual_seed(0)
+    model = build_model(arch, data.num_classes, data.input_shape[0], data.mean, data.std, data.input_shape).train()
+    optimizer = torch.optim.SGD(model.parameters(), lr=recipe.lr, momentum=recipe.momentum,
+                                weight_decay=recipe.weight_decay)
+    images = torch.rand((recipe.batch_size, *data.input_shape), generator=generator)
+    labels = torch.randint(0, data.num_classes, (recipe.batch_size,), generator=generator)
+
+    def step() -> None:
+        loss = F.cross_entropy(model(images), labels)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    for _ in range(2):
+        step()
+    fastest = float("inf")
+    for _ in range(blocks):
+        start = time.perf_counter()
+        for _ in range(steps):
+            step()
+        fastest = min(fastest, time.perf_counter() - start)
+    return steps * recipe.batch_size / fastest
 
 
 def _run_setup(setup: str, source: Path, cache: Path, args: argparse.Namespace, spec: str,
@@ -150,13 +188,13 @@ def main(argv: Optional[List[str]] = None) -> int:
         sources = {"before": _baseline_tree(args.baseline_rev, scratch_dir), "loader": REPO, "cache": REPO}
         caches = {s: scratch_dir / f"cache-{s}" for s in SETUPS}
         samples: Dict[str, Dict[str, Dict[str, List[float]]]] = {
-            name: {m: {s: [] for s in SETUPS} for m in ("pretrain", "finetune")} for name, _, _ in datasets}
+            name: {m: {s: [] for s in SETUPS} for m in MEASURES} for name, _, _ in datasets}
         build_seconds: Dict[str, float] = {}
         for round_number in range(args.rounds):
             for name, spec, train_images in datasets:
                 for setup in SETUPS:
                     result = _run_setup(setup, sources[setup], caches[setup], args, spec, train_images)
-                    for measure_name in ("pretrain", "finetune"):
+                    for measure_name in MEASURES:
                         samples[name][measure_name][setup].append(result[measure_name])
                     if setup == "cache" and round_number == 0:
                         build_seconds[name] = result["cache_seconds"]
@@ -166,6 +204,15 @@ def main(argv: Optional[List[str]] = None) -> int:
                                         ("finetune", f"vAFT fine-tuning epoch ({args.arch}), img/s"))]
     headers = ["dataset", "measure", "before", "loader", "cache", "loader/before", "cache/before"]
     print(_markdown(rows, headers))
+    print()
+    floor_rows = []
+    for name, _, _ in datasets:
+        pretrain_medians = {s: statistics.median(samples[name]["pretrain"][s]) for s in SETUPS}
+        floor = statistics.median(samples[name]["pretrain_floor"]["cache"])
+        floor_rows.append([name, f"{floor:,.0f}", f"{pretrain_medians['cache'] / floor:.2f}",
+                           f"{floor / pretrain_medians['before']:.2f}"])
+    print(_markdown(floor_rows, ["dataset", f"pre-training floor ({args.arch}), img/s", "cache/floor",
+                                 "floor/before (the most any data path can gain)"]))
     for name, seconds in build_seconds.items():
         print(f"tensor cache build, {name}: {seconds:.1f} s (first round, empty cache folder; both splits)")
     print(f"{args.rounds} rounds, medians; {args.threads} threads; CIFAR: {args.train_images} training images for "

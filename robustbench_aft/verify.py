@@ -27,7 +27,7 @@ DEFAULT_TOLERANCE = 1e-5
 
 @dataclass
 class Verification:
-    """The rows of the table (check, status ok/FAIL/info, detail) and what the verdict rests on."""
+    """The rows of the table (check, status ok/FAIL/info/not checked, detail) and what the verdict rests on."""
 
     method: str
     seed: int
@@ -41,6 +41,10 @@ class Verification:
                           "detail": detail})
         return passed is not False
 
+    def skip(self, check: str, detail: str) -> None:
+        """A check that cannot be run because an earlier one failed: listed, but not a failure of its own."""
+        self.rows.append({"check": check, "status": "not checked", "detail": detail})
+
     @property
     def failed(self) -> List[str]:
         return [row["check"] for row in self.rows if row["status"] == "FAIL"]
@@ -48,7 +52,9 @@ class Verification:
     def verdict(self) -> str:
         subject = f"{self.method} seed {self.seed}, {self.norm} eps={self.eps:.4g} (tolerance {self.tolerance:g})"
         if self.failed:
-            return f"verdict: FAIL ({', '.join(self.failed)}) for {subject}"
+            unchecked = sum(row["status"] == "not checked" for row in self.rows)
+            later = f"; {unchecked} later checks not run" if unchecked else ""
+            return f"verdict: FAIL ({', '.join(self.failed)}{later}) for {subject}"
         return f"verdict: PASS, a valid set of adversarial examples for {subject}"
 
 
@@ -107,16 +113,20 @@ def _check_indices(report: Verification, path: Path, stored) -> None:
 
 
 def _check_tensor(report: Verification, images: torch.Tensor, expected: tuple, norm: str, metric: str) -> bool:
-    """The shape, dtype and finite rows; False (with the later rows marked not checked) if any fails."""
+    """The shape, dtype and finite rows; False (with the later rows listed as not checked) if any fails."""
     shape_ok = report.add("shape", tuple(images.shape) == expected,
                           f"{tuple(images.shape)}; the stored run evaluated {expected} (points × image)")
     dtype_ok = report.add("dtype", images.is_floating_point(), f"{images.dtype}; a floating-point dtype is needed")
-    finite = bool(torch.isfinite(images).all()) if dtype_ok else False
-    report.add("finite", finite, "no NaN or ±inf" if finite else
-               f"{int((~torch.isfinite(images)).sum()) if dtype_ok else 'n/a'} values are NaN or ±inf")
+    finite = False
+    if dtype_ok:
+        non_finite = int((~torch.isfinite(images)).sum())
+        finite = report.add("finite", non_finite == 0, "no NaN or ±inf" if non_finite == 0 else
+                            f"{non_finite} value{' is' if non_finite == 1 else 's are'} NaN or ±inf")
+    else:
+        report.skip("finite", "not a floating-point tensor")
     if not (shape_ok and dtype_ok and finite):
         for check in ("range [0, 1]", f"{norm} ball", "re-classification", f"agreement with stored {metric}"):
-            report.add(check, False, "not checked: the tensor has the wrong shape, dtype or non-finite values")
+            report.skip(check, "the tensor has the wrong shape, dtype or non-finite values")
         return False
     return True
 
