@@ -126,7 +126,7 @@ def pretrain(data: DataBundle, arch: str, recipe: NaturalRecipe, seed: int, devi
                 loss_sum, batches = loss_sum + loss.detach(), batches + 1
                 bar.update(1)
                 if batches % LOG_INTERVAL == 0:
-                    bar.set_postfix(epoch=epoch + 1, loss=f"{float(loss):.3f}")
+                    bar.set_postfix(epoch=epoch + 1, loss=f"{float(loss.detach()):.3f}")
                 if stop is not None:
                     stop.check(f"natural pre-training of {arch} on {data.name}")
             mean_loss = float(loss_sum) / max(batches, 1)

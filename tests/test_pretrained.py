@@ -34,6 +34,22 @@ def test_smallcnn_reaches_95_percent_on_digits_and_records_its_cost(digits, digi
     assert images == pytest.approx(recipe.epochs * len(digits.train), rel=1e-6)
 
 
+def test_pretraining_warns_nothing_where_the_progress_bar_reads_the_loss(digits, monkeypatch):
+    # Batch 16 reaches the log interval (every 25th batch) inside one epoch of digits, where the bar
+    # reads the loss; reading a tensor that still needs its gradient warned on every such read.
+    import warnings
+
+    import robustbench_aft.engine as engine
+    from robustbench_aft.pretrained import pretrain
+
+    assert len(digits.train) // 16 > engine.LOG_INTERVAL
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _, info = pretrain(digits, "tinycnn", NaturalRecipe(epochs=1, batch_size=16, lr=0.05), seed=0, device=CPU,
+                           progress=True)
+    assert info["seconds"] > 0
+
+
 def test_auto_pretrains_once_then_loads_from_cache(digits):
     recipe = NaturalRecipe(epochs=1, batch_size=128, lr=0.05)
     path = cache_path(digits, "smallcnn", 5, recipe)
