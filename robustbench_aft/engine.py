@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 from .capture import WARM_UP_BATCHES, CapturedUpdate, CudaGraphs, resolve_capture
 from .config import TrainConfig
 from .data import DataBundle, make_epoch_loader
-from .devices import autocast, compile_bodies, use_channels_last, without_buffer_donation
+from .devices import autocast, compile_bodies, in_preferred_memory_format, use_channels_last, without_buffer_donation
 from .distributed import (
     SINGLE,
     DistContext,
@@ -391,9 +391,7 @@ def _build(method_name: str, model: nn.Module, params: Optional[Dict[str, Any]],
     if train.sync_bn and dist.enabled:
         replaced = convert_sync_batchnorm(method.trainable_state(), device)
         log.info("--sync-bn: %d BatchNorm layer(s) use the statistics of the global batch", replaced)
-    method.to(device)
-    if use_channels_last(train.channels_last, device):
-        method.to(memory_format=torch.channels_last)
+    in_preferred_memory_format(method.to(device), train.channels_last, device)
     compiled = 0
     if train.compile:
         if method.compile_unsupported:

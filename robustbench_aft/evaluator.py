@@ -329,6 +329,17 @@ def evaluate(model: nn.Module, data: DataBundle, config: EvalConfig, device: tor
     return _result(plan, outcomes, seconds, flags, evaluated, device, passes, checks)
 
 
+def _attacked_in(precision: str, model: nn.Module, folded: nn.Module) -> nn.Module:
+    """The module an attack runs on: the folded copy in fp32 (folding.py), ``model`` under bf16
+    autocast (the fold's rounding was checked in fp32 only)."""
+    return folded if precision == "fp32" else model
+
+
+def _distinct(models: Tuple[nn.Module, ...]) -> List[nn.Module]:
+    """``models`` without repeats (the folded copy is the model itself when nothing folds)."""
+    return list({id(module): module for module in models}.values())
+
+
 def _run_attack(plan: EvalPlan, name: str, attack: Attack, models: Tuple[nn.Module, nn.Module],
                 batch: Tuple[torch.Tensor, torch.Tensor, torch.Tensor], batch_number: int,
                 saved: Dict[str, Any]) -> None:
@@ -344,10 +355,10 @@ def _run_attack(plan: EvalPlan, name: str, attack: Attack, models: Tuple[nn.Modu
     # Every attack's cost is counted the same way (passes.py: images through the model's stem), so
     # that columns compare in passes as well as in seconds; it includes the forward pass that
     # re-classifies the attack's images, as every attack has it (and verified bf16's fp32 re-check).
-    with PassCounter(list({id(m): m for m in models}.values())) as counter:
+    with PassCounter(_distinct(models)) as counter:
         correct = attack.outcomes(model, x, y, plan.seed(batch_number), positions.tolist(),
                                   clean_correct=saved["correct"].get("clean"), precision=precision,
-                                  attacked=folded if precision == "fp32" else model)
+                                  attacked=_attacked_in(precision, model, folded))
         saved["flags"][name] = list(attack.flags)  # before the check, whose run of the attack resets them
         if precision == "bf16":
             saved.setdefault("check", {})[name] = _fp32_check(plan, attack, models, batch, batch_number, saved)
@@ -368,7 +379,7 @@ def _fp32_check(plan: EvalPlan, attack: Attack, models: Tuple[nn.Module, nn.Modu
     clean = saved["correct"].get("clean")
     correct = torch.zeros(len(y), dtype=torch.bool)
     start = time.perf_counter()
-    with PassCounter(list({id(m): m for m in models}.values())) as counter:
+    with PassCounter(_distinct(models)) as counter:
         if bool(mask.any()) and attack.attacks_subsets:
             # The whole batch with only the check points active: their random starts are drawn as in
             # the fp32 evaluation of this batch, so each outcome is the one that evaluation stores.
@@ -513,7 +524,7 @@ def worst_case_examples(model: nn.Module, data: DataBundle, config: EvalConfig, 
                     continue
                 precision = plan.precision(attack)
                 with autocast(device, precision):
-                    x_adv = attack(folded if precision == "fp32" else model, x, y, seed=plan.seed(batch_number),
+                    x_adv = attack(_attacked_in(precision, model, folded), x, y, seed=plan.seed(batch_number),
                                    active=clean_correct).float()
                 # Classified as the evaluation classified it (verified bf16: broken only if fp32 agrees).
                 wrong = ~classified_correctly(model, x_adv, y, precision, clean_correct)
